@@ -1,0 +1,195 @@
+package l2
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// Envelope layout (version 1), all integers big-endian:
+//
+//	byte 0      magic 0xC7
+//	byte 1      format version (1)
+//	byte 2      flags: 0x01 negative entry, 0x02 has metadata,
+//	            0x04 has soft expiry, 0x08 has hard expiry
+//	[8 bytes]   soft expiry, Unix milliseconds (if 0x04)
+//	[8 bytes]   hard expiry, Unix milliseconds (if 0x08)
+//	[metadata]  uvarint pair count, then per pair: uvarint len, key bytes,
+//	            uvarint len, value bytes (if 0x02)
+//	payload     the rest
+const (
+	envMagic   = 0xC7
+	envVersion = 1
+
+	flagNegative = 0x01
+	flagMeta     = 0x02
+	flagSoft     = 0x04
+	flagHard     = 0x08
+	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard
+
+	headerLen = 3
+	// maxMetaPairs bounds the metadata map a decoder will build.
+	maxMetaPairs = 1024
+)
+
+// Entry is one value with its envelope fields.
+type Entry struct {
+	// Value is the payload (the caller's encoded value). On read it aliases
+	// the buffer returned by Redis; it is not shared with anyone else.
+	Value []byte
+	// Metadata is optional per-entry metadata, stored inline in the envelope.
+	Metadata map[string]string
+	// TTL is the Redis expiry of the key on write. If zero, the key does not
+	// expire.
+	TTL time.Duration
+	// FreshFor is the soft TTL on write: after it the entry is stale but may
+	// still be served by a fail-safe until TTL. If zero, the entry has no
+	// soft expiry.
+	FreshFor time.Duration
+	// Negative marks a cached "not found".
+	Negative bool
+
+	// StaleAt is the soft expiry read back (zero if none).
+	StaleAt time.Time
+	// ExpiresAt is the hard expiry read back (zero if none). It is written
+	// from the writer's clock; instances' clocks are assumed within a few ms.
+	ExpiresAt time.Time
+}
+
+// encode appends the envelope of e, with expiries computed from now.
+func encode(dst []byte, e *Entry, now time.Time) []byte {
+	flags := byte(0)
+	if e.Negative {
+		flags |= flagNegative
+	}
+	if len(e.Metadata) > 0 {
+		flags |= flagMeta
+	}
+	if e.FreshFor > 0 {
+		flags |= flagSoft
+	}
+	if e.TTL > 0 {
+		flags |= flagHard
+	}
+	dst = append(dst, envMagic, envVersion, flags)
+	if flags&flagSoft != 0 {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(now.Add(e.FreshFor).UnixMilli()))
+	}
+	if flags&flagHard != 0 {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(now.Add(e.TTL).UnixMilli()))
+	}
+	if flags&flagMeta != 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(e.Metadata)))
+		for k, v := range e.Metadata {
+			dst = binary.AppendUvarint(dst, uint64(len(k)))
+			dst = append(dst, k...)
+			dst = binary.AppendUvarint(dst, uint64(len(v)))
+			dst = append(dst, v...)
+		}
+	}
+	return append(dst, e.Value...)
+}
+
+// encodedLen is the exact size encode will produce.
+func encodedLen(e *Entry) int {
+	n := headerLen + len(e.Value)
+	if e.FreshFor > 0 {
+		n += 8
+	}
+	if e.TTL > 0 {
+		n += 8
+	}
+	if len(e.Metadata) > 0 {
+		n += uvarintLen(uint64(len(e.Metadata)))
+		for k, v := range e.Metadata {
+			n += uvarintLen(uint64(len(k))) + len(k) + uvarintLen(uint64(len(v))) + len(v)
+		}
+	}
+	return n
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
+// decode parses an envelope. Value aliases b. Every length is checked against
+// the remaining input before anything is allocated; maxSize (if > 0) bounds
+// the whole input. The returned error wraps ErrCorrupt or ErrTooLarge and
+// says what was wrong.
+func decode(b []byte, maxSize int) (Entry, error) {
+	var e Entry
+	if maxSize > 0 && len(b) > maxSize {
+		return e, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), maxSize)
+	}
+	if len(b) < headerLen {
+		return e, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrCorrupt, len(b), headerLen)
+	}
+	if b[0] != envMagic {
+		return e, fmt.Errorf("%w: magic byte 0x%02x, want 0x%02x (written by another program?)", ErrCorrupt, b[0], envMagic)
+	}
+	if b[1] != envVersion {
+		return e, fmt.Errorf("%w: envelope version %d, this build reads %d", ErrCorrupt, b[1], envVersion)
+	}
+	flags := b[2]
+	if flags&^knownFlags != 0 {
+		return e, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, flags&^knownFlags)
+	}
+	p := b[headerLen:]
+	if flags&flagSoft != 0 {
+		if len(p) < 8 {
+			return e, fmt.Errorf("%w: truncated soft expiry", ErrCorrupt)
+		}
+		e.StaleAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p)))
+		p = p[8:]
+	}
+	if flags&flagHard != 0 {
+		if len(p) < 8 {
+			return e, fmt.Errorf("%w: truncated hard expiry", ErrCorrupt)
+		}
+		e.ExpiresAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p)))
+		p = p[8:]
+	}
+	if flags&flagMeta != 0 {
+		n, w := binary.Uvarint(p)
+		if w <= 0 {
+			return e, fmt.Errorf("%w: bad metadata count", ErrCorrupt)
+		}
+		p = p[w:]
+		// Each pair takes at least two bytes, so a count above len(p)/2 is a lie.
+		if n > maxMetaPairs || n > uint64(len(p)/2) {
+			return e, fmt.Errorf("%w: metadata count %d exceeds limit or input", ErrCorrupt, n)
+		}
+		e.Metadata = make(map[string]string, n)
+		for i := uint64(0); i < n; i++ {
+			var k, v string
+			var err error
+			if k, p, err = readString(p); err != nil {
+				return Entry{}, err
+			}
+			if v, p, err = readString(p); err != nil {
+				return Entry{}, err
+			}
+			e.Metadata[k] = v
+		}
+	}
+	e.Negative = flags&flagNegative != 0
+	e.Value = p
+	return e, nil
+}
+
+func readString(p []byte) (string, []byte, error) {
+	n, w := binary.Uvarint(p)
+	if w <= 0 {
+		return "", nil, fmt.Errorf("%w: bad metadata length", ErrCorrupt)
+	}
+	p = p[w:]
+	if n > uint64(len(p)) {
+		return "", nil, fmt.Errorf("%w: metadata length %d exceeds the %d bytes left", ErrCorrupt, n, len(p))
+	}
+	return string(p[:n]), p[n:], nil
+}

@@ -1,0 +1,121 @@
+package l2
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Sentinel errors. Every error a Store returns (other than a plain
+// ErrNotFound) is an *Error wrapping one of ErrConnection or ErrOperation, and
+// possibly ErrTimeout, ErrCorrupt, ErrTooLarge or ErrClosed; test with errors.Is.
+var (
+	// ErrNotFound reports a missing key (redis.Nil never leaves this package).
+	ErrNotFound = errors.New("l2: not found")
+	// ErrConnection reports that Redis could not be reached or answered too
+	// late: the seed's CacheConnectionError.
+	ErrConnection = errors.New("l2: connection error")
+	// ErrTimeout reports an operation that ran out of time; it comes with
+	// ErrConnection.
+	ErrTimeout = errors.New("l2: timeout")
+	// ErrOperation reports that Redis answered with an error, or that the
+	// data was unusable: the seed's CacheOperationError.
+	ErrOperation = errors.New("l2: operation failed")
+	// ErrCorrupt reports bytes in Redis that are not a valid envelope; it
+	// comes with ErrOperation.
+	ErrCorrupt = errors.New("l2: corrupt value")
+	// ErrTooLarge reports a value above Config.MaxValueSize; it comes with
+	// ErrOperation.
+	ErrTooLarge = errors.New("l2: value too large")
+	// ErrClosed reports use of a closed Store.
+	ErrClosed = errors.New("l2: store closed")
+)
+
+// Error carries the operation and key of a failure, like *net.OpError.
+type Error struct {
+	Op   string // "get", "set", "mget", ...
+	Key  string // the caller's key (without prefix); empty for batch or server ops
+	Kind error  // ErrConnection or ErrOperation
+	Err  error  // the cause
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("l2: ")
+	b.WriteString(e.Op)
+	if e.Key != "" {
+		b.WriteString(" ")
+		b.WriteString(quoteKey(e.Key))
+	}
+	b.WriteString(": ")
+	if e.Kind == ErrConnection {
+		b.WriteString("connection error: ")
+	}
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+// Unwrap exposes both the kind and the cause to errors.Is and errors.As.
+func (e *Error) Unwrap() []error { return []error{e.Kind, e.Err} }
+
+func quoteKey(k string) string {
+	const max = 128
+	if len(k) > max {
+		return `"` + k[:max] + `"...`
+	}
+	return `"` + k + `"`
+}
+
+// classify wraps a go-redis error into an *Error of the right kind.
+func classify(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var kind error = ErrOperation
+	switch {
+	case isTimeout(err):
+		kind = ErrConnection
+		err = joinTimeout(err)
+	case isConnErr(err):
+		kind = ErrConnection
+	}
+	return &Error{Op: op, Key: key, Kind: kind, Err: err}
+}
+
+type timeoutErr struct{ error }
+
+func (t timeoutErr) Unwrap() []error { return []error{t.error, ErrTimeout} }
+
+func joinTimeout(err error) error { return timeoutErr{err} }
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, redis.ErrPoolTimeout)
+}
+
+func isConnErr(err error) bool {
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		// A server reply; some mean the node is not usable right now.
+		msg := rerr.Error()
+		return strings.HasPrefix(msg, "LOADING") || strings.HasPrefix(msg, "READONLY") ||
+			strings.HasPrefix(msg, "MASTERDOWN") || strings.HasPrefix(msg, "CLUSTERDOWN") ||
+			strings.HasPrefix(msg, "TRYAGAIN")
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, redis.ErrClosed) ||
+		errors.Is(err, context.Canceled)
+}

@@ -1,0 +1,123 @@
+package l2
+
+import (
+	"bufio"
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/hist"
+)
+
+// Stats are a Store's own counters since New. Reading them does no I/O.
+type Stats struct {
+	Hits, Misses  uint64           // Get/GetMany keys found / not found (corrupt counts as a miss)
+	Sets, Deletes uint64           // keys written / deletes requested
+	Notifications uint64           // notify scripts that ran (one per partition group)
+	Errors        uint64           // failed operations (all kinds)
+	Timeouts      uint64           // of which timed out
+	Corrupt       uint64           // values that were not a valid envelope
+	TooLarge      uint64           // values refused or skipped for exceeding MaxValueSize
+	Latency       hist.Percentiles // per round trip (one per operation or batch)
+}
+
+// Stats returns the Store's counters and latency percentiles.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Hits: s.hits.Load(), Misses: s.misses.Load(),
+		Sets: s.sets.Load(), Deletes: s.deletes.Load(),
+		Notifications: s.notifies.Load(),
+		Errors:        s.errs.Load(), Timeouts: s.timeouts.Load(),
+		Corrupt: s.corrupt.Load(), TooLarge: s.large.Load(),
+		Latency: s.latency.Snapshot(),
+	}
+}
+
+// ServerInfo holds figures from one server's INFO. Fields a server does not
+// report stay zero.
+type ServerInfo struct {
+	Addr             string
+	Version          string
+	RunID            string
+	UsedMemory       int64
+	MaxMemory        int64
+	MaxMemoryPolicy  string
+	EvictedKeys      int64
+	KeyspaceHits     int64
+	KeyspaceMisses   int64
+	ConnectedClients int64
+}
+
+// ServerStats reads INFO from the server, or from every master of a Cluster.
+func (s *Store) ServerStats(ctx context.Context) ([]ServerInfo, error) {
+	if s.closed.Load() {
+		return nil, s.closedErr("info", "")
+	}
+	var mu sync.Mutex
+	var out []ServerInfo
+	one := func(ctx context.Context, c *redis.Client) error {
+		txt, err := c.Info(ctx, "server", "memory", "stats", "clients").Result()
+		if err != nil {
+			return err
+		}
+		si := parseInfo(txt)
+		si.Addr = c.Options().Addr
+		mu.Lock()
+		out = append(out, si)
+		mu.Unlock()
+		return nil
+	}
+	var err error
+	switch c := s.client.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, one)
+	case *redis.Client:
+		err = one(ctx, c)
+	default:
+		var txt string
+		txt, err = s.client.Info(ctx, "server", "memory", "stats", "clients").Result()
+		if err == nil {
+			out = append(out, parseInfo(txt))
+		}
+	}
+	if err != nil {
+		return nil, s.fail("info", "", err)
+	}
+	return out, nil
+}
+
+func parseInfo(txt string) ServerInfo {
+	var si ServerInfo
+	sc := bufio.NewScanner(strings.NewReader(txt))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "redis_version":
+			si.Version = v
+		case "run_id":
+			si.RunID = v
+		case "used_memory":
+			si.UsedMemory = n
+		case "maxmemory":
+			si.MaxMemory = n
+		case "maxmemory_policy":
+			si.MaxMemoryPolicy = v
+		case "evicted_keys":
+			si.EvictedKeys = n
+		case "keyspace_hits":
+			si.KeyspaceHits = n
+		case "keyspace_misses":
+			si.KeyspaceMisses = n
+		case "connected_clients":
+			si.ConnectedClients = n
+		}
+	}
+	return si
+}

@@ -1,0 +1,655 @@
+package l2
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/hashslot"
+	"github.com/nearcache/nearcache/internal/hist"
+)
+
+// Store is the shared tier: typed access to one Redis (standalone, Sentinel or
+// Cluster) under a key prefix. It is safe for concurrent use.
+type Store struct {
+	client  redis.UniversalClient
+	cluster *redis.ClusterClient // non-nil when client is a cluster client
+	owns    bool                 // Close closes client (Open built it)
+	cfg     Config               // with defaults; read-only after New
+	prefix  string
+
+	closed atomic.Bool
+
+	hits, misses, sets, deletes    atomic.Uint64
+	errs, timeouts, corrupt, large atomic.Uint64
+	notifies                       atomic.Uint64
+	latency                        hist.Histogram
+}
+
+// New wraps a caller's client. The Store never closes it. New does no I/O:
+// call ConfigureServer to apply MaxMemory and EvictionPolicy, and note that
+// the client's own timeouts apply (set ContextTimeoutEnabled on it).
+func New(client redis.UniversalClient, cfg Config) (*Store, error) {
+	if client == nil {
+		return nil, errors.New("l2: New needs a non-nil redis client (use Open to build one from Config)")
+	}
+	cfg = cfg.withDefaults()
+	s := &Store{client: client, cfg: cfg, prefix: cfg.KeyPrefix}
+	if cc, ok := client.(*redis.ClusterClient); ok {
+		s.cluster = cc
+	}
+	return s, nil
+}
+
+// Open builds a client from cfg, pings it, applies the server configuration
+// when cfg.ApplyServerConfig is set, and returns a Store that owns the client.
+// A server that cannot be reached is an error wrapping ErrConnection.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	c := cfg.withDefaults()
+	readTO := c.SocketTimeout
+	if readTO < 0 {
+		readTO = -1
+	}
+	var client redis.UniversalClient
+	if c.ForceCluster || (len(c.Addrs) > 1 && c.MasterName == "") {
+		client = redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: c.Addrs, Username: c.Username, Password: c.Password,
+			DialTimeout: c.DialTimeout, ReadTimeout: readTO, WriteTimeout: readTO,
+			ContextTimeoutEnabled: true, MaxRetries: c.MaxRetries, PoolSize: c.PoolSize,
+			TLSConfig: c.TLS,
+		})
+	} else {
+		client = redis.NewUniversalClient(&redis.UniversalOptions{
+			Addrs: c.Addrs, MasterName: c.MasterName, DB: c.DB,
+			Username: c.Username, Password: c.Password,
+			DialTimeout: c.DialTimeout, ReadTimeout: readTO, WriteTimeout: readTO,
+			ContextTimeoutEnabled: true, MaxRetries: c.MaxRetries, PoolSize: c.PoolSize,
+			TLSConfig: c.TLS,
+		})
+	}
+	s, err := New(client, cfg)
+	if err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	s.owns = true
+	if err := s.Ping(ctx); err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	if cfg.ApplyServerConfig {
+		if err := s.ConfigureServer(ctx); err != nil {
+			_ = client.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Client returns the underlying go-redis client.
+func (s *Store) Client() redis.UniversalClient { return s.client }
+
+// Prefix returns the key prefix.
+func (s *Store) Prefix() string { return s.prefix }
+
+// IsCluster reports whether the Store talks to a Redis Cluster, where
+// partitions are hash slots.
+func (s *Store) IsCluster() bool { return s.cluster != nil }
+
+// Partition returns the partition of key: its hash slot (of the prefixed
+// key) on a Cluster, 0 otherwise. A notification for key must use a sequence
+// key in the same slot.
+func (s *Store) Partition(key string) int {
+	if s.cluster == nil {
+		return 0
+	}
+	return hashslot.Slot(s.prefix + key)
+}
+
+// ConfigureServer applies MaxMemory and EvictionPolicy with CONFIG SET (on
+// every master of a Cluster). It does nothing unless Config.ApplyServerConfig
+// is set. A refusal is an *Error wrapping ErrOperation that names the setting.
+func (s *Store) ConfigureServer(ctx context.Context) error {
+	if !s.cfg.ApplyServerConfig {
+		return nil
+	}
+	set := func(ctx context.Context, c redis.Cmdable) error {
+		if s.cfg.MaxMemory != "" {
+			if err := c.ConfigSet(ctx, "maxmemory", s.cfg.MaxMemory).Err(); err != nil {
+				return fmt.Errorf("CONFIG SET maxmemory %s refused (managed Redis often disables CONFIG; unset ApplyServerConfig): %w", s.cfg.MaxMemory, err)
+			}
+		}
+		if s.cfg.EvictionPolicy != "" {
+			if err := c.ConfigSet(ctx, "maxmemory-policy", s.cfg.EvictionPolicy).Err(); err != nil {
+				return fmt.Errorf("CONFIG SET maxmemory-policy %s refused (managed Redis often disables CONFIG; unset ApplyServerConfig): %w", s.cfg.EvictionPolicy, err)
+			}
+		}
+		return nil
+	}
+	var err error
+	if s.cluster != nil {
+		err = s.cluster.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return set(ctx, m) })
+	} else {
+		err = set(ctx, s.client)
+	}
+	if err != nil {
+		return s.fail("config set", "", err)
+	}
+	return nil
+}
+
+// Ping checks that Redis answers (every master of a Cluster).
+func (s *Store) Ping(ctx context.Context) error {
+	if s.closed.Load() {
+		return s.closedErr("ping", "")
+	}
+	var err error
+	if s.cluster != nil {
+		err = s.cluster.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			return m.Ping(ctx).Err()
+		})
+	} else {
+		err = s.client.Ping(ctx).Err()
+	}
+	return s.fail("ping", "", err)
+}
+
+// IsConnected reports whether a Ping succeeds.
+func (s *Store) IsConnected(ctx context.Context) bool { return s.Ping(ctx) == nil }
+
+// Close releases the client if Open built it; a caller's client is left
+// open. Close is idempotent; later operations return ErrClosed.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	if s.owns {
+		return s.client.Close()
+	}
+	return nil
+}
+
+// Get reads one entry. A missing key is ErrNotFound; bytes that are not a
+// valid envelope are an *Error wrapping ErrCorrupt (counted), never a panic.
+func (s *Store) Get(ctx context.Context, key string) (Entry, error) {
+	if s.closed.Load() {
+		return Entry{}, s.closedErr("get", key)
+	}
+	start := time.Now()
+	b, err := s.client.Get(ctx, s.prefix+key).Bytes()
+	s.latency.Record(time.Since(start))
+	if err != nil {
+		if err == redis.Nil {
+			s.misses.Add(1)
+			return Entry{}, ErrNotFound
+		}
+		return Entry{}, s.fail("get", key, err)
+	}
+	e, err := s.decode(key, b)
+	if err != nil {
+		return Entry{}, err
+	}
+	s.hits.Add(1)
+	return e, nil
+}
+
+// prefixAll returns the prefixed keys, sharing one backing string so a
+// batch costs two allocations instead of one per key.
+func (s *Store) prefixAll(keys []string) []string {
+	n := 0
+	for _, k := range keys {
+		n += len(s.prefix) + len(k)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, k := range keys {
+		b.WriteString(s.prefix)
+		b.WriteString(k)
+	}
+	all := b.String()
+	out := make([]string, len(keys))
+	off := 0
+	for i, k := range keys {
+		end := off + len(s.prefix) + len(k)
+		out[i] = all[off:end]
+		off = end
+	}
+	return out
+}
+
+func (s *Store) decode(key string, b []byte) (Entry, error) {
+	e, err := decode(b, s.cfg.MaxValueSize)
+	if err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			s.large.Add(1)
+		} else {
+			s.corrupt.Add(1)
+		}
+		s.misses.Add(1)
+		return Entry{}, &Error{Op: "decode", Key: key, Kind: ErrOperation, Err: err}
+	}
+	return e, nil
+}
+
+// GetMany reads several entries in one round trip: one MGET on a standalone
+// server; on a Cluster one pipeline per node, run concurrently. Missing keys
+// are absent from the map. When some entries are unreadable (corrupt or too
+// large) the map holds the others and the error joins one *Error per bad key;
+// when Redis fails the map is nil.
+func (s *Store) GetMany(ctx context.Context, keys []string) (map[string]Entry, error) {
+	if s.closed.Load() {
+		return nil, s.closedErr("mget", "")
+	}
+	if len(keys) == 0 {
+		return map[string]Entry{}, nil
+	}
+	start := time.Now()
+	vals := make([]any, len(keys))
+	if s.cluster == nil {
+		res, err := s.client.MGet(ctx, s.prefixAll(keys)...).Result()
+		s.latency.Record(time.Since(start))
+		if err != nil {
+			return nil, s.fail("mget", "", err)
+		}
+		if len(res) != len(keys) {
+			return nil, s.fail("mget", "", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(keys)))
+		}
+		copy(vals, res)
+	} else {
+		groups := s.groupBySlot(keys)
+		all := s.prefixAll(keys)
+		cmds := make([]*redis.SliceCmd, 0, len(groups))
+		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, g := range groups {
+				cmds = append(cmds, p.MGet(ctx, pick(all, g.idx)...))
+			}
+			return nil
+		})
+		s.latency.Record(time.Since(start))
+		if err != nil {
+			return nil, s.fail("mget", "", err)
+		}
+		for gi, g := range groups {
+			res := cmds[gi].Val()
+			if len(res) != len(g.idx) {
+				return nil, s.fail("mget", "", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(g.idx)))
+			}
+			for j, i := range g.idx {
+				vals[i] = res[j]
+			}
+		}
+	}
+	out := make(map[string]Entry, len(keys))
+	var bad []error
+	for i, v := range vals {
+		str, ok := v.(string)
+		if !ok {
+			s.misses.Add(1)
+			continue
+		}
+		e, err := s.decode(keys[i], []byte(str))
+		if err != nil {
+			bad = append(bad, err)
+			continue
+		}
+		s.hits.Add(1)
+		out[keys[i]] = e
+	}
+	return out, errors.Join(bad...)
+}
+
+type slotGroup struct {
+	slot int
+	idx  []int // indexes into the caller's key slice
+}
+
+// groupBySlot groups key indexes by the hash slot of the prefixed key, in
+// first-seen order.
+func (s *Store) groupBySlot(keys []string) []slotGroup {
+	at := make(map[int]int, 16)
+	var groups []slotGroup
+	for i, k := range keys {
+		slot := hashslot.Slot(s.prefix + k)
+		gi, ok := at[slot]
+		if !ok {
+			gi = len(groups)
+			at[slot] = gi
+			groups = append(groups, slotGroup{slot: slot})
+		}
+		groups[gi].idx = append(groups[gi].idx, i)
+	}
+	return groups
+}
+
+// groups partitions keys for writes: one group on a standalone server, one
+// per hash slot on a Cluster.
+func (s *Store) groups(keys []string) []slotGroup {
+	if s.cluster != nil {
+		return s.groupBySlot(keys)
+	}
+	all := make([]int, len(keys))
+	for i := range all {
+		all[i] = i
+	}
+	return []slotGroup{{slot: 0, idx: all}}
+}
+
+// pick returns the elements of all at the given indexes.
+func pick(all []string, idx []int) []string {
+	out := make([]string, len(idx))
+	for j, i := range idx {
+		out[j] = all[i]
+	}
+	return out
+}
+
+// Exists reports whether key is present.
+func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
+	if s.closed.Load() {
+		return false, s.closedErr("exists", key)
+	}
+	n, err := s.client.Exists(ctx, s.prefix+key).Result()
+	if err != nil {
+		return false, s.fail("exists", key, err)
+	}
+	return n == 1, nil
+}
+
+// ttlArg renders a TTL for SET PX: at least 1 ms, "0" for none.
+func ttlArg(d time.Duration) string {
+	if d <= 0 {
+		return "0"
+	}
+	ms := d.Milliseconds()
+	if ms < 1 {
+		ms = 1
+	}
+	return strconv.FormatInt(ms, 10)
+}
+
+func (s *Store) encodeChecked(key string, e *Entry, now time.Time) ([]byte, error) {
+	n := encodedLen(e)
+	if s.cfg.MaxValueSize > 0 && n > s.cfg.MaxValueSize {
+		s.large.Add(1)
+		return nil, &Error{Op: "set", Key: key, Kind: ErrOperation,
+			Err: fmt.Errorf("%w: encoded %d bytes, limit %d (Config.MaxValueSize)", ErrTooLarge, n, s.cfg.MaxValueSize)}
+	}
+	return encode(make([]byte, 0, n), e, now), nil
+}
+
+// Set writes one entry. With Notify it runs as one Lua script that writes the
+// key, increments the partition's sequence key and publishes the
+// notification, all or nothing.
+func (s *Store) Set(ctx context.Context, key string, e Entry, opts ...WriteOption) error {
+	return s.SetMany(ctx, map[string]Entry{key: e}, opts...)
+}
+
+// SetMany writes several entries in one round trip (pipelined; on a Cluster
+// one pipeline per node). With Notify each partition's keys are written by
+// one script together with that partition's notification.
+func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...WriteOption) error {
+	op := "set"
+	if len(entries) > 1 {
+		op = "mset"
+	}
+	if s.closed.Load() {
+		return s.closedErr(op, "")
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	wo := applyWrite(opts)
+	now := time.Now()
+	keys := make([]string, 0, len(entries))
+	vals := make([][]byte, 0, len(entries))
+	for k, e := range entries {
+		b, err := s.encodeChecked(k, &e, now)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, k)
+		vals = append(vals, b)
+	}
+	errKey := ""
+	if len(keys) == 1 {
+		errKey = keys[0]
+	}
+	start := time.Now()
+	var err error
+	switch {
+	case wo.notify != nil:
+		err = s.runNotify(ctx, keys, wo.notify, func(g slotGroup, argv []any) []any {
+			for _, i := range g.idx {
+				argv = append(argv, vals[i], ttlArg(entries[keys[i]].TTL))
+			}
+			return argv
+		}, "set", nil)
+	case len(keys) == 1:
+		err = s.client.Set(ctx, s.prefix+keys[0], vals[0], nonNeg(entries[keys[0]].TTL)).Err()
+	default:
+		_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, k := range keys {
+				p.Set(ctx, s.prefix+k, vals[i], nonNeg(entries[k].TTL))
+			}
+			return nil
+		})
+	}
+	s.latency.Record(time.Since(start))
+	if err != nil {
+		return s.fail(op, errKey, err)
+	}
+	s.sets.Add(uint64(len(keys)))
+	return nil
+}
+
+func nonNeg(d time.Duration) time.Duration {
+	if d < 0 {
+		return 0
+	}
+	if d > 0 && d < time.Millisecond {
+		return time.Millisecond
+	}
+	return d
+}
+
+// Delete removes one key and reports whether it existed. With Notify the
+// delete and the notification run as one script.
+func (s *Store) Delete(ctx context.Context, key string, opts ...WriteOption) (bool, error) {
+	n, err := s.deleteMany(ctx, "del", []string{key}, opts)
+	return n == 1, err
+}
+
+// DeleteMany removes keys in one round trip and returns how many existed.
+func (s *Store) DeleteMany(ctx context.Context, keys []string, opts ...WriteOption) (int64, error) {
+	return s.deleteMany(ctx, "mdel", keys, opts)
+}
+
+func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts []WriteOption) (int64, error) {
+	errKey := ""
+	if len(keys) == 1 {
+		errKey = keys[0]
+	}
+	if s.closed.Load() {
+		return 0, s.closedErr(op, errKey)
+	}
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	wo := applyWrite(opts)
+	start := time.Now()
+	var n int64
+	var err error
+	if wo.notify != nil {
+		var cnt atomic.Int64
+		err = s.runNotify(ctx, keys, wo.notify, nil, "del", &cnt)
+		n = cnt.Load()
+	} else {
+		groups := s.groups(keys)
+		all := s.prefixAll(keys)
+		cmds := make([]*redis.IntCmd, 0, len(groups))
+		_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, g := range groups {
+				cmds = append(cmds, p.Unlink(ctx, pick(all, g.idx)...))
+			}
+			return nil
+		})
+		for _, c := range cmds {
+			n += c.Val()
+		}
+	}
+	s.latency.Record(time.Since(start))
+	if err != nil {
+		return n, s.fail(op, errKey, err)
+	}
+	s.deletes.Add(uint64(len(keys)))
+	return n, nil
+}
+
+// Keys lists this prefix's keys matching a glob pattern (SCAN on every
+// master; never KEYS), without the prefix. The pattern applies under the
+// prefix: the prefix is escaped and prepended, so no pattern can reach other
+// keys. An empty pattern means "*".
+func (s *Store) Keys(ctx context.Context, pattern string) ([]string, error) {
+	if s.closed.Load() {
+		return nil, s.closedErr("keys", "")
+	}
+	if pattern == "" {
+		pattern = "*"
+	}
+	match := globEscape(s.prefix) + pattern
+	var mu sync.Mutex
+	var out []string
+	err := s.scan(ctx, match, func(_ redis.Cmdable, batch []string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, k := range batch {
+			if rest, ok := strings.CutPrefix(k, s.prefix); ok {
+				out = append(out, rest)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.fail("keys", "", err)
+	}
+	return out, nil
+}
+
+// scan runs SCAN MATCH match on the server, or on every master of a
+// Cluster concurrently, and hands each batch to fn with the node's client.
+func (s *Store) scan(ctx context.Context, match string, fn func(node redis.Cmdable, batch []string) error) error {
+	one := func(ctx context.Context, c redis.Cmdable) error {
+		var cursor uint64
+		for {
+			batch, next, err := c.Scan(ctx, cursor, match, int64(s.cfg.ScanCount)).Result()
+			if err != nil {
+				return err
+			}
+			if len(batch) > 0 {
+				if err := fn(c, batch); err != nil {
+					return err
+				}
+			}
+			if next == 0 {
+				return nil
+			}
+			cursor = next
+		}
+	}
+	if s.cluster != nil {
+		return s.cluster.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return one(ctx, m) })
+	}
+	return one(ctx, s.client)
+}
+
+// Clear removes every key under the prefix (SCAN + UNLINK in batches; never
+// FLUSHDB) and returns how many it removed. It refuses to run with an empty
+// KeyPrefix, which would mean the whole database. With Notify the
+// notification (built with partition 0 and no keys) is published after the
+// last batch, atomically with its sequence increment. Clear is not atomic
+// with respect to concurrent writers: a key written while it runs may stay.
+func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
+	if s.closed.Load() {
+		return 0, s.closedErr("clear", "")
+	}
+	if s.prefix == "" {
+		return 0, &Error{Op: "clear", Kind: ErrOperation,
+			Err: errors.New("refusing to clear without a KeyPrefix: it would remove every key in the database")}
+	}
+	var removed atomic.Int64
+	err := s.scan(ctx, globEscape(s.prefix)+"*", func(node redis.Cmdable, batch []string) error {
+		var cmds []*redis.IntCmd
+		_, err := node.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if s.cluster == nil {
+				cmds = append(cmds, p.Unlink(ctx, batch...))
+				return nil
+			}
+			// One node holds many slots; UNLINK must stay within one slot.
+			bySlot := map[int][]string{}
+			for _, k := range batch {
+				sl := hashslot.Slot(k)
+				bySlot[sl] = append(bySlot[sl], k)
+			}
+			for _, ks := range bySlot {
+				cmds = append(cmds, p.Unlink(ctx, ks...))
+			}
+			return nil
+		})
+		for _, c := range cmds {
+			removed.Add(c.Val())
+		}
+		return err
+	})
+	if err != nil {
+		return removed.Load(), s.fail("clear", "", err)
+	}
+	wo := applyWrite(opts)
+	if wo.notify != nil {
+		n := wo.notify(0, nil)
+		if err := s.evalNotify(ctx, s.client, nil, n, "none", nil).Err(); err != nil {
+			return removed.Load(), s.fail("clear", "", err)
+		}
+		s.notifies.Add(1)
+	}
+	return removed.Load(), nil
+}
+
+// globEscape escapes SCAN MATCH metacharacters so s matches only itself.
+func globEscape(s string) string {
+	if !strings.ContainsAny(s, `*?[]\^-`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*', '?', '[', ']', '\\', '^', '-':
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func (s *Store) closedErr(op, key string) error {
+	return &Error{Op: op, Key: key, Kind: ErrOperation, Err: ErrClosed}
+}
+
+// fail counts and classifies an error from go-redis.
+func (s *Store) fail(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	e := classify(op, key, err)
+	s.errs.Add(1)
+	if errors.Is(e, ErrTimeout) {
+		s.timeouts.Add(1)
+	}
+	return e
+}
