@@ -37,6 +37,16 @@
 // partition 0 elsewhere. l2 does not interpret the body: package invalidation
 // defines it.
 //
+// # Replacing what was read
+//
+// A value loaded from a database can be older than a write or delete that
+// happened while it was loading. SetIf stores it only if the key still holds
+// exactly the bytes an earlier Read returned (or is still absent), and Delete
+// with the Tombstone option leaves a short-lived tombstone instead of an
+// absent key, so a load that began before the delete cannot write its value
+// back. Get and GetMany report tombstones as not found; Read and ReadMany
+// return them, and return corrupt values' raw bytes, so they can be replaced.
+//
 // # Errors
 //
 // A miss is ErrNotFound (redis.Nil never leaves the package). Failures are

@@ -11,7 +11,8 @@ import (
 //	byte 0      magic 0xC7
 //	byte 1      format version (1)
 //	byte 2      flags: 0x01 negative entry, 0x02 has metadata,
-//	            0x04 has soft expiry, 0x08 has hard expiry
+//	            0x04 has soft expiry, 0x08 has hard expiry,
+//	            0x10 tombstone (a delete that blocks late fills; payload is a nonce)
 //	[8 bytes]   soft expiry, Unix milliseconds (if 0x04)
 //	[8 bytes]   hard expiry, Unix milliseconds (if 0x08)
 //	[metadata]  uvarint pair count, then per pair: uvarint len, key bytes,
@@ -25,7 +26,8 @@ const (
 	flagMeta     = 0x02
 	flagSoft     = 0x04
 	flagHard     = 0x08
-	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard
+	flagTomb     = 0x10
+	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard | flagTomb
 
 	headerLen = 3
 	// maxMetaPairs bounds the metadata map a decoder will build.
@@ -48,6 +50,17 @@ type Entry struct {
 	FreshFor time.Duration
 	// Negative marks a cached "not found".
 	Negative bool
+	// Tombstone marks a deleted key kept briefly so that a load which began
+	// before the delete cannot write its older value back (see
+	// Store.SetIf). Get reports tombstones as ErrNotFound; Read returns them.
+	Tombstone bool
+
+	// Raw is the whole stored envelope as read (aliasing Value); pass it to
+	// SetIf to replace exactly this version. Read sets it also for corrupt
+	// values, with Corrupt true.
+	Raw []byte
+	// Corrupt marks a value Read could not decode: only Raw is set.
+	Corrupt bool
 
 	// StaleAt is the soft expiry read back (zero if none).
 	StaleAt time.Time
@@ -61,6 +74,9 @@ func encode(dst []byte, e *Entry, now time.Time) []byte {
 	flags := byte(0)
 	if e.Negative {
 		flags |= flagNegative
+	}
+	if e.Tombstone {
+		flags |= flagTomb
 	}
 	if len(e.Metadata) > 0 {
 		flags |= flagMeta
@@ -178,7 +194,9 @@ func decode(b []byte, maxSize int) (Entry, error) {
 		}
 	}
 	e.Negative = flags&flagNegative != 0
+	e.Tombstone = flags&flagTomb != 0
 	e.Value = p
+	e.Raw = b
 	return e, nil
 }
 

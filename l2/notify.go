@@ -3,7 +3,7 @@ package l2
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -28,8 +28,21 @@ type NotifyFunc func(partition int, keys []string) Notification
 type WriteOption interface{ applyWrite(*writeOptions) }
 
 type writeOptions struct {
-	notify NotifyFunc
+	notify    NotifyFunc
+	tombstone time.Duration // deletes write tombstones living this long
 }
+
+type tombstoneOption time.Duration
+
+func (t tombstoneOption) applyWrite(o *writeOptions) { o.tombstone = time.Duration(t) }
+
+// Tombstone makes Delete and DeleteMany replace each key with a tombstone
+// that expires after ttl instead of removing it. A tombstone reads as
+// ErrNotFound through Get, but SetIf with old == nil (only if absent) will
+// not overwrite it: a load that began before the delete cannot write its
+// older value back while the tombstone lives. Choose ttl longer than the
+// longest load. ttl <= 0 means a plain delete.
+func Tombstone(ttl time.Duration) WriteOption { return tombstoneOption(ttl) }
 
 type notifyOption NotifyFunc
 
@@ -50,15 +63,24 @@ func applyWrite(opts []WriteOption) writeOptions {
 	return o
 }
 
-// notifyScript: KEYS = data keys..., sequence key (last). ARGV = channel,
-// body, mode ("set" | "del" | "none"), then for "set" one (value, ttl ms)
-// pair per data key. The sequence key is validated before anything is
-// written, so no error can occur after the first write: the writes, the new
-// sequence and the PUBLISH happen together or not at all.
+// notifyScript: KEYS = data keys..., sequence key (last, only when the
+// channel is not empty). ARGV = channel ("" = write without notification),
+// body, mode, then per data key: for "set" and "tomb" (value, ttl ms), for
+// "cas" (value, ttl ms, expected bytes; "" = must be absent); "del" and
+// "none" take nothing. The sequence key is validated before anything is
+// written, and nothing after the first write can fail, so the writes, the
+// new sequence and the PUBLISH happen together or not at all. "cas" publishes
+// only if it wrote at least one key, and returns one 0/1 flag per key; the
+// other modes return a count (keys written, or keys that existed).
 var notifyScript = redis.NewScript(`
-local n = #KEYS - 1
-local seqkey = KEYS[#KEYS]
-local cur = redis.call('GET', seqkey)
+local notify = ARGV[1] ~= ''
+local n = #KEYS
+local seqkey, cur
+if notify then
+  n = n - 1
+  seqkey = KEYS[#KEYS]
+  cur = redis.call('GET', seqkey)
+end
 local seq = 0
 if cur then
   seq = tonumber(cur)
@@ -66,91 +88,123 @@ if cur then
     return redis.error_reply('ERR nearcache: sequence key holds a non-integer: ' .. seqkey)
   end
 end
+local function put(k, v, ttl)
+  if ttl == '0' then
+    redis.call('SET', k, v)
+  else
+    redis.call('SET', k, v, 'PX', ttl)
+  end
+end
 local res = 0
 local mode = ARGV[3]
 if mode == 'set' then
+  for i = 1, n do put(KEYS[i], ARGV[2 + 2*i], ARGV[3 + 2*i]) end
+  res = n
+elseif mode == 'tomb' then
   for i = 1, n do
-    local ttl = ARGV[3 + 2*i]
-    if ttl == '0' then
-      redis.call('SET', KEYS[i], ARGV[2 + 2*i])
+    res = res + redis.call('EXISTS', KEYS[i])
+    put(KEYS[i], ARGV[2 + 2*i], ARGV[3 + 2*i])
+  end
+elseif mode == 'del' then
+  for i = 1, n do res = res + redis.call('UNLINK', KEYS[i]) end
+elseif mode == 'cas' then
+  res = {}
+  local wrote = false
+  for i = 1, n do
+    local have = redis.pcall('GET', KEYS[i])
+    local want = ARGV[3 + 3*i]
+    if type(have) == 'table' and have.err then
+      res[i] = 0
+    elseif (have == false and want == '') or (have ~= false and have == want) then
+      put(KEYS[i], ARGV[1 + 3*i], ARGV[2 + 3*i])
+      res[i] = 1
+      wrote = true
     else
-      redis.call('SET', KEYS[i], ARGV[2 + 2*i], 'PX', ttl)
+      res[i] = 0
     end
   end
-  res = n
-elseif mode == 'del' then
-  for i = 1, n do
-    res = res + redis.call('UNLINK', KEYS[i])
-  end
+  if not wrote then return res end
 end
+if not notify then return res end
 local s = string.format('%d', seq + 1)
 redis.call('SET', seqkey, s)
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. s)
 return res
 `)
 
-func (s *Store) evalNotify(ctx context.Context, c redis.Scripter, dataKeys []string, n Notification, mode string, pairs []any) *redis.Cmd {
-	keys := append(dataKeys[:len(dataKeys):len(dataKeys)], n.SeqKey)
-	argv := make([]any, 0, 3+len(pairs))
-	argv = append(argv, n.Channel, n.Body, mode)
-	argv = append(argv, pairs...)
-	return notifyScript.Run(ctx, c, keys, argv...)
+// scriptArgs builds KEYS and ARGV for one script call.
+func scriptArgs(dataKeys []string, n *Notification, mode string, perKey []any) ([]string, []any) {
+	keys := dataKeys
+	argv := make([]any, 0, 3+len(perKey))
+	if n != nil {
+		keys = append(dataKeys[:len(dataKeys):len(dataKeys)], n.SeqKey)
+		argv = append(argv, n.Channel, n.Body, mode)
+	} else {
+		argv = append(argv, "", "", mode)
+	}
+	return keys, append(argv, perKey...)
 }
 
-// runNotify runs the notify script once per partition group and adds the
-// script results (keys deleted) to count when non-nil. A single group uses
-// EVALSHA (falling back to EVAL); several groups are pipelined with EVAL so a
-// cold script cache cannot fail half a batch.
-func (s *Store) runNotify(ctx context.Context, keys []string, fn NotifyFunc,
-	pairs func(g slotGroup, argv []any) []any, mode string, count *atomic.Int64) error {
-	groups := s.groups(keys)
+// runScript runs notifyScript once per partition group of keys (one group on
+// a standalone server): perKey returns ARGV for one key index, fn (nil: no
+// notification) builds the group's notification, and reply receives each
+// group's result. A single group uses EVALSHA (falling back to EVAL); several
+// are pipelined with EVAL, so a cold script cache cannot fail half a batch.
+func (s *Store) runScript(ctx context.Context, keys []string, fn NotifyFunc, mode string,
+	perKey func(i int, argv []any) []any, reply func(g slotGroup, v any)) error {
+	groups := s.groups(keys) // a script's keys must share a slot
+	if len(groups) == 0 {
+		groups = []slotGroup{{slot: 0}} // Clear: a notification alone
+	}
 	all := s.prefixAll(keys)
 	type call struct {
-		full []string
-		n    Notification
+		keys []string
 		argv []any
 	}
 	calls := make([]call, len(groups))
 	for gi, g := range groups {
-		full := pick(all, g.idx)
-		n := fn(g.slot, pick(keys, g.idx))
-		if n.Channel == "" || n.SeqKey == "" {
-			return fmt.Errorf("notification for partition %d has an empty channel or sequence key", g.slot)
+		var n *Notification
+		if fn != nil {
+			nn := fn(g.slot, pick(keys, g.idx))
+			if nn.Channel == "" || nn.SeqKey == "" {
+				return fmt.Errorf("notification for partition %d has an empty channel or sequence key", g.slot)
+			}
+			n = &nn
 		}
 		var argv []any
-		if pairs != nil {
-			argv = pairs(g, make([]any, 0, 2*len(g.idx)))
+		if perKey != nil {
+			for _, i := range g.idx {
+				argv = perKey(i, argv)
+			}
 		}
-		calls[gi] = call{full: full, n: n, argv: argv}
+		calls[gi].keys, calls[gi].argv = scriptArgs(pick(all, g.idx), n, mode, argv)
+	}
+	done := func(gi int, v any) {
+		if fn != nil {
+			s.notifies.Add(1)
+		}
+		if reply != nil {
+			reply(groups[gi], v)
+		}
 	}
 	if len(calls) == 1 {
-		c := calls[0]
-		v, err := s.evalNotify(ctx, s.client, c.full, c.n, mode, c.argv).Int64()
+		v, err := notifyScript.Run(ctx, s.client, calls[0].keys, calls[0].argv...).Result()
 		if err != nil {
 			return err
 		}
-		if count != nil {
-			count.Add(v)
-		}
-		s.notifies.Add(1)
+		done(0, v)
 		return nil
 	}
 	cmds := make([]*redis.Cmd, len(calls))
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, c := range calls {
-			keys := append(c.full, c.n.SeqKey)
-			argv := append([]any{c.n.Channel, c.n.Body, mode}, c.argv...)
-			cmds[i] = notifyScript.Eval(ctx, p, keys, argv...)
+			cmds[i] = notifyScript.Eval(ctx, p, c.keys, c.argv...)
 		}
 		return nil
 	})
-	for _, c := range cmds {
-		if c == nil || c.Err() != nil {
-			continue
-		}
-		s.notifies.Add(1)
-		if v, e := c.Int64(); e == nil && count != nil {
-			count.Add(v)
+	for gi, c := range cmds {
+		if v, e := c.Result(); e == nil {
+			done(gi, v)
 		}
 	}
 	return err

@@ -2,8 +2,10 @@ package l2
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -176,9 +178,24 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Get reads one entry. A missing key is ErrNotFound; bytes that are not a
-// valid envelope are an *Error wrapping ErrCorrupt (counted), never a panic.
+// Get reads one entry. A missing (or tombstoned) key is ErrNotFound; bytes
+// that are not a valid envelope are an *Error wrapping ErrCorrupt (counted),
+// never a panic.
 func (s *Store) Get(ctx context.Context, key string) (Entry, error) {
+	e, err := s.Read(ctx, key)
+	switch {
+	case err != nil:
+		return Entry{}, err
+	case e.Tombstone:
+		return Entry{}, ErrNotFound
+	}
+	return e, nil
+}
+
+// Read is Get for callers that replace values with SetIf: it returns
+// tombstones as entries (Tombstone set), and for a corrupt value it returns
+// an Entry holding only Raw, with Corrupt set, beside the error.
+func (s *Store) Read(ctx context.Context, key string) (Entry, error) {
 	if s.closed.Load() {
 		return Entry{}, s.closedErr("get", key)
 	}
@@ -192,12 +209,7 @@ func (s *Store) Get(ctx context.Context, key string) (Entry, error) {
 		}
 		return Entry{}, s.fail("get", key, err)
 	}
-	e, err := s.decode(key, b)
-	if err != nil {
-		return Entry{}, err
-	}
-	s.hits.Add(1)
-	return e, nil
+	return s.decode(key, b)
 }
 
 // prefixAll returns the prefixed keys, sharing one backing string so a
@@ -224,6 +236,8 @@ func (s *Store) prefixAll(keys []string) []string {
 	return out
 }
 
+// decode decodes one value read for key and counts the outcome: a valid
+// value is a hit, a tombstone or an unreadable value a miss.
 func (s *Store) decode(key string, b []byte) (Entry, error) {
 	e, err := decode(b, s.cfg.MaxValueSize)
 	if err != nil {
@@ -233,17 +247,35 @@ func (s *Store) decode(key string, b []byte) (Entry, error) {
 			s.corrupt.Add(1)
 		}
 		s.misses.Add(1)
-		return Entry{}, &Error{Op: "decode", Key: key, Kind: ErrOperation, Err: err}
+		return Entry{Raw: b, Corrupt: true}, &Error{Op: "decode", Key: key, Kind: ErrOperation, Err: err}
+	}
+	if e.Tombstone {
+		s.misses.Add(1)
+	} else {
+		s.hits.Add(1)
 	}
 	return e, nil
 }
 
 // GetMany reads several entries in one round trip: one MGET on a standalone
-// server; on a Cluster one pipeline per node, run concurrently. Missing keys
-// are absent from the map. When some entries are unreadable (corrupt or too
-// large) the map holds the others and the error joins one *Error per bad key;
-// when Redis fails the map is nil.
+// server; on a Cluster one pipeline per node, run concurrently. Missing and
+// tombstoned keys are absent from the map. When some entries are unreadable
+// (corrupt or too large) the map holds the others and the error joins one
+// *Error per bad key; when Redis fails the map is nil.
 func (s *Store) GetMany(ctx context.Context, keys []string) (map[string]Entry, error) {
+	m, err := s.ReadMany(ctx, keys)
+	for k, e := range m {
+		if e.Tombstone || e.Corrupt {
+			delete(m, k)
+		}
+	}
+	return m, err
+}
+
+// ReadMany is GetMany for callers that replace values with SetIf: the map
+// also holds tombstones and, for unreadable values, entries with only Raw and
+// Corrupt set (their errors are joined in the error, as with GetMany).
+func (s *Store) ReadMany(ctx context.Context, keys []string) (map[string]Entry, error) {
 	if s.closed.Load() {
 		return nil, s.closedErr("mget", "")
 	}
@@ -297,9 +329,7 @@ func (s *Store) GetMany(ctx context.Context, keys []string) (map[string]Entry, e
 		e, err := s.decode(keys[i], []byte(str))
 		if err != nil {
 			bad = append(bad, err)
-			continue
 		}
-		s.hits.Add(1)
 		out[keys[i]] = e
 	}
 	return out, errors.Join(bad...)
@@ -395,42 +425,17 @@ func (s *Store) Set(ctx context.Context, key string, e Entry, opts ...WriteOptio
 // one pipeline per node). With Notify each partition's keys are written by
 // one script together with that partition's notification.
 func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...WriteOption) error {
-	op := "set"
-	if len(entries) > 1 {
-		op = "mset"
-	}
-	if s.closed.Load() {
-		return s.closedErr(op, "")
-	}
-	if len(entries) == 0 {
-		return nil
+	keys, vals, op, errKey, err := s.prepare(entries)
+	if err != nil || len(keys) == 0 {
+		return err
 	}
 	wo := applyWrite(opts)
-	now := time.Now()
-	keys := make([]string, 0, len(entries))
-	vals := make([][]byte, 0, len(entries))
-	for k, e := range entries {
-		b, err := s.encodeChecked(k, &e, now)
-		if err != nil {
-			return err
-		}
-		keys = append(keys, k)
-		vals = append(vals, b)
-	}
-	errKey := ""
-	if len(keys) == 1 {
-		errKey = keys[0]
-	}
 	start := time.Now()
-	var err error
 	switch {
 	case wo.notify != nil:
-		err = s.runNotify(ctx, keys, wo.notify, func(g slotGroup, argv []any) []any {
-			for _, i := range g.idx {
-				argv = append(argv, vals[i], ttlArg(entries[keys[i]].TTL))
-			}
-			return argv
-		}, "set", nil)
+		err = s.runScript(ctx, keys, wo.notify, "set", func(i int, argv []any) []any {
+			return append(argv, vals[i], ttlArg(entries[keys[i]].TTL))
+		}, nil)
 	case len(keys) == 1:
 		err = s.client.Set(ctx, s.prefix+keys[0], vals[0], nonNeg(entries[keys[0]].TTL)).Err()
 	default:
@@ -449,6 +454,74 @@ func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...W
 	return nil
 }
 
+// SetIf writes e only if the key still holds exactly old (the Raw bytes of
+// an earlier Read), or, with old == nil, only if the key is absent; a
+// tombstone counts as present. It reports whether it wrote. With Notify the
+// notification is published only if the write happened. This is how a
+// loaded value is stored without overwriting a newer write or a delete that
+// happened while it was being loaded.
+func (s *Store) SetIf(ctx context.Context, key string, e Entry, old []byte, opts ...WriteOption) (bool, error) {
+	w, err := s.SetManyIf(ctx, map[string]Entry{key: e}, map[string][]byte{key: old}, opts...)
+	return w[key], err
+}
+
+// SetManyIf is SetIf for several keys in one round trip; old[k] is the
+// expected value of key k (nil or missing: absent). It returns which keys
+// were written.
+func (s *Store) SetManyIf(ctx context.Context, entries map[string]Entry, old map[string][]byte, opts ...WriteOption) (map[string]bool, error) {
+	keys, vals, op, errKey, err := s.prepare(entries)
+	if err != nil || len(keys) == 0 {
+		return nil, err
+	}
+	wo := applyWrite(opts)
+	written := make(map[string]bool, len(keys))
+	start := time.Now()
+	err = s.runScript(ctx, keys, wo.notify, "cas", func(i int, argv []any) []any {
+		return append(argv, vals[i], ttlArg(entries[keys[i]].TTL), old[keys[i]])
+	}, func(g slotGroup, v any) {
+		flags, _ := v.([]any)
+		for j, i := range g.idx {
+			if j < len(flags) {
+				if f, _ := flags[j].(int64); f == 1 {
+					written[keys[i]] = true
+				}
+			}
+		}
+	})
+	s.latency.Record(time.Since(start))
+	if err != nil {
+		return written, s.fail(op, errKey, err)
+	}
+	s.sets.Add(uint64(len(written)))
+	return written, nil
+}
+
+// prepare encodes entries (checking MaxValueSize) in a fixed key order.
+func (s *Store) prepare(entries map[string]Entry) (keys []string, vals [][]byte, op, errKey string, err error) {
+	op = "set"
+	if len(entries) > 1 {
+		op = "mset"
+	}
+	if s.closed.Load() {
+		return nil, nil, op, "", s.closedErr(op, "")
+	}
+	now := time.Now()
+	keys = make([]string, 0, len(entries))
+	vals = make([][]byte, 0, len(entries))
+	for k, e := range entries {
+		b, err := s.encodeChecked(k, &e, now)
+		if err != nil {
+			return nil, nil, op, k, err
+		}
+		keys = append(keys, k)
+		vals = append(vals, b)
+	}
+	if len(keys) == 1 {
+		errKey = keys[0]
+	}
+	return keys, vals, op, errKey, nil
+}
+
 func nonNeg(d time.Duration) time.Duration {
 	if d < 0 {
 		return 0
@@ -460,7 +533,8 @@ func nonNeg(d time.Duration) time.Duration {
 }
 
 // Delete removes one key and reports whether it existed. With Notify the
-// delete and the notification run as one script.
+// delete and the notification run as one script; with Tombstone the key is
+// replaced by a short-lived tombstone.
 func (s *Store) Delete(ctx context.Context, key string, opts ...WriteOption) (bool, error) {
 	n, err := s.deleteMany(ctx, "del", []string{key}, opts)
 	return n == 1, err
@@ -485,12 +559,23 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 	wo := applyWrite(opts)
 	start := time.Now()
 	var n int64
+	count := func(_ slotGroup, v any) {
+		c, _ := v.(int64)
+		n += c
+	}
 	var err error
-	if wo.notify != nil {
-		var cnt atomic.Int64
-		err = s.runNotify(ctx, keys, wo.notify, nil, "del", &cnt)
-		n = cnt.Load()
-	} else {
+	switch {
+	case wo.tombstone > 0:
+		ttl := ttlArg(wo.tombstone)
+		now := time.Now()
+		err = s.runScript(ctx, keys, wo.notify, "tomb", func(_ int, argv []any) []any {
+			var nonce [8]byte
+			binary.BigEndian.PutUint64(nonce[:], rand.Uint64())
+			return append(argv, encode(nil, &Entry{Tombstone: true, TTL: wo.tombstone, Value: nonce[:]}, now), ttl)
+		}, count)
+	case wo.notify != nil:
+		err = s.runScript(ctx, keys, wo.notify, "del", nil, count)
+	default:
 		groups := s.groups(keys)
 		all := s.prefixAll(keys)
 		cmds := make([]*redis.IntCmd, 0, len(groups))
@@ -610,13 +695,10 @@ func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
 	if err != nil {
 		return removed.Load(), s.fail("clear", "", err)
 	}
-	wo := applyWrite(opts)
-	if wo.notify != nil {
-		n := wo.notify(0, nil)
-		if err := s.evalNotify(ctx, s.client, nil, n, "none", nil).Err(); err != nil {
+	if wo := applyWrite(opts); wo.notify != nil {
+		if err := s.runScript(ctx, nil, wo.notify, "none", nil, nil); err != nil {
 			return removed.Load(), s.fail("clear", "", err)
 		}
-		s.notifies.Add(1)
 	}
 	return removed.Load(), nil
 }

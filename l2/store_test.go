@@ -508,3 +508,91 @@ func TestNewNeverClosesCallersClient(t *testing.T) {
 		t.Fatalf("New(nil): want an error")
 	}
 }
+
+func TestSetIfAndTombstones(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			s, raw := b.open(t, Config{KeyPrefix: "app:"})
+			ctx := context.Background()
+			next := subscribe(t, raw, "inv")
+			nf := Notify(testNotify("inv"))
+
+			// Absent: the first SetIf(nil) writes and notifies, the second does not.
+			if ok, err := s.SetIf(ctx, "k", Entry{Value: []byte("v1")}, nil, nf); !ok || err != nil {
+				t.Fatalf("SetIf on absent key: %v %v, want written", ok, err)
+			}
+			if m, _ := next(); m != "0|k|1" {
+				t.Fatalf("notification: got %q", m)
+			}
+			noMessage(t, raw, "inv", func() {
+				if ok, err := s.SetIf(ctx, "k", Entry{Value: []byte("v2")}, nil, nf); ok || err != nil {
+					t.Errorf("SetIf(absent) on a present key: %v %v, want not written", ok, err)
+				}
+			})
+
+			// Replace exactly what was read.
+			cur, err := s.Read(ctx, "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = s.Set(ctx, "k", Entry{Value: []byte("v3")}) // a newer write
+			if ok, _ := s.SetIf(ctx, "k", Entry{Value: []byte("late")}, cur.Raw); ok {
+				t.Fatalf("SetIf overwrote a newer write")
+			}
+			cur, _ = s.Read(ctx, "k")
+			if ok, _ := s.SetIf(ctx, "k", Entry{Value: []byte("v4")}, cur.Raw); !ok {
+				t.Fatalf("SetIf with the current bytes: not written")
+			}
+			if e, _ := s.Get(ctx, "k"); string(e.Value) != "v4" {
+				t.Fatalf("after SetIf: %q", e.Value)
+			}
+
+			// A tombstone reads as not found but blocks SetIf(absent).
+			if ok, err := s.Delete(ctx, "k", nf, Tombstone(time.Minute)); !ok || err != nil {
+				t.Fatalf("Delete with tombstone: %v %v", ok, err)
+			}
+			if m, _ := next(); m != "0|k|2" {
+				t.Fatalf("tombstone notification: got %q", m)
+			}
+			if _, err := s.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Get of a tombstone: %v, want ErrNotFound", err)
+			}
+			if m, _ := s.GetMany(ctx, []string{"k"}); len(m) != 0 {
+				t.Fatalf("GetMany of a tombstone: %v", m)
+			}
+			tomb, err := s.Read(ctx, "k")
+			if err != nil || !tomb.Tombstone {
+				t.Fatalf("Read of a tombstone: %+v %v", tomb, err)
+			}
+			if pttl, _ := raw.PTTL(ctx, "app:k").Result(); pttl <= 0 || pttl > time.Minute {
+				t.Fatalf("tombstone PTTL %v", pttl)
+			}
+			if ok, _ := s.SetIf(ctx, "k", Entry{Value: []byte("late")}, nil); ok {
+				t.Fatalf("SetIf(absent) overwrote a tombstone")
+			}
+			// A second delete makes a different tombstone: the first no longer matches.
+			_, _ = s.Delete(ctx, "k", Tombstone(time.Minute))
+			if ok, _ := s.SetIf(ctx, "k", Entry{Value: []byte("late")}, tomb.Raw); ok {
+				t.Fatalf("SetIf matched an older tombstone")
+			}
+			tomb2, _ := s.Read(ctx, "k")
+			if ok, _ := s.SetIf(ctx, "k", Entry{Value: []byte("fresh")}, tomb2.Raw); !ok {
+				t.Fatalf("SetIf over the tombstone it read: not written")
+			}
+
+			// Corrupt bytes can be replaced through Read's Raw.
+			raw.Set(ctx, "app:bad", "garbage", 0)
+			bad, err := s.Read(ctx, "bad")
+			if !errors.Is(err, ErrCorrupt) || !bad.Corrupt || string(bad.Raw) != "garbage" {
+				t.Fatalf("Read corrupt: %+v %v", bad, err)
+			}
+			if ok, _ := s.SetIf(ctx, "bad", Entry{Value: []byte("repaired")}, bad.Raw); !ok {
+				t.Fatalf("SetIf over corrupt bytes: not written")
+			}
+			m, err := s.SetManyIf(ctx, map[string]Entry{"bad": {Value: []byte("x")}, "new": {Value: []byte("y")}}, nil)
+			if err != nil || m["bad"] || !m["new"] {
+				t.Fatalf("SetManyIf: %v %v, want only new written", m, err)
+			}
+		})
+	}
+}
