@@ -1,0 +1,493 @@
+package l1
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"math"
+	"math/bits"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// ErrConfig is returned by [New], wrapped with the offending field, when a
+// [Config] is invalid. Test for it with errors.Is.
+var ErrConfig = errors.New("l1: invalid config")
+
+// Defaults applied by [New] to zero fields of [Config].
+const (
+	DefaultMaxEntries      = 100_000
+	DefaultBufferItems     = 64
+	DefaultClockResolution = time.Millisecond
+)
+
+// EntryOverhead is the number of bytes charged per entry, on top of the cost
+// function's result and len(key), when the capacity is given in bytes
+// ([Config.MaxBytes]). It approximates the bookkeeping for one entry: the
+// entry struct, ristretto's store and policy slots and a share of the
+// TinyLFU sketch. BenchmarkMemoryPerEntry measures about 206 bytes per entry
+// with int64 values on amd64, of which 8 are the value and about 21 the
+// sketch at 10 counters per entry.
+const EntryOverhead = 176
+
+const (
+	numShards  = 64 // gate and hit-counter stripes; power of two
+	minGenBits = 10
+	maxGenBits = 22
+	noExpiry   = math.MaxInt64
+)
+
+// Config sizes a [Cache]. Every zero field has a documented default; negative
+// values are errors.
+type Config struct {
+	// MaxEntries is the capacity as a number of entries. Every entry costs 1,
+	// and ristretto's internal per-item cost is ignored, so a cache with
+	// MaxEntries 1000 holds about 1000 entries. Mutually exclusive with
+	// MaxBytes. If both MaxEntries and MaxBytes are zero, DefaultMaxEntries
+	// (100,000) is used.
+	MaxEntries int64
+
+	// MaxBytes is the capacity in bytes. It requires the cost function passed
+	// to [New]; each entry is charged cost(v) + len(key) + [EntryOverhead].
+	// Mutually exclusive with MaxEntries.
+	MaxBytes int64
+
+	// NumCounters is the number of TinyLFU frequency counters (ristretto's
+	// NumCounters). If zero, 10 × MaxEntries is used; with MaxBytes, 10 ×
+	// MaxBytes/1024 (an assumed 1 KiB average entry), at least 1000.
+	NumCounters int64
+
+	// BufferItems is the size of ristretto's per-stripe Get buffers. If zero,
+	// DefaultBufferItems (64) is used.
+	BufferItems int64
+
+	// ClockResolution is the tick of the coarse clock that expiry is checked
+	// against. An entry can be served for up to one tick (plus the ticker's
+	// scheduling delay) after its TTL has passed. If zero,
+	// DefaultClockResolution (1 ms) is used.
+	ClockResolution time.Duration
+
+	// GenerationSlots is the number of per-key generation counters; keys are
+	// mapped onto them by hash, rounded up to a power of two. Two keys that
+	// share a slot invalidate each other's entries (an extra miss, never a
+	// stale read). If zero, the expected number of entries (NumCounters/10)
+	// rounded up to a power of two is used, clamped to [2^10, 2^22].
+	GenerationSlots int
+}
+
+// entry is what L1 stores in ristretto. It is immutable once published by
+// Set; Get reads it without locks.
+type entry[V any] struct {
+	key   string // defence against 64-bit hash collisions: compared on Get
+	epoch uint64 // Cache.epoch at Reserve
+	exp   int64  // expiry, nanoseconds since Cache.base; noExpiry if none
+	gen   uint32 // the key's generation slot at Reserve
+	value V
+}
+
+// shard is one stripe of the close gate and of the hot-path counters. Padded
+// so that goroutines hitting different stripes do not share a cache line.
+type shard struct {
+	active atomic.Int64  // operations inside ristretto; Close waits for 0
+	hits   atomic.Uint64 // Get hits
+	misses atomic.Uint64 // Get misses (all reasons)
+	_      [128 - 24]byte
+}
+
+// Ticket is a fill reservation returned by [Cache.Reserve]. It records the
+// cache epoch and the key's generation at reservation time; [Cache.Fill]
+// stores these stamps in the entry. The zero Ticket is never accepted.
+// A Ticket is only meaningful to the Cache that issued it.
+type Ticket struct {
+	key   string
+	hash  uint64
+	epoch uint64
+	gen   uint32
+}
+
+// Key returns the key the ticket was reserved for.
+func (t Ticket) Key() string { return t.key }
+
+// Cache is a typed, size-bounded in-process cache over ristretto whose
+// entries carry invalidation stamps. See the package documentation for the
+// contract. All methods are safe for concurrent use.
+type Cache[V any] struct {
+	// Read-mostly fields, set by New.
+	rc       *ristretto.Cache[uint64, *entry[V]]
+	seed     maphash.Seed
+	gens     []atomic.Uint32 // per-slot generations; bumped by Invalidate
+	genMask  uint64
+	cost     func(V) int64 // nil in entries mode
+	base     time.Time     // origin of the coarse clock
+	maxCost  int64
+	stop     chan struct{} // closed by Close to stop the ticker
+	tickDone chan struct{} // closed by the ticker goroutine when it exits
+
+	epoch  atomic.Uint64 // starts at 1; bumped by InvalidateAll
+	closed atomic.Bool   // set first thing in Close; gates every ristretto call
+
+	_   [64]byte
+	now atomic.Int64 // coarse clock: ns since base; written by the ticker only
+	_   [56]byte
+
+	shards [numShards]shard
+
+	// Cold counters, touched on miss, fill and ristretto callback paths.
+	stale        atomic.Uint64
+	expired      atomic.Uint64
+	collisions   atomic.Uint64
+	fills        atomic.Uint64
+	refused      atomic.Uint64
+	dropped      atomic.Uint64
+	rejected     atomic.Uint64
+	evicted      atomic.Uint64
+	exited       atomic.Uint64 // entries that left ristretto (any reason)
+	invalidated  atomic.Uint64
+	epochBumps   atomic.Uint64
+	closeMu      sync.Mutex // serialises Close
+	closeDone    bool       // guarded by closeMu
+	hookAfterGrd func()     // tests: runs in Fill between the guard and Set
+	hookCallback func()     // tests: runs in ristretto's goroutine on evict/reject
+}
+
+// New returns a Cache sized by cfg. cost gives the size of a value in bytes;
+// it is required when cfg.MaxBytes is set and ignored otherwise (may be nil).
+// New starts two goroutines in ristretto and one coarse-clock ticker; Close
+// stops them all.
+func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
+	switch {
+	case cfg.MaxEntries < 0:
+		return nil, fmt.Errorf("%w: MaxEntries %d is negative", ErrConfig, cfg.MaxEntries)
+	case cfg.MaxBytes < 0:
+		return nil, fmt.Errorf("%w: MaxBytes %d is negative", ErrConfig, cfg.MaxBytes)
+	case cfg.MaxEntries > 0 && cfg.MaxBytes > 0:
+		return nil, fmt.Errorf("%w: set MaxEntries or MaxBytes, not both", ErrConfig)
+	case cfg.MaxBytes > 0 && cost == nil:
+		return nil, fmt.Errorf("%w: MaxBytes needs a cost function", ErrConfig)
+	case cfg.NumCounters < 0:
+		return nil, fmt.Errorf("%w: NumCounters %d is negative", ErrConfig, cfg.NumCounters)
+	case cfg.BufferItems < 0:
+		return nil, fmt.Errorf("%w: BufferItems %d is negative", ErrConfig, cfg.BufferItems)
+	case cfg.ClockResolution < 0:
+		return nil, fmt.Errorf("%w: ClockResolution %v is negative", ErrConfig, cfg.ClockResolution)
+	case cfg.GenerationSlots < 0:
+		return nil, fmt.Errorf("%w: GenerationSlots %d is negative", ErrConfig, cfg.GenerationSlots)
+	}
+	if cfg.MaxEntries == 0 && cfg.MaxBytes == 0 {
+		cfg.MaxEntries = DefaultMaxEntries
+	}
+	maxCost, expected := cfg.MaxEntries, cfg.MaxEntries
+	if cfg.MaxBytes > 0 {
+		maxCost, expected, cfg.MaxEntries = cfg.MaxBytes, max(cfg.MaxBytes/1024, 100), 0
+	} else {
+		cost = nil
+	}
+	if cfg.NumCounters == 0 {
+		cfg.NumCounters = 10 * expected
+	}
+	if cfg.BufferItems == 0 {
+		cfg.BufferItems = DefaultBufferItems
+	}
+	if cfg.ClockResolution == 0 {
+		cfg.ClockResolution = DefaultClockResolution
+	}
+	if cfg.GenerationSlots == 0 {
+		cfg.GenerationSlots = int(min(max(cfg.NumCounters/10, 1), 1<<maxGenBits))
+	}
+	genBits := max(bits.Len(uint(cfg.GenerationSlots-1)), minGenBits)
+
+	c := &Cache[V]{
+		seed:     maphash.MakeSeed(),
+		gens:     make([]atomic.Uint32, 1<<genBits),
+		genMask:  1<<genBits - 1,
+		cost:     cost,
+		maxCost:  maxCost,
+		stop:     make(chan struct{}),
+		tickDone: make(chan struct{}),
+	}
+	c.epoch.Store(1)
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry[V]]{
+		NumCounters:        cfg.NumCounters,
+		MaxCost:            maxCost,
+		BufferItems:        cfg.BufferItems,
+		IgnoreInternalCost: true,
+		ShouldUpdate:       newerOrEqual[V],
+		OnEvict: func(it *ristretto.Item[*entry[V]]) {
+			if !c.closed.Load() {
+				c.evicted.Add(1)
+			}
+			if h := c.hookCallback; h != nil {
+				h()
+			}
+		},
+		OnReject: func(*ristretto.Item[*entry[V]]) {
+			c.rejected.Add(1)
+			if h := c.hookCallback; h != nil {
+				h()
+			}
+		},
+		OnExit: func(e *entry[V]) {
+			if e != nil {
+				c.exited.Add(1)
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	c.rc = rc
+	c.base = time.Now()
+	go c.tick(cfg.ClockResolution)
+	return c, nil
+}
+
+// newerOrEqual keeps ristretto from replacing an entry with one reserved
+// earlier (older epoch, or same epoch and older generation): the older one
+// could never be served anyway.
+func newerOrEqual[V any](cur, prev *entry[V]) bool {
+	if cur.epoch != prev.epoch {
+		return cur.epoch > prev.epoch
+	}
+	return cur.gen >= prev.gen
+}
+
+// tick runs the coarse clock until Close.
+func (c *Cache[V]) tick(res time.Duration) {
+	defer close(c.tickDone)
+	t := time.NewTicker(res)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			c.now.Store(int64(time.Since(c.base)))
+		case <-c.stop:
+			return
+		}
+	}
+}
+
+func (c *Cache[V]) hash(key string) uint64 { return maphash.String(c.seed, key) }
+
+func (c *Cache[V]) shardOf(h uint64) *shard { return &c.shards[h>>(64-6)] }
+
+// enter admits one operation through the close gate of stripe s. On true
+// the caller may use ristretto and must then call s.active.Add(-1); on false
+// the cache is closed.
+func (c *Cache[V]) enter(s *shard) bool {
+	s.active.Add(1)
+	if c.closed.Load() {
+		s.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Get returns the value stored for key if it is present, unexpired, and its
+// stamps are current: its epoch equals the cache epoch and its generation
+// equals the key's current generation. It does not allocate or read the
+// wall clock.
+func (c *Cache[V]) Get(key string) (V, bool) {
+	h := c.hash(key)
+	s := c.shardOf(h)
+	s.active.Add(1)
+	if !c.closed.Load() {
+		e, ok := c.rc.Get(h)
+		if ok && e.key == key && e.epoch == c.epoch.Load() &&
+			e.gen == c.gens[h&c.genMask].Load() && e.exp > c.now.Load() {
+			s.active.Add(-1)
+			s.hits.Add(1)
+			return e.value, true
+		}
+		if ok {
+			c.reject(h, key, e)
+		}
+	}
+	s.active.Add(-1)
+	s.misses.Add(1)
+	var zero V
+	return zero, false
+}
+
+// reject classifies a found-but-unusable entry and removes it unless it
+// belongs to another key. Called with the gate held.
+func (c *Cache[V]) reject(h uint64, key string, e *entry[V]) {
+	switch {
+	case e.key != key:
+		c.collisions.Add(1)
+		return
+	case e.epoch != c.epoch.Load() || e.gen != c.gens[h&c.genMask].Load():
+		c.stale.Add(1)
+	default:
+		c.expired.Add(1)
+	}
+	c.rc.Del(h)
+}
+
+// Reserve returns a fill ticket for key, recording the current epoch and the
+// key's current generation. Take it before reading the value from its source
+// (L2, the loader), and pass it to Fill.
+func (c *Cache[V]) Reserve(key string) Ticket {
+	h := c.hash(key)
+	return Ticket{key: key, hash: h, epoch: c.epoch.Load(), gen: c.gens[h&c.genMask].Load()}
+}
+
+// Fill stores v under the ticket's key with the ticket's stamps, to expire
+// after ttl (0: no expiry; negative: not stored). It returns false, storing
+// nothing, when the guard refuses the fill (the key was invalidated or the
+// epoch bumped since Reserve; counted in Stats.FillsRefused), when ristretto's
+// set buffer is full (Stats.SetsDropped), when ttl is negative, or after
+// Close. A true result means the set was handed to ristretto: its admission
+// policy may still reject a new key later (Stats.SetsRejected).
+func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
+	if ttl < 0 {
+		return false
+	}
+	s := c.shardOf(t.hash)
+	if !c.enter(s) {
+		return false
+	}
+	defer s.active.Add(-1)
+	if t.epoch != c.epoch.Load() || t.gen != c.gens[t.hash&c.genMask].Load() {
+		c.refused.Add(1)
+		return false
+	}
+	if h := c.hookAfterGrd; h != nil {
+		h()
+	}
+	e := &entry[V]{key: t.key, epoch: t.epoch, gen: t.gen, exp: noExpiry, value: v}
+	if ttl > 0 {
+		e.exp = int64(time.Since(c.base)) + int64(ttl)
+		if e.exp < 0 { // overflow: ttl beyond ~290 years
+			e.exp = noExpiry
+		}
+	}
+	cost := int64(1)
+	if c.cost != nil {
+		cost = max(c.cost(v), 0) + int64(len(t.key)) + EntryOverhead
+	}
+	if !c.rc.Set(t.hash, e, cost) {
+		c.dropped.Add(1)
+		return false
+	}
+	c.fills.Add(1)
+	return true
+}
+
+// Invalidate bumps the generation of each key, so that no entry filled with a
+// ticket reserved before this call is ever served again, then deletes the
+// keys' entries. When Invalidate returns, Get no longer returns the old
+// entries, whatever ristretto's buffers still hold.
+func (c *Cache[V]) Invalidate(keys ...string) {
+	for _, key := range keys {
+		h := c.hash(key)
+		c.gens[h&c.genMask].Add(1)
+		c.invalidated.Add(1)
+		s := c.shardOf(h)
+		if c.enter(s) {
+			c.rc.Del(h)
+			s.active.Add(-1)
+		}
+	}
+}
+
+// InvalidateAll bumps the cache epoch: every entry filled with a ticket
+// reserved before this call becomes unreachable. It is O(1) and atomic; the
+// old entries are removed lazily (on Get, or by eviction).
+func (c *Cache[V]) InvalidateAll() {
+	c.epoch.Add(1)
+	c.epochBumps.Add(1)
+}
+
+// Wait blocks until every set handed to ristretto so far has been applied
+// (admitted or rejected). Meant for tests; a no-op after Close.
+func (c *Cache[V]) Wait() {
+	s := &c.shards[0]
+	if !c.enter(s) {
+		return
+	}
+	defer s.active.Add(-1)
+	c.rc.Wait()
+}
+
+// Close stops the cache's goroutines and releases its entries. It is
+// idempotent, waits for operations in flight, and is safe to call while other
+// goroutines use the cache: afterwards Get misses, Fill returns false and the
+// other methods do nothing. It always returns nil.
+func (c *Cache[V]) Close() error {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closeDone {
+		return nil
+	}
+	c.closed.Store(true)
+	// Every operation that saw closed == false incremented its stripe before
+	// that load (sequentially consistent atomics), so once a stripe reads
+	// zero it holds no such operation, and no new one can enter.
+	for i := range c.shards {
+		for spin := 0; c.shards[i].active.Load() != 0; spin++ {
+			if spin < 100 {
+				runtime.Gosched()
+			} else {
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+	}
+	close(c.stop)
+	<-c.tickDone
+	c.rc.Close()
+	c.closeDone = true
+	return nil
+}
+
+// Stats is a snapshot of a Cache's counters. Counters are cumulative since
+// New; Entries and Cost are current.
+type Stats struct {
+	Hits         uint64 // Get calls that returned a value
+	Misses       uint64 // Get calls that did not (including Stale, Expired, Collisions)
+	Stale        uint64 // misses on an entry whose epoch or generation was outdated
+	Expired      uint64 // misses on an entry past its TTL
+	Collisions   uint64 // misses on an entry stored for another key with the same hash
+	Fills        uint64 // Fill calls handed to ristretto
+	FillsRefused uint64 // Fill calls refused by the guard (invalidated since Reserve)
+	SetsDropped  uint64 // Fill calls dropped because ristretto's set buffer was full
+	SetsRejected uint64 // new entries rejected by ristretto's admission policy
+	Evictions    uint64 // entries evicted to make room
+	Invalidated  uint64 // keys passed to Invalidate
+	EpochBumps   uint64 // InvalidateAll calls
+	Entries      int64  // entries currently held by ristretto (approximate while sets are buffered)
+	Cost         int64  // capacity in use: entries, or bytes with MaxBytes
+	MaxCost      int64  // capacity: MaxEntries or MaxBytes
+}
+
+// Stats returns a snapshot of the counters. After Close, Entries and Cost
+// are zero.
+func (c *Cache[V]) Stats() Stats {
+	st := Stats{
+		Stale:        c.stale.Load(),
+		Expired:      c.expired.Load(),
+		Collisions:   c.collisions.Load(),
+		Fills:        c.fills.Load(),
+		FillsRefused: c.refused.Load(),
+		SetsDropped:  c.dropped.Load(),
+		SetsRejected: c.rejected.Load(),
+		Evictions:    c.evicted.Load(),
+		Invalidated:  c.invalidated.Load(),
+		EpochBumps:   c.epochBumps.Load(),
+		MaxCost:      c.maxCost,
+	}
+	for i := range c.shards {
+		st.Hits += c.shards[i].hits.Load()
+		st.Misses += c.shards[i].misses.Load()
+	}
+	s := &c.shards[0]
+	if c.enter(s) {
+		st.Cost = c.maxCost - c.rc.RemainingCost()
+		s.active.Add(-1)
+		st.Entries = max(int64(st.Fills)-int64(c.exited.Load()), 0)
+	}
+	return st
+}

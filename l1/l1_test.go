@@ -1,0 +1,477 @@
+package l1
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+func newTest[V any](t *testing.T, cfg Config, cost func(V) int64) *Cache[V] {
+	t.Helper()
+	c, err := New(cfg, cost)
+	if err != nil {
+		t.Fatalf("New(%+v) error: %v", cfg, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// fill reserves and fills key, failing the test if the fill is not accepted,
+// then waits for ristretto to apply it.
+func fill[V any](t *testing.T, c *Cache[V], key string, v V, ttl time.Duration) {
+	t.Helper()
+	if !c.Fill(c.Reserve(key), v, ttl) {
+		t.Fatalf("Fill(%q) = false, want true", key)
+	}
+	c.Wait()
+}
+
+func wantHit[V comparable](t *testing.T, c *Cache[V], key string, want V) {
+	t.Helper()
+	got, ok := c.Get(key)
+	if !ok || got != want {
+		t.Fatalf("Get(%q) = %v, %v; want %v, true", key, got, ok, want)
+	}
+}
+
+func wantMiss[V any](t *testing.T, c *Cache[V], key string) {
+	t.Helper()
+	if got, ok := c.Get(key); ok {
+		t.Fatalf("Get(%q) = %v, true; want a miss", key, got)
+	}
+}
+
+func TestNewConfigErrors(t *testing.T) {
+	cost := func(int) int64 { return 1 }
+	tests := []struct {
+		name string
+		cfg  Config
+		cost func(int) int64
+	}{
+		{"negative MaxEntries", Config{MaxEntries: -1}, nil},
+		{"negative MaxBytes", Config{MaxBytes: -1}, cost},
+		{"both capacities", Config{MaxEntries: 10, MaxBytes: 10}, cost},
+		{"MaxBytes without cost", Config{MaxBytes: 1 << 20}, nil},
+		{"negative NumCounters", Config{NumCounters: -1}, nil},
+		{"negative BufferItems", Config{BufferItems: -1}, nil},
+		{"negative ClockResolution", Config{ClockResolution: -time.Second}, nil},
+		{"negative GenerationSlots", Config{GenerationSlots: -1}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := New(tc.cfg, tc.cost)
+			if !errors.Is(err, ErrConfig) {
+				t.Errorf("New(%+v) error = %v, want %v", tc.cfg, err, ErrConfig)
+			}
+			if c != nil {
+				t.Errorf("New(%+v) returned a cache with an error", tc.cfg)
+				c.Close()
+			}
+		})
+	}
+}
+
+func TestNewDefaults(t *testing.T) {
+	c := newTest[int](t, Config{}, nil)
+	if got := c.Stats().MaxCost; got != DefaultMaxEntries {
+		t.Errorf("MaxCost = %d, want %d", got, DefaultMaxEntries)
+	}
+	if got, want := len(c.gens), 1<<17; got != want {
+		t.Errorf("generation slots = %d, want %d", got, want)
+	}
+	small := newTest[int](t, Config{MaxEntries: 10}, nil)
+	if got, want := len(small.gens), 1<<minGenBits; got != want {
+		t.Errorf("generation slots for 10 entries = %d, want %d", got, want)
+	}
+}
+
+// TestCapacityInEntries checks that ristretto's internal per-item cost does
+// not shrink the cache: MaxEntries 1000 holds about 1000 entries.
+func TestCapacityInEntries(t *testing.T) {
+	const capacity = 1000
+	c := newTest[int](t, Config{MaxEntries: capacity}, nil)
+	for i := range 3 * capacity {
+		c.Fill(c.Reserve("k"+strconv.Itoa(i)), i, 0)
+		if i%100 == 0 {
+			c.Wait()
+		}
+	}
+	c.Wait()
+	present := 0
+	for i := range 3 * capacity {
+		if _, ok := c.Get("k" + strconv.Itoa(i)); ok {
+			present++
+		}
+	}
+	if present < capacity*95/100 || present > capacity {
+		t.Errorf("entries present = %d, want between %d and %d", present, capacity*95/100, capacity)
+	}
+	st := c.Stats()
+	if st.Cost < capacity*95/100 || st.Cost > capacity {
+		t.Errorf("Stats.Cost = %d, want about %d", st.Cost, capacity)
+	}
+	if st.Entries != int64(present) {
+		t.Errorf("Stats.Entries = %d, want %d (entries present)", st.Entries, present)
+	}
+	if st.Evictions+st.SetsRejected == 0 {
+		t.Errorf("Stats = %+v, want evictions or rejections after overfilling", st)
+	}
+}
+
+func TestCapacityInBytes(t *testing.T) {
+	const maxBytes = 1 << 20
+	c := newTest(t, Config{MaxBytes: maxBytes}, func(v []byte) int64 { return int64(len(v)) })
+	val := make([]byte, 1000)
+	perEntry := int64(len(val)) + int64(len("k0000")) + EntryOverhead
+	for i := range 4000 {
+		key := fmt.Sprintf("k%04d", i)
+		c.Fill(c.Reserve(key), val, 0)
+		if i%100 == 0 {
+			c.Wait()
+		}
+	}
+	c.Wait()
+	st := c.Stats()
+	if st.Cost > maxBytes || st.Cost < maxBytes*9/10 {
+		t.Errorf("Stats.Cost = %d, want about %d", st.Cost, maxBytes)
+	}
+	if want := maxBytes / perEntry; st.Entries < want*9/10 || st.Entries > want {
+		t.Errorf("Stats.Entries = %d, want about %d", st.Entries, want)
+	}
+}
+
+func TestGetFillInvalidate(t *testing.T) {
+	c := newTest[string](t, Config{MaxEntries: 100}, nil)
+	wantMiss(t, c, "a")
+	fill(t, c, "a", "v1", 0)
+	fill(t, c, "b", "w1", time.Hour)
+	wantHit(t, c, "a", "v1")
+	wantHit(t, c, "b", "w1")
+
+	c.Invalidate("a")
+	wantMiss(t, c, "a")
+	wantHit(t, c, "b", "w1")
+
+	fill(t, c, "a", "v2", 0)
+	wantHit(t, c, "a", "v2")
+
+	c.InvalidateAll()
+	wantMiss(t, c, "a")
+	wantMiss(t, c, "b")
+	fill(t, c, "a", "v3", 0)
+	wantHit(t, c, "a", "v3")
+
+	st := c.Stats()
+	want := Stats{Hits: 5, Misses: 4, Stale: 2, Fills: 4, Invalidated: 1, EpochBumps: 1}
+	if st.Hits != want.Hits || st.Misses != want.Misses || st.Stale != want.Stale ||
+		st.Fills != want.Fills || st.Invalidated != want.Invalidated || st.EpochBumps != want.EpochBumps {
+		t.Errorf("Stats = %+v, want counters %+v", st, want)
+	}
+}
+
+// TestFillGuard covers the fill race: a ticket reserved before an
+// invalidation must never produce a servable entry.
+func TestFillGuard(t *testing.T) {
+	tests := []struct {
+		name       string
+		invalidate func(c *Cache[int])
+	}{
+		{"Invalidate", func(c *Cache[int]) { c.Invalidate("k") }},
+		{"InvalidateAll", func(c *Cache[int]) { c.InvalidateAll() }},
+	}
+	for _, tc := range tests {
+		// reserve → invalidate → fill: the guard refuses the fill.
+		t.Run(tc.name+"/BeforeFill", func(t *testing.T) {
+			c := newTest[int](t, Config{MaxEntries: 100}, nil)
+			fill(t, c, "k", 1, 0)
+			tk := c.Reserve("k")
+			tc.invalidate(c)
+			if c.Fill(tk, 1, 0) {
+				t.Fatal("Fill with a ticket reserved before the invalidation = true, want false")
+			}
+			c.Wait()
+			wantMiss(t, c, "k")
+			if got := c.Stats().FillsRefused; got != 1 {
+				t.Errorf("FillsRefused = %d, want 1", got)
+			}
+			fill(t, c, "k", 2, 0) // a fresh ticket works
+			wantHit(t, c, "k", 2)
+		})
+		// reserve → fill passes the guard → invalidate → ristretto's set
+		// lands: Get still refuses the entry.
+		t.Run(tc.name+"/AfterGuard", func(t *testing.T) {
+			c := newTest[int](t, Config{MaxEntries: 100}, nil)
+			tk := c.Reserve("k")
+			c.hookAfterGrd = func() { tc.invalidate(c) }
+			if !c.Fill(tk, 1, 0) {
+				t.Fatal("Fill = false, want true (the guard ran before the invalidation)")
+			}
+			c.hookAfterGrd = nil
+			c.Wait()
+			wantMiss(t, c, "k")
+			if got := c.Stats().Stale; got != 1 {
+				t.Errorf("Stale = %d, want 1", got)
+			}
+			fill(t, c, "k", 2, 0)
+			wantHit(t, c, "k", 2)
+		})
+	}
+}
+
+func TestFillRejectsBadInput(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 100}, nil)
+	if c.Fill(Ticket{}, 1, 0) {
+		t.Error("Fill(zero Ticket) = true, want false")
+	}
+	if c.Fill(c.Reserve("k"), 1, -time.Second) {
+		t.Error("Fill(ttl < 0) = true, want false")
+	}
+	c.Wait()
+	wantMiss(t, c, "k")
+	if tk := c.Reserve("k"); tk.Key() != "k" {
+		t.Errorf("Ticket.Key() = %q, want %q", tk.Key(), "k")
+	}
+}
+
+// TestCollisionIsAMiss stores an entry for another key under a key's hash,
+// as a 64-bit hash collision would, and checks that Get compares the key.
+func TestCollisionIsAMiss(t *testing.T) {
+	c := newTest[string](t, Config{MaxEntries: 100}, nil)
+	tk := c.Reserve("a")
+	c.rc.Set(tk.hash, &entry[string]{key: "b", epoch: tk.epoch, gen: tk.gen, exp: noExpiry, value: "b's"}, 1)
+	c.Wait()
+	wantMiss(t, c, "a")
+	if got := c.Stats().Collisions; got != 1 {
+		t.Errorf("Collisions = %d, want 1", got)
+	}
+}
+
+// TestGenerationSlotSharing checks that keys sharing a generation slot only
+// cost each other misses.
+func TestGenerationSlotSharing(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 100, GenerationSlots: 1}, nil)
+	a, b := "a", ""
+	for i := 0; b == ""; i++ {
+		k := "b" + strconv.Itoa(i)
+		if c.hash(k)&c.genMask == c.hash(a)&c.genMask {
+			b = k
+		}
+	}
+	fill(t, c, a, 1, 0)
+	fill(t, c, b, 2, 0)
+	c.Invalidate(a)
+	wantMiss(t, c, a)
+	wantMiss(t, c, b) // shares the slot: a miss, not a stale read
+	fill(t, c, b, 3, 0)
+	wantHit(t, c, b, 3)
+}
+
+func TestNewerOrEqual(t *testing.T) {
+	tests := []struct {
+		cur, prev entry[int]
+		want      bool
+	}{
+		{entry[int]{epoch: 2, gen: 0}, entry[int]{epoch: 1, gen: 5}, true},
+		{entry[int]{epoch: 1, gen: 5}, entry[int]{epoch: 2, gen: 0}, false},
+		{entry[int]{epoch: 1, gen: 3}, entry[int]{epoch: 1, gen: 3}, true},
+		{entry[int]{epoch: 1, gen: 2}, entry[int]{epoch: 1, gen: 3}, false},
+	}
+	for _, tc := range tests {
+		if got := newerOrEqual(&tc.cur, &tc.prev); got != tc.want {
+			t.Errorf("newerOrEqual(epoch %d gen %d, epoch %d gen %d) = %v, want %v",
+				tc.cur.epoch, tc.cur.gen, tc.prev.epoch, tc.prev.gen, got, tc.want)
+		}
+	}
+}
+
+// TestSetDroppedByFullBuffer blocks ristretto's set-processing goroutine in a
+// callback, fills its set buffer, and checks that the dropped fill is
+// counted, reported as false, and harmless.
+func TestSetDroppedByFullBuffer(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 1}, nil)
+	fill(t, c, "first", 1, 0)
+
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.hookCallback = func() {
+		once.Do(func() {
+			close(blocked)
+			<-release
+		})
+	}
+	// A second key in a full cache makes ristretto evict or reject: the
+	// callback blocks its goroutine.
+	c.Fill(c.Reserve("second"), 2, 0)
+	<-blocked
+
+	dropped := ""
+	for i := 0; i < 1<<17 && dropped == ""; i++ {
+		k := "x" + strconv.Itoa(i)
+		if !c.Fill(c.Reserve(k), i, 0) {
+			dropped = k
+		}
+	}
+	if dropped == "" {
+		t.Fatal("no Fill was dropped with ristretto's goroutine blocked")
+	}
+	if got := c.Stats().SetsDropped; got != 1 {
+		t.Errorf("SetsDropped = %d, want 1", got)
+	}
+	close(release)
+	c.Wait()
+	c.hookCallback = nil
+
+	wantMiss(t, c, dropped)
+	st := c.Stats()
+	if st.Cost != 1 || st.Entries != 1 {
+		t.Errorf("after draining: Cost = %d, Entries = %d; want 1, 1", st.Cost, st.Entries)
+	}
+	// Exactly one entry is resident, and it can still be read and replaced.
+	resident := ""
+	for _, k := range append([]string{"first", "second"}, keysX(1<<17)...) {
+		if _, ok := c.Get(k); ok {
+			if resident != "" {
+				t.Fatalf("both %q and %q resident in a 1-entry cache", resident, k)
+			}
+			resident = k
+		}
+	}
+	if resident == "" {
+		t.Fatal("no entry resident after draining")
+	}
+	fill(t, c, resident, -1, 0)
+	wantHit(t, c, resident, -1)
+}
+
+func keysX(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = "x" + strconv.Itoa(i)
+	}
+	return keys
+}
+
+func TestTTLExpiry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const res = 10 * time.Millisecond
+		c := newTest[string](t, Config{MaxEntries: 100, ClockResolution: res}, nil)
+		fill(t, c, "short", "s", 100*time.Millisecond)
+		fill(t, c, "forever", "f", 0)
+		wantHit(t, c, "short", "s")
+
+		time.Sleep(100*time.Millisecond - res)
+		synctest.Wait() // let the clock goroutine record the tick
+		wantHit(t, c, "short", "s")
+
+		time.Sleep(res)
+		synctest.Wait()
+		wantMiss(t, c, "short")
+		if got := c.Stats().Expired; got != 1 {
+			t.Errorf("Expired = %d, want 1", got)
+		}
+		c.Wait()
+		if got := c.Stats().Entries; got != 1 {
+			t.Errorf("Entries = %d after expiry, want 1 (the expired entry is removed)", got)
+		}
+
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		wantHit(t, c, "forever", "f")
+		if err := c.Close(); err != nil {
+			t.Errorf("Close() = %v, want nil", err)
+		}
+	})
+}
+
+func TestCloseIdempotentAndInert(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 100}, nil)
+	fill(t, c, "k", 1, 0)
+	tk := c.Reserve("k")
+	for i := range 2 {
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close() #%d = %v, want nil", i+1, err)
+		}
+	}
+	wantMiss(t, c, "k")
+	if c.Fill(tk, 2, 0) {
+		t.Error("Fill after Close = true, want false")
+	}
+	c.Invalidate("k")
+	c.InvalidateAll()
+	c.Wait()
+	if st := c.Stats(); st.Entries != 0 || st.Cost != 0 {
+		t.Errorf("Stats after Close: Entries %d, Cost %d; want 0, 0", st.Entries, st.Cost)
+	}
+}
+
+// TestCloseDuringUse closes the cache while goroutines call every method;
+// nothing may panic (ristretto panics on Set after Close if not gated), and
+// after Close returns every call is inert.
+func TestCloseDuringUse(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 64}, nil)
+	const workers = 6
+	var (
+		started sync.WaitGroup
+		done    sync.WaitGroup
+		closed  = make(chan struct{})
+	)
+	started.Add(workers)
+	done.Add(workers)
+	for w := range workers {
+		go func() {
+			defer done.Done()
+			afterClose := 0
+			for i := 0; ; i++ {
+				k := "k" + strconv.Itoa(i%128)
+				switch (w + i) % 6 {
+				case 0, 1:
+					c.Get(k)
+				case 2:
+					c.Fill(c.Reserve(k), i, time.Hour)
+				case 3:
+					c.Invalidate(k)
+				case 4:
+					if i%64 == 0 {
+						c.Wait()
+						c.InvalidateAll()
+					}
+				case 5:
+					c.Stats()
+				}
+				if i == 1000 {
+					started.Done()
+				}
+				select {
+				case <-closed:
+					// Close has returned: the cache must be inert.
+					if _, ok := c.Get(k); ok {
+						t.Errorf("Get(%q) hit after Close", k)
+					}
+					if c.Fill(c.Reserve(k), i, 0) {
+						t.Errorf("Fill(%q) = true after Close", k)
+					}
+					if afterClose++; afterClose == 100 {
+						return
+					}
+				default:
+				}
+			}
+		}()
+	}
+	started.Wait()
+	var closers sync.WaitGroup
+	for range 2 {
+		closers.Go(func() {
+			if err := c.Close(); err != nil {
+				t.Errorf("Close() = %v, want nil", err)
+			}
+		})
+	}
+	closers.Wait()
+	close(closed)
+	done.Wait()
+}
