@@ -1,0 +1,539 @@
+package invalidation
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/nearcache/nearcache/internal/hashslot"
+)
+
+// Errors returned by the bus.
+var (
+	ErrClosed    = errors.New("invalidation: bus closed")
+	ErrStarted   = errors.New("invalidation: bus already started")
+	ErrNilClient = errors.New("invalidation: nil redis client")
+	ErrNilHandle = errors.New("invalidation: nil handler")
+)
+
+// Handler receives invalidations. The bus calls it from a single goroutine,
+// never concurrently, and never for the bus's own messages. Calls should be
+// quick (the worker applies messages in order behind them).
+type Handler interface {
+	// InvalidateKeys drops the local copies of keys (namespace not
+	// prefixed). keys is only valid during the call.
+	InvalidateKeys(keys []string)
+	// InvalidateAll drops every local copy: some invalidation may have been
+	// lost, or another instance cleared the namespace.
+	InvalidateAll(cause Cause)
+}
+
+// publishScript increments the partition's sequence key and publishes the
+// body followed by the new sequence in decimal, atomically: the same payload
+// contract as l2's write scripts. string.format keeps the number in integer
+// notation (tostring would switch to exponent notation at 1e14).
+var publishScript = redis.NewScript(`
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. string.format('%d', seq))
+return seq
+`)
+
+// Bus publishes and receives sequenced invalidation messages over Redis
+// pub/sub and detects their loss. Create it with [New], start receiving with
+// [Bus.Start], stop with [Bus.Close]. All methods are safe for concurrent use.
+type Bus struct {
+	client   redis.UniversalClient
+	cluster  *redis.ClusterClient // non-nil when client is a cluster client
+	cfg      Config
+	h        Handler
+	log      *zap.Logger
+	channel  string
+	epochKey string
+
+	stats  counters
+	health healthState
+
+	queue chan item
+	// pending holds 1<<Cause bits of InvalidateAll requests not yet applied;
+	// any goroutine sets them, the worker swaps them out.
+	pending atomic.Uint32
+	wake    chan struct{} // cap 1: pokes the worker after pending changed
+
+	enqueued  atomic.Uint64 // items put in queue (reader)
+	processed atomic.Uint64 // items fully handled (worker)
+
+	trackMu sync.Mutex
+	last    map[int]track // guarded by trackMu: sequence state per partition
+
+	lifeMu  sync.Mutex         // guards started, closed, ps, cancel
+	started bool               // Start was called
+	closed  bool               // Close was called
+	ps      *redis.PubSub      // the current subscription; replaced by the reader on stalls
+	cancel  context.CancelFunc // stops the goroutines
+	wg      sync.WaitGroup     // the reader, worker and anti-entropy goroutines
+
+	confirmed     chan struct{} // closed by the reader at the first confirmation
+	startReturned atomic.Bool   // Start gave up or succeeded; later first confirmations are repairs
+}
+
+// track is the sequence state of one partition.
+type track struct {
+	last uint64 // highest sequence accounted for (applied, or repaired by anti-entropy)
+	// (lateLo, lateHi] are sequences that anti-entropy declared lost and
+	// repaired; if they arrive after all, they are late, not a reset. The
+	// window closes when a later sequence arrives.
+	lateLo, lateHi uint64
+}
+
+type item struct {
+	payload string
+	recv    time.Time
+}
+
+// New returns a bus for the namespace in cfg. It does no I/O; call
+// [Bus.Start] to subscribe. The client is shared, never closed by the bus.
+func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
+	if client == nil {
+		return nil, ErrNilClient
+	}
+	if h == nil {
+		return nil, ErrNilHandle
+	}
+	cfg = cfg.withDefaults()
+	if cfg.InstanceID == (InstanceID{}) {
+		if _, err := rand.Read(cfg.InstanceID[:]); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.HMACKey != nil {
+		cfg.HMACKey = append([]byte(nil), cfg.HMACKey...)
+	}
+	b := &Bus{
+		client:    client,
+		cfg:       cfg,
+		h:         h,
+		log:       cfg.Logger.Named("invalidation"),
+		channel:   cfg.Namespace + ":inv",
+		epochKey:  cfg.Namespace + ":inv:epoch",
+		queue:     make(chan item, cfg.BufferSize),
+		wake:      make(chan struct{}, 1),
+		last:      make(map[int]track),
+		confirmed: make(chan struct{}),
+	}
+	b.cluster, _ = client.(*redis.ClusterClient)
+	b.health.set(reasonNotSubscribed)
+	return b, nil
+}
+
+// Channel is the pub/sub channel of the namespace.
+func (b *Bus) Channel() string { return b.channel }
+
+// InstanceID is the id this bus stamps on its messages.
+func (b *Bus) InstanceID() InstanceID { return b.cfg.InstanceID }
+
+// SeqKey is the sequence key of a partition: hash-tagged to the partition's
+// slot, so that a script touching a data key of that slot and this key stays
+// single-slot on Redis Cluster. The tag comes first, so braces in the
+// namespace cannot move the key. A partition outside [0, 16384) is reduced
+// modulo 16384.
+func (b *Bus) SeqKey(partition int) string {
+	return "{" + hashslot.Tag(normPartition(partition)) + "}" + b.cfg.Namespace + ":inv:seq"
+}
+
+func normPartition(p int) int {
+	p %= hashslot.Count
+	if p < 0 {
+		p += hashslot.Count
+	}
+	return p
+}
+
+// EncodeDelete returns the body of a message that invalidates keys (without
+// the namespace prefix) in partition, to be published with the partition's
+// sequence appended (by l2's scripts or [Bus.Publish]). A body that would
+// exceed MaxBodySize becomes a clear-all.
+func (b *Bus) EncodeDelete(partition int, keys []string) []byte {
+	return encode(b.cfg.InstanceID, normPartition(partition), OpDelete, time.Now().UnixNano(), keys, b.cfg.HMACKey)
+}
+
+// EncodeClear returns the body of a message that makes every other instance
+// drop its whole local cache.
+func (b *Bus) EncodeClear(partition int) []byte {
+	return encode(b.cfg.InstanceID, normPartition(partition), OpClear, time.Now().UnixNano(), nil, b.cfg.HMACKey)
+}
+
+// Publish atomically increments the partition's sequence key and publishes
+// body (from EncodeDelete or EncodeClear for the same partition) with the new
+// sequence appended. It needs no Start.
+func (b *Bus) Publish(ctx context.Context, partition int, body []byte) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	err := publishScript.Run(ctx, b.client, []string{b.SeqKey(partition)}, b.channel, body).Err()
+	if err != nil {
+		return err
+	}
+	b.stats.published.Add(1)
+	return nil
+}
+
+// PublishClear publishes a clear-all on partition 0.
+func (b *Bus) PublishClear(ctx context.Context) error {
+	return b.Publish(ctx, 0, b.EncodeClear(0))
+}
+
+// Health reports whether the stream is healthy. It is a single atomic load.
+func (b *Bus) Health() Health { return b.health.get() }
+
+// Stats returns a snapshot of the counters.
+func (b *Bus) Stats() Stats { return b.stats.snapshot() }
+
+func (b *Bus) isClosed() bool {
+	b.lifeMu.Lock()
+	defer b.lifeMu.Unlock()
+	return b.closed
+}
+
+// Start opens the dedicated subscription connection and returns once Redis
+// has confirmed the subscription. If ctx ends first, Start returns ctx's
+// error but the bus keeps trying in the background (Health stays unhealthy,
+// and the eventual confirmation invalidates everything) until Close. Start
+// may be called once.
+func (b *Bus) Start(ctx context.Context) error {
+	b.lifeMu.Lock()
+	if b.closed {
+		b.lifeMu.Unlock()
+		return ErrClosed
+	}
+	if b.started {
+		b.lifeMu.Unlock()
+		return ErrStarted
+	}
+	b.started = true
+	runCtx, cancel := context.WithCancel(context.Background())
+	b.cancel = cancel
+	b.wg.Add(2)
+	go b.worker(runCtx)
+	go b.reader(runCtx)
+	if b.cfg.AntiEntropyInterval > 0 {
+		b.wg.Add(1)
+		go b.antiEntropy(runCtx)
+	}
+	b.lifeMu.Unlock()
+
+	defer b.startReturned.Store(true)
+	select {
+	case <-b.confirmed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-runCtx.Done():
+		return ErrClosed
+	}
+}
+
+// Close stops every goroutine of the bus and closes its subscription
+// connection, and waits for them. It never closes the client. It is
+// idempotent and always returns nil.
+func (b *Bus) Close() error {
+	b.lifeMu.Lock()
+	if b.closed {
+		b.lifeMu.Unlock()
+		return nil
+	}
+	b.closed = true
+	if b.cancel != nil {
+		b.cancel()
+	}
+	if b.ps != nil {
+		_ = b.ps.Close() // unblocks the reader
+	}
+	b.lifeMu.Unlock()
+	b.wg.Wait()
+	return nil
+}
+
+// requestInvalidateAll asks the worker to call InvalidateAll(c) soon.
+func (b *Bus) requestInvalidateAll(c Cause) {
+	b.pending.Or(1 << c)
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// reader owns the subscription: it reads every reply, hands messages to the
+// worker without blocking, and turns failures, confirmations and silences
+// into repairs.
+func (b *Bus) reader(ctx context.Context) {
+	defer b.wg.Done()
+	var (
+		ps          = b.subscribe(ctx)
+		everOK      bool      // a confirmation has been seen
+		failing     bool      // a failure was seen since the last confirmation
+		pingOut     bool      // a ping is unanswered
+		lastHeard   time.Time // last reply of any kind
+		backoff     time.Duration
+		stalledOnce bool // the current silence was already reported
+	)
+	if ps == nil {
+		return
+	}
+	lastHeard = time.Now()
+	ping := b.cfg.PingInterval
+	for {
+		v, err := ps.ReceiveTimeout(ctx, ping)
+		if ctx.Err() != nil {
+			return
+		}
+		now := time.Now()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				silent := now.Sub(lastHeard)
+				if !pingOut {
+					pingOut = true
+					if perr := ps.Ping(ctx); perr != nil && !failing {
+						failing = true
+						b.lost(CauseDisconnect, reasonDisconnected, perr)
+					}
+					continue
+				}
+				if silent >= 2*ping && !stalledOnce {
+					stalledOnce = true
+					b.stats.stalls.Add(1)
+					b.lost(CauseStall, reasonStalled, err)
+				}
+				if silent >= 4*ping {
+					// Black hole: replace the connection; the new
+					// subscription's confirmation repairs again.
+					if ps = b.resubscribe(ctx, ps); ps == nil {
+						return
+					}
+					failing, pingOut, lastHeard, stalledOnce = true, false, now, false
+				}
+				continue
+			}
+			// go-redis has already dropped the connection and tried to
+			// dial again and resend SUBSCRIBE; its confirmation, or the next
+			// error, comes through ReceiveTimeout.
+			if !failing {
+				failing = true
+				b.lost(CauseDisconnect, reasonDisconnected, err)
+			}
+			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		lastHeard, pingOut, backoff = now, false, 0
+		if stalledOnce {
+			stalledOnce = false
+			b.health.clear(reasonStalled)
+		}
+		switch m := v.(type) {
+		case *redis.Message:
+			select {
+			case b.queue <- item{payload: m.Payload, recv: now}:
+				b.enqueued.Add(1)
+			default:
+				b.stats.dropped.Add(1)
+				b.health.set(reasonOverflow)
+				b.requestInvalidateAll(CauseOverflow)
+			}
+			b.stats.received.Add(1)
+		case *redis.Subscription:
+			if m.Kind != "subscribe" || m.Channel != b.channel {
+				continue
+			}
+			if everOK || failing || b.startReturned.Load() {
+				b.stats.reconnects.Add(1)
+				b.requestInvalidateAll(CauseResubscribe)
+				b.log.Info("subscription confirmed again", zap.String("channel", b.channel))
+			}
+			if !everOK {
+				everOK = true
+				close(b.confirmed)
+			}
+			failing = false
+			b.health.clear(reasonNotSubscribed | reasonDisconnected | reasonStalled)
+		}
+	}
+}
+
+// lost records a detected failure of the stream: unhealthy now, invalidate all.
+func (b *Bus) lost(c Cause, r reason, err error) {
+	if c == CauseDisconnect {
+		b.stats.disconnects.Add(1)
+	}
+	b.health.set(r)
+	b.requestInvalidateAll(c)
+	b.log.Warn("invalidation stream interrupted", zap.Stringer("cause", c), zap.Error(err))
+}
+
+// subscribe creates the subscription (the SUBSCRIBE confirmation arrives
+// through ReceiveTimeout). It returns nil when the bus is closing.
+func (b *Bus) subscribe(ctx context.Context) *redis.PubSub {
+	ps := b.client.Subscribe(ctx, b.channel)
+	b.lifeMu.Lock()
+	defer b.lifeMu.Unlock()
+	if b.closed {
+		_ = ps.Close()
+		return nil
+	}
+	b.ps = ps
+	return ps
+}
+
+// resubscribe replaces a silent subscription with a new connection.
+func (b *Bus) resubscribe(ctx context.Context, old *redis.PubSub) *redis.PubSub {
+	b.lifeMu.Lock()
+	if b.ps == old {
+		b.ps = nil
+	}
+	b.lifeMu.Unlock()
+	_ = old.Close()
+	return b.subscribe(ctx)
+}
+
+// worker decodes queued messages, tracks sequences and calls the Handler.
+// It is the only goroutine that calls the Handler.
+func (b *Bus) worker(ctx context.Context) {
+	defer b.wg.Done()
+	for {
+		b.applyPending()
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.wake:
+		case it := <-b.queue:
+			b.applyPending()
+			b.handle(it)
+			b.processed.Add(1)
+		}
+	}
+}
+
+func (b *Bus) applyPending() {
+	m := b.pending.Swap(0)
+	if m == 0 {
+		return
+	}
+	for c := Cause(0); c < numCauses; c++ {
+		if m&(1<<c) != 0 {
+			b.stats.invalidateAll[c].Add(1)
+			b.h.InvalidateAll(c)
+		}
+	}
+	if m&(1<<CauseOverflow) != 0 {
+		b.health.clear(reasonOverflow)
+	}
+}
+
+func (b *Bus) handle(it item) {
+	m, err := decode(it.payload, b.cfg.HMACKey)
+	if err != nil {
+		if errors.Is(err, errAuth) {
+			b.stats.authRejects.Add(1)
+			b.log.Debug("rejected unauthenticated message", zap.Int("bytes", len(it.payload)))
+			return
+		}
+		b.stats.decodeRejects.Add(1)
+		b.log.Warn("undecodable invalidation message", zap.Int("bytes", len(it.payload)))
+		b.requestInvalidateAll(CauseDecode)
+		b.applyPending()
+		return
+	}
+	if b.cfg.testDrop != nil && b.cfg.testDrop(m.partition, m.seq) {
+		return
+	}
+	b.trackMu.Lock()
+	tr, seen := b.last[m.partition]
+	prev := tr.last
+	late := m.seq > tr.lateLo && m.seq <= tr.lateHi && m.seq <= tr.last
+	if !late {
+		tr = track{last: m.seq}
+		b.last[m.partition] = tr
+	}
+	b.trackMu.Unlock()
+	switch {
+	case late || !seen || m.seq == prev+1:
+	case m.seq > prev+1:
+		b.stats.gaps.Add(1)
+		b.log.Info("sequence gap", zap.Int("partition", m.partition), zap.Uint64("after", prev), zap.Uint64("got", m.seq))
+		b.requestInvalidateAll(CauseGap)
+	default:
+		b.stats.seqResets.Add(1)
+		b.log.Info("sequence went backwards", zap.Int("partition", m.partition), zap.Uint64("after", prev), zap.Uint64("got", m.seq))
+		b.requestInvalidateAll(CauseSeqReset)
+	}
+	b.applyPending()
+	if m.origin == b.cfg.InstanceID {
+		b.stats.own.Add(1)
+		return
+	}
+	b.stats.lag.record(time.Since(time.Unix(0, m.unixNanos)))
+	switch m.op {
+	case OpDelete:
+		b.h.InvalidateKeys(m.keys)
+	case OpClear:
+		b.stats.invalidateAll[CauseClear].Add(1)
+		b.h.InvalidateAll(CauseClear)
+	}
+	b.stats.applied.Add(1)
+}
+
+// reason is a bit set of why the stream is unhealthy.
+type reason uint32
+
+const (
+	reasonNotSubscribed reason = 1 << iota
+	reasonDisconnected
+	reasonStalled
+	reasonOverflow
+	reasonAntiEntropy
+)
+
+// healthState keeps the reasons under a mutex and publishes the derived
+// "unhealthy since" as one atomic, so that Health costs a single load.
+type healthState struct {
+	mu      sync.Mutex
+	reasons reason       // guarded by mu
+	since   atomic.Int64 // unix nanos when reasons became non-empty; 0 when healthy
+}
+
+func (h *healthState) set(r reason) {
+	h.mu.Lock()
+	if h.reasons == 0 {
+		h.since.Store(time.Now().UnixNano())
+	}
+	h.reasons |= r
+	h.mu.Unlock()
+}
+
+func (h *healthState) clear(r reason) {
+	h.mu.Lock()
+	h.reasons &^= r
+	if h.reasons == 0 {
+		h.since.Store(0)
+	}
+	h.mu.Unlock()
+}
+
+func (h *healthState) get() Health {
+	s := h.since.Load()
+	if s == 0 {
+		return Health{Healthy: true}
+	}
+	return Health{UnhealthySince: time.Unix(0, s)}
+}

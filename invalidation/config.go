@@ -1,0 +1,123 @@
+package invalidation
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultNamespace           = "nearcache"
+	DefaultAntiEntropyInterval = time.Second
+	DefaultPingInterval        = time.Second
+	DefaultBufferSize          = 16384
+)
+
+// Config configures a [Bus]. Every zero field means its documented default.
+type Config struct {
+	// Namespace prefixes the channel and every key the bus uses. It must be
+	// the namespace l2 uses, so that l2's scripts and the bus agree.
+	// If empty, DefaultNamespace is used.
+	Namespace string
+
+	// InstanceID identifies this bus in the messages it publishes; messages
+	// carrying it are recognised as its own. If zero, a random 128-bit id is
+	// drawn. Two buses must never share an id.
+	InstanceID InstanceID
+
+	// AntiEntropyInterval is how often the bus reads the tracked sequence
+	// keys, the namespace epoch key and the server run ids to find losses
+	// that the stream itself cannot show. If zero, DefaultAntiEntropyInterval
+	// (1s) is used; if negative, anti-entropy is off (not recommended).
+	AntiEntropyInterval time.Duration
+
+	// PingInterval is how long the subscription may stay silent before the
+	// bus pings it; a ping unanswered for another PingInterval marks the
+	// stream unhealthy (a stall), and after three intervals the connection
+	// is replaced. If zero or negative, DefaultPingInterval (1s) is used.
+	PingInterval time.Duration
+
+	// BufferSize is the capacity of the queue between the connection reader
+	// and the worker that calls the Handler. A full queue drops the message
+	// and invalidates everything. If zero or negative, DefaultBufferSize is used.
+	BufferSize int
+
+	// HMACKey, when set, signs every published body with HMAC-SHA256 and
+	// makes the bus reject (and count) every received message without a
+	// valid signature. Keep it out of Redis. It is never printed.
+	HMACKey []byte
+
+	// Logger receives rare events (disconnects, losses, rejects). If nil,
+	// zap.NewNop() is used.
+	Logger *zap.Logger
+
+	// testDrop, when set (tests only, via export_test.go), is asked about
+	// every decoded message before it is applied; true drops it as if the
+	// network had lost it.
+	testDrop func(partition int, seq uint64) bool
+}
+
+func (c Config) withDefaults() Config {
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if c.AntiEntropyInterval == 0 {
+		c.AntiEntropyInterval = DefaultAntiEntropyInterval
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+	if c.BufferSize <= 0 {
+		c.BufferSize = DefaultBufferSize
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return c
+}
+
+// redacted is Config without its secret, for printing.
+type redacted struct {
+	Namespace           string
+	InstanceID          string
+	AntiEntropyInterval time.Duration
+	PingInterval        time.Duration
+	BufferSize          int
+	HMACKey             string
+}
+
+func (c Config) redacted() redacted {
+	r := redacted{
+		Namespace:           c.Namespace,
+		InstanceID:          hex.EncodeToString(c.InstanceID[:]),
+		AntiEntropyInterval: c.AntiEntropyInterval,
+		PingInterval:        c.PingInterval,
+		BufferSize:          c.BufferSize,
+	}
+	if c.HMACKey != nil {
+		r.HMACKey = "REDACTED"
+	}
+	return r
+}
+
+// String prints the configuration with the HMAC key redacted.
+func (c Config) String() string { return fmt.Sprintf("%+v", c.redacted()) }
+
+// GoString is String, for %#v.
+func (c Config) GoString() string { return "invalidation.Config" + c.String() }
+
+// Format makes every fmt verb print the redacted form.
+func (c Config) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprint(f, c.GoString())
+		return
+	}
+	fmt.Fprint(f, c.String())
+}
+
+// MarshalJSON encodes the configuration with the HMAC key redacted.
+func (c Config) MarshalJSON() ([]byte, error) { return json.Marshal(c.redacted()) }

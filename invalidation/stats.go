@@ -1,0 +1,224 @@
+package invalidation
+
+import (
+	"math/bits"
+	"sync/atomic"
+	"time"
+)
+
+// Cause says why the bus asked its [Handler] to invalidate everything.
+type Cause uint8
+
+// Causes of an InvalidateAll, one bit each so that several pending causes can
+// be coalesced.
+const (
+	CauseClear         Cause = iota // another instance cleared the namespace
+	CauseGap                        // a sequence number was skipped: messages were lost
+	CauseSeqReset                   // a sequence went backwards or vanished (key evicted, flushed, server reset)
+	CauseLostTail                   // anti-entropy: Redis is ahead of what arrived
+	CauseEpoch                      // anti-entropy: the namespace epoch key is missing or changed
+	CauseServerChanged              // anti-entropy: a server's run id changed (restart, failover)
+	CauseDisconnect                 // the subscription connection failed
+	CauseResubscribe                // the subscription was confirmed again after a failure
+	CauseStall                      // the subscription stopped answering pings (black hole)
+	CauseOverflow                   // the receive queue was full and a message was dropped
+	CauseDecode                     // a message could not be decoded
+	numCauses
+)
+
+var causeNames = [numCauses]string{
+	"clear", "gap", "seq_reset", "lost_tail", "epoch", "server_changed",
+	"disconnect", "resubscribe", "stall", "overflow", "decode",
+}
+
+// String returns a short snake_case name, suitable as a metric label.
+func (c Cause) String() string {
+	if c < numCauses {
+		return causeNames[c]
+	}
+	return "unknown"
+}
+
+// Causes lists every Cause, in order, for exporters.
+func Causes() []Cause {
+	cs := make([]Cause, numCauses)
+	for i := range cs {
+		cs[i] = Cause(i)
+	}
+	return cs
+}
+
+// Stats is a snapshot of a bus's counters. Counters only grow.
+type Stats struct {
+	Published     uint64 // messages published by [Bus.Publish] and [Bus.PublishClear]
+	Received      uint64 // payloads read from the subscription
+	Applied       uint64 // messages from other instances passed to the Handler
+	Own           uint64 // own messages seen (skipped, sequence advanced)
+	Dropped       uint64 // messages dropped because the receive queue was full
+	Gaps          uint64 // sequence gaps detected (one per gap, however long)
+	SeqResets     uint64 // sequences that went backwards
+	LostTails     uint64 // partitions found behind Redis by anti-entropy
+	Disconnects   uint64 // subscription failures seen by the receive loop
+	Reconnects    uint64 // subscriptions confirmed again after a failure or stall
+	Stalls        uint64 // pings left unanswered (black-holed connection)
+	DecodeRejects uint64 // malformed messages
+	AuthRejects   uint64 // unsigned or forged messages (HMAC key set)
+	AERounds      uint64 // anti-entropy rounds completed
+	AEErrors      uint64 // anti-entropy rounds that failed to read Redis
+
+	// InvalidateAll counts the Handler's InvalidateAll calls, indexed by Cause.
+	InvalidateAll [numCauses]uint64
+
+	// Lag is the propagation delay from encoding (publisher's clock) to the
+	// Handler call (this instance's clock), over every message since New.
+	Lag LagStats
+}
+
+// InvalidateAllTotal is the sum of InvalidateAll over all causes.
+func (s Stats) InvalidateAllTotal() uint64 {
+	var n uint64
+	for _, v := range s.InvalidateAll {
+		n += v
+	}
+	return n
+}
+
+// LagStats summarises propagation delays. Percentiles are upper bounds of
+// log-linear histogram buckets (at most 12.5% above the true value).
+type LagStats struct {
+	Count uint64
+	P50   time.Duration
+	P99   time.Duration
+	P999  time.Duration
+	Max   time.Duration
+}
+
+// Health is the state of the invalidation stream.
+type Health struct {
+	// Healthy is true while the subscription is confirmed and no loss is
+	// pending repair. While false, local copies may miss invalidations.
+	Healthy bool
+	// UnhealthySince is when the stream last became unhealthy (zero when healthy).
+	UnhealthySince time.Time
+}
+
+// counters are the bus's atomic counters; any goroutine may update them.
+type counters struct {
+	published, received, applied, own, dropped, gaps, seqResets, lostTails atomic.Uint64
+	disconnects, reconnects, stalls, decodeRejects, authRejects            atomic.Uint64
+	aeRounds, aeErrors                                                     atomic.Uint64
+	invalidateAll                                                          [numCauses]atomic.Uint64
+	lag                                                                    histogram
+}
+
+func (c *counters) snapshot() Stats {
+	s := Stats{
+		Published:     c.published.Load(),
+		Received:      c.received.Load(),
+		Applied:       c.applied.Load(),
+		Own:           c.own.Load(),
+		Dropped:       c.dropped.Load(),
+		Gaps:          c.gaps.Load(),
+		SeqResets:     c.seqResets.Load(),
+		LostTails:     c.lostTails.Load(),
+		Disconnects:   c.disconnects.Load(),
+		Reconnects:    c.reconnects.Load(),
+		Stalls:        c.stalls.Load(),
+		DecodeRejects: c.decodeRejects.Load(),
+		AuthRejects:   c.authRejects.Load(),
+		AERounds:      c.aeRounds.Load(),
+		AEErrors:      c.aeErrors.Load(),
+		Lag:           c.lag.stats(),
+	}
+	for i := range s.InvalidateAll {
+		s.InvalidateAll[i] = c.invalidateAll[i].Load()
+	}
+	return s
+}
+
+// histogram is a fixed log-linear histogram of durations: 8 buckets per
+// power of two from 1µs (2^10 ns) to about 18 minutes (2^40 ns), plus an
+// underflow and an overflow bucket. Constant memory, lock-free updates.
+const (
+	histMinExp = 10
+	histMaxExp = 40
+	histSub    = 8
+	histSubLog = 3
+	histN      = (histMaxExp-histMinExp)*histSub + 2
+)
+
+type histogram struct {
+	buckets [histN]atomic.Uint64
+	count   atomic.Uint64
+	max     atomic.Int64
+}
+
+func bucketOf(ns int64) int {
+	if ns < 1<<histMinExp {
+		return 0
+	}
+	e := bits.Len64(uint64(ns)) - 1
+	if e >= histMaxExp {
+		return histN - 1
+	}
+	sub := int(uint64(ns)>>(e-histSubLog)) & (histSub - 1)
+	return 1 + (e-histMinExp)*histSub + sub
+}
+
+// upperBound is the largest duration that falls in bucket i.
+func upperBound(i int) time.Duration {
+	switch {
+	case i <= 0:
+		return 1 << histMinExp
+	case i >= histN-1:
+		return 1 << histMaxExp
+	}
+	i--
+	e := histMinExp + i/histSub
+	sub := i % histSub
+	return time.Duration(int64(1)<<e + int64(sub+1)<<(e-histSubLog))
+}
+
+func (h *histogram) record(d time.Duration) {
+	ns := int64(d)
+	if ns < 0 {
+		ns = 0 // clock skew between instances
+	}
+	h.buckets[bucketOf(ns)].Add(1)
+	h.count.Add(1)
+	for {
+		m := h.max.Load()
+		if ns <= m || h.max.CompareAndSwap(m, ns) {
+			return
+		}
+	}
+}
+
+func (h *histogram) stats() LagStats {
+	var counts [histN]uint64
+	var total uint64
+	for i := range counts {
+		counts[i] = h.buckets[i].Load()
+		total += counts[i]
+	}
+	s := LagStats{Count: total, Max: time.Duration(h.max.Load())}
+	if total == 0 {
+		return s
+	}
+	q := func(p float64) time.Duration {
+		want := uint64(p*float64(total) + 0.5)
+		if want < 1 {
+			want = 1
+		}
+		var cum uint64
+		for i, c := range counts {
+			cum += c
+			if cum >= want {
+				return min(upperBound(i), s.Max)
+			}
+		}
+		return s.Max
+	}
+	s.P50, s.P99, s.P999 = q(0.50), q(0.99), q(0.999)
+	return s
+}
