@@ -1,0 +1,302 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/nearcache/nearcache/l1"
+	"github.com/nearcache/nearcache/l2"
+)
+
+// GetMany returns the values of keys found in L1 or L2, without loading:
+// L1 first, then every L1 miss in one L2 round trip. Missing keys are absent
+// from the map. A non-nil error (for example ErrUnavailable) comes with the
+// values that could be read.
+func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, error) {
+	return c.many(ctx, keys, nil, nil)
+}
+
+// GetManyOrLoad returns the values of keys: L1 first; all L1 misses in one
+// L2 round trip (MGET, or one per node on a Cluster); all L2 misses in one
+// call of load; loaded values written to L2 in one round trip, with their
+// invalidations; then guarded L1 fills. A key already being loaded by
+// another call is joined, not fetched twice. Keys that do not exist are
+// absent from the map. A non-nil error comes with the values that were found.
+func (c *Cache[V]) GetManyOrLoad(ctx context.Context, keys []string, load BatchLoader[V], opts ...Option) (map[string]V, error) {
+	if load == nil {
+		return nil, errors.New("tiered: GetManyOrLoad: nil loader")
+	}
+	return c.many(ctx, keys, load, opts)
+}
+
+// batch is the shared work of one GetMany/GetManyOrLoad for the keys it
+// leads; each led key's flight waits for done and returns its slot.
+type batch[V any] struct {
+	done chan struct{}
+	res  map[string]batchResult[V] // written by run before done is closed
+}
+
+type batchResult[V any] struct {
+	it  item[V]
+	err error
+}
+
+func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V], opts []Option) (map[string]V, error) {
+	if c.isDone.Load() {
+		return nil, ErrClosed
+	}
+	out := make(map[string]V, len(keys))
+	var missing []string
+	seen := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		if it, ok := c.local.Get(k); ok {
+			if !it.neg {
+				out[k] = it.v
+			}
+			continue
+		}
+		missing = append(missing, k)
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	o := c.options(opts)
+	chans, err := c.joinMany(ctx, missing, load, o)
+	if err != nil {
+		return out, err
+	}
+	var errs []error
+	for i, ch := range chans {
+		select {
+		case r := <-ch:
+			if r.Err != nil {
+				errs = append(errs, r.Err)
+				continue
+			}
+			if it := r.Val.(item[V]); !it.neg {
+				out[missing[i]] = it.v
+			}
+		case <-ctx.Done():
+			return out, ctx.Err()
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// joinMany joins running flights for keys that have one and starts one
+// batch for the rest, each led key getting its own flight that waits for the
+// batch (so single-key callers can join it too).
+func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) ([]<-chan singleflight.Result, error) {
+	isGet := load == nil
+	table, group := c.flights, &c.loads
+	if isGet {
+		table, group = c.gets, &c.getsSF
+	}
+	b := &batch[V]{done: make(chan struct{})}
+	chans := make([]<-chan singleflight.Result, len(keys))
+	var led []string
+
+	c.flightMu.Lock()
+	if c.closed {
+		c.flightMu.Unlock()
+		return nil, ErrClosed
+	}
+	for i, k := range keys {
+		c.st.callers.Add(1)
+		if _, running := table[k]; running {
+			chans[i] = group.DoChan(k, errFlightVanished)
+			continue
+		}
+		tok := new(token)
+		table[k] = tok
+		led = append(led, k)
+		c.work.Add(1)
+		chans[i] = group.DoChan(k, func() (any, error) {
+			defer c.work.Done()
+			defer c.endFlight(table, group, k, tok)
+			<-b.done
+			r := b.res[k]
+			return r.it, r.err
+		})
+	}
+	if len(led) > 0 {
+		c.st.flights.Add(uint64(len(led)))
+		c.work.Add(1)
+	}
+	c.flightMu.Unlock()
+
+	if len(led) > 0 {
+		wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
+		go func() {
+			defer c.work.Done()
+			defer cancel()
+			defer close(b.done)
+			b.res = c.runBatch(wctx, led, load, o)
+		}()
+	}
+	return chans, nil
+}
+
+// runBatch is the shared work of a batch; it never panics (a loader panic
+// becomes every key's error).
+func (c *Cache[V]) runBatch(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) (res map[string]batchResult[V]) {
+	res = make(map[string]batchResult[V], len(keys))
+	defer func() {
+		if r := recover(); r != nil {
+			c.st.panics.Add(1)
+			c.log.Error("nearcache: batch loader panicked", zap.Int("keys", len(keys)), zap.Any("panic", r))
+			err := fmt.Errorf("tiered: batch load panicked: %v", r)
+			for _, k := range keys {
+				if _, ok := res[k]; !ok {
+					res[k] = batchResult[V]{err: err}
+				}
+			}
+		}
+	}()
+	tickets := make(map[string]l1.Ticket, len(keys))
+	for _, k := range keys {
+		tickets[k] = c.local.Reserve(k)
+	}
+	looks, l2err := c.readManyL2(ctx, keys)
+	now := time.Now()
+	var need []string
+	for _, k := range keys {
+		lk := looks[k]
+		if lk.fresh {
+			c.fill(tickets[k], lk.it, o.l1TTL, lk.until, now)
+			res[k] = batchResult[V]{it: lk.it}
+			continue
+		}
+		need = append(need, k)
+	}
+	if len(need) == 0 {
+		return res
+	}
+	if load == nil {
+		for _, k := range need {
+			if l2err != nil {
+				res[k] = batchResult[V]{err: l2err}
+			} else {
+				res[k] = batchResult[V]{it: item[V]{neg: true}}
+			}
+		}
+		return res
+	}
+	c.st.loaderCalls.Add(1)
+	c.st.loadedKeys.Add(uint64(len(need)))
+	loaded, err := load(ctx, need)
+	if err != nil {
+		c.st.loaderErrors.Add(1)
+		lerr := fmt.Errorf("tiered: batch load of %d keys: %w", len(need), err)
+		for _, k := range need {
+			if st := looks[k].stale; st != nil {
+				c.st.staleServed.Add(1)
+				c.fill(tickets[k], *st, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
+				res[k] = batchResult[V]{it: *st}
+			} else {
+				res[k] = batchResult[V]{err: lerr}
+			}
+		}
+		return res
+	}
+	entries := make(map[string]l2.Entry, len(need))
+	old := make(map[string][]byte, len(need))
+	ttls := make(map[string]time.Duration, len(need))
+	for _, k := range need {
+		v, ok := loaded[k]
+		it := item[V]{v: v, neg: !ok}
+		res[k] = batchResult[V]{it: it}
+		ttl := o.ttl
+		if it.neg {
+			if o.negativeTTL <= 0 {
+				continue
+			}
+			ttl = o.negativeTTL
+			c.st.negativeCached.Add(1)
+		}
+		ttls[k] = ttl
+		if !looks[k].reachable {
+			continue // L2 unreadable: keep locally only
+		}
+		e, err := c.entry(k, it, ttl)
+		if err != nil {
+			c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", k), zap.Error(err))
+			continue
+		}
+		entries[k], old[k] = e, looks[k].raw
+	}
+	written := c.storeLoadedMany(ctx, entries, old)
+	now = time.Now()
+	for k, ttl := range ttls {
+		if _, tried := entries[k]; tried && written != nil && !written[k] {
+			c.st.conflicts.Add(1)
+			continue // a newer write or delete won
+		}
+		c.fill(tickets[k], res[k].it, min(o.l1TTL, ttl), time.Time{}, now)
+	}
+	return res
+}
+
+// readManyL2 reads keys from L2 in one round trip. On failure every lookup
+// is unreachable and the error wraps ErrUnavailable.
+func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) (map[string]lookup[V], error) {
+	looks := make(map[string]lookup[V], len(keys))
+	if c.l2 == nil {
+		return looks, nil
+	}
+	if !c.brk.allow() {
+		c.st.l2Skipped.Add(1)
+		return looks, fmt.Errorf("tiered: get %d keys: %w (circuit breaker open)", len(keys), ErrUnavailable)
+	}
+	rctx, cancel := c.redisCtx(ctx)
+	m, err := c.l2.ReadMany(rctx, keys)
+	cancel()
+	c.st.l2Lookups.Add(uint64(len(keys)))
+	if m == nil && err != nil {
+		c.recordRedis(err)
+		c.st.l2Errors.Add(1)
+		return looks, fmt.Errorf("tiered: get %d keys: %w: %w", len(keys), ErrUnavailable, err)
+	}
+	c.recordRedis(nil)
+	now := time.Now()
+	for _, k := range keys {
+		if e, ok := m[k]; ok {
+			looks[k] = c.classify(k, e, now)
+		} else {
+			looks[k] = lookup[V]{reachable: true}
+		}
+	}
+	return looks, nil
+}
+
+// storeLoadedMany writes loaded entries with SetManyIf in one round trip; it
+// returns which were written, or nil when the write failed (then nothing is
+// known and L1 may keep the values: the bus will be unhealthy if Redis is).
+func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte) map[string]bool {
+	if len(entries) == 0 {
+		return nil
+	}
+	if !c.brk.allow() {
+		c.st.l2Skipped.Add(1)
+		return nil
+	}
+	wctx, cancel := c.redisCtx(ctx)
+	written, err := c.l2.SetManyIf(wctx, entries, old, l2.Notify(c.notifyDelete))
+	cancel()
+	c.recordRedis(err)
+	if err != nil {
+		c.st.l2Errors.Add(1)
+		c.log.Warn("nearcache: writing loaded values to redis failed", zap.Int("keys", len(entries)), zap.Error(err))
+		return nil
+	}
+	return written
+}

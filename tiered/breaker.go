@@ -1,0 +1,93 @@
+package tiered
+
+import (
+	"sync"
+	"time"
+)
+
+// BreakerState is the circuit breaker's state.
+type BreakerState int
+
+// Breaker states.
+const (
+	BreakerClosed   BreakerState = iota // Redis is used
+	BreakerOpen                         // Redis is skipped until the cooldown ends
+	BreakerHalfOpen                     // one probe is in progress
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerOpen:
+		return "open"
+	case BreakerHalfOpen:
+		return "half-open"
+	}
+	return "closed"
+}
+
+// breaker opens after a run of consecutive connection failures, stays open
+// for a cooldown, then lets one probe through: its success closes the
+// breaker, its failure opens it again.
+type breaker struct {
+	threshold int // <= 0: never opens
+	cooldown  time.Duration
+	now       func() time.Time
+
+	mu        sync.Mutex // guards the fields below
+	state     BreakerState
+	failures  int
+	openUntil time.Time
+	opened    uint64 // times the breaker opened
+}
+
+// allow reports whether a Redis call may go ahead.
+func (b *breaker) allow() bool {
+	if b.threshold <= 0 {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case BreakerClosed:
+		return true
+	case BreakerOpen:
+		if b.now().Before(b.openUntil) {
+			return false
+		}
+		b.state = BreakerHalfOpen
+		return true
+	default: // half-open: one probe at a time
+		return false
+	}
+}
+
+// record reports the outcome of a call allow let through; it returns true
+// when the state changed (for logging).
+func (b *breaker) record(connFailure bool) (changed bool, state BreakerState) {
+	if b.threshold <= 0 {
+		return false, BreakerClosed
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	prev := b.state
+	if !connFailure {
+		b.failures = 0
+		b.state = BreakerClosed
+	} else {
+		b.failures++
+		if b.state == BreakerHalfOpen || b.failures >= b.threshold {
+			if b.state != BreakerOpen {
+				b.opened++
+			}
+			b.state = BreakerOpen
+			b.openUntil = b.now().Add(b.cooldown)
+		}
+	}
+	return prev != b.state, b.state
+}
+
+func (b *breaker) snapshot() (BreakerState, uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state, b.opened
+}

@@ -1,0 +1,559 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/nearcache/nearcache/invalidation"
+	"github.com/nearcache/nearcache/l1"
+	"github.com/nearcache/nearcache/l2"
+)
+
+// Errors returned by a Cache; test them with errors.Is.
+var (
+	// ErrNotFound reports a key with no value. Loaders return it (or an
+	// error wrapping it) to say the key does not exist; with NegativeTTL the
+	// answer is cached.
+	ErrNotFound = errors.New("tiered: not found")
+	// ErrClosed reports use of a closed Cache.
+	ErrClosed = errors.New("tiered: cache closed")
+	// ErrUnavailable reports that Redis could not be used for a write (or
+	// for a read without a loader): it is down, too slow, or the circuit
+	// breaker is open. Writes are never acknowledged without Redis, because
+	// their invalidation could not be published.
+	ErrUnavailable = errors.New("tiered: redis unavailable")
+)
+
+// Loader loads the value of key from the source of truth. It runs on a
+// context detached from any single caller, bounded by Config.LoadTimeout.
+// Return ErrNotFound for a key that does not exist.
+type Loader[V any] func(ctx context.Context, key string) (V, error)
+
+// BatchLoader loads several keys at once. Keys absent from the returned map
+// do not exist (as if ErrNotFound).
+type BatchLoader[V any] func(ctx context.Context, keys []string) (map[string]V, error)
+
+// Consumer-side views of the tiers: what this package needs from each.
+type (
+	localTier[V any] interface {
+		Get(key string) (V, bool)
+		Reserve(key string) l1.Ticket
+		Fill(t l1.Ticket, v V, ttl time.Duration) bool
+		Invalidate(keys ...string)
+		InvalidateAll()
+		Stats() l1.Stats
+		Close() error
+	}
+	remoteTier interface {
+		Read(ctx context.Context, key string) (l2.Entry, error)
+		ReadMany(ctx context.Context, keys []string) (map[string]l2.Entry, error)
+		SetMany(ctx context.Context, entries map[string]l2.Entry, opts ...l2.WriteOption) error
+		SetManyIf(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte, opts ...l2.WriteOption) (map[string]bool, error)
+		DeleteMany(ctx context.Context, keys []string, opts ...l2.WriteOption) (int64, error)
+		Clear(ctx context.Context, opts ...l2.WriteOption) (int64, error)
+		Stats() l2.Stats
+		Close() error
+	}
+	invalidationBus interface {
+		Start(ctx context.Context) error
+		Channel() string
+		SeqKey(partition int) string
+		EncodeDelete(partition int, keys []string) []byte
+		EncodeClear(partition int) []byte
+		Health() invalidation.Health
+		Stats() invalidation.Stats
+		Close() error
+	}
+)
+
+var (
+	_ localTier[int]       = (*l1.Cache[int])(nil)
+	_ remoteTier           = (*l2.Store)(nil)
+	_ invalidationBus      = (*invalidation.Bus)(nil)
+	_ invalidation.Handler = handler[int]{}
+)
+
+// item is what L1 holds: a value or a cached "not found".
+type item[V any] struct {
+	v   V
+	neg bool
+}
+
+// Cache is a two-tier near cache: a local L1 in front of a shared Redis L2,
+// with coalesced loads and cross-instance invalidation. See the package
+// documentation for its consistency contract. All methods are safe for
+// concurrent use.
+type Cache[V any] struct {
+	cfg   Config[V] // with defaults; read-only after New
+	codec Codec[V]
+	log   *zap.Logger
+	local localTier[item[V]]
+	l2    remoteTier      // nil in L1-only mode
+	bus   invalidationBus // nil in L1-only mode
+	brk   breaker
+
+	notifyDelete l2.NotifyFunc // invalidation for written or deleted keys
+	notifyClear  l2.NotifyFunc // invalidation that drops every L1
+
+	// base is cancelled by Close; shared work runs on contexts derived from it.
+	base   context.Context
+	cancel context.CancelFunc
+
+	flightMu sync.Mutex // guards flights, gets and closed; held across DoChan
+	// flights maps a key to the token of its running load; a key is here
+	// exactly while loads holds a call for it (see join).
+	flights map[string]*token
+	gets    map[string]*token // the same for Get (reads without a loader)
+	loads   singleflight.Group
+	getsSF  singleflight.Group
+	closed  bool           // set by Close under flightMu: no new work starts
+	work    sync.WaitGroup // running shared work; Close waits for it
+	isDone  atomic.Bool    // closed, readable without the lock
+
+	st loadCounters
+}
+
+type token struct{}
+
+type loadCounters struct {
+	callers, flights, loaderCalls, loadedKeys, loaderErrors, panics atomic.Uint64
+	staleServed, negativeCached, decodeErrors, conflicts            atomic.Uint64
+	l2Lookups, l2Hits, l2Errors, l2Skipped, encodeErrors            atomic.Uint64
+}
+
+// New builds a Cache. With cfg.Redis set it subscribes to the namespace's
+// invalidation channel and waits up to cfg.StartTimeout for the confirmation;
+// if Redis is down it still returns a working Cache (see Config.StartTimeout).
+func New[V any](cfg Config[V]) (*Cache[V], error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cache[V]{
+		cfg:     cfg,
+		codec:   cfg.Codec,
+		log:     cfg.Logger,
+		flights: map[string]*token{},
+		gets:    map[string]*token{},
+		brk:     breaker{threshold: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown, now: time.Now},
+	}
+	if c.codec == nil {
+		c.codec = defaultCodec[V]()
+	}
+	var cost func(item[V]) int64
+	if cfg.L1Cost != nil {
+		cost = func(it item[V]) int64 {
+			if it.neg {
+				return 1
+			}
+			return cfg.L1Cost(it.v)
+		}
+	}
+	local, err := l1.New[item[V]](l1.Config{MaxEntries: cfg.L1MaxEntries, MaxBytes: cfg.L1MaxBytes}, cost)
+	if err != nil {
+		return nil, fmt.Errorf("tiered: L1: %w", err)
+	}
+	c.local = local
+	c.base, c.cancel = context.WithCancel(context.Background())
+	if cfg.Redis == nil {
+		return c, nil
+	}
+
+	store, err := l2.New(cfg.Redis, l2.Config{KeyPrefix: cfg.Namespace + ":", MaxValueSize: cfg.MaxValueSize})
+	if err != nil {
+		_ = local.Close()
+		return nil, fmt.Errorf("tiered: L2: %w", err)
+	}
+	bus, err := invalidation.New(cfg.Redis, invalidation.Config{
+		Namespace:           cfg.Namespace,
+		AntiEntropyInterval: cfg.AntiEntropyInterval,
+		HMACKey:             cfg.HMACKey,
+		Logger:              cfg.Logger,
+	}, handler[V]{c})
+	if err != nil {
+		_ = local.Close()
+		return nil, fmt.Errorf("tiered: invalidation: %w", err)
+	}
+	c.l2, c.bus = store, bus
+	c.notifyDelete = func(p int, keys []string) l2.Notification {
+		return l2.Notification{Channel: bus.Channel(), SeqKey: bus.SeqKey(p), Body: bus.EncodeDelete(p, keys)}
+	}
+	c.notifyClear = func(p int, _ []string) l2.Notification {
+		return l2.Notification{Channel: bus.Channel(), SeqKey: bus.SeqKey(p), Body: bus.EncodeClear(p)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
+	defer cancel()
+	if err := bus.Start(ctx); err != nil {
+		if errors.Is(err, invalidation.ErrClosed) {
+			_ = local.Close()
+			return nil, fmt.Errorf("tiered: invalidation: %w", err)
+		}
+		c.log.Warn("nearcache: invalidation subscription not confirmed; serving degraded (short L1 TTLs) until Redis answers",
+			zap.String("namespace", cfg.Namespace), zap.Error(err))
+	}
+	return c, nil
+}
+
+// handler receives invalidations from the bus.
+type handler[V any] struct{ c *Cache[V] }
+
+func (h handler[V]) InvalidateKeys(keys []string) { h.c.invalidateLocal(keys...) }
+
+func (h handler[V]) InvalidateAll(invalidation.Cause) {
+	h.c.local.InvalidateAll()
+	h.c.forgetAll()
+}
+
+// invalidateLocal drops keys from L1 (bumping their generations, so fills
+// reserved earlier are refused) and forgets their running flights, so later
+// callers start a fresh load instead of joining one that may be overtaken.
+func (c *Cache[V]) invalidateLocal(keys ...string) {
+	c.local.Invalidate(keys...)
+	c.flightMu.Lock()
+	for _, k := range keys {
+		if _, ok := c.flights[k]; ok {
+			delete(c.flights, k)
+			c.loads.Forget(k)
+		}
+		if _, ok := c.gets[k]; ok {
+			delete(c.gets, k)
+			c.getsSF.Forget(k)
+		}
+	}
+	c.flightMu.Unlock()
+}
+
+func (c *Cache[V]) forgetAll() {
+	c.flightMu.Lock()
+	for k := range c.flights {
+		c.loads.Forget(k)
+	}
+	for k := range c.gets {
+		c.getsSF.Forget(k)
+	}
+	clear(c.flights)
+	clear(c.gets)
+	c.flightMu.Unlock()
+}
+
+// Get returns the value of key from L1 or L2 without loading it. A key in
+// neither is ErrNotFound; with Redis unreachable the error wraps
+// ErrUnavailable.
+func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
+	if it, ok := c.local.Get(key); ok {
+		return it.result()
+	}
+	return c.miss(ctx, key, nil, nil)
+}
+
+// GetOrLoad returns the value of key from L1, else L2, else load (whose
+// result is written to L2, with its invalidation, and to L1). Concurrent
+// misses for one key share one load; each caller waits on its own ctx. An
+// L1 hit costs one ristretto lookup: no allocation, no lock, no clock read.
+func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], opts ...Option) (V, error) {
+	if it, ok := c.local.Get(key); ok {
+		return it.result()
+	}
+	if load == nil {
+		var zero V
+		return zero, fmt.Errorf("tiered: GetOrLoad %q: nil loader", key)
+	}
+	return c.miss(ctx, key, load, opts)
+}
+
+func (it item[V]) result() (V, error) {
+	if it.neg {
+		var zero V
+		return zero, ErrNotFound
+	}
+	return it.v, nil
+}
+
+func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []Option) (V, error) {
+	var zero V
+	o := c.options(opts)
+	ch, err := c.join(ctx, key, load == nil, func(wctx context.Context) (item[V], error) {
+		return c.fetch(wctx, key, load, o)
+	})
+	if err != nil {
+		return zero, err
+	}
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return zero, r.Err
+		}
+		return r.Val.(item[V]).result()
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// join returns the result channel of key's shared work, starting work if no
+// flight for key is running. The flight tables and the singleflight groups
+// change together under flightMu, and a flight removes itself (Forget) before
+// its work returns, so a key is in the table exactly while its group holds a
+// call: registering a key means DoChan starts a new call and runs our func.
+func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(context.Context) (item[V], error)) (<-chan singleflight.Result, error) {
+	table, group := c.flights, &c.loads
+	if isGet {
+		table, group = c.gets, &c.getsSF
+	}
+	c.flightMu.Lock()
+	defer c.flightMu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	c.st.callers.Add(1)
+	if _, running := table[key]; running {
+		return group.DoChan(key, errFlightVanished), nil
+	}
+	tok := new(token)
+	table[key] = tok
+	c.st.flights.Add(1)
+	c.work.Add(1)
+	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
+	return group.DoChan(key, func() (v any, err error) {
+		defer c.work.Done()
+		defer cancel()
+		defer c.endFlight(table, group, key, tok)
+		defer func() {
+			if r := recover(); r != nil {
+				c.st.panics.Add(1)
+				err = fmt.Errorf("tiered: load of key %q panicked: %v", key, r)
+				c.log.Error("nearcache: loader panicked", zap.String("key", key), zap.Any("panic", r))
+			}
+		}()
+		return work(wctx)
+	}), nil
+}
+
+// errFlightVanished is the func handed to DoChan when joining a running
+// flight; by join's invariant it never runs.
+func errFlightVanished() (any, error) {
+	return nil, errors.New("tiered: internal error: joined a flight that had ended")
+}
+
+func (c *Cache[V]) endFlight(table map[string]*token, group *singleflight.Group, key string, tok *token) {
+	c.flightMu.Lock()
+	if table[key] == tok {
+		delete(table, key)
+		group.Forget(key)
+	}
+	c.flightMu.Unlock()
+}
+
+// detached returns a context carrying ctx's values but not its cancellation,
+// bounded by timeout and cancelled by Close.
+func (c *Cache[V]) detached(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	d, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	stop := context.AfterFunc(c.base, cancel)
+	return d, func() { stop(); cancel() }
+}
+
+// redisCtx bounds one Redis operation by RedisTimeout.
+func (c *Cache[V]) redisCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.cfg.RedisTimeout < 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.cfg.RedisTimeout)
+}
+
+// fetch is the shared work of one miss: ticket, L2, loader, L2 write, fill.
+func (c *Cache[V]) fetch(ctx context.Context, key string, load Loader[V], o callOptions) (item[V], error) {
+	t := c.local.Reserve(key)
+	look := c.readL2(ctx, key)
+	now := time.Now()
+	if look.fresh {
+		c.fill(t, look.it, o.l1TTL, look.until, now)
+		return look.it, nil
+	}
+	if load == nil {
+		if look.err != nil {
+			return item[V]{}, look.err
+		}
+		return item[V]{neg: true}, nil
+	}
+	c.st.loaderCalls.Add(1)
+	c.st.loadedKeys.Add(1)
+	v, err := load(ctx, key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		c.st.loaderErrors.Add(1)
+		if look.stale != nil {
+			c.st.staleServed.Add(1)
+			c.log.Warn("nearcache: loader failed; serving a stale value (fail-safe)", zap.String("key", key), zap.Error(err))
+			c.fill(t, *look.stale, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
+			return *look.stale, nil
+		}
+		return item[V]{}, fmt.Errorf("tiered: load %q: %w", key, err)
+	}
+	it := item[V]{v: v, neg: err != nil}
+	ttl := o.ttl
+	if it.neg {
+		if o.negativeTTL <= 0 {
+			return it, nil // not cached
+		}
+		ttl = o.negativeTTL
+		c.st.negativeCached.Add(1)
+	}
+	if look.reachable {
+		if !c.storeLoaded(ctx, key, it, ttl, look.raw) {
+			return it, nil // a newer write or delete won: serve, do not keep
+		}
+	}
+	c.fill(t, it, min(o.l1TTL, ttl), time.Time{}, time.Now())
+	return it, nil
+}
+
+// lookup is the outcome of reading one key from L2.
+type lookup[V any] struct {
+	it        item[V]
+	fresh     bool      // it can be served and cached
+	until     time.Time // when the L2 value stops being fresh (zero: no bound)
+	stale     *item[V]  // a soft-expired value for fail-safe
+	raw       []byte    // the bytes read (nil: absent), for SetIf
+	reachable bool      // L2 answered: a loaded value may be written back
+	err       error     // why L2 could not answer (wraps ErrUnavailable)
+}
+
+func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
+	var lk lookup[V]
+	if c.l2 == nil {
+		return lk
+	}
+	if !c.brk.allow() {
+		c.st.l2Skipped.Add(1)
+		lk.err = fmt.Errorf("tiered: get %q: %w (circuit breaker open)", key, ErrUnavailable)
+		return lk
+	}
+	rctx, cancel := c.redisCtx(ctx)
+	e, err := c.l2.Read(rctx, key)
+	cancel()
+	c.st.l2Lookups.Add(1)
+	c.recordRedis(err)
+	switch {
+	case errors.Is(err, l2.ErrNotFound):
+		return lookup[V]{reachable: true}
+	case err != nil && !e.Corrupt:
+		c.st.l2Errors.Add(1)
+		return lookup[V]{err: fmt.Errorf("tiered: get %q: %w: %w", key, ErrUnavailable, err)}
+	}
+	return c.classify(key, e, time.Now())
+}
+
+// classify turns an entry read from L2 (possibly a tombstone or corrupt
+// bytes) into a lookup.
+func (c *Cache[V]) classify(key string, e l2.Entry, now time.Time) lookup[V] {
+	lk := lookup[V]{reachable: true, raw: e.Raw}
+	if e.Corrupt {
+		c.st.decodeErrors.Add(1)
+		c.log.Warn("nearcache: unreadable value in Redis; reloading", zap.String("key", key))
+		return lk
+	}
+	if e.Tombstone || (!e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)) {
+		return lk // deleted, or expired by the writer's clock though Redis still holds it
+	}
+	it, ok := c.decodeEntry(key, &e)
+	if !ok {
+		return lk
+	}
+	if !e.StaleAt.IsZero() && !now.Before(e.StaleAt) {
+		lk.stale = &it
+		return lk
+	}
+	c.st.l2Hits.Add(1)
+	lk.it, lk.fresh = it, true
+	lk.until = e.ExpiresAt
+	if !e.StaleAt.IsZero() {
+		lk.until = e.StaleAt
+	}
+	return lk
+}
+
+func (c *Cache[V]) decodeEntry(key string, e *l2.Entry) (item[V], bool) {
+	if e.Negative {
+		return item[V]{neg: true}, true
+	}
+	v, err := safeUnmarshal(c.codec, e.Value)
+	if err != nil {
+		c.st.decodeErrors.Add(1)
+		c.log.Warn("nearcache: value in Redis does not decode; reloading", zap.String("key", key), zap.Error(err))
+		return item[V]{}, false
+	}
+	return item[V]{v: v}, true
+}
+
+func (c *Cache[V]) recordRedis(err error) {
+	conn := err != nil && errors.Is(err, l2.ErrConnection) && !errors.Is(err, context.Canceled)
+	if changed, state := c.brk.record(conn); changed {
+		c.log.Warn("nearcache: redis circuit breaker changed state", zap.Stringer("state", state), zap.Error(err))
+	}
+}
+
+// entry builds the L2 envelope of an item with ttl as its freshness.
+func (c *Cache[V]) entry(key string, it item[V], ttl time.Duration) (l2.Entry, error) {
+	if it.neg {
+		return l2.Entry{Negative: true, TTL: ttl}, nil
+	}
+	b, err := safeMarshal(c.codec, it.v)
+	if err != nil {
+		c.st.encodeErrors.Add(1)
+		return l2.Entry{}, fmt.Errorf("tiered: encode %q: %w", key, err)
+	}
+	e := l2.Entry{Value: b, TTL: ttl}
+	if c.cfg.FailSafeMaxStale > 0 {
+		e.TTL, e.FreshFor = ttl+c.cfg.FailSafeMaxStale, ttl
+	}
+	return e, nil
+}
+
+// storeLoaded writes a loaded item to L2 unless the key changed since it was
+// read (raw), publishing its invalidation; it reports whether the item may
+// be kept in L1.
+func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, raw []byte) bool {
+	e, err := c.entry(key, it, ttl)
+	if err != nil {
+		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", key), zap.Error(err))
+		return true // this process's value; L1 may keep it
+	}
+	written := c.storeLoadedMany(ctx, map[string]l2.Entry{key: e}, map[string][]byte{key: raw})
+	if written != nil && !written[key] {
+		c.st.conflicts.Add(1)
+		return false
+	}
+	return true
+}
+
+// fill stores it in L1 through ticket t, for at most ttl, never past until
+// (the L2 value's freshness), and briefly or not at all while the
+// invalidation stream is unhealthy.
+func (c *Cache[V]) fill(t l1.Ticket, it item[V], ttl time.Duration, until, now time.Time) {
+	if !until.IsZero() {
+		if r := until.Sub(now); r < ttl {
+			ttl = r
+		}
+	}
+	if c.bus != nil {
+		if h := c.bus.Health(); !h.Healthy {
+			if c.cfg.UnhealthyL1TTL < 0 {
+				return
+			}
+			ttl = min(ttl, c.cfg.UnhealthyL1TTL)
+		}
+	}
+	if c.cfg.L1TTLJitter > 0 {
+		ttl -= time.Duration(rand.Float64() * c.cfg.L1TTLJitter * float64(ttl))
+	}
+	if ttl <= 0 {
+		return
+	}
+	c.local.Fill(t, it, ttl)
+}

@@ -1,0 +1,614 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+)
+
+type user struct {
+	ID   int    `json:"id"`
+	Name string `json:"name"`
+}
+
+// server is one Redis the end-to-end tests run against.
+type server struct {
+	name   string
+	client func(t *testing.T) redis.UniversalClient
+}
+
+func servers() []server {
+	return []server{
+		{"miniredis", func(t *testing.T) redis.UniversalClient {
+			mr := miniredis.RunT(t)
+			return newClient(t, mr.Addr())
+		}},
+		{"redis-server", func(t *testing.T) redis.UniversalClient {
+			return newClient(t, redistest.StartServer(t).Addr())
+		}},
+	}
+}
+
+func newClient(t testing.TB, addr string) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true, MaxRetries: 1,
+		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func newCache[V any](t testing.TB, cfg Config[V]) *Cache[V] {
+	t.Helper()
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// countingLoader returns "<key>#<n>" values and counts calls.
+type countingLoader struct {
+	calls atomic.Int64
+}
+
+func (l *countingLoader) load(_ context.Context, key string) (user, error) {
+	n := l.calls.Add(1)
+	if strings.HasPrefix(key, "missing") {
+		return user{}, ErrNotFound
+	}
+	return user{ID: int(n), Name: key}, nil
+}
+
+// eventually waits (bounded) for cond; it is for cross-process effects such
+// as a pub/sub delivery, whose timing no gate inside the test controls.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestTiers(t *testing.T) {
+	for _, srv := range servers() {
+		t.Run(srv.name, func(t *testing.T) {
+			ctx := context.Background()
+			rc := srv.client(t)
+			a := newCache(t, Config[user]{Redis: rc, Namespace: "t"})
+			b := newCache(t, Config[user]{Redis: rc, Namespace: "t"})
+			var l countingLoader
+
+			// Cold: loader, then L2 holds it, then L1.
+			got, err := a.GetOrLoad(ctx, "u1", l.load)
+			if err != nil || got.Name != "u1" || l.calls.Load() != 1 {
+				t.Fatalf("cold GetOrLoad: %+v %v, calls %d", got, err, l.calls.Load())
+			}
+			if raw, err := rc.Get(ctx, "t:u1").Bytes(); err != nil || len(raw) == 0 {
+				t.Fatalf("L2 after load: %v", err)
+			}
+			a.local.(interface{ Wait() }).Wait()
+			if got2, _ := a.GetOrLoad(ctx, "u1", l.load); got2 != got || l.calls.Load() != 1 {
+				t.Fatalf("warm GetOrLoad: %+v, calls %d", got2, l.calls.Load())
+			}
+			if st := a.Stats(); st.L1.Hits != 1 || st.L2.Lookups != 1 || st.Loads.LoaderCalls != 1 {
+				t.Fatalf("stats of A: L1 hits %d, L2 lookups %d, loader calls %d", st.L1.Hits, st.L2.Lookups, st.Loads.LoaderCalls)
+			}
+			// Another instance: L2 hit, no loader.
+			if got3, err := b.GetOrLoad(ctx, "u1", l.load); err != nil || got3 != got || l.calls.Load() != 1 {
+				t.Fatalf("B GetOrLoad: %+v %v, calls %d", got3, err, l.calls.Load())
+			}
+			if st := b.Stats(); st.L2.Hits != 1 || st.Combined.L2HitRatio != 1 {
+				t.Fatalf("stats of B: %+v", st.Combined)
+			}
+			// Get without a loader.
+			if v, err := b.Get(ctx, "u1"); err != nil || v != got {
+				t.Fatalf("Get: %+v %v", v, err)
+			}
+			if _, err := b.Get(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Get of a missing key: %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
+
+func TestWritesInvalidateOtherInstances(t *testing.T) {
+	for _, srv := range servers() {
+		t.Run(srv.name, func(t *testing.T) {
+			ctx := context.Background()
+			rc := srv.client(t)
+			a := newCache(t, Config[string]{Redis: rc, Namespace: "w"})
+			b := newCache(t, Config[string]{Redis: rc, Namespace: "w"})
+			load := func(context.Context, string) (string, error) { return "v0", nil }
+			for _, c := range []*Cache[string]{a, b} {
+				if v, err := c.GetOrLoad(ctx, "k", load); err != nil || v != "v0" {
+					t.Fatalf("warm: %q %v", v, err)
+				}
+			}
+			if err := a.Set(ctx, "k", "v1"); err != nil {
+				t.Fatal(err)
+			}
+			// Read-your-writes on A, immediately.
+			if v, err := a.Get(ctx, "k"); err != nil || v != "v1" {
+				t.Fatalf("A after its own Set: %q %v, want v1", v, err)
+			}
+			eventually(t, "B to see v1", func() bool {
+				v, err := b.Get(ctx, "k")
+				return err == nil && v == "v1"
+			})
+			if err := b.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("B after its own Delete: %v, want ErrNotFound", err)
+			}
+			eventually(t, "A to drop k", func() bool {
+				_, err := a.Get(ctx, "k")
+				return errors.Is(err, ErrNotFound)
+			})
+			// A load after the delete stores the new value over the tombstone
+			// it read.
+			v, err := a.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { return "v2", nil })
+			if err != nil || v != "v2" {
+				t.Fatalf("load after delete: %q %v", v, err)
+			}
+			eventually(t, "B to read v2 from L2", func() bool {
+				v, err := b.Get(ctx, "k")
+				return err == nil && v == "v2"
+			})
+			// Clear drops every instance's L1 and the namespace's keys only.
+			rc.Set(ctx, "foreign", "x", 0)
+			if err := a.Clear(ctx); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "B to drop everything", func() bool {
+				_, err := b.Get(ctx, "k")
+				return errors.Is(err, ErrNotFound)
+			})
+			if n, _ := rc.Exists(ctx, "foreign").Result(); n != 1 {
+				t.Fatalf("Clear removed a foreign key")
+			}
+			if st := b.Stats(); st.Invalidation.Applied == 0 {
+				t.Fatalf("B applied no invalidation: %+v", st.Invalidation)
+			}
+		})
+	}
+}
+
+func TestNegativeCaching(t *testing.T) {
+	ctx := context.Background()
+	rc := newClient(t, miniredis.RunT(t).Addr())
+	var l countingLoader
+	c := newCache(t, Config[user]{Redis: rc, Namespace: "n", NegativeTTL: time.Minute})
+	for i := 0; i < 3; i++ {
+		if _, err := c.GetOrLoad(ctx, "missing-1", l.load); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("call %d: %v, want ErrNotFound", i, err)
+		}
+		c.local.(interface{ Wait() }).Wait()
+	}
+	if n := l.calls.Load(); n != 1 {
+		t.Fatalf("loader calls with negative caching: %d, want 1", n)
+	}
+	other := newCache(t, Config[user]{Redis: rc, Namespace: "n", NegativeTTL: time.Minute})
+	if _, err := other.GetOrLoad(ctx, "missing-1", l.load); !errors.Is(err, ErrNotFound) || l.calls.Load() != 1 {
+		t.Fatalf("another instance: %v, calls %d; want the negative entry from L2", err, l.calls.Load())
+	}
+	// Without NegativeTTL nothing is cached.
+	plain := newCache(t, Config[user]{Redis: rc, Namespace: "n2"})
+	_, _ = plain.GetOrLoad(ctx, "missing-2", l.load)
+	_, _ = plain.GetOrLoad(ctx, "missing-2", l.load)
+	if n := l.calls.Load(); n != 3 {
+		t.Fatalf("loader calls without negative caching: %d, want 3", n)
+	}
+}
+
+func TestTTLBounds(t *testing.T) {
+	ctx := context.Background()
+	mr := miniredis.RunT(t)
+	rc := newClient(t, mr.Addr())
+	c := newCache(t, Config[string]{Redis: rc, Namespace: "ttl", TTL: time.Hour, MaxL1TTL: time.Minute})
+	load := func(context.Context, string) (string, error) { return "v", nil }
+	if _, err := c.GetOrLoad(ctx, "k", load, WithTTL(10*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := mr.TTL("ttl:k"); ttl != 10*time.Minute {
+		t.Fatalf("L2 TTL with WithTTL: %v, want 10m", ttl)
+	}
+	// A value whose L2 freshness ends soon must not outlive it in L1.
+	other := newCache(t, Config[string]{Redis: rc, Namespace: "ttl", MaxL1TTL: time.Hour})
+	_ = c.Set(ctx, "short", "s", WithTTL(50*time.Millisecond))
+	if v, err := other.Get(ctx, "short"); err != nil || v != "s" {
+		t.Fatalf("Get short: %q %v", v, err)
+	}
+	other.local.(interface{ Wait() }).Wait()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if _, ok := other.local.Get("short"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("L1 copy outlived the 50ms L2 TTL")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestL1OnlyMode(t *testing.T) {
+	ctx := context.Background()
+	var l countingLoader
+	c := newCache(t, Config[user]{})
+	if _, err := c.GetOrLoad(ctx, "a", l.load); err != nil {
+		t.Fatal(err)
+	}
+	c.local.(interface{ Wait() }).Wait()
+	if _, err := c.GetOrLoad(ctx, "a", l.load); err != nil || l.calls.Load() != 1 {
+		t.Fatalf("second call: %v, calls %d", err, l.calls.Load())
+	}
+	if err := c.Set(ctx, "a", user{ID: 42}); err != nil {
+		t.Fatal(err)
+	}
+	c.local.(interface{ Wait() }).Wait()
+	if v, _ := c.Get(ctx, "a"); v.ID != 42 {
+		t.Fatalf("after Set: %+v", v)
+	}
+	_ = c.Delete(ctx, "a")
+	if _, err := c.Get(ctx, "a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after Delete: %v", err)
+	}
+	if st := c.Stats(); st.L2.Lookups != 0 {
+		t.Fatalf("L1-only mode touched L2: %+v", st.L2)
+	}
+}
+
+func TestStampede(t *testing.T) {
+	for _, srv := range servers() {
+		t.Run(srv.name, func(t *testing.T) {
+			ctx := context.Background()
+			c := newCache(t, Config[string]{Redis: srv.client(t), Namespace: "s"})
+			const n = 1000
+			release := make(chan struct{})
+			var calls atomic.Int64
+			load := func(context.Context, string) (string, error) {
+				calls.Add(1)
+				<-release
+				return "v", nil
+			}
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for i := 0; i < n; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					v, err := c.GetOrLoad(ctx, "cold", load)
+					if err == nil && v != "v" {
+						err = fmt.Errorf("got %q", v)
+					}
+					errs <- err
+				}()
+			}
+			// Release the loader once every caller has joined the flight.
+			eventually(t, "1000 callers to join", func() bool { return c.Stats().Loads.Callers == n })
+			close(release)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			st := c.Stats()
+			if calls.Load() != 1 || st.L2.Lookups != 1 || st.L2.Stats.Hits+st.L2.Stats.Misses != 1 {
+				t.Fatalf("loader calls %d, L2 lookups %d, L2 GETs %d; want 1 each", calls.Load(), st.L2.Lookups, st.L2.Stats.Hits+st.L2.Stats.Misses)
+			}
+			if st.Loads.Coalesced != n-1 {
+				t.Fatalf("coalesced: %d, want %d", st.Loads.Coalesced, n-1)
+			}
+		})
+	}
+}
+
+func TestCallerContexts(t *testing.T) {
+	ctx := context.Background()
+	c := newCache(t, Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "ctx"})
+	started := make(chan struct{})
+	release := make(chan struct{})
+	load := func(lctx context.Context, _ string) (string, error) {
+		close(started)
+		select {
+		case <-release:
+			return "v", nil
+		case <-lctx.Done():
+			return "", lctx.Err()
+		}
+	}
+	leaderCtx, cancelLeader := context.WithCancel(ctx)
+	leaderErr := make(chan error, 1)
+	go func() {
+		_, err := c.GetOrLoad(leaderCtx, "k", load)
+		leaderErr <- err
+	}()
+	<-started
+	followerDone := make(chan error, 1)
+	go func() {
+		v, err := c.GetOrLoad(ctx, "k", load)
+		if err == nil && v != "v" {
+			err = fmt.Errorf("got %q", v)
+		}
+		followerDone <- err
+	}()
+	eventually(t, "the follower to join", func() bool { return c.Stats().Loads.Callers == 2 })
+
+	// A follower with a short deadline leaves on time.
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := c.GetOrLoad(short, "k", load); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("short deadline: %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("short deadline returned after %v", d)
+	}
+	// The leader leaves; the shared load goes on for the follower.
+	cancelLeader()
+	if err := <-leaderErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leader: %v, want Canceled", err)
+	}
+	close(release)
+	if err := <-followerDone; err != nil {
+		t.Fatalf("follower after the leader left: %v", err)
+	}
+}
+
+func TestLoaderPanic(t *testing.T) {
+	ctx := context.Background()
+	c := newCache(t, Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "p"})
+	release := make(chan struct{})
+	load := func(context.Context, string) (string, error) {
+		<-release
+		panic("boom")
+	}
+	const n = 10
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			_, err := c.GetOrLoad(ctx, "k", load)
+			errs <- err
+		}()
+	}
+	eventually(t, "callers to join", func() bool { return c.Stats().Loads.Callers == n })
+	close(release)
+	for i := 0; i < n; i++ {
+		if err := <-errs; err == nil || !strings.Contains(err.Error(), "panicked: boom") {
+			t.Fatalf("caller %d: %v, want the panic as an error", i, err)
+		}
+	}
+	if st := c.Stats(); st.Loads.Panics != 1 {
+		t.Fatalf("panics: %d, want 1", st.Loads.Panics)
+	}
+	// The key is usable again.
+	if v, err := c.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { return "ok", nil }); err != nil || v != "ok" {
+		t.Fatalf("after a panic: %q %v", v, err)
+	}
+}
+
+func TestCorruptL2IsReloadedAndRepaired(t *testing.T) {
+	for _, srv := range servers() {
+		t.Run(srv.name, func(t *testing.T) {
+			ctx := context.Background()
+			rc := srv.client(t)
+			c := newCache(t, Config[user]{Redis: rc, Namespace: "c"})
+			rc.Set(ctx, "c:k", "\x00garbage from another program", 0)
+			var l countingLoader
+			v, err := c.GetOrLoad(ctx, "k", l.load)
+			if err != nil || v.Name != "k" || l.calls.Load() != 1 {
+				t.Fatalf("GetOrLoad over corrupt bytes: %+v %v, calls %d", v, err, l.calls.Load())
+			}
+			if st := c.Stats(); st.Loads.DecodeErrors != 1 || st.L2.Corrupt != 1 {
+				t.Fatalf("decode errors %d, l2 corrupt %d; want 1", st.Loads.DecodeErrors, st.L2.Corrupt)
+			}
+			// Repaired: a fresh instance reads it from L2.
+			d := newCache(t, Config[user]{Redis: rc, Namespace: "c"})
+			if v2, err := d.GetOrLoad(ctx, "k", l.load); err != nil || v2 != v || l.calls.Load() != 1 {
+				t.Fatalf("after repair: %+v %v, calls %d", v2, err, l.calls.Load())
+			}
+			// A valid envelope whose payload the codec rejects is also reloaded.
+			if err := c.Set(ctx, "j", user{ID: 1}); err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := rc.Get(ctx, "c:j").Bytes()
+			rc.Set(ctx, "c:j", append(raw[:len(raw)-1:len(raw)-1], '!'), 0) // breaks the JSON
+			if v, err := d.GetOrLoad(ctx, "j", l.load); err != nil || v.Name != "j" {
+				t.Fatalf("over an undecodable payload: %+v %v", v, err)
+			}
+		})
+	}
+}
+
+func TestFailSafe(t *testing.T) {
+	ctx := context.Background()
+	mr := miniredis.RunT(t)
+	rc := newClient(t, mr.Addr())
+	failing := func(context.Context, string) (string, error) { return "", errors.New("database down") }
+	for _, tc := range []struct {
+		name     string
+		maxStale time.Duration
+		want     string
+		wantErr  bool
+	}{
+		{"on", time.Hour, "old", false},
+		{"off", 0, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCache(t, Config[string]{Redis: rc, Namespace: "f-" + tc.name, FailSafeMaxStale: tc.maxStale})
+			written := time.Now()
+			if err := c.Set(ctx, "k", "old", WithTTL(time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.maxStale > 0 {
+				if ttl := mr.TTL("f-on:k"); ttl != time.Hour+time.Millisecond {
+					t.Fatalf("L2 TTL with fail-safe: %v, want TTL + FailSafeMaxStale", ttl)
+				}
+			}
+			for time.Since(written) < 3*time.Millisecond { // let the 1 ms freshness pass
+				time.Sleep(time.Millisecond)
+			}
+			v, err := c.GetOrLoad(ctx, "k", failing)
+			if (err != nil) != tc.wantErr || v != tc.want {
+				t.Fatalf("GetOrLoad with a failing loader: %q %v; want %q, error %v", v, err, tc.want, tc.wantErr)
+			}
+			st := c.Stats()
+			if tc.maxStale > 0 && st.Loads.StaleServed != 1 {
+				t.Fatalf("stale served: %d, want 1", st.Loads.StaleServed)
+			}
+			if st.Loads.LoaderErrors != 1 {
+				t.Fatalf("loader errors: %d, want 1", st.Loads.LoaderErrors)
+			}
+		})
+	}
+}
+
+func TestCloseAndClient(t *testing.T) {
+	ctx := context.Background()
+	rc := newClient(t, miniredis.RunT(t).Addr())
+	c, err := New(Config[string]{Redis: rc, Namespace: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := c.Get(ctx, "k"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Get after Close: %v, want ErrClosed", err)
+	}
+	if err := c.Set(ctx, "k", "v"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Set after Close: %v, want ErrClosed", err)
+	}
+	if err := rc.Ping(ctx).Err(); err != nil {
+		t.Fatalf("the caller's client was closed: %v", err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, cfg := range []Config[string]{
+		{TTL: -1},
+		{MaxL1TTL: -time.Second},
+		{L1TTLJitter: 1.5},
+		{NegativeTTL: -1},
+		{L1MaxBytes: 1 << 20}, // no L1Cost
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%+v): want an error", cfg)
+		}
+	}
+}
+
+func TestBatches(t *testing.T) {
+	for _, srv := range servers() {
+		t.Run(srv.name, func(t *testing.T) {
+			ctx := context.Background()
+			rc := srv.client(t)
+			c := newCache(t, Config[string]{Redis: rc, Namespace: "b", NegativeTTL: time.Minute})
+			var calls atomic.Int64
+			var lastKeys []string
+			load := func(_ context.Context, keys []string) (map[string]string, error) {
+				calls.Add(1)
+				lastKeys = append([]string(nil), keys...)
+				m := map[string]string{}
+				for _, k := range keys {
+					if !strings.HasPrefix(k, "missing") {
+						m[k] = "v:" + k
+					}
+				}
+				return m, nil
+			}
+			// Pre-warm one key in L2 only and one in L1.
+			other := newCache(t, Config[string]{Redis: rc, Namespace: "b"})
+			_ = other.Set(ctx, "inL2", "from-l2")
+			if _, err := c.GetOrLoad(ctx, "inL1", func(context.Context, string) (string, error) { return "from-l1", nil }); err != nil {
+				t.Fatal(err)
+			}
+			c.local.(interface{ Wait() }).Wait()
+			before := c.Stats()
+
+			got, err := c.GetManyOrLoad(ctx, []string{"inL1", "inL2", "a", "b", "missing-1", "a"}, load)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]string{"inL1": "from-l1", "inL2": "from-l2", "a": "v:a", "b": "v:b"}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("GetManyOrLoad: got %v, want %v", got, want)
+			}
+			if calls.Load() != 1 || len(lastKeys) != 3 {
+				t.Fatalf("batch loader: %d calls, last keys %v; want 1 call with a, b, missing-1", calls.Load(), lastKeys)
+			}
+			st := c.Stats()
+			if d := st.L2.Stats.Hits + st.L2.Stats.Misses - before.L2.Stats.Hits - before.L2.Stats.Misses; d != 4 {
+				t.Fatalf("L2 keys read: %d, want 4 (one MGET of the L1 misses)", d)
+			}
+			// Everything is now cached: no loader call, no L2 read.
+			c.local.(interface{ Wait() }).Wait()
+			got, err = c.GetManyOrLoad(ctx, []string{"a", "b", "missing-1", "inL2"}, load)
+			if err != nil || len(got) != 3 || calls.Load() != 1 {
+				t.Fatalf("warm batch: %v %v, loader calls %d", got, err, calls.Load())
+			}
+			// GetMany without a loader sees L2.
+			m, err := other.GetMany(ctx, []string{"a", "b", "zzz"})
+			if err != nil || m["a"] != "v:a" || m["b"] != "v:b" || len(m) != 2 {
+				t.Fatalf("GetMany on another instance: %v %v", m, err)
+			}
+		})
+	}
+}
+
+func TestBatchJoinsSingleFlight(t *testing.T) {
+	ctx := context.Background()
+	c := newCache(t, Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "j"})
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var single atomic.Int64
+	done := make(chan string, 1)
+	go func() {
+		v, _ := c.GetOrLoad(ctx, "shared", func(context.Context, string) (string, error) {
+			single.Add(1)
+			close(started)
+			<-release
+			return "from-single", nil
+		})
+		done <- v
+	}()
+	<-started
+	var batchKeys []string
+	batchDone := make(chan map[string]string, 1)
+	go func() {
+		m, _ := c.GetManyOrLoad(ctx, []string{"shared", "own"}, func(_ context.Context, keys []string) (map[string]string, error) {
+			batchKeys = keys
+			return map[string]string{"own": "from-batch", "shared": "from-batch"}, nil
+		})
+		batchDone <- m
+	}()
+	eventually(t, "the batch to join", func() bool { return c.Stats().Loads.Callers == 3 })
+	close(release)
+	m := <-batchDone
+	if m["shared"] != "from-single" || m["own"] != "from-batch" {
+		t.Fatalf("batch result: %v; want shared from the single flight it joined", m)
+	}
+	if fmt.Sprint(batchKeys) != "[own]" || single.Load() != 1 {
+		t.Fatalf("batch loaded %v, single loads %d; want [own] and 1", batchKeys, single.Load())
+	}
+	<-done
+}

@@ -1,0 +1,164 @@
+package tiered
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultNamespace        = "nearcache"
+	DefaultTTL              = 5 * time.Minute
+	DefaultMaxL1TTL         = 30 * time.Second
+	DefaultL1TTLJitter      = 0.1
+	DefaultL1MaxEntries     = 100_000
+	DefaultRedisTimeout     = 250 * time.Millisecond
+	DefaultLoadTimeout      = 10 * time.Second
+	DefaultUnhealthyL1TTL   = time.Second
+	DefaultFailSafeRetry    = time.Second
+	DefaultBreakerFailures  = 5
+	DefaultBreakerCooldown  = 2 * time.Second
+	DefaultStartTimeout     = 2 * time.Second
+	DefaultAntiEntropyEvery = time.Second
+)
+
+// Config configures a Cache. Every zero field has the documented default.
+type Config[V any] struct {
+	// Redis is the shared tier and the invalidation transport. If nil, the
+	// Cache runs L1-only, for one process: loaders fill L1 and writes act on
+	// L1 alone. The Cache never closes this client.
+	Redis redis.UniversalClient
+	// Namespace prefixes every Redis key ("NS:key") and names the
+	// invalidation channel. Instances that share data must share it, and
+	// different data sets must not. If empty, DefaultNamespace.
+	Namespace string
+
+	// TTL is how long a value stays fresh in Redis. If zero, DefaultTTL.
+	TTL time.Duration
+	// MaxL1TTL bounds how long an instance keeps a local copy: the last line
+	// of defence should every invalidation detector fail. A local copy never
+	// outlives the value's remaining Redis TTL either. If zero,
+	// DefaultMaxL1TTL.
+	MaxL1TTL time.Duration
+	// L1TTLJitter shortens each local TTL by a random fraction up to this
+	// value, so copies filled together do not expire together. If zero,
+	// DefaultL1TTLJitter; negative disables jitter.
+	L1TTLJitter float64
+	// L1MaxEntries is the local capacity in entries. If zero (and
+	// L1MaxBytes is zero), DefaultL1MaxEntries.
+	L1MaxEntries int64
+	// L1MaxBytes, with L1Cost, sizes the local tier in bytes instead.
+	L1MaxBytes int64
+	// L1Cost returns the size of a value in bytes; required with L1MaxBytes.
+	L1Cost func(V) int64
+
+	// Codec turns values into bytes for Redis. If nil: raw bytes for
+	// []byte, UTF-8 for string, JSON otherwise. Values from a shared Redis
+	// are untrusted input: never use encoding/gob here.
+	Codec Codec[V]
+
+	// NegativeTTL caches a loader's ErrNotFound for this long (in both
+	// tiers). If zero, not-found results are not cached.
+	NegativeTTL time.Duration
+	// FailSafeMaxStale keeps values in Redis this long past TTL; when the
+	// loader or Redis fails, such a stale value is served (and counted)
+	// instead of the error. If zero, fail-safe is off.
+	FailSafeMaxStale time.Duration
+	// FailSafeRetryAfter is how long a stale value served by fail-safe is
+	// kept locally before the loader is tried again. If zero,
+	// DefaultFailSafeRetry.
+	FailSafeRetryAfter time.Duration
+
+	// RedisTimeout bounds each Redis operation. If zero,
+	// DefaultRedisTimeout; negative means only the caller's ctx bounds it.
+	RedisTimeout time.Duration
+	// LoadTimeout bounds a shared load (L2 read, loader, L2 write), which
+	// runs detached from any single caller's context. If zero,
+	// DefaultLoadTimeout.
+	LoadTimeout time.Duration
+	// StartTimeout bounds how long New waits for the invalidation
+	// subscription to be confirmed. If Redis is down, New still succeeds:
+	// the Cache serves from L1 and loaders, keeps local copies short, and
+	// recovers when Redis returns. If zero, DefaultStartTimeout.
+	StartTimeout time.Duration
+
+	// BreakerFailures is the number of consecutive Redis connection failures
+	// that opens the circuit breaker; while open, reads skip Redis. If zero,
+	// DefaultBreakerFailures; negative disables the breaker.
+	BreakerFailures int
+	// BreakerCooldown is how long the breaker stays open before one probe
+	// is let through. If zero, DefaultBreakerCooldown.
+	BreakerCooldown time.Duration
+
+	// UnhealthyL1TTL caps local copies while the invalidation stream is
+	// unhealthy (disconnected, or a loss not yet repaired). If zero,
+	// DefaultUnhealthyL1TTL; negative skips local fills while unhealthy.
+	UnhealthyL1TTL time.Duration
+	// AntiEntropyInterval is how often the invalidation bus compares
+	// Redis's sequence numbers, epoch key and run ids with what it received.
+	// If zero, DefaultAntiEntropyEvery.
+	AntiEntropyInterval time.Duration
+	// HMACKey, when set, signs invalidation messages and rejects unsigned
+	// ones. All instances of a namespace must share it. Never printed.
+	HMACKey []byte
+	// MaxValueSize bounds an encoded value in Redis. If zero, l2's default
+	// (4 MiB); negative disables the bound.
+	MaxValueSize int
+
+	// Logger receives degradations (Redis errors, breaker changes, losses),
+	// each logged once. If nil, zap.NewNop().
+	Logger *zap.Logger
+}
+
+func (c Config[V]) withDefaults() (Config[V], error) {
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.TTL, DefaultTTL)
+	def(&c.MaxL1TTL, DefaultMaxL1TTL)
+	def(&c.RedisTimeout, DefaultRedisTimeout)
+	def(&c.LoadTimeout, DefaultLoadTimeout)
+	def(&c.StartTimeout, DefaultStartTimeout)
+	def(&c.BreakerCooldown, DefaultBreakerCooldown)
+	def(&c.UnhealthyL1TTL, DefaultUnhealthyL1TTL)
+	def(&c.FailSafeRetryAfter, DefaultFailSafeRetry)
+	def(&c.AntiEntropyInterval, DefaultAntiEntropyEvery)
+	if c.L1TTLJitter == 0 {
+		c.L1TTLJitter = DefaultL1TTLJitter
+	}
+	if c.L1TTLJitter < 0 {
+		c.L1TTLJitter = 0
+	}
+	if c.BreakerFailures == 0 {
+		c.BreakerFailures = DefaultBreakerFailures
+	}
+	if c.L1MaxEntries == 0 && c.L1MaxBytes == 0 {
+		c.L1MaxEntries = DefaultL1MaxEntries
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	switch {
+	case c.TTL < 0:
+		return c, fmt.Errorf("tiered: TTL %v is negative", c.TTL)
+	case c.MaxL1TTL < 0:
+		return c, fmt.Errorf("tiered: MaxL1TTL %v is negative", c.MaxL1TTL)
+	case c.LoadTimeout < 0:
+		return c, fmt.Errorf("tiered: LoadTimeout %v is negative", c.LoadTimeout)
+	case c.NegativeTTL < 0:
+		return c, fmt.Errorf("tiered: NegativeTTL %v is negative", c.NegativeTTL)
+	case c.FailSafeMaxStale < 0:
+		return c, fmt.Errorf("tiered: FailSafeMaxStale %v is negative", c.FailSafeMaxStale)
+	case c.L1TTLJitter >= 1:
+		return c, fmt.Errorf("tiered: L1TTLJitter %v must be below 1", c.L1TTLJitter)
+	}
+	return c, nil
+}

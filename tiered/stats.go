@@ -1,0 +1,92 @@
+package tiered
+
+import (
+	"github.com/nearcache/nearcache/invalidation"
+	"github.com/nearcache/nearcache/l1"
+	"github.com/nearcache/nearcache/l2"
+)
+
+// Stats is a snapshot of every tier's counters and a combined view. Counters
+// are cumulative since New. Reading them does no I/O (for the Redis server's
+// own INFO figures, use l2.Store.ServerStats on your client).
+type Stats struct {
+	L1           l1.Stats
+	L2           L2Stats
+	Invalidation invalidation.Stats
+	Loads        LoadStats
+	Combined     Combined
+}
+
+// L2Stats are the shared tier's counters as this Cache used them.
+type L2Stats struct {
+	l2.Stats
+	Lookups       uint64 // keys looked up in Redis on L1 misses
+	Hits          uint64 // of which found fresh and decodable
+	Errors        uint64 // Redis operations this Cache saw fail (reads and writes)
+	Skipped       uint64 // operations skipped because the breaker was open
+	Breaker       string // closed, open or half-open
+	BreakerOpened uint64 // times the breaker opened
+}
+
+// LoadStats count the miss path.
+type LoadStats struct {
+	Callers        uint64 // calls that missed L1 and waited for a flight
+	Flights        uint64 // keys fetched by a flight this Cache started
+	Coalesced      uint64 // callers served by a flight another caller started
+	LoaderCalls    uint64 // calls of a Loader or BatchLoader
+	LoadedKeys     uint64 // keys passed to those calls
+	LoaderErrors   uint64 // of which failed (ErrNotFound excluded)
+	Panics         uint64 // loader panics turned into errors
+	StaleServed    uint64 // fail-safe: stale values served instead of an error
+	NegativeCached uint64 // not-found results cached
+	DecodeErrors   uint64 // Redis values that were corrupt or did not decode (reloaded)
+	EncodeErrors   uint64 // values the codec could not encode (kept out of Redis)
+	Conflicts      uint64 // loaded values not kept because a newer write or delete won
+}
+
+// Combined summarises the tiers.
+type Combined struct {
+	Requests   uint64  // key lookups (L1 hits + L1 misses)
+	L1Hits     uint64  // answered by L1
+	L2Hits     uint64  // answered by Redis (fresh), per flight
+	HitRatio   float64 // share of requests answered without calling a loader
+	L1HitRatio float64 // L1Hits / Requests
+	L2HitRatio float64 // L2Hits / L2 lookups
+}
+
+// Stats returns a snapshot of the counters.
+func (c *Cache[V]) Stats() Stats {
+	var s Stats
+	s.L1 = c.local.Stats()
+	st, opened := c.brk.snapshot()
+	s.L2 = L2Stats{
+		Lookups: c.st.l2Lookups.Load(), Hits: c.st.l2Hits.Load(), Errors: c.st.l2Errors.Load(),
+		Skipped: c.st.l2Skipped.Load(), Breaker: st.String(), BreakerOpened: opened,
+	}
+	if c.l2 != nil {
+		s.L2.Stats = c.l2.Stats()
+		s.Invalidation = c.bus.Stats()
+	}
+	callers, flights := c.st.callers.Load(), c.st.flights.Load()
+	s.Loads = LoadStats{
+		Callers: callers, Flights: flights,
+		LoaderCalls: c.st.loaderCalls.Load(), LoadedKeys: c.st.loadedKeys.Load(), LoaderErrors: c.st.loaderErrors.Load(),
+		Panics: c.st.panics.Load(), StaleServed: c.st.staleServed.Load(),
+		NegativeCached: c.st.negativeCached.Load(), DecodeErrors: c.st.decodeErrors.Load(),
+		EncodeErrors: c.st.encodeErrors.Load(), Conflicts: c.st.conflicts.Load(),
+	}
+	if callers > flights {
+		s.Loads.Coalesced = callers - flights
+	}
+	req := s.L1.Hits + s.L1.Misses
+	s.Combined = Combined{Requests: req, L1Hits: s.L1.Hits, L2Hits: s.L2.Hits}
+	if req > 0 {
+		s.Combined.L1HitRatio = float64(s.L1.Hits) / float64(req)
+		loaded := min(s.Loads.LoadedKeys, req)
+		s.Combined.HitRatio = 1 - float64(loaded)/float64(req)
+	}
+	if s.L2.Lookups > 0 {
+		s.Combined.L2HitRatio = float64(s.L2.Hits) / float64(s.L2.Lookups)
+	}
+	return s
+}

@@ -1,0 +1,166 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/nearcache/nearcache/l2"
+)
+
+// Set writes value for key: to Redis and its invalidation, in one atomic
+// script, then drops this instance's L1 copy (read-your-writes: the next read
+// fills from Redis). Every other instance drops its copy when the
+// invalidation arrives. Without Redis (L1-only mode) the value goes to L1.
+func (c *Cache[V]) Set(ctx context.Context, key string, value V, opts ...Option) error {
+	return c.SetMany(ctx, map[string]V{key: value}, opts...)
+}
+
+// SetMany writes several values in one round trip (one script per partition),
+// with the same guarantees as Set.
+func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Option) error {
+	if c.isDone.Load() {
+		return ErrClosed
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	o := c.options(opts)
+	keys := slices.Collect(maps.Keys(items))
+	if c.l2 == nil {
+		c.invalidateLocal(keys...)
+		for k, v := range items {
+			c.local.Fill(c.local.Reserve(k), item[V]{v: v}, c.l1TTL(o))
+		}
+		return nil
+	}
+	entries := make(map[string]l2.Entry, len(items))
+	for k, v := range items {
+		e, err := c.entry(k, item[V]{v: v}, o.ttl)
+		if err != nil {
+			return err
+		}
+		entries[k] = e
+	}
+	err := c.write(ctx, "set", keys, func(ctx context.Context) error {
+		return c.l2.SetMany(ctx, entries, l2.Notify(c.notifyDelete))
+	})
+	return err
+}
+
+// Delete removes keys from Redis, leaving short-lived tombstones so that a
+// load which began before the delete cannot write its older value back, and
+// publishes their invalidation in the same script; then it drops this
+// instance's L1 copies. After Delete returns, no instance serves the old
+// values once the invalidation has been delivered.
+func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
+	if c.isDone.Load() {
+		return ErrClosed
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if c.l2 == nil {
+		c.invalidateLocal(keys...)
+		return nil
+	}
+	tomb := c.cfg.LoadTimeout + 2*max(c.cfg.RedisTimeout, 0) + time.Second
+	return c.write(ctx, "delete", keys, func(ctx context.Context) error {
+		_, err := c.l2.DeleteMany(ctx, keys, l2.Notify(c.notifyDelete), l2.Tombstone(tomb))
+		return err
+	})
+}
+
+// Clear removes every key of the namespace from Redis (SCAN + UNLINK, never
+// FLUSHDB) and tells every instance, this one included, to drop its whole L1.
+func (c *Cache[V]) Clear(ctx context.Context) error {
+	if c.isDone.Load() {
+		return ErrClosed
+	}
+	if c.l2 == nil {
+		c.local.InvalidateAll()
+		c.forgetAll()
+		return nil
+	}
+	defer func() {
+		c.local.InvalidateAll()
+		c.forgetAll()
+	}()
+	if !c.brk.allow() {
+		c.st.l2Skipped.Add(1)
+		return fmt.Errorf("tiered: clear: %w (circuit breaker open)", ErrUnavailable)
+	}
+	_, err := c.l2.Clear(ctx, l2.Notify(c.notifyClear))
+	c.recordRedis(err)
+	if err != nil {
+		return c.writeErr("clear", "", err)
+	}
+	return nil
+}
+
+// write runs one Redis write bounded by RedisTimeout, then invalidates the
+// keys locally whatever the outcome (a timed-out write may still have
+// happened).
+func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(context.Context) error) error {
+	defer c.invalidateLocal(keys...)
+	key := ""
+	if len(keys) == 1 {
+		key = keys[0]
+	}
+	if !c.brk.allow() {
+		c.st.l2Skipped.Add(1)
+		return fmt.Errorf("tiered: %s %q: %w (circuit breaker open)", op, key, ErrUnavailable)
+	}
+	wctx, cancel := c.redisCtx(ctx)
+	err := fn(wctx)
+	cancel()
+	c.recordRedis(err)
+	if err != nil {
+		return c.writeErr(op, key, err)
+	}
+	return nil
+}
+
+func (c *Cache[V]) writeErr(op, key string, err error) error {
+	c.st.l2Errors.Add(1)
+	c.log.Warn("nearcache: redis write failed", zap.String("op", op), zap.String("key", key), zap.Error(err))
+	if errors.Is(err, l2.ErrConnection) {
+		return fmt.Errorf("tiered: %s %q: %w: %w", op, key, ErrUnavailable, err)
+	}
+	return fmt.Errorf("tiered: %s %q: %w", op, key, err)
+}
+
+// l1TTL is the local TTL of a value written in L1-only mode.
+func (c *Cache[V]) l1TTL(o callOptions) time.Duration { return min(o.l1TTL, o.ttl) }
+
+// Close stops the invalidation subscription and every goroutine the Cache
+// started, waits for running loads (they are cancelled), and releases L1. It
+// never closes the caller's Redis client. Close is idempotent; afterwards
+// every method returns ErrClosed (reads of L1 miss, then return ErrClosed).
+func (c *Cache[V]) Close() error {
+	c.flightMu.Lock()
+	if c.closed {
+		c.flightMu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.isDone.Store(true)
+	c.flightMu.Unlock()
+
+	c.cancel()
+	var errs []error
+	if c.bus != nil {
+		errs = append(errs, c.bus.Close())
+	}
+	c.work.Wait()
+	errs = append(errs, c.local.Close())
+	if c.l2 != nil {
+		errs = append(errs, c.l2.Close())
+	}
+	return errors.Join(errs...)
+}
