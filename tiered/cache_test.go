@@ -612,3 +612,16 @@ func TestBatchJoinsSingleFlight(t *testing.T) {
 	}
 	<-done
 }
+
+func TestConfigNeverPrintsHMACKey(t *testing.T) {
+	c := Config[string]{Namespace: "ns", HMACKey: []byte("hmac-secret-key")}
+	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
+		if out := fmt.Sprintf(f, c); strings.Contains(out, "hmac-secret") || strings.Contains(out, fmt.Sprint([]byte("hmac"))[1:5]) || !strings.Contains(out, "ns") {
+			t.Errorf("%s: %s", f, out)
+		}
+	}
+	js, err := c.MarshalJSON()
+	if err != nil || strings.Contains(string(js), "hmac-secret") || !strings.Contains(string(js), "REDACTED") {
+		t.Errorf("JSON: %s %v", js, err)
+	}
+}

@@ -1,6 +1,7 @@
 package tiered
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -161,4 +162,64 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: L1TTLJitter %v must be below 1", c.L1TTLJitter)
 	}
 	return c, nil
+}
+
+// redactedConfig is Config without methods, for printing.
+type redactedConfig[V any] Config[V]
+
+func (c Config[V]) redacted() (redactedConfig[V], string) {
+	r := redactedConfig[V](c)
+	note := ""
+	if len(r.HMACKey) > 0 {
+		r.HMACKey = nil
+		note = " (HMACKey: [REDACTED])"
+	}
+	return r, note
+}
+
+// String formats the Config with HMACKey redacted.
+func (c Config[V]) String() string {
+	r, note := c.redacted()
+	return fmt.Sprintf("%+v", r) + note
+}
+
+// GoString formats the Config for %#v with HMACKey redacted.
+func (c Config[V]) GoString() string {
+	r, note := c.redacted()
+	return fmt.Sprintf("%#v", r) + note
+}
+
+// Format implements fmt.Formatter so that no verb prints HMACKey.
+func (c Config[V]) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprint(f, c.GoString())
+		return
+	}
+	fmt.Fprint(f, c.String())
+}
+
+// MarshalJSON encodes the scalar settings with HMACKey redacted; the client,
+// codec, cost function and logger are omitted.
+func (c Config[V]) MarshalJSON() ([]byte, error) {
+	hmacKey := ""
+	if len(c.HMACKey) > 0 {
+		hmacKey = "[REDACTED]"
+	}
+	return json.Marshal(struct {
+		Namespace                                     string
+		TTL, MaxL1TTL, RedisTimeout, LoadTimeout      time.Duration
+		NegativeTTL, FailSafeMaxStale, UnhealthyL1TTL time.Duration
+		AntiEntropyInterval, BreakerCooldown          time.Duration
+		L1MaxEntries, L1MaxBytes                      int64
+		BreakerFailures, MaxValueSize                 int
+		L1TTLJitter                                   float64
+		HasRedis                                      bool
+		HMACKey                                       string `json:",omitempty"`
+	}{
+		c.Namespace, c.TTL, c.MaxL1TTL, c.RedisTimeout, c.LoadTimeout,
+		c.NegativeTTL, c.FailSafeMaxStale, c.UnhealthyL1TTL,
+		c.AntiEntropyInterval, c.BreakerCooldown,
+		c.L1MaxEntries, c.L1MaxBytes, c.BreakerFailures, c.MaxValueSize, c.L1TTLJitter,
+		c.Redis != nil, hmacKey,
+	})
 }

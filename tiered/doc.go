@@ -1,0 +1,91 @@
+// Package tiered is the cache users hold: a two-tier near cache with a local
+// L1 (package l1, over ristretto) in front of a shared Redis L2 (package l2),
+// coalesced loads, and cross-instance invalidation (package invalidation).
+//
+//	c, err := tiered.New(tiered.Config[User]{Redis: rdb, Namespace: "users"})
+//	u, err := c.GetOrLoad(ctx, "42", func(ctx context.Context, id string) (User, error) {
+//		return db.LoadUser(ctx, id) // return tiered.ErrNotFound for a missing row
+//	})
+//	err = c.Set(ctx, "42", u) // after updating the database
+//	err = c.Delete(ctx, "42") // after deleting the row
+//
+// # Read path
+//
+// GetOrLoad looks in L1 first: a hit costs one ristretto lookup plus a few
+// atomic loads, with no allocation, lock, clock read or Redis call. On a
+// miss, concurrent callers for the key share one flight (x/sync
+// singleflight): each caller waits on its own ctx, while the shared work runs
+// on a context detached from every caller, bounded by Config.LoadTimeout and
+// cancelled by Close. A loader panic becomes an error for every waiter.
+// The flight takes an L1 fill ticket, reads L2 (one GET), and on an L2 miss
+// calls the loader and writes the result back to L2 with its invalidation,
+// then fills L1 through the ticket.
+//
+// GetMany and GetManyOrLoad do the same for batches: L1 first, every L1 miss
+// in one L2 round trip, every L2 miss in one BatchLoader call, one pipelined
+// L2 write. A key already being loaded by another call is joined.
+//
+// # Write path
+//
+// Set, SetMany and Delete run one Lua script per Redis partition that writes
+// (or deletes) the keys, advances the partition's sequence number and
+// publishes the invalidation carrying it: a write is never acknowledged
+// without its invalidation, and never published without the write. The
+// writer then drops its own L1 copies, so it reads its own writes. Delete
+// leaves a short-lived tombstone (Config.LoadTimeout plus a margin) instead
+// of an absent key. Clear removes the namespace's keys (SCAN + UNLINK, never
+// FLUSHDB) and makes every instance drop its whole L1.
+//
+// # Consistency contract
+//
+//   - No resurrection: after Delete (or Set) returns on any instance, no
+//     instance serves the old value once the invalidation has been delivered
+//     (on a healthy loopback network, well under 2 ms at p99).
+//   - Read-your-writes on the writing instance, always.
+//   - Bounded staleness under faults: a lost message (sequence gap), a
+//     dropped or black-holed subscription, a Redis restart or failover is
+//     detected and repaired (every L1 entry dropped at O(1) cost) within
+//     about 1.5 × Config.AntiEntropyInterval (default: within 2 s). While the
+//     stream is unhealthy, L1 keeps values at most Config.UnhealthyL1TTL. With
+//     every detector failing, a value lives in L1 at most Config.MaxL1TTL.
+//   - Convergence: after writes stop, every instance's L1 agrees with L2.
+//
+// Two mechanisms make this hold for loads that race with writes, the race
+// other near caches leave open. First, the L1 fill guard: a load takes a
+// ticket (the key's generation and the L1 epoch) before it reads L2, and the
+// fill is refused, or the entry never served, if an invalidation came in
+// between. Second, compare-and-set in L2: a loaded value is written only if
+// the key still holds exactly what the load read (absent, a stale or corrupt
+// value, or a tombstone), so a load that began before a write or a delete
+// cannot overwrite it; the loaded value is then returned to its callers but
+// not kept.
+//
+// # Degradation
+//
+// Every Redis operation is bounded by Config.RedisTimeout. A circuit breaker
+// skips Redis after Config.BreakerFailures consecutive connection failures,
+// for Config.BreakerCooldown, then probes. While Redis is unusable, L1 keeps
+// serving, misses go to the loader, and writes fail with ErrUnavailable
+// (their invalidation could not be published). With Config.FailSafeMaxStale,
+// values stay in Redis past their TTL and are served (counted in
+// Stats().Loads.StaleServed) when the loader or Redis fails. Corrupt or
+// undecodable values in Redis are counted and reloaded, never a panic. If
+// Redis is down when New runs, the Cache still works and recovers when Redis
+// returns.
+//
+// # Concurrency
+//
+// A Cache is safe for concurrent use. It owns its goroutines (the
+// invalidation subscriber and worker, anti-entropy, running loads); Close
+// stops them, waits, and is idempotent. Close never closes the Redis client
+// passed in Config.
+//
+// NOTE: a Loader must be safe to call concurrently for different keys, and
+// should honour its ctx: when it does not, Close waits up to LoadTimeout.
+//
+// NOTE: expiries in Redis envelopes come from the writer's clock;
+// instances' clocks are assumed to agree within a few milliseconds.
+//
+// NOTE: L1 values are shared between callers: do not mutate a value (for
+// example a slice or map inside V) returned by the Cache.
+package tiered

@@ -1,0 +1,79 @@
+package tiered_test
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/tiered"
+)
+
+type Product struct {
+	SKU   string
+	Price int
+}
+
+// Two instances of a service share one Redis. A write on one is seen by the
+// other; concurrent reads of a cold key share one load.
+func Example() {
+	mr, _ := miniredis.Run() // a real service passes its own Redis address
+	defer mr.Close()
+	ctx := context.Background()
+
+	newInstance := func() (*tiered.Cache[Product], *redis.Client) {
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		c, err := tiered.New(tiered.Config[Product]{Redis: rdb, Namespace: "products"})
+		if err != nil {
+			panic(err)
+		}
+		return c, rdb
+	}
+	a, rdbA := newInstance()
+	defer rdbA.Close()
+	defer a.Close()
+	b, rdbB := newInstance()
+	defer rdbB.Close()
+	defer b.Close()
+
+	loads := 0
+	load := func(ctx context.Context, sku string) (Product, error) {
+		loads++
+		if sku == "unknown" {
+			return Product{}, tiered.ErrNotFound
+		}
+		return Product{SKU: sku, Price: 100}, nil
+	}
+
+	p, _ := a.GetOrLoad(ctx, "sku-1", load) // loader, then Redis, then A's L1
+	fmt.Println("A:", p.Price, "loads:", loads)
+	p, _ = b.GetOrLoad(ctx, "sku-1", load) // from Redis: no second load
+	fmt.Println("B:", p.Price, "loads:", loads)
+
+	_ = a.Set(ctx, "sku-1", Product{SKU: "sku-1", Price: 120}) // after the database update
+	p, _ = a.Get(ctx, "sku-1")                                 // read-your-writes
+	fmt.Println("A after Set:", p.Price)
+
+	_, err := b.GetOrLoad(ctx, "unknown", load)
+	fmt.Println("unknown:", err)
+	// Output:
+	// A: 100 loads: 1
+	// B: 100 loads: 1
+	// A after Set: 120
+	// unknown: tiered: not found
+}
+
+// A Cache without Redis is a single-process read-through cache.
+func ExampleNew_localOnly() {
+	c, err := tiered.New(tiered.Config[string]{})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	v, _ := c.GetOrLoad(context.Background(), "greeting", func(context.Context, string) (string, error) {
+		return "hello", nil
+	})
+	fmt.Println(v)
+	// Output: hello
+}
