@@ -482,7 +482,7 @@ func (b *Bus) handle(it item) {
 		b.stats.own.Add(1)
 		return
 	}
-	b.stats.lag.record(time.Since(time.Unix(0, m.unixNanos)))
+	b.stats.lag.Record(time.Since(time.Unix(0, m.unixNanos)))
 	switch m.op {
 	case OpDelete:
 		b.h.InvalidateKeys(m.keys)

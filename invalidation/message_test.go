@@ -158,38 +158,6 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-func TestHistogram(t *testing.T) {
-	var h histogram
-	if s := h.stats(); s.Count != 0 || s.P99 != 0 {
-		t.Fatalf("empty histogram: got %+v", s)
-	}
-	for i := 1; i <= 1000; i++ {
-		h.record(time.Duration(i) * time.Microsecond)
-	}
-	h.record(-time.Second) // clock skew counts as zero
-	s := h.stats()
-	check := func(name string, got, want time.Duration) {
-		t.Helper()
-		if got < want || float64(got) > float64(want)*1.13 {
-			t.Errorf("%s: got %v, want within [%v, %v]", name, got, want, time.Duration(float64(want)*1.13))
-		}
-	}
-	check("p50", s.P50, 500*time.Microsecond)
-	check("p99", s.P99, 990*time.Microsecond)
-	check("p99.9", s.P999, 999*time.Microsecond)
-	if s.Max != time.Millisecond || s.Count != 1001 {
-		t.Errorf("max, count: got %v, %d; want 1ms, 1001", s.Max, s.Count)
-	}
-	for i := 1; i < histN-1; i++ {
-		if upperBound(i) <= upperBound(i-1) {
-			t.Fatalf("bucket bounds not increasing at %d", i)
-		}
-		if lo := upperBound(i-1) + 1; bucketOf(int64(lo)) != i {
-			t.Fatalf("bucketOf(%v) = %d, want %d", lo, bucketOf(int64(lo)), i)
-		}
-	}
-}
-
 func TestConfigRedactsHMACKey(t *testing.T) {
 	cfg := Config{Namespace: "ns", HMACKey: []byte("topsecret")}
 	js, err := json.Marshal(cfg)

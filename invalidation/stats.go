@@ -1,9 +1,10 @@
 package invalidation
 
 import (
-	"math/bits"
 	"sync/atomic"
 	"time"
+
+	"github.com/nearcache/nearcache/internal/hist"
 )
 
 // Cause says why the bus asked its [Handler] to invalidate everything.
@@ -83,15 +84,10 @@ func (s Stats) InvalidateAllTotal() uint64 {
 	return n
 }
 
-// LagStats summarises propagation delays. Percentiles are upper bounds of
-// log-linear histogram buckets (at most 12.5% above the true value).
-type LagStats struct {
-	Count uint64
-	P50   time.Duration
-	P99   time.Duration
-	P999  time.Duration
-	Max   time.Duration
-}
+// LagStats summarises propagation delays (publish timestamp to handler).
+// Percentiles are upper bounds of log-linear histogram buckets (at most 12.5%
+// above the true value, never above Max).
+type LagStats = hist.Percentiles
 
 // Health is the state of the invalidation stream.
 type Health struct {
@@ -108,7 +104,7 @@ type counters struct {
 	disconnects, reconnects, stalls, decodeRejects, authRejects            atomic.Uint64
 	aeRounds, aeErrors                                                     atomic.Uint64
 	invalidateAll                                                          [numCauses]atomic.Uint64
-	lag                                                                    histogram
+	lag                                                                    hist.Histogram
 }
 
 func (c *counters) snapshot() Stats {
@@ -128,97 +124,10 @@ func (c *counters) snapshot() Stats {
 		AuthRejects:   c.authRejects.Load(),
 		AERounds:      c.aeRounds.Load(),
 		AEErrors:      c.aeErrors.Load(),
-		Lag:           c.lag.stats(),
+		Lag:           c.lag.Snapshot(),
 	}
 	for i := range s.InvalidateAll {
 		s.InvalidateAll[i] = c.invalidateAll[i].Load()
 	}
-	return s
-}
-
-// histogram is a fixed log-linear histogram of durations: 8 buckets per
-// power of two from 1µs (2^10 ns) to about 18 minutes (2^40 ns), plus an
-// underflow and an overflow bucket. Constant memory, lock-free updates.
-const (
-	histMinExp = 10
-	histMaxExp = 40
-	histSub    = 8
-	histSubLog = 3
-	histN      = (histMaxExp-histMinExp)*histSub + 2
-)
-
-type histogram struct {
-	buckets [histN]atomic.Uint64
-	count   atomic.Uint64
-	max     atomic.Int64
-}
-
-func bucketOf(ns int64) int {
-	if ns < 1<<histMinExp {
-		return 0
-	}
-	e := bits.Len64(uint64(ns)) - 1
-	if e >= histMaxExp {
-		return histN - 1
-	}
-	sub := int(uint64(ns)>>(e-histSubLog)) & (histSub - 1)
-	return 1 + (e-histMinExp)*histSub + sub
-}
-
-// upperBound is the largest duration that falls in bucket i.
-func upperBound(i int) time.Duration {
-	switch {
-	case i <= 0:
-		return 1 << histMinExp
-	case i >= histN-1:
-		return 1 << histMaxExp
-	}
-	i--
-	e := histMinExp + i/histSub
-	sub := i % histSub
-	return time.Duration(int64(1)<<e + int64(sub+1)<<(e-histSubLog))
-}
-
-func (h *histogram) record(d time.Duration) {
-	ns := int64(d)
-	if ns < 0 {
-		ns = 0 // clock skew between instances
-	}
-	h.buckets[bucketOf(ns)].Add(1)
-	h.count.Add(1)
-	for {
-		m := h.max.Load()
-		if ns <= m || h.max.CompareAndSwap(m, ns) {
-			return
-		}
-	}
-}
-
-func (h *histogram) stats() LagStats {
-	var counts [histN]uint64
-	var total uint64
-	for i := range counts {
-		counts[i] = h.buckets[i].Load()
-		total += counts[i]
-	}
-	s := LagStats{Count: total, Max: time.Duration(h.max.Load())}
-	if total == 0 {
-		return s
-	}
-	q := func(p float64) time.Duration {
-		want := uint64(p*float64(total) + 0.5)
-		if want < 1 {
-			want = 1
-		}
-		var cum uint64
-		for i, c := range counts {
-			cum += c
-			if cum >= want {
-				return min(upperBound(i), s.Max)
-			}
-		}
-		return s.Max
-	}
-	s.P50, s.P99, s.P999 = q(0.50), q(0.99), q(0.999)
 	return s
 }

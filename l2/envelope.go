@@ -125,12 +125,8 @@ func encodedLen(e *Entry) int {
 }
 
 func uvarintLen(x uint64) int {
-	n := 1
-	for x >= 0x80 {
-		x >>= 7
-		n++
-	}
-	return n
+	var buf [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(buf[:], x)
 }
 
 // decode parses an envelope. Value aliases b. Every length is checked against

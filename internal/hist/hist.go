@@ -1,7 +1,9 @@
-// Package hist is a fixed-size, lock-free latency histogram shared by the
-// tiers' stats: 4 sub-buckets per power of two from 1µs to ~1 min, so a
-// percentile is exact to within 19%, memory is constant, and Record is a few
-// atomic adds.
+// Package hist is the fixed-size, lock-free latency histogram behind the
+// tiers' percentile stats (l2 round trips, invalidation propagation lag):
+// 8 log-linear buckets per power of two from 1µs to about 18 minutes, plus an
+// underflow and an overflow bucket. A reported percentile is the upper bound
+// of its bucket (at most 12.5% above the true value, and never above the
+// maximum seen); memory is constant and Record is a few atomic operations.
 package hist
 
 import (
@@ -11,86 +13,90 @@ import (
 )
 
 const (
-	subBits    = 2 // 4 sub-buckets per octave
-	subCount   = 1 << subBits
-	octaves    = 27 // 2^26 µs ≈ 67 s
-	numBuckets = octaves * subCount
+	minExp = 10 // 2^10 ns ≈ 1µs
+	maxExp = 40 // 2^40 ns ≈ 18 min
+	sub    = 8
+	subLog = 3
+	n      = (maxExp-minExp)*sub + 2
 )
 
 // Histogram records durations. The zero value is ready to use.
 type Histogram struct {
-	counts [numBuckets]atomic.Uint64
-	total  atomic.Uint64
+	buckets [n]atomic.Uint64
+	count   atomic.Uint64
+	max     atomic.Int64
 }
 
-// Record adds one observation.
-func (h *Histogram) Record(d time.Duration) {
-	h.counts[bucket(d)].Add(1)
-	h.total.Add(1)
-}
-
-func bucket(d time.Duration) int {
-	us := uint64(d / time.Microsecond)
-	if us < subCount {
-		return int(us)
-	}
-	oct := bits.Len64(us) - 1 // us in [2^oct, 2^(oct+1))
-	sub := int(us>>(oct-subBits)) & (subCount - 1)
-	b := (oct-subBits+1)*subCount + sub
-	if b >= numBuckets {
-		return numBuckets - 1
-	}
-	return b
-}
-
-// upper returns the upper bound of bucket b.
-func upper(b int) time.Duration {
-	if b < subCount {
-		return time.Duration(b+1) * time.Microsecond
-	}
-	oct := b/subCount + subBits - 1
-	sub := uint64(b % subCount)
-	lo := uint64(1)<<oct | sub<<(oct-subBits)
-	return time.Duration(lo+uint64(1)<<(oct-subBits)) * time.Microsecond
-}
-
-// Count is the number of observations.
-func (h *Histogram) Count() uint64 { return h.total.Load() }
-
-// Quantile returns an upper bound of the q-quantile (0 < q ≤ 1), or 0 when
-// nothing was recorded.
-func (h *Histogram) Quantile(q float64) time.Duration {
-	n := h.total.Load()
-	if n == 0 {
-		return 0
-	}
-	rank := uint64(q*float64(n) + 0.5)
-	if rank < 1 {
-		rank = 1
-	}
-	var seen uint64
-	for b := range h.counts {
-		seen += h.counts[b].Load()
-		if seen >= rank {
-			return upper(b)
-		}
-	}
-	return upper(numBuckets - 1)
-}
-
-// Percentiles is a snapshot of common quantiles.
+// Percentiles is a snapshot of a Histogram.
 type Percentiles struct {
 	Count               uint64
 	P50, P90, P99, P999 time.Duration
+	Max                 time.Duration
 }
 
-// Snapshot returns the count and the p50, p90, p99 and p99.9 bounds.
-func (h *Histogram) Snapshot() Percentiles {
-	return Percentiles{
-		Count: h.Count(),
-		P50:   h.Quantile(0.50),
-		P90:   h.Quantile(0.90),
-		P99:   h.Quantile(0.99),
-		P999:  h.Quantile(0.999),
+func bucketOf(ns int64) int {
+	if ns < 1<<minExp {
+		return 0
 	}
+	e := bits.Len64(uint64(ns)) - 1
+	if e >= maxExp {
+		return n - 1
+	}
+	s := int(uint64(ns)>>(e-subLog)) & (sub - 1)
+	return 1 + (e-minExp)*sub + s
+}
+
+// upperBound is the largest duration that falls in bucket i.
+func upperBound(i int) time.Duration {
+	switch {
+	case i <= 0:
+		return 1 << minExp
+	case i >= n-1:
+		return 1 << maxExp
+	}
+	i--
+	e := minExp + i/sub
+	s := i % sub
+	return time.Duration(int64(1)<<e + int64(s+1)<<(e-subLog))
+}
+
+// Record adds one observation; a negative duration (clock skew between
+// machines) counts as zero.
+func (h *Histogram) Record(d time.Duration) {
+	ns := max(int64(d), 0)
+	h.buckets[bucketOf(ns)].Add(1)
+	h.count.Add(1)
+	for {
+		m := h.max.Load()
+		if ns <= m || h.max.CompareAndSwap(m, ns) {
+			return
+		}
+	}
+}
+
+// Snapshot returns the count, p50, p90, p99, p99.9 and maximum.
+func (h *Histogram) Snapshot() Percentiles {
+	var counts [n]uint64
+	var total uint64
+	for i := range counts {
+		counts[i] = h.buckets[i].Load()
+		total += counts[i]
+	}
+	p := Percentiles{Count: total, Max: time.Duration(h.max.Load())}
+	if total == 0 {
+		return p
+	}
+	q := func(f float64) time.Duration {
+		want := max(uint64(f*float64(total)+0.5), 1)
+		var cum uint64
+		for i, c := range counts {
+			cum += c
+			if cum >= want {
+				return min(upperBound(i), p.Max)
+			}
+		}
+		return p.Max
+	}
+	p.P50, p.P90, p.P99, p.P999 = q(0.50), q(0.90), q(0.99), q(0.999)
+	return p
 }
