@@ -44,6 +44,7 @@ type Error struct {
 	Err  error  // the cause
 }
 
+// Error formats the failure as "l2: OP \"KEY\": [connection error: ]cause".
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("l2: ")
@@ -89,6 +90,7 @@ func classify(op, key string, err error) error {
 
 type timeoutErr struct{ error }
 
+// Unwrap exposes the cause and ErrTimeout.
 func (t timeoutErr) Unwrap() []error { return []error{t.error, ErrTimeout} }
 
 func joinTimeout(err error) error { return timeoutErr{err} }

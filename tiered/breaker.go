@@ -15,6 +15,7 @@ const (
 	BreakerHalfOpen                     // one probe is in progress
 )
 
+// String returns "closed", "open" or "half-open".
 func (s BreakerState) String() string {
 	switch s {
 	case BreakerOpen:

@@ -205,8 +205,10 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 // handler receives invalidations from the bus.
 type handler[V any] struct{ c *Cache[V] }
 
+// InvalidateKeys implements invalidation.Handler.
 func (h handler[V]) InvalidateKeys(keys []string) { h.c.invalidateLocal(keys...) }
 
+// InvalidateAll implements invalidation.Handler.
 func (h handler[V]) InvalidateAll(invalidation.Cause) {
 	h.c.local.InvalidateAll()
 	h.c.forgetAll()
