@@ -625,3 +625,43 @@ func TestConfigNeverPrintsHMACKey(t *testing.T) {
 		t.Errorf("JSON: %s %v", js, err)
 	}
 }
+
+func TestRedisDownAtStartup(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.StartServer(t)
+	srv.Kill()
+	rc := newClient(t, srv.Addr())
+	start := time.Now()
+	c := newCache(t, Config[string]{Redis: rc, Namespace: "down", StartTimeout: 200 * time.Millisecond,
+		RedisTimeout: 100 * time.Millisecond, BreakerCooldown: 100 * time.Millisecond})
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("New took %v with Redis down", d)
+	}
+	var l countingLoader
+	for i := 0; i < 10; i++ { // enough failures to open the breaker
+		v, err := c.GetOrLoad(ctx, fmt.Sprint("k", i), func(ctx context.Context, k string) (string, error) {
+			u, err := l.load(ctx, k)
+			return u.Name, err
+		})
+		if err != nil || v != fmt.Sprint("k", i) {
+			t.Fatalf("GetOrLoad with Redis down: %q %v", v, err)
+		}
+	}
+	if err := c.Set(ctx, "k0", "new"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Set with Redis down: %v, want ErrUnavailable", err)
+	}
+	if st := c.Stats(); st.L2.Breaker != "open" && st.L2.BreakerOpened == 0 {
+		t.Fatalf("breaker never opened: %+v", st.L2)
+	}
+	if c.bus.Health().Healthy {
+		t.Fatalf("bus healthy with Redis down")
+	}
+
+	srv.Restart()
+	eventually(t, "the invalidation stream to recover", func() bool { return c.bus.Health().Healthy })
+	eventually(t, "writes to succeed again", func() bool { return c.Set(ctx, "k0", "new") == nil })
+	other := newCache(t, Config[string]{Redis: rc, Namespace: "down"})
+	if v, err := other.Get(ctx, "k0"); err != nil || v != "new" {
+		t.Fatalf("value written after recovery: %q %v", v, err)
+	}
+}
