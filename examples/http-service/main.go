@@ -1,0 +1,539 @@
+// Command http-service is a small HTTP service that serves records from a
+// deliberately slow backing store (an in-memory map behind a fixed latency,
+// standing in for a database) through a nearcache tiered.Cache.
+//
+// Serve, with an embedded Redis (miniredis) or a real one:
+//
+//	go run ./examples/http-service
+//	go run ./examples/http-service -addr 127.0.0.1:6379 -listen 127.0.0.1:8080
+//
+// then, from another terminal:
+//
+//	curl -s localhost:8080/records/r1
+//	curl -s -X PUT localhost:8080/records/r1 -d '{"name":"renamed","value":42}'
+//	curl -s -X DELETE localhost:8080/records/r1
+//	curl -s localhost:8080/stats
+//
+// Endpoints:
+//
+//	GET    /records/{id}  the record, through the cache (404 if absent)
+//	PUT    /records/{id}  create or replace it: JSON {"name": ..., "value": ...}
+//	DELETE /records/{id}  delete it (404 if absent)
+//	GET    /stats         the cache's tiered.Stats, as JSON
+//
+// Several instances on different -listen ports with the same -addr behave as
+// one service: a PUT or DELETE on one evicts the others' local copies.
+//
+// Load mode drives the service with a Zipf-distributed workload (a few hot
+// records, a long tail) from concurrent clients for a while, printing a
+// progress line each second, then throughput, latency percentiles and hit
+// ratios, and exits:
+//
+//	go run ./examples/http-service -load 10s
+//	go run ./examples/http-service -load 10s -clients 64 -keys 100000 -writes 0.05
+//
+// SIGINT or SIGTERM shuts the server down gracefully (in-flight requests
+// finish) in either mode.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/tiered"
+)
+
+// Record is what the service stores and serves.
+type Record struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Value     int64     `json:"value"`
+	Version   int64     `json:"version"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// store is the slow source of truth.
+type store struct {
+	latency       time.Duration
+	reads, writes atomic.Int64
+	mu            sync.RWMutex
+	rows          map[string]Record // guarded by mu
+}
+
+func newStore(latency time.Duration, n int) *store {
+	s := &store{latency: latency, rows: make(map[string]Record, n)}
+	now := time.Now().UTC()
+	for i := range n {
+		id := "r" + strconv.Itoa(i)
+		s.rows[id] = Record{ID: id, Name: "record " + strconv.Itoa(i), Value: int64(i), Version: 1, UpdatedAt: now}
+	}
+	return s
+}
+
+func (s *store) wait(ctx context.Context) error {
+	t := time.NewTimer(s.latency)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Load is the cache's loader: one slow query.
+func (s *store) Load(ctx context.Context, id string) (Record, error) {
+	s.reads.Add(1)
+	if err := s.wait(ctx); err != nil {
+		return Record{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.rows[id]
+	if !ok {
+		return Record{}, tiered.ErrNotFound
+	}
+	return r, nil
+}
+
+func (s *store) Put(ctx context.Context, r Record) (Record, error) {
+	s.writes.Add(1)
+	if err := s.wait(ctx); err != nil {
+		return Record{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r.Version = s.rows[r.ID].Version + 1
+	r.UpdatedAt = time.Now().UTC()
+	s.rows[r.ID] = r
+	return r, nil
+}
+
+func (s *store) Delete(ctx context.Context, id string) (bool, error) {
+	s.writes.Add(1)
+	if err := s.wait(ctx); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.rows[id]
+	delete(s.rows, id)
+	return ok, nil
+}
+
+// service holds the HTTP handlers.
+type service struct {
+	cache *tiered.Cache[Record]
+	store *store
+	log   *log.Logger
+}
+
+func (s *service) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /records/{id}", s.getRecord)
+	mux.HandleFunc("PUT /records/{id}", s.putRecord)
+	mux.HandleFunc("DELETE /records/{id}", s.deleteRecord)
+	mux.HandleFunc("GET /stats", s.stats)
+	return mux
+}
+
+func (s *service) getRecord(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.cache.GetOrLoad(r.Context(), r.PathValue("id"), s.store.Load)
+	switch {
+	case errors.Is(err, tiered.ErrNotFound):
+		httpError(w, http.StatusNotFound, "record not found")
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads the answer.
+	case err != nil:
+		s.log.Printf("GET %s: %v", r.PathValue("id"), err)
+		httpError(w, http.StatusServiceUnavailable, "backing store unavailable")
+	default:
+		writeJSON(w, http.StatusOK, rec)
+	}
+}
+
+func (s *service) putRecord(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Name  string `json:"name"`
+		Value int64  `json:"value"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		httpError(w, http.StatusBadRequest, "body must be JSON {\"name\": string, \"value\": integer}: "+err.Error())
+		return
+	}
+	rec, err := s.store.Put(r.Context(), Record{ID: r.PathValue("id"), Name: body.Name, Value: body.Value})
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, "backing store unavailable")
+		return
+	}
+	// Write-through: Redis and every instance's L1 learn of the change in
+	// one atomic step. If Redis is unavailable the write is not
+	// acknowledged by the cache; drop the key so nobody keeps the old value
+	// longer than needed (the store, the source of truth, has the new one).
+	if err := s.cache.Set(r.Context(), rec.ID, rec); err != nil {
+		s.log.Printf("PUT %s: cache: %v", rec.ID, err)
+		if err := s.cache.Delete(r.Context(), rec.ID); err != nil {
+			s.log.Printf("PUT %s: other instances may serve the old value until their L1 TTL ends: %v", rec.ID, err)
+		}
+	}
+	writeJSON(w, http.StatusOK, rec)
+}
+
+func (s *service) deleteRecord(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	existed, err := s.store.Delete(r.Context(), id)
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, "backing store unavailable")
+		return
+	}
+	if err := s.cache.Delete(r.Context(), id); err != nil {
+		s.log.Printf("DELETE %s: other instances may serve the old value until their L1 TTL ends: %v", id, err)
+	}
+	if !existed {
+		httpError(w, http.StatusNotFound, "record not found")
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *service) stats(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.cache.Stats())
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func httpError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+type options struct {
+	redisAddr    string
+	listen       string
+	namespace    string
+	load         time.Duration
+	keys         int
+	clients      int
+	writes       float64
+	zipfS        float64
+	storeLatency time.Duration
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.redisAddr, "addr", os.Getenv("REDIS_ADDR"), "Redis address host:port (default $REDIS_ADDR); empty starts an embedded miniredis")
+	flag.StringVar(&o.listen, "listen", "127.0.0.1:8080", "HTTP listen address (ignored with -load, which picks a free loopback port)")
+	flag.StringVar(&o.namespace, "namespace", "http-service", "cache namespace (Redis key prefix and invalidation channel)")
+	flag.DurationVar(&o.load, "load", 0, "instead of serving forever, drive the service with a Zipf workload for this long, report, and exit")
+	flag.IntVar(&o.keys, "keys", 10_000, "number of records (the Zipf workload's key space)")
+	flag.IntVar(&o.clients, "clients", 32, "concurrent clients in -load mode")
+	flag.Float64Var(&o.writes, "writes", 0.02, "share of PUT requests in -load mode")
+	flag.Float64Var(&o.zipfS, "zipf", 1.1, "Zipf exponent s (> 1; larger means hotter hot keys) in -load mode")
+	flag.DurationVar(&o.storeLatency, "store-latency", 20*time.Millisecond, "simulated latency of each backing-store query")
+	flag.Parse()
+	switch {
+	case o.keys < 1:
+		usageError("-keys must be at least 1")
+	case o.clients < 1:
+		usageError("-clients must be at least 1")
+	case o.writes < 0 || o.writes > 1:
+		usageError("-writes must be between 0 and 1")
+	case o.zipfS <= 1:
+		usageError("-zipf must be greater than 1")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "http-service:", err)
+		os.Exit(1)
+	}
+}
+
+func usageError(msg string) {
+	fmt.Fprintln(os.Stderr, "http-service:", msg)
+	flag.Usage()
+	os.Exit(2)
+}
+
+func run(ctx context.Context, o options) error {
+	logger := log.New(os.Stderr, "http-service: ", log.LstdFlags)
+	if o.redisAddr == "" {
+		mr, err := miniredis.Run()
+		if err != nil {
+			return fmt.Errorf("start miniredis: %w", err)
+		}
+		defer mr.Close()
+		o.redisAddr = mr.Addr()
+		logger.Printf("using an embedded miniredis at %s (use -addr host:port for a real Redis)", o.redisAddr)
+	}
+	rc := redis.NewClient(&redis.Options{Addr: o.redisAddr, ContextTimeoutEnabled: true, PoolSize: max(10, o.clients)})
+	defer rc.Close()
+	if err := rc.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("connect to Redis at %s: %w", o.redisAddr, err)
+	}
+	if o.load > 0 {
+		// A fresh namespace, so that a run starts cold and its keys can be
+		// removed at the end without touching anything else.
+		o.namespace = fmt.Sprintf("%s-load-%08x", o.namespace, rand.Uint32())
+	}
+	cache, err := tiered.New(tiered.Config[Record]{
+		Redis:       rc,
+		Namespace:   o.namespace,
+		NegativeTTL: 10 * time.Second, // cache 404s too
+	})
+	if err != nil {
+		return err
+	}
+	defer cache.Close()
+
+	svc := &service{cache: cache, store: newStore(o.storeLatency, o.keys), log: logger}
+	srv := &http.Server{Handler: svc.routes(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: logger}
+
+	listen := o.listen
+	if o.load > 0 {
+		listen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	shutdown := func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
+		}
+		if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}
+
+	if o.load > 0 {
+		runErr := drive(ctx, "http://"+ln.Addr().String(), o, svc)
+		if err := shutdown(); err != nil {
+			return err
+		}
+		// Leave nothing behind: Close waits for loads still running for
+		// requests the clients abandoned at the end (their values would
+		// otherwise land in Redis after a Clear), then remove the
+		// namespace's keys, data and invalidation bookkeeping alike.
+		if err := cache.Close(); err != nil {
+			logger.Printf("close cache: %v", err)
+		}
+		if err := removeNamespace(context.Background(), rc, o.namespace); err != nil {
+			logger.Printf("remove namespace %s: %v", o.namespace, err)
+		}
+		return runErr
+	}
+
+	logger.Printf("serving %d records on http://%s (namespace %q, store latency %v); try:", o.keys, ln.Addr(), o.namespace, o.storeLatency)
+	logger.Printf("  curl -s http://%s/records/r1", ln.Addr())
+	logger.Printf("  curl -s -X PUT http://%s/records/r1 -d '{\"name\":\"renamed\",\"value\":42}'", ln.Addr())
+	logger.Printf("  curl -s http://%s/stats", ln.Addr())
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	logger.Printf("shutting down")
+	return shutdown()
+}
+
+// drive runs the Zipf workload against base until o.load has passed (or ctx
+// ends), printing progress each second and a report at the end.
+func drive(ctx context.Context, base string, o options, svc *service) error {
+	fmt.Printf("Load: %v, %d clients, Zipf s=%.2f over %d records, %.1f%% writes, store latency %v\n",
+		o.load, o.clients, o.zipfS, o.keys, 100*o.writes, o.storeLatency)
+	ctx, cancel := context.WithTimeout(ctx, o.load)
+	defer cancel()
+	client := &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{MaxIdleConns: o.clients, MaxIdleConnsPerHost: o.clients},
+	}
+	defer client.CloseIdleConnections()
+
+	var done, failed atomic.Int64
+	type sample struct{ reads, writes []time.Duration }
+	samples := make([]sample, o.clients)
+	var (
+		errMu    sync.Mutex
+		firstErr error // guarded by errMu
+	)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range o.clients {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), uint64(i)))
+			zipf := rand.NewZipf(rng, o.zipfS, 1, uint64(o.keys-1))
+			smp := &samples[i]
+			for ctx.Err() == nil {
+				id := "r" + strconv.FormatUint(zipf.Uint64(), 10)
+				write := rng.Float64() < o.writes
+				t0 := time.Now()
+				err := request(ctx, client, base, id, write, rng)
+				took := time.Since(t0)
+				if ctx.Err() != nil {
+					return // cut short by the end of the run: not counted
+				}
+				if err != nil {
+					failed.Add(1)
+					errMu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					errMu.Unlock()
+					continue
+				}
+				done.Add(1)
+				if write {
+					smp.writes = append(smp.writes, took)
+				} else {
+					smp.reads = append(smp.reads, took)
+				}
+			}
+		})
+	}
+
+	// On a terminal the progress line is rewritten in place; in a log
+	// (CI), each second gets its own line.
+	eol, bol := "", "\r"
+	if fi, err := os.Stdout.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		eol, bol = "\n", ""
+	}
+	ticker := time.NewTicker(time.Second)
+	var last int64
+	for running := true; running; {
+		select {
+		case <-ctx.Done():
+			running = false
+		case <-ticker.C:
+			n := done.Load()
+			st := svc.cache.Stats().Combined
+			fmt.Printf("%s  %3.0fs  %8.0f req/s  %9d requests  %d errors  L1 hit ratio %5.1f%%  overall hit ratio %5.1f%%  %s",
+				bol, time.Since(start).Seconds(), float64(n-last), n, failed.Load(), 100*st.L1HitRatio, 100*st.HitRatio, eol)
+			last = n
+		}
+	}
+	ticker.Stop()
+	wg.Wait()
+	elapsed := time.Since(start)
+	if eol == "" {
+		fmt.Println()
+	}
+
+	var reads, writes []time.Duration
+	for _, s := range samples {
+		reads = append(reads, s.reads...)
+		writes = append(writes, s.writes...)
+	}
+	n := len(reads) + len(writes)
+	st := svc.cache.Stats()
+	tbl := func(label string, d []time.Duration) {
+		if len(d) == 0 {
+			fmt.Printf("  %-7s none\n", label)
+			return
+		}
+		slices.Sort(d)
+		fmt.Printf("  %-4s p50 %-8s p90 %-8s p99 %-8s max %-8s (%d requests)\n", label,
+			fmtDur(pctl(d, 0.50)), fmtDur(pctl(d, 0.90)), fmtDur(pctl(d, 0.99)), fmtDur(d[len(d)-1]), len(d))
+	}
+	fmt.Printf("Throughput: %d requests in %v = %.0f req/s (%d failed)\n", n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), failed.Load())
+	fmt.Println("Latency, end to end over HTTP:")
+	tbl("GET", reads)
+	tbl("PUT", writes)
+	fmt.Println("Cache:")
+	fmt.Printf("  L1 hit ratio       %5.1f%%  (%d of %d lookups)\n", 100*st.Combined.L1HitRatio, st.L1.Hits, st.Combined.Requests)
+	fmt.Printf("  L2 hit ratio       %5.1f%%  (%d of %d Redis lookups)\n", 100*st.Combined.L2HitRatio, st.L2.Hits, st.L2.Lookups)
+	fmt.Printf("  overall hit ratio  %5.1f%%  (requests answered without the backing store)\n", 100*st.Combined.HitRatio)
+	fmt.Printf("  loader calls %d, coalesced waiters %d, Redis round trip p99 %s, Redis errors %d\n",
+		st.Loads.LoaderCalls, st.Loads.Coalesced, fmtDur(st.L2.Stats.Latency.P99), st.L2.Errors)
+	fmt.Printf("Backing store: %d reads (for %d GETs), %d writes\n", svc.store.reads.Load(), len(reads), svc.store.writes.Load())
+	if f := failed.Load(); f > 0 {
+		return fmt.Errorf("%d requests failed; first: %v", f, firstErr)
+	}
+	if n == 0 {
+		return errors.New("no request completed")
+	}
+	return nil
+}
+
+// removeNamespace deletes every key of a namespace nobody uses any more.
+func removeNamespace(ctx context.Context, rc *redis.Client, namespace string) error {
+	iter := rc.Scan(ctx, 0, "*"+namespace+":*", 1000).Iterator()
+	for iter.Next(ctx) {
+		if err := rc.Unlink(ctx, iter.Val()).Err(); err != nil {
+			return err
+		}
+	}
+	return iter.Err()
+}
+
+func request(ctx context.Context, client *http.Client, base, id string, write bool, rng *rand.Rand) error {
+	method, body := http.MethodGet, io.Reader(nil)
+	if write {
+		method = http.MethodPut
+		body = bytes.NewReader(fmt.Appendf(nil, `{"name":"record %s","value":%d}`, id, rng.Int64N(1_000_000)))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+"/records/"+id, body)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %s", method, id, resp.Status)
+	}
+	return nil
+}
+
+// pctl returns the q-quantile of sorted durations.
+func pctl(sorted []time.Duration, q float64) time.Duration {
+	return sorted[int(q*float64(len(sorted)-1))]
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	}
+	return d.Round(time.Millisecond).String()
+}

@@ -1,0 +1,476 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/hashslot"
+	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/tiered"
+)
+
+// checkerDuration is how long the standalone consistency checker runs;
+// NEARCACHE_CHECKER_DURATION overrides it.
+func checkerDuration(t *testing.T, def time.Duration) time.Duration {
+	if s := os.Getenv("NEARCACHE_CHECKER_DURATION"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			t.Fatalf("NEARCACHE_CHECKER_DURATION=%q: want a positive Go duration", s)
+		}
+		return d
+	}
+	if testing.Short() {
+		return def / 5
+	}
+	return def
+}
+
+func TestConsistencyStandalone(t *testing.T) {
+	srv := redistest.StartServer(t)
+	runChecker(t, "chk", checkerDuration(t, 10*time.Second), propagationBound, func(t *testing.T) redis.UniversalClient {
+		return newClient(t, srv.Addr(), healthyTimeouts)
+	})
+}
+
+func TestConsistencyCluster(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	const ns = "chk"
+	// The keys must live on every master, so that the invalidations of
+	// every node (and every slot partition) are exercised.
+	slots, err := newClusterClient(t, cl.Addrs(), healthyTimeouts).ClusterSlots(context.Background()).Result()
+	if err != nil {
+		t.Fatalf("CLUSTER SLOTS: %v", err)
+	}
+	masters := map[string]bool{}
+	distinct := map[int]bool{}
+	for _, k := range checkerKeys() {
+		slot := hashslot.Slot(ns + ":" + k)
+		distinct[slot] = true
+		for _, r := range slots {
+			if slot >= r.Start && slot <= r.End {
+				masters[r.Nodes[0].Addr] = true
+			}
+		}
+	}
+	if len(masters) != len(cl.Masters) {
+		t.Fatalf("the checker's keys map to %d masters, want all %d", len(masters), len(cl.Masters))
+	}
+	t.Logf("%d keys in %d slots on %d masters", len(checkerKeys()), len(distinct), len(masters))
+	runChecker(t, ns, checkerDuration(t, 10*time.Second)/2, clusterPropagationBound, func(t *testing.T) redis.UniversalClient {
+		return newClusterClient(t, cl.Addrs(), healthyTimeouts)
+	})
+}
+
+// checkerKeys are the keys the checker contends on.
+func checkerKeys() []string {
+	keys := make([]string, 50)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key:%02d", i)
+	}
+	return keys
+}
+
+// The checker's model. Each key has a history of operations (writes and
+// deletes) that a per-key lock serialises, as a database row lock would:
+// an operation changes the database, then calls the cache, and is
+// acknowledged when the cache call returns. Versions number a key's
+// operations from 1, so version v is history[v-1], and version 0 is "absent".
+// Readers record what they saw; the history is checked after the run.
+
+// op is one acknowledged (or failed) change of a key.
+type op struct {
+	del   bool
+	start time.Duration // since the run began, before the database changed
+	ack   time.Duration // since the run began, after the cache call returned; never if it failed
+}
+
+const never = time.Duration(1<<63 - 1)
+
+// keyState is one key's row lock and history.
+type keyState struct {
+	mu  sync.Mutex // held by a writer or deleter across its database change and cache call
+	ops []op       // guarded by mu while the run lasts; read-only afterwards
+}
+
+// database is the source of truth the loaders read.
+type database struct {
+	mu   sync.Mutex       // guards rows
+	rows map[string]int64 // key -> version; absent when deleted
+}
+
+func (db *database) get(key string) (int64, bool) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	v, ok := db.rows[key]
+	return v, ok
+}
+
+func (db *database) put(key string, v int64) {
+	db.mu.Lock()
+	db.rows[key] = v
+	db.mu.Unlock()
+}
+
+func (db *database) del(key string) {
+	db.mu.Lock()
+	delete(db.rows, key)
+	db.mu.Unlock()
+}
+
+// read is one observation: reader kinds are Get and GetOrLoad.
+type read struct {
+	key        uint16
+	inst       uint8
+	load       bool
+	start, end time.Duration // since the run began
+	ver        int64         // 0: ErrNotFound
+}
+
+// verdict classes.
+const (
+	okRead = iota
+	staleRead
+	resurrection
+	lostWrite
+	phantom
+	numVerdicts
+)
+
+var verdictNames = [numVerdicts]string{"ok", "stale read", "resurrection", "lost write", "phantom"}
+
+// judge checks r against its key's history: it returns the read's
+// staleness (how long before the read started the value it returned had
+// already been overtaken by an acknowledged operation) and its verdict.
+func judge(r read, ops []op, bound time.Duration) (time.Duration, int) {
+	var next int // index of the first operation after the one r observed
+	if r.ver > 0 {
+		if r.ver > int64(len(ops)) || ops[r.ver-1].del || ops[r.ver-1].start > r.end {
+			return 0, phantom
+		}
+		next = int(r.ver)
+	} else {
+		// Absent: justified by the latest delete that had begun before
+		// the read ended (or by the key never having been written).
+		next = 0
+		for i := len(ops) - 1; i >= 0; i-- {
+			if ops[i].del && ops[i].start < r.end {
+				next = i + 1
+				break
+			}
+		}
+	}
+	for next < len(ops) && ops[next].ack == never {
+		next++ // a failed change (reported already) overtakes nothing
+	}
+	if next >= len(ops) || ops[next].ack >= r.start {
+		return 0, okRead
+	}
+	stale := r.start - ops[next].ack
+	if stale <= bound {
+		return stale, okRead
+	}
+	// Which operation did the read miss? The latest acknowledged more
+	// than bound before it started.
+	last := next
+	for last+1 < len(ops) && ops[last+1].ack < r.start-bound {
+		last++
+	}
+	switch {
+	case r.ver == 0:
+		return stale, lostWrite
+	case ops[last].del:
+		return stale, resurrection
+	}
+	return stale, staleRead
+}
+
+// runChecker runs writers, deleters and readers on three instances for d,
+// then checks every read (a read may return a value overtaken at most bound
+// before it started) and the convergence of every instance.
+func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *testing.T) redis.UniversalClient) {
+	keys := checkerKeys()
+	numKeys := len(keys)
+	const (
+		instances   = 3
+		getReaders  = 2 // per instance
+		loadReaders = 2 // per instance
+	)
+	ctx := context.Background()
+	cfg := func(rc redis.UniversalClient) tiered.Config[int64] {
+		return tiered.Config[int64]{
+			Redis:               rc,
+			Namespace:           ns,
+			TTL:                 time.Hour,   // nothing expires in Redis during the run
+			MaxL1TTL:            time.Minute, // only invalidations end local copies
+			NegativeTTL:         time.Minute, // not-found results are cached too
+			RedisTimeout:        2 * time.Second,
+			LoadTimeout:         3 * time.Second,
+			AntiEntropyInterval: 500 * time.Millisecond,
+		}
+	}
+	caches := make([]*tiered.Cache[int64], instances)
+	for i := range caches {
+		caches[i] = newCache(t, cfg(client(t)))
+	}
+	state := make([]*keyState, numKeys)
+	for i := range state {
+		state[i] = &keyState{}
+	}
+	db := &database{rows: map[string]int64{}}
+	loader := func(_ context.Context, key string) (int64, error) {
+		if rand.IntN(4) == 0 {
+			time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond) // widen the load/write race
+		}
+		if v, ok := db.get(key); ok {
+			return v, nil
+		}
+		return 0, tiered.ErrNotFound
+	}
+
+	began := time.Now()
+	since := func() time.Duration { return time.Since(began) }
+	var (
+		stop                           atomic.Bool
+		wg                             sync.WaitGroup
+		writes, deletes, failedChanges atomic.Int64
+		readErrs                       atomic.Int64
+		firstErr                       sync.Once
+		errMsg                         atomic.Value
+	)
+	noteErr := func(format string, args ...any) {
+		firstErr.Do(func() { errMsg.Store(fmt.Sprintf(format, args...)) })
+	}
+	change := func(c *tiered.Cache[int64], del bool) {
+		i := rand.IntN(numKeys)
+		k, st := keys[i], state[i]
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		ver := int64(len(st.ops) + 1)
+		o := op{del: del, start: since()}
+		var err error
+		if del {
+			db.del(k)
+			err = c.Delete(ctx, k)
+		} else {
+			db.put(k, ver)
+			err = c.Set(ctx, k, ver)
+		}
+		o.ack = since()
+		if err != nil {
+			o.ack = never
+			failedChanges.Add(1)
+			noteErr("change of %s: %v", k, err)
+		}
+		st.ops = append(st.ops, o)
+	}
+	for _, c := range caches {
+		wg.Add(2)
+		go func() { // writer
+			defer wg.Done()
+			for !stop.Load() {
+				change(c, false)
+				writes.Add(1)
+				time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
+			}
+		}()
+		go func() { // deleter
+			defer wg.Done()
+			for !stop.Load() {
+				change(c, true)
+				deletes.Add(1)
+				time.Sleep(time.Duration(rand.IntN(15000)) * time.Microsecond)
+			}
+		}()
+	}
+	var logsMu sync.Mutex
+	var logs [][]read
+	for inst, c := range caches {
+		for r := 0; r < getReaders+loadReaders; r++ {
+			load := r >= getReaders
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				seen := make([]read, 0, 1<<16)
+				defer func() {
+					logsMu.Lock()
+					logs = append(logs, seen)
+					logsMu.Unlock()
+				}()
+				for !stop.Load() {
+					i := rand.IntN(numKeys)
+					rd := read{key: uint16(i), inst: uint8(inst), load: load, start: since()}
+					var (
+						v   int64
+						err error
+					)
+					if load {
+						v, err = c.GetOrLoad(ctx, keys[i], loader)
+					} else {
+						v, err = c.Get(ctx, keys[i])
+					}
+					rd.end = since()
+					switch {
+					case err == nil:
+						rd.ver = v
+					case errors.Is(err, tiered.ErrNotFound):
+					default:
+						readErrs.Add(1)
+						noteErr("read of %s: %v", keys[i], err)
+						continue
+					}
+					seen = append(seen, rd)
+					time.Sleep(200 * time.Microsecond) // keeps the log to a few hundred thousand reads
+				}
+			}()
+		}
+	}
+	time.Sleep(d) // the run's length; the workers are stopped by the flag, and waited for
+	stop.Store(true)
+	wg.Wait()
+	if msg := errMsg.Load(); msg != nil {
+		t.Errorf("%d failed writes/deletes, %d failed reads; first: %s", failedChanges.Load(), readErrs.Load(), msg)
+	}
+
+	// Check every read against the history.
+	var (
+		total, loads int
+		verdicts     [numVerdicts]int
+		staleSeen    []time.Duration // every non-zero staleness
+		worst        time.Duration
+		worstRead    read
+		shown        int
+		perInstReads [instances]int
+	)
+	for _, seen := range logs {
+		for _, r := range seen {
+			total++
+			perInstReads[r.inst]++
+			if r.load {
+				loads++
+			}
+			stale, v := judge(r, state[r.key].ops, bound)
+			verdicts[v]++
+			if stale > 0 {
+				staleSeen = append(staleSeen, stale)
+			}
+			if stale > worst {
+				worst, worstRead = stale, r
+			}
+			if v != okRead && shown < 10 {
+				shown++
+				t.Errorf("%s: instance %d %s(%s) ran %v..%v and returned version %d, overtaken %v before it started; history %v",
+					verdictNames[v], r.inst, map[bool]string{true: "GetOrLoad", false: "Get"}[r.load], keys[r.key],
+					r.start, r.end, r.ver, stale, tail(state[r.key].ops, r.ver))
+			}
+		}
+	}
+	for v := okRead + 1; v < numVerdicts; v++ {
+		if verdicts[v] > 0 {
+			t.Errorf("%d %s violations (bound %v)", verdicts[v], verdictNames[v], bound)
+		}
+	}
+	p99 := percentile(staleSeen, 0.99)
+	t.Logf("checker ran %v on %d instances, %d keys: %d reads (%d GetOrLoad, per instance %v), %d writes, %d deletes; violations: stale %d, resurrections %d, lost writes %d, phantoms %d",
+		d, instances, numKeys, total, loads, perInstReads, writes.Load(), deletes.Load(),
+		verdicts[staleRead], verdicts[resurrection], verdicts[lostWrite], verdicts[phantom])
+	t.Logf("reads that returned an overtaken value: %d; their staleness p99 %v, max %v (instance %d, %s version %d)",
+		len(staleSeen), p99, worst, worstRead.inst, keys[worstRead.key], worstRead.ver)
+	if total == 0 || writes.Load() == 0 || deletes.Load() == 0 {
+		t.Fatalf("the run did nothing: %d reads, %d writes, %d deletes", total, writes.Load(), deletes.Load())
+	}
+
+	// Convergence: with writers stopped, every instance (and a fresh one,
+	// whose L1 is empty, standing for Redis) agrees with the database.
+	fresh := newCache(t, cfg(client(t)))
+	all := append(slices.Clone(caches), fresh)
+	took, err := waitUntil(5*time.Second, func() error {
+		for _, k := range keys {
+			want, _ := db.get(k) // 0 when absent
+			for i, c := range all {
+				got, err := c.Get(ctx, k)
+				if errors.Is(err, tiered.ErrNotFound) {
+					got, err = 0, nil
+				}
+				if err != nil || got != want {
+					return fmt.Errorf("instance %d: %s = %d (err %v), database %d", i, k, got, err, want)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("no convergence %v after the writers stopped: %v", took, err)
+	}
+	t.Logf("converged %v after the writers stopped", took)
+}
+
+// tail formats the end of a history around version v, for failure messages.
+func tail(ops []op, v int64) string {
+	from := max(int(v)-2, 0)
+	to := min(int(v)+4, len(ops))
+	s := ""
+	for i := from; i < to; i++ {
+		kind := "set"
+		if ops[i].del {
+			kind = "del"
+		}
+		ack := "failed"
+		if ops[i].ack != never {
+			ack = ops[i].ack.String()
+		}
+		s += fmt.Sprintf(" v%d %s %v..%s;", i+1, kind, ops[i].start, ack)
+	}
+	return s
+}
+
+// TestJudge pins the checker's verdicts on hand-made histories, so that a
+// passing run means what it says.
+func TestJudge(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	bound := ms(100)
+	// v1 set acked at 10ms, v2 set acked at 20ms, v3 delete begun at 300ms
+	// and acked at 310ms, v4 set acked at 600ms.
+	ops := []op{
+		{start: ms(1), ack: ms(10)},
+		{start: ms(15), ack: ms(20)},
+		{del: true, start: ms(300), ack: ms(310)},
+		{start: ms(590), ack: ms(600)},
+	}
+	tests := []struct {
+		name        string
+		r           read
+		wantVerdict int
+		wantStale   time.Duration
+	}{
+		{"latest value", read{start: ms(50), end: ms(51), ver: 2}, okRead, 0},
+		{"overtaken within the bound", read{start: ms(50), end: ms(51), ver: 1}, okRead, ms(30)},
+		{"overtaken beyond the bound", read{start: ms(200), end: ms(201), ver: 1}, staleRead, ms(180)},
+		{"absent before any write", read{start: ms(5), end: ms(6)}, okRead, 0},
+		{"absent after an acked write", read{start: ms(200), end: ms(201)}, lostWrite, ms(190)},
+		{"absent while a delete runs", read{start: ms(299), end: ms(305)}, okRead, 0},
+		{"deleted value within the bound", read{start: ms(350), end: ms(351), ver: 2}, okRead, ms(40)},
+		{"deleted value beyond the bound", read{start: ms(500), end: ms(501), ver: 2}, resurrection, ms(190)},
+		{"absent after the delete", read{start: ms(500), end: ms(501)}, okRead, 0},
+		{"value never written", read{start: ms(50), end: ms(51), ver: 9}, phantom, 0},
+		{"a delete's version", read{start: ms(400), end: ms(401), ver: 3}, phantom, 0},
+		{"a value from the future", read{start: ms(50), end: ms(51), ver: 4}, phantom, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stale, v := judge(tt.r, ops, bound)
+			if v != tt.wantVerdict || stale != tt.wantStale {
+				t.Errorf("got %s, staleness %v; want %s, %v", verdictNames[v], stale, verdictNames[tt.wantVerdict], tt.wantStale)
+			}
+		})
+	}
+}
