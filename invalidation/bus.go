@@ -121,7 +121,7 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 		h:         h,
 		log:       cfg.Logger.Named("invalidation"),
 		channel:   cfg.Namespace + ":inv",
-		epochKey:  cfg.Namespace + ":inv:epoch",
+		epochKey:  "{" + hashslot.Tag(0) + "}" + cfg.Namespace + ":inv:epoch",
 		queue:     make(chan item, cfg.BufferSize),
 		wake:      make(chan struct{}, 1),
 		last:      make(map[int]track),

@@ -48,6 +48,12 @@
 // itself (clear-all). A write is thus never visible without its message
 // having been published.
 //
+// The bus's own keys (the sequence keys "{tag}NS:inv:seq" and the epoch key
+// "{tag}NS:inv:epoch") start with a hash tag, so they never fall under the
+// data prefix "NS:": a user key cannot collide with them, and clearing the
+// namespace's data leaves them in place (they are a few bytes each, and
+// other instances still track the sequences).
+//
 // The receiving side:
 //
 //   - skips its own messages (same origin id) but advances their sequence;

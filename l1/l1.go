@@ -335,6 +335,14 @@ func (c *Cache[V]) Reserve(key string) Ticket {
 	return Ticket{key: key, hash: h, epoch: c.epoch.Load(), gen: c.gens[h&c.genMask].Load()}
 }
 
+// Valid reports whether a Fill with t would pass the guard now: neither the
+// key nor the whole cache has been invalidated since Reserve. A caller about
+// to publish a value it read under t elsewhere (such as writing it back to a
+// shared store) can use it to skip work that an invalidation has overtaken.
+func (c *Cache[V]) Valid(t Ticket) bool {
+	return t.epoch == c.epoch.Load() && t.gen == c.gens[t.hash&c.genMask].Load()
+}
+
 // Fill stores v under the ticket's key with the ticket's stamps, to expire
 // after ttl (0: no expiry; negative: not stored). It returns false, storing
 // nothing, when the guard refuses the fill (the key was invalidated or the

@@ -475,3 +475,28 @@ func TestCloseDuringUse(t *testing.T) {
 	close(closed)
 	done.Wait()
 }
+
+func TestValid(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 100}, nil)
+	if c.Valid(Ticket{}) {
+		t.Fatalf("the zero Ticket is valid")
+	}
+	tk := c.Reserve("a")
+	other := c.Reserve("b")
+	if !c.Valid(tk) {
+		t.Fatalf("a fresh ticket is not valid")
+	}
+	c.Invalidate("a")
+	if c.Valid(tk) {
+		t.Fatalf("ticket valid after Invalidate of its key")
+	}
+	// b's ticket survives unless b shares a's generation slot.
+	if !c.Valid(other) && c.hash("a")&c.genMask != c.hash("b")&c.genMask {
+		t.Fatalf("ticket of another key invalidated")
+	}
+	tk = c.Reserve("a")
+	c.InvalidateAll()
+	if c.Valid(tk) {
+		t.Fatalf("ticket valid after InvalidateAll")
+	}
+}
