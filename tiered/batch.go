@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/nearcache/nearcache/l1"
 	"github.com/nearcache/nearcache/l2"
@@ -32,13 +31,6 @@ func (c *Cache[V]) GetManyOrLoad(ctx context.Context, keys []string, load BatchL
 		return nil, errors.New("tiered: GetManyOrLoad: nil loader")
 	}
 	return c.many(ctx, keys, load, opts)
-}
-
-// batch is the shared work of one GetMany/GetManyOrLoad for the keys it
-// leads; each led key's flight waits for done and returns its slot.
-type batch[V any] struct {
-	done chan struct{}
-	res  map[string]batchResult[V] // written by run before done is closed
 }
 
 type batchResult[V any] struct {
@@ -70,80 +62,104 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		return out, nil
 	}
 	o := c.options(opts)
-	chans, err := c.joinMany(ctx, missing, load, o)
+	waiters, err := c.joinMany(ctx, missing, load, o)
 	if err != nil {
 		return out, err
 	}
 	var errs []error
-	for i, ch := range chans {
-		select {
-		case r := <-ch:
-			if r.Err != nil {
-				errs = append(errs, r.Err)
-				continue
-			}
-			if it := r.Val.(item[V]); !it.neg {
-				out[missing[i]] = it.v
-			}
-		case <-ctx.Done():
-			return out, ctx.Err()
+	for i, w := range waiters {
+		it, err := w.wait(ctx)
+		switch {
+		case err != nil && err == ctx.Err():
+			return out, err
+		case err != nil:
+			errs = append(errs, err)
+		case !it.neg:
+			out[missing[i]] = it.v
 		}
 	}
 	return out, errors.Join(errs...)
 }
 
 // joinMany joins running flights for keys that have one and starts one
-// batch for the rest, each led key getting its own flight that waits for the
-// batch (so single-key callers can join it too).
-func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) ([]<-chan singleflight.Result, error) {
-	isGet := load == nil
+// flight for each of the others, all led by one batch: a single piece of
+// shared work that reads (and loads) them together and then finishes each
+// flight, so single-key callers can join them too. It runs the batch on the
+// caller's goroutine when ctx can never be cancelled (such a caller could not
+// leave early anyway), saving a goroutine and two scheduler hand-offs.
+func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) ([]waiter[V], error) {
 	table, group := c.flights, &c.loads
-	if isGet {
+	if load == nil {
 		table, group = c.gets, &c.getsSF
 	}
-	b := &batch[V]{done: make(chan struct{})}
-	chans := make([]<-chan singleflight.Result, len(keys))
+	waiters := make([]waiter[V], len(keys))
 	var led []string
+	var ledFlights []*flight[V]
 
 	c.flightMu.Lock()
 	if c.closed {
 		c.flightMu.Unlock()
 		return nil, ErrClosed
 	}
+	c.st.callers.Add(uint64(len(keys)))
 	for i, k := range keys {
-		c.st.callers.Add(1)
-		if _, running := table[k]; running {
-			chans[i] = group.DoChan(k, errFlightVanished)
+		if w, ok := joinLocked(table, group, k); ok {
+			waiters[i] = w
 			continue
 		}
-		tok := new(token)
-		table[k] = tok
+		f := &flight[V]{done: make(chan struct{})}
+		table[k] = f
+		waiters[i] = waiter[V]{f: f}
 		led = append(led, k)
-		c.work.Add(1)
-		chans[i] = group.DoChan(k, func() (any, error) {
-			defer c.work.Done()
-			defer c.endFlight(table, group, k, tok)
-			<-b.done
-			r := b.res[k]
-			return r.it, r.err
-		})
+		ledFlights = append(ledFlights, f)
 	}
 	if len(led) > 0 {
 		c.st.flights.Add(uint64(len(led)))
 		c.work.Add(1)
 	}
 	c.flightMu.Unlock()
-
-	if len(led) > 0 {
-		wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
-		go func() {
-			defer c.work.Done()
-			defer cancel()
-			defer close(b.done)
-			b.res = c.runBatch(wctx, led, load, o)
-		}()
+	if len(led) == 0 {
+		return waiters, nil
 	}
-	return chans, nil
+
+	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
+	run := func() {
+		defer c.work.Done()
+		defer cancel()
+		var res map[string]batchResult[V]
+		defer func() { c.finishMany(table, led, ledFlights, res) }()
+		res = c.runBatch(wctx, led, load, o)
+	}
+	if ctx.Done() == nil {
+		run()
+	} else {
+		go run()
+	}
+	return waiters, nil
+}
+
+// errBatchAborted is the result of a key its batch did not settle (the
+// batch loader called runtime.Goexit).
+var errBatchAborted = errors.New("tiered: batch load aborted (runtime.Goexit in the loader)")
+
+// finishMany ends the flights a batch led: it removes them from table
+// (unless an invalidation already forgot them), then wakes their waiters.
+func (c *Cache[V]) finishMany(table map[string]*flight[V], keys []string, flights []*flight[V], res map[string]batchResult[V]) {
+	c.flightMu.Lock()
+	for i, k := range keys {
+		if table[k] == flights[i] {
+			delete(table, k)
+		}
+	}
+	c.flightMu.Unlock()
+	for i, k := range keys {
+		r, ok := res[k]
+		if !ok {
+			r.err = errBatchAborted
+		}
+		flights[i].it, flights[i].err = r.it, r.err
+		close(flights[i].done)
+	}
 }
 
 // runBatch is the shared work of a batch; it never panics (a loader panic

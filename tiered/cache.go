@@ -68,6 +68,7 @@ type (
 		SeqKey(partition int) string
 		EncodeDelete(partition int, keys []string) []byte
 		EncodeClear(partition int) []byte
+		PublishClear(ctx context.Context) error
 		Health() invalidation.Health
 		Stats() invalidation.Stats
 		Close() error
@@ -108,20 +109,80 @@ type Cache[V any] struct {
 	cancel context.CancelFunc
 
 	flightMu sync.Mutex // guards flights, gets and closed; held across DoChan
-	// flights maps a key to the token of its running load; a key is here
-	// exactly while loads holds a call for it (see join).
-	flights map[string]*token
-	gets    map[string]*token // the same for Get (reads without a loader)
-	loads   singleflight.Group
-	getsSF  singleflight.Group
-	closed  bool           // set by Close under flightMu: no new work starts
-	work    sync.WaitGroup // running shared work; Close waits for it
-	isDone  atomic.Bool    // closed, readable without the lock
+	// flights maps a key to its running load, from the moment a caller
+	// starts it until its work ends or an invalidation forgets it; callers
+	// that find a flight here join it. A single-key flight is a call in
+	// loads (x/sync singleflight) and is in this table exactly while loads
+	// holds it: both change together under flightMu, and the work forgets its
+	// call before returning. A batch-led flight is finished by its batch.
+	flights map[string]*flight[V]
+	gets    map[string]*flight[V] // the same for Get (reads without a loader)
+	loads   singleflight.Group    // single-key flights of flights
+	getsSF  singleflight.Group    // single-key flights of gets
+	closed  bool                  // set by Close under flightMu: no new work starts
+	work    sync.WaitGroup        // running shared work; Close waits for it
+	isDone  atomic.Bool           // closed, readable without the lock
 
 	st loadCounters
 }
 
-type token struct{}
+// flight is one shared fetch of a key. A single-key flight (sf) is a call in
+// a singleflight.Group, joined with DoChan. A batch flight is led by one
+// GetMany/GetManyOrLoad batch that finishes every key it leads itself, so a
+// batch costs no goroutine per key; single-key callers join it by waiting on
+// done.
+type flight[V any] struct {
+	sf   bool
+	done chan struct{} // batch flights: closed by finishMany once it and err are set
+	it   item[V]       // batch flights: written before done is closed
+	err  error         // batch flights: written before done is closed
+}
+
+// waiter is one caller's handle on a flight.
+type waiter[V any] struct {
+	ch <-chan singleflight.Result // single-key flight
+	f  *flight[V]                 // batch flight
+}
+
+// wait returns the flight's result, or ctx's error if ctx ends first.
+func (w waiter[V]) wait(ctx context.Context) (item[V], error) {
+	if w.f != nil {
+		select {
+		case <-w.f.done:
+			return w.f.it, w.f.err
+		case <-ctx.Done():
+			return item[V]{}, ctx.Err()
+		}
+	}
+	select {
+	case r := <-w.ch:
+		if r.Err != nil {
+			return item[V]{}, r.Err
+		}
+		return r.Val.(item[V]), nil
+	case <-ctx.Done():
+		return item[V]{}, ctx.Err()
+	}
+}
+
+// joinLocked returns a waiter on key's running flight, if any. Called with
+// flightMu held.
+func joinLocked[V any](table map[string]*flight[V], group *singleflight.Group, key string) (waiter[V], bool) {
+	f := table[key]
+	switch {
+	case f == nil:
+		return waiter[V]{}, false
+	case f.sf:
+		return waiter[V]{ch: group.DoChan(key, errFlightVanished)}, true
+	}
+	return waiter[V]{f: f}, true
+}
+
+// errFlightVanished is the func handed to DoChan when joining a running
+// single-key flight; by the flights invariant it never runs.
+func errFlightVanished() (any, error) {
+	return nil, errors.New("tiered: internal error: joined a flight that had ended")
+}
 
 type loadCounters struct {
 	callers, flights, loaderCalls, loadedKeys, loaderErrors, panics atomic.Uint64
@@ -141,8 +202,8 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 		cfg:     cfg,
 		codec:   cfg.Codec,
 		log:     cfg.Logger,
-		flights: map[string]*token{},
-		gets:    map[string]*token{},
+		flights: map[string]*flight[V]{},
+		gets:    map[string]*flight[V]{},
 		brk:     breaker{threshold: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown, now: time.Now},
 	}
 	if c.codec == nil {
@@ -221,14 +282,8 @@ func (c *Cache[V]) invalidateLocal(keys ...string) {
 	c.local.Invalidate(keys...)
 	c.flightMu.Lock()
 	for _, k := range keys {
-		if _, ok := c.flights[k]; ok {
-			delete(c.flights, k)
-			c.loads.Forget(k)
-		}
-		if _, ok := c.gets[k]; ok {
-			delete(c.gets, k)
-			c.getsSF.Forget(k)
-		}
+		forgetLocked(c.flights, &c.loads, k)
+		forgetLocked(c.gets, &c.getsSF, k)
 	}
 	c.flightMu.Unlock()
 }
@@ -236,14 +291,23 @@ func (c *Cache[V]) invalidateLocal(keys ...string) {
 func (c *Cache[V]) forgetAll() {
 	c.flightMu.Lock()
 	for k := range c.flights {
-		c.loads.Forget(k)
+		forgetLocked(c.flights, &c.loads, k)
 	}
 	for k := range c.gets {
-		c.getsSF.Forget(k)
+		forgetLocked(c.gets, &c.getsSF, k)
 	}
-	clear(c.flights)
-	clear(c.gets)
 	c.flightMu.Unlock()
+}
+
+// forgetLocked drops key's flight so that later callers start afresh; its
+// current waiters still get its result. Called with flightMu held.
+func forgetLocked[V any](table map[string]*flight[V], group *singleflight.Group, key string) {
+	if f := table[key]; f != nil {
+		delete(table, key)
+		if f.sf {
+			group.Forget(key)
+		}
+	}
 }
 
 // Get returns the value of key from L1 or L2 without loading it. A key in
@@ -282,29 +346,24 @@ func (it item[V]) result() (V, error) {
 func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []Option) (V, error) {
 	var zero V
 	o := c.options(opts)
-	ch, err := c.join(ctx, key, load == nil, func(wctx context.Context) (item[V], error) {
+	w, err := c.join(ctx, key, load == nil, func(wctx context.Context) (item[V], error) {
 		return c.fetch(wctx, key, load, o)
 	})
 	if err != nil {
 		return zero, err
 	}
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return zero, r.Err
-		}
-		return r.Val.(item[V]).result()
-	case <-ctx.Done():
-		return zero, ctx.Err()
+	it, err := w.wait(ctx)
+	if err != nil {
+		return zero, err
 	}
+	return it.result()
 }
 
-// join returns the result channel of key's shared work, starting work if no
-// flight for key is running. The flight tables and the singleflight groups
-// change together under flightMu, and a flight removes itself (Forget) before
-// its work returns, so a key is in the table exactly while its group holds a
-// call: registering a key means DoChan starts a new call and runs our func.
-func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(context.Context) (item[V], error)) (<-chan singleflight.Result, error) {
+// join joins key's running flight, or starts one that runs work, the x/sync
+// way: DoChan, so each caller waits on its own ctx, while work runs on a
+// context detached from every caller (see detached). A panic in work
+// becomes an error for every waiter.
+func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(context.Context) (item[V], error)) (waiter[V], error) {
 	table, group := c.flights, &c.loads
 	if isGet {
 		table, group = c.gets, &c.getsSF
@@ -312,21 +371,21 @@ func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(c
 	c.flightMu.Lock()
 	defer c.flightMu.Unlock()
 	if c.closed {
-		return nil, ErrClosed
+		return waiter[V]{}, ErrClosed
 	}
 	c.st.callers.Add(1)
-	if _, running := table[key]; running {
-		return group.DoChan(key, errFlightVanished), nil
+	if w, ok := joinLocked(table, group, key); ok {
+		return w, nil
 	}
-	tok := new(token)
-	table[key] = tok
+	f := &flight[V]{sf: true}
+	table[key] = f
 	c.st.flights.Add(1)
 	c.work.Add(1)
 	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
-	return group.DoChan(key, func() (v any, err error) {
+	ch := group.DoChan(key, func() (v any, err error) {
 		defer c.work.Done()
 		defer cancel()
-		defer c.endFlight(table, group, key, tok)
+		defer c.release(table, group, key, f)
 		defer func() {
 			if r := recover(); r != nil {
 				c.st.panics.Add(1)
@@ -335,18 +394,15 @@ func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(c
 			}
 		}()
 		return work(wctx)
-	}), nil
+	})
+	return waiter[V]{ch: ch}, nil
 }
 
-// errFlightVanished is the func handed to DoChan when joining a running
-// flight; by join's invariant it never runs.
-func errFlightVanished() (any, error) {
-	return nil, errors.New("tiered: internal error: joined a flight that had ended")
-}
-
-func (c *Cache[V]) endFlight(table map[string]*token, group *singleflight.Group, key string, tok *token) {
+// release ends a single-key flight before its work returns: it forgets the
+// call (unless an invalidation already did), so later callers start afresh.
+func (c *Cache[V]) release(table map[string]*flight[V], group *singleflight.Group, key string, f *flight[V]) {
 	c.flightMu.Lock()
-	if table[key] == tok {
+	if table[key] == f {
 		delete(table, key)
 		group.Forget(key)
 	}

@@ -95,6 +95,15 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 		c.st.l2Skipped.Add(1)
 		return fmt.Errorf("tiered: clear: %w (circuit breaker open)", ErrUnavailable)
 	}
+	// Tell every instance first, so that loads running anywhere see their
+	// tickets invalidated and do not write back values read before the
+	// clear; then remove the keys and tell them again.
+	c.local.InvalidateAll()
+	c.forgetAll()
+	if err := c.bus.PublishClear(ctx); err != nil {
+		c.st.l2Errors.Add(1)
+		return fmt.Errorf("tiered: clear: %w: %w", ErrUnavailable, err)
+	}
 	_, err := c.l2.Clear(ctx, l2.Notify(c.notifyClear))
 	c.recordRedis(err)
 	if err != nil {
