@@ -476,6 +476,16 @@ func (s *Store) SetManyIf(ctx context.Context, entries map[string]Entry, old map
 	wo := applyWrite(opts)
 	written := make(map[string]bool, len(keys))
 	start := time.Now()
+	if wo.notify == nil && allAbsent(keys, old) {
+		// Plain SET NX does it in one command per key, no script.
+		err = s.setNX(ctx, keys, vals, entries, written)
+		s.latency.Record(time.Since(start))
+		if err != nil {
+			return written, s.fail(op, errKey, err)
+		}
+		s.sets.Add(uint64(len(written)))
+		return written, nil
+	}
 	err = s.runScript(ctx, keys, wo.notify, "cas", func(i int, argv []any) []any {
 		return append(argv, vals[i], ttlArg(entries[keys[i]].TTL), old[keys[i]])
 	}, func(g slotGroup, v any) {
@@ -494,6 +504,38 @@ func (s *Store) SetManyIf(ctx context.Context, entries map[string]Entry, old map
 	}
 	s.sets.Add(uint64(len(written)))
 	return written, nil
+}
+
+func allAbsent(keys []string, old map[string][]byte) bool {
+	for _, k := range keys {
+		if old[k] != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// setNX writes keys that are absent with SET NX (pipelined when several)
+// and records which were written.
+func (s *Store) setNX(ctx context.Context, keys []string, vals [][]byte, entries map[string]Entry, written map[string]bool) error {
+	if len(keys) == 1 {
+		ok, err := s.client.SetNX(ctx, s.prefix+keys[0], vals[0], nonNeg(entries[keys[0]].TTL)).Result()
+		written[keys[0]] = ok
+		return err
+	}
+	cmds := make([]*redis.BoolCmd, len(keys))
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.SetNX(ctx, s.prefix+k, vals[i], nonNeg(entries[k].TTL))
+		}
+		return nil
+	})
+	for i, c := range cmds {
+		if c.Val() {
+			written[keys[i]] = true
+		}
+	}
+	return err
 }
 
 // prepare encodes entries (checking MaxValueSize) in a fixed key order.

@@ -22,8 +22,8 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 
 // GetManyOrLoad returns the values of keys: L1 first; all L1 misses in one
 // L2 round trip (MGET, or one per node on a Cluster); all L2 misses in one
-// call of load; loaded values written to L2 in one round trip, with their
-// invalidations; then guarded L1 fills. A key already being loaded by
+// call of load; loaded values written back to L2 in one round trip (each
+// only if its key still holds what was read); then guarded L1 fills. A key already being loaded by
 // another call is joined, not fetched twice. Keys that do not exist are
 // absent from the map. A non-nil error comes with the values that were found.
 func (c *Cache[V]) GetManyOrLoad(ctx context.Context, keys []string, load BatchLoader[V], opts ...Option) (map[string]V, error) {
@@ -226,6 +226,7 @@ func (c *Cache[V]) runBatch(ctx context.Context, keys []string, load BatchLoader
 	}
 	entries := make(map[string]l2.Entry, len(need))
 	old := make(map[string][]byte, len(need))
+	announce := make(map[string]bool)
 	ttls := make(map[string]time.Duration, len(need))
 	for _, k := range need {
 		v, ok := loaded[k]
@@ -239,6 +240,10 @@ func (c *Cache[V]) runBatch(ctx context.Context, keys []string, load BatchLoader
 			ttl = o.negativeTTL
 			c.st.negativeCached.Add(1)
 		}
+		if !c.local.Valid(tickets[k]) {
+			c.st.conflicts.Add(1)
+			continue // invalidated while loading: serve, do not keep
+		}
 		ttls[k] = ttl
 		if !looks[k].reachable {
 			continue // L2 unreadable: keep locally only
@@ -249,8 +254,11 @@ func (c *Cache[V]) runBatch(ctx context.Context, keys []string, load BatchLoader
 			continue
 		}
 		entries[k], old[k] = e, looks[k].raw
+		if looks[k].announce {
+			announce[k] = true
+		}
 	}
-	written := c.storeLoadedMany(ctx, entries, old)
+	written := c.storeLoadedMany(ctx, entries, old, announce)
 	now = time.Now()
 	for k, ttl := range ttls {
 		if _, tried := entries[k]; tried && written != nil && !written[k] {
@@ -294,10 +302,21 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) (map[string]lo
 	return looks, nil
 }
 
-// storeLoadedMany writes loaded entries with SetManyIf in one round trip; it
-// returns which were written, or nil when the write failed (then nothing is
-// known and L1 may keep the values: the bus will be unhealthy if Redis is).
-func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte) map[string]bool {
+// storeLoadedMany writes loaded entries back with SetManyIf, each only if
+// its key still holds what the load read (old), in one round trip (two when
+// some must be announced); it returns which were written, or nil when the
+// write failed (then nothing is known and L1 may keep the values: the bus
+// will be unhealthy if Redis is).
+//
+// A write-back over an absent key or a tombstone publishes no invalidation:
+// no instance can hold a local copy there that a published write has not
+// already invalidated (local copies never outlive the value they came from,
+// and deletes publish). Skipping it saves the sequence bookkeeping, the
+// PUBLISH, and the other instances' needless L1 drops on every miss. Over
+// anything else (a stale, expired or corrupt value, possibly written by a
+// foreign program) other instances may hold a copy of an older value, so
+// those write-backs are announced.
+func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte, announce map[string]bool) map[string]bool {
 	if len(entries) == 0 {
 		return nil
 	}
@@ -305,14 +324,37 @@ func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.En
 		c.st.l2Skipped.Add(1)
 		return nil
 	}
+	quiet, loud := entries, map[string]l2.Entry(nil)
+	if len(announce) > 0 {
+		quiet, loud = make(map[string]l2.Entry, len(entries)), make(map[string]l2.Entry, len(announce))
+		for k, e := range entries {
+			if announce[k] {
+				loud[k] = e
+			} else {
+				quiet[k] = e
+			}
+		}
+	}
 	wctx, cancel := c.redisCtx(ctx)
-	written, err := c.l2.SetManyIf(wctx, entries, old, l2.Notify(c.notifyDelete))
-	cancel()
-	c.recordRedis(err)
-	if err != nil {
-		c.st.l2Errors.Add(1)
-		c.log.Warn("nearcache: writing loaded values to redis failed", zap.Int("keys", len(entries)), zap.Error(err))
-		return nil
+	defer cancel()
+	written := make(map[string]bool, len(entries))
+	for _, part := range []struct {
+		entries map[string]l2.Entry
+		opts    []l2.WriteOption
+	}{{quiet, nil}, {loud, []l2.WriteOption{l2.Notify(c.notifyDelete)}}} {
+		if len(part.entries) == 0 {
+			continue
+		}
+		w, err := c.l2.SetManyIf(wctx, part.entries, old, part.opts...)
+		c.recordRedis(err)
+		if err != nil {
+			c.st.l2Errors.Add(1)
+			c.log.Warn("nearcache: writing loaded values to redis failed", zap.Int("keys", len(part.entries)), zap.Error(err))
+			return nil
+		}
+		for k, ok := range w {
+			written[k] = ok
+		}
 	}
 	return written
 }

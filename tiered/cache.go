@@ -46,6 +46,7 @@ type (
 	localTier[V any] interface {
 		Get(key string) (V, bool)
 		Reserve(key string) l1.Ticket
+		Valid(t l1.Ticket) bool
 		Fill(t l1.Ticket, v V, ttl time.Duration) bool
 		Invalidate(keys ...string)
 		InvalidateAll()
@@ -321,7 +322,7 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 }
 
 // GetOrLoad returns the value of key from L1, else L2, else load (whose
-// result is written to L2, with its invalidation, and to L1). Concurrent
+// result is written back to L2 and to L1). Concurrent
 // misses for one key share one load; each caller waits on its own ctx. An
 // L1 hit costs one ristretto lookup: no allocation, no lock, no clock read.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], opts ...Option) (V, error) {
@@ -462,8 +463,14 @@ func (c *Cache[V]) fetch(ctx context.Context, key string, load Loader[V], o call
 		ttl = o.negativeTTL
 		c.st.negativeCached.Add(1)
 	}
+	if !c.local.Valid(t) {
+		// Invalidated while loading: the value may predate that write. Serve
+		// it to the callers who asked before, but do not keep it anywhere.
+		c.st.conflicts.Add(1)
+		return it, nil
+	}
 	if look.reachable {
-		if !c.storeLoaded(ctx, key, it, ttl, look.raw) {
+		if !c.storeLoaded(ctx, key, it, ttl, look) {
 			return it, nil // a newer write or delete won: serve, do not keep
 		}
 	}
@@ -478,6 +485,7 @@ type lookup[V any] struct {
 	until     time.Time // when the L2 value stops being fresh (zero: no bound)
 	stale     *item[V]  // a soft-expired value for fail-safe
 	raw       []byte    // the bytes read (nil: absent), for SetIf
+	announce  bool      // raw is a value (stale, expired, corrupt) that others may hold a copy of
 	reachable bool      // L2 answered: a loaded value may be written back
 	err       error     // why L2 could not answer (wraps ErrUnavailable)
 }
@@ -510,7 +518,7 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 // classify turns an entry read from L2 (possibly a tombstone or corrupt
 // bytes) into a lookup.
 func (c *Cache[V]) classify(key string, e l2.Entry, now time.Time) lookup[V] {
-	lk := lookup[V]{reachable: true, raw: e.Raw}
+	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone}
 	if e.Corrupt {
 		c.st.decodeErrors.Add(1)
 		c.log.Warn("nearcache: unreadable value in Redis; reloading", zap.String("key", key))
@@ -576,13 +584,13 @@ func (c *Cache[V]) entry(key string, it item[V], ttl time.Duration) (l2.Entry, e
 // storeLoaded writes a loaded item to L2 unless the key changed since it was
 // read (raw), publishing its invalidation; it reports whether the item may
 // be kept in L1.
-func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, raw []byte) bool {
+func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, look lookup[V]) bool {
 	e, err := c.entry(key, it, ttl)
 	if err != nil {
 		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", key), zap.Error(err))
 		return true // this process's value; L1 may keep it
 	}
-	written := c.storeLoadedMany(ctx, map[string]l2.Entry{key: e}, map[string][]byte{key: raw})
+	written := c.storeLoadedMany(ctx, map[string]l2.Entry{key: e}, map[string][]byte{key: look.raw}, map[string]bool{key: look.announce})
 	if written != nil && !written[key] {
 		c.st.conflicts.Add(1)
 		return false

@@ -18,8 +18,13 @@
 // on a context detached from every caller, bounded by Config.LoadTimeout and
 // cancelled by Close. A loader panic becomes an error for every waiter.
 // The flight takes an L1 fill ticket, reads L2 (one GET), and on an L2 miss
-// calls the loader and writes the result back to L2 with its invalidation,
-// then fills L1 through the ticket.
+// calls the loader, writes the result back to L2, then fills L1 through the
+// ticket. The write-back is a compare-and-set against what the flight read.
+// Unlike the architecture's first sketch, a write-back into an absent key or
+// over a tombstone publishes no invalidation: no instance can hold a copy
+// there that a published write has not already invalidated, so a message
+// would only make other instances drop current copies and read them again.
+// Write-backs over a stale, expired or corrupt value are announced.
 //
 // GetMany and GetManyOrLoad do the same for batches: L1 first, every L1 miss
 // in one L2 round trip, every L2 miss in one BatchLoader call, one pipelined
