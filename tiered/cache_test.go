@@ -309,8 +309,8 @@ func TestStampede(t *testing.T) {
 				}
 			}
 			st := c.Stats()
-			if calls.Load() != 1 || st.L2.Lookups != 1 || st.L2.Stats.Hits+st.L2.Stats.Misses != 1 {
-				t.Fatalf("loader calls %d, L2 lookups %d, L2 GETs %d; want 1 each", calls.Load(), st.L2.Lookups, st.L2.Stats.Hits+st.L2.Stats.Misses)
+			if calls.Load() != 1 || st.L2.Lookups != 1 || st.L2.Store.Hits+st.L2.Store.Misses != 1 {
+				t.Fatalf("loader calls %d, L2 lookups %d, L2 GETs %d; want 1 each", calls.Load(), st.L2.Lookups, st.L2.Store.Hits+st.L2.Store.Misses)
 			}
 			if st.Loads.Coalesced != n-1 {
 				t.Fatalf("coalesced: %d, want %d", st.Loads.Coalesced, n-1)
@@ -415,8 +415,8 @@ func TestCorruptL2IsReloadedAndRepaired(t *testing.T) {
 			if err != nil || v.Name != "k" || l.calls.Load() != 1 {
 				t.Fatalf("GetOrLoad over corrupt bytes: %+v %v, calls %d", v, err, l.calls.Load())
 			}
-			if st := c.Stats(); st.Loads.DecodeErrors != 1 || st.L2.Corrupt != 1 {
-				t.Fatalf("decode errors %d, l2 corrupt %d; want 1", st.Loads.DecodeErrors, st.L2.Corrupt)
+			if st := c.Stats(); st.Loads.DecodeErrors != 1 || st.L2.Store.Corrupt != 1 {
+				t.Fatalf("decode errors %d, l2 corrupt %d; want 1", st.Loads.DecodeErrors, st.L2.Store.Corrupt)
 			}
 			// Repaired: a fresh instance reads it from L2.
 			d := newCache(t, Config[user]{Redis: rc, Namespace: "c"})
@@ -557,7 +557,7 @@ func TestBatches(t *testing.T) {
 				t.Fatalf("batch loader: %d calls, last keys %v; want 1 call with a, b, missing-1", calls.Load(), lastKeys)
 			}
 			st := c.Stats()
-			if d := st.L2.Stats.Hits + st.L2.Stats.Misses - before.L2.Stats.Hits - before.L2.Stats.Misses; d != 4 {
+			if d := st.L2.Store.Hits + st.L2.Store.Misses - before.L2.Store.Hits - before.L2.Store.Misses; d != 4 {
 				t.Fatalf("L2 keys read: %d, want 4 (one MGET of the L1 misses)", d)
 			}
 			// Everything is now cached: no loader call, no L2 read.

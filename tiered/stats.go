@@ -17,9 +17,10 @@ type Stats struct {
 	Combined     Combined
 }
 
-// L2Stats are the shared tier's counters as this Cache used them.
+// L2Stats are the shared tier's counters: the Store's own (per Redis
+// operation) and this Cache's view of them (per key looked up).
 type L2Stats struct {
-	l2.Stats
+	Store         l2.Stats // the l2.Store's counters and round-trip latency
 	Lookups       uint64 // keys looked up in Redis on L1 misses
 	Hits          uint64 // of which found fresh and decodable
 	Errors        uint64 // Redis operations this Cache saw fail (reads and writes)
@@ -64,7 +65,7 @@ func (c *Cache[V]) Stats() Stats {
 		Skipped: c.st.l2Skipped.Load(), Breaker: st.String(), BreakerOpened: opened,
 	}
 	if c.l2 != nil {
-		s.L2.Stats = c.l2.Stats()
+		s.L2.Store = c.l2.Stats()
 		s.Invalidation = c.bus.Stats()
 	}
 	callers, flights := c.st.callers.Load(), c.st.flights.Load()

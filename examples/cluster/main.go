@@ -283,7 +283,7 @@ func run(seeds []string, n int) (checks, error) {
 		st := in.cache.Stats()
 		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%.1f%%\n", in.name,
 			st.Combined.Requests, st.L1.Hits, st.L2.Lookups, st.L2.Hits, st.Loads.LoaderCalls, st.Loads.LoadedKeys,
-			st.L2.Notifications, st.Invalidation.Received, st.Invalidation.Applied, fmtDur(st.L2.Latency.P99), 100*st.Combined.HitRatio)
+			st.L2.Store.Notifications, st.Invalidation.Received, st.Invalidation.Applied, fmtDur(st.L2.Store.Latency.P99), 100*st.Combined.HitRatio)
 	}
 	tw.Flush()
 	fmt.Println("  REDIS WRITE SCRIPTS: atomic write-and-publish scripts, one per hash slot written;")

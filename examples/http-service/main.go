@@ -477,7 +477,7 @@ func drive(ctx context.Context, base string, o options, svc *service) error {
 	fmt.Printf("  L2 hit ratio       %5.1f%%  (%d of %d Redis lookups)\n", 100*st.Combined.L2HitRatio, st.L2.Hits, st.L2.Lookups)
 	fmt.Printf("  overall hit ratio  %5.1f%%  (requests answered without the backing store)\n", 100*st.Combined.HitRatio)
 	fmt.Printf("  loader calls %d, coalesced waiters %d, Redis round trip p99 %s, Redis errors %d\n",
-		st.Loads.LoaderCalls, st.Loads.Coalesced, fmtDur(st.L2.Stats.Latency.P99), st.L2.Errors)
+		st.Loads.LoaderCalls, st.Loads.Coalesced, fmtDur(st.L2.Store.Latency.P99), st.L2.Errors)
 	fmt.Printf("Backing store: %d reads (for %d GETs), %d writes\n", svc.store.reads.Load(), len(reads), svc.store.writes.Load())
 	if f := failed.Load(); f > 0 {
 		return fmt.Errorf("%d requests failed; first: %v", f, firstErr)

@@ -298,7 +298,7 @@ func settle(insts []*instance) {
 	for time.Now().Before(deadline) {
 		var published uint64
 		for _, in := range insts {
-			published += in.cache.Stats().L2.Notifications
+			published += in.cache.Stats().L2.Store.Notifications
 		}
 		done := true
 		for _, in := range insts {
