@@ -51,11 +51,11 @@ func (b *Bus) antiEntropy(ctx context.Context) {
 			return
 		case err != nil:
 			b.stats.aeErrors.Add(1)
-			b.health.set(reasonAntiEntropy)
+			b.health.set(busWide, reasonAntiEntropy)
 			b.log.Warn("anti-entropy round failed", zap.Error(err))
 		default:
 			b.stats.aeRounds.Add(1)
-			b.health.clear(reasonAntiEntropy)
+			b.health.clear(busWide, reasonAntiEntropy)
 		}
 		select {
 		case <-ctx.Done():
@@ -142,6 +142,13 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 	if st.runIDs != "" && cur != st.runIDs {
 		b.log.Warn("redis server changed", zap.String("was", st.runIDs), zap.String("now", cur))
 		b.requestInvalidateAll(CauseServerChanged)
+		if b.cluster != nil {
+			// Follow a new master set now rather than at the next look.
+			select {
+			case b.topoPoke <- struct{}{}:
+			default:
+			}
+		}
 	}
 	st.runIDs = cur
 	return nil

@@ -72,14 +72,27 @@ type Bus struct {
 	trackMu sync.Mutex
 	last    map[int]track // guarded by trackMu: sequence state per partition
 
-	lifeMu  sync.Mutex         // guards started, closed, ps, cancel
-	started bool               // Start was called
-	closed  bool               // Close was called
-	ps      *redis.PubSub      // the current subscription; replaced by the reader on stalls
-	cancel  context.CancelFunc // stops the goroutines
-	wg      sync.WaitGroup     // the reader, worker and anti-entropy goroutines
+	// multiPath: every message arrives once per subscription (Redis
+	// Cluster: one per master), so the worker deduplicates by sequence
+	// and waits gapGrace before calling a missing sequence lost.
+	multiPath bool
+	gapGrace  time.Duration
+	gapDue    time.Time     // worker only: earliest deadline of a hole created by the last handle
+	topoPoke  chan struct{} // cap 1: asks the masters watcher (Redis Cluster) to look again
 
-	confirmed     chan struct{} // closed by the reader at the first confirmation
+	lifeMu          sync.Mutex         // guards started, closed, runCtx, cancel, subs, nextSub, awaiting, subsKnown, confirmedClosed and every sub's ps, stopped, initial
+	started         bool               // Start was called
+	closed          bool               // Close was called
+	runCtx          context.Context    // the goroutines' context, set by Start
+	cancel          context.CancelFunc // stops the goroutines
+	subs            map[string]*sub    // the subscriptions, by master address ("" on a standalone server)
+	nextSub         int                // last sub id handed out
+	awaiting        int                // subscriptions created before the first full confirmation, not yet confirmed
+	subsKnown       bool               // the set of subscriptions has been established once
+	confirmedClosed bool               // confirmed has been closed
+	wg              sync.WaitGroup     // every goroutine of the bus
+
+	confirmed     chan struct{} // closed when every subscription of the first set has been confirmed
 	startReturned atomic.Bool   // Start gave up or succeeded; later first confirmations are repairs
 }
 
@@ -88,8 +101,30 @@ type track struct {
 	last uint64 // highest sequence accounted for (applied, or repaired by anti-entropy)
 	// (lateLo, lateHi] are sequences that anti-entropy declared lost and
 	// repaired; if they arrive after all, they are late, not a reset. The
-	// window closes when a later sequence arrives.
+	// window closes when a later sequence arrives. Standalone only.
 	lateLo, lateHi uint64
+	// holes are the sequences below last that have not arrived yet, in
+	// increasing order, each with the time it is declared lost. Redis
+	// Cluster only (see observe).
+	holes []hole
+}
+
+// subscriber opens pub/sub connections: *redis.Client, *redis.ClusterClient.
+type subscriber interface {
+	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
+}
+
+// sub is one subscription: a dedicated pub/sub connection and the reader
+// goroutine that owns it.
+type sub struct {
+	id      int        // health source (> 0)
+	addr    string     // the master's address on Redis Cluster; "" otherwise
+	client  subscriber // the caller's client, or one of its cluster node clients; never closed by the bus
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the reader has returned
+	ps      *redis.PubSub // guarded by Bus.lifeMu; replaced by the reader on stalls
+	stopped bool          // guarded by Bus.lifeMu
+	initial bool          // guarded by Bus.lifeMu: counted in Bus.awaiting
 }
 
 type item struct {
@@ -126,9 +161,13 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 		wake:      make(chan struct{}, 1),
 		last:      make(map[int]track),
 		confirmed: make(chan struct{}),
+		topoPoke:  make(chan struct{}, 1),
+		subs:      make(map[string]*sub),
 	}
 	b.cluster, _ = client.(*redis.ClusterClient)
-	b.health.set(reasonNotSubscribed)
+	b.multiPath = b.cluster != nil
+	b.gapGrace = gapGrace(cfg.AntiEntropyInterval)
+	b.health.set(busWide, reasonNotSubscribed)
 	return b, nil
 }
 
@@ -218,10 +257,17 @@ func (b *Bus) Start(ctx context.Context) error {
 	}
 	b.started = true
 	runCtx, cancel := context.WithCancel(context.Background())
-	b.cancel = cancel
-	b.wg.Add(2)
+	b.runCtx, b.cancel = runCtx, cancel
+	b.wg.Add(1)
 	go b.worker(runCtx)
-	go b.reader(runCtx)
+	if b.cluster == nil {
+		b.newSubLocked("", b.client)
+		b.subsKnown = true
+		b.health.clear(busWide, reasonNotSubscribed)
+	} else {
+		b.wg.Add(1)
+		go b.watchMasters(runCtx)
+	}
 	if b.cfg.AntiEntropyInterval > 0 {
 		b.wg.Add(1)
 		go b.antiEntropy(runCtx)
@@ -240,8 +286,9 @@ func (b *Bus) Start(ctx context.Context) error {
 }
 
 // Close stops every goroutine of the bus and closes its subscription
-// connection, and waits for them. It never closes the client. It is
-// idempotent and always returns nil.
+// connections, and waits for them. It never closes the client (nor, on
+// Redis Cluster, the client's node clients). It is idempotent and always
+// returns nil.
 func (b *Bus) Close() error {
 	b.lifeMu.Lock()
 	if b.closed {
@@ -252,8 +299,10 @@ func (b *Bus) Close() error {
 	if b.cancel != nil {
 		b.cancel()
 	}
-	if b.ps != nil {
-		_ = b.ps.Close() // unblocks the reader
+	for _, s := range b.subs {
+		if s.ps != nil {
+			_ = s.ps.Close() // unblocks the reader
+		}
 	}
 	b.lifeMu.Unlock()
 	b.wg.Wait()
@@ -269,13 +318,74 @@ func (b *Bus) requestInvalidateAll(c Cause) {
 	}
 }
 
-// reader owns the subscription: it reads every reply, hands messages to the
+// newSubLocked creates a subscription and starts its reader. lifeMu is
+// held, Start has run and Close has not.
+func (b *Bus) newSubLocked(addr string, client subscriber) *sub {
+	b.nextSub++
+	sctx, cancel := context.WithCancel(b.runCtx)
+	s := &sub{id: b.nextSub, addr: addr, client: client, cancel: cancel, done: make(chan struct{})}
+	b.health.set(s.id, reasonNotSubscribed)
+	if !b.confirmedClosed {
+		s.initial = true
+		b.awaiting++
+	}
+	b.subs[addr] = s
+	b.wg.Add(1)
+	go b.reader(sctx, s)
+	return s
+}
+
+// stopSub closes a subscription that is no longer wanted (its master left
+// the cluster) and waits for its reader.
+func (b *Bus) stopSub(s *sub) {
+	b.lifeMu.Lock()
+	s.stopped = true
+	ps := s.ps
+	s.ps = nil
+	if b.subs[s.addr] == s {
+		delete(b.subs, s.addr)
+	}
+	if s.initial {
+		s.initial = false
+		b.awaitedLocked()
+	}
+	b.lifeMu.Unlock()
+	s.cancel()
+	if ps != nil {
+		_ = ps.Close()
+	}
+	<-s.done
+	b.health.drop(s.id)
+}
+
+// confirm records the first confirmation of s.
+func (b *Bus) confirm(s *sub) {
+	b.lifeMu.Lock()
+	defer b.lifeMu.Unlock()
+	if s.initial {
+		s.initial = false
+		b.awaitedLocked()
+	}
+}
+
+// awaitedLocked accounts for one initial subscription confirmed or gone;
+// when none is left, Start may return. lifeMu is held.
+func (b *Bus) awaitedLocked() {
+	b.awaiting--
+	if b.awaiting == 0 && b.subsKnown && !b.confirmedClosed {
+		b.confirmedClosed = true
+		close(b.confirmed)
+	}
+}
+
+// reader owns one subscription: it reads every reply, hands messages to the
 // worker without blocking, and turns failures, confirmations and silences
 // into repairs.
-func (b *Bus) reader(ctx context.Context) {
+func (b *Bus) reader(ctx context.Context, s *sub) {
 	defer b.wg.Done()
+	defer close(s.done)
 	var (
-		ps          = b.subscribe(ctx)
+		ps          = b.subscribe(ctx, s)
 		everOK      bool      // a confirmation has been seen
 		failing     bool      // a failure was seen since the last confirmation
 		pingOut     bool      // a ping is unanswered
@@ -302,19 +412,19 @@ func (b *Bus) reader(ctx context.Context) {
 					pingOut = true
 					if perr := ps.Ping(ctx); perr != nil && !failing {
 						failing = true
-						b.lost(CauseDisconnect, reasonDisconnected, perr)
+						b.lost(s, CauseDisconnect, reasonDisconnected, perr)
 					}
 					continue
 				}
 				if silent >= 2*ping && !stalledOnce {
 					stalledOnce = true
 					b.stats.stalls.Add(1)
-					b.lost(CauseStall, reasonStalled, err)
+					b.lost(s, CauseStall, reasonStalled, err)
 				}
 				if silent >= 4*ping {
 					// Black hole: replace the connection; the new
 					// subscription's confirmation repairs again.
-					if ps = b.resubscribe(ctx, ps); ps == nil {
+					if ps = b.resubscribe(ctx, s, ps); ps == nil {
 						return
 					}
 					failing, pingOut, lastHeard, stalledOnce = true, false, now, false
@@ -326,7 +436,7 @@ func (b *Bus) reader(ctx context.Context) {
 			// error, comes through ReceiveTimeout.
 			if !failing {
 				failing = true
-				b.lost(CauseDisconnect, reasonDisconnected, err)
+				b.lost(s, CauseDisconnect, reasonDisconnected, err)
 			}
 			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
 			select {
@@ -339,7 +449,7 @@ func (b *Bus) reader(ctx context.Context) {
 		lastHeard, pingOut, backoff = now, false, 0
 		if stalledOnce {
 			stalledOnce = false
-			b.health.clear(reasonStalled)
+			b.health.clear(s.id, reasonStalled)
 		}
 		switch m := v.(type) {
 		case *redis.Message:
@@ -348,7 +458,7 @@ func (b *Bus) reader(ctx context.Context) {
 				b.enqueued.Add(1)
 			default:
 				b.stats.dropped.Add(1)
-				b.health.set(reasonOverflow)
+				b.health.set(busWide, reasonOverflow)
 				b.requestInvalidateAll(CauseOverflow)
 			}
 			b.stats.received.Add(1)
@@ -359,63 +469,78 @@ func (b *Bus) reader(ctx context.Context) {
 			if everOK || failing || b.startReturned.Load() {
 				b.stats.reconnects.Add(1)
 				b.requestInvalidateAll(CauseResubscribe)
-				b.log.Info("subscription confirmed again", zap.String("channel", b.channel))
+				b.log.Info("subscription confirmed again", zap.String("channel", b.channel), zap.String("node", s.addr))
 			}
 			if !everOK {
 				everOK = true
-				close(b.confirmed)
+				b.confirm(s)
 			}
 			failing = false
-			b.health.clear(reasonNotSubscribed | reasonDisconnected | reasonStalled)
+			b.health.clear(s.id, reasonNotSubscribed|reasonDisconnected|reasonStalled)
 		}
 	}
 }
 
 // lost records a detected failure of the stream: unhealthy now, invalidate all.
-func (b *Bus) lost(c Cause, r reason, err error) {
+func (b *Bus) lost(s *sub, c Cause, r reason, err error) {
 	if c == CauseDisconnect {
 		b.stats.disconnects.Add(1)
 	}
-	b.health.set(r)
+	b.health.set(s.id, r)
 	b.requestInvalidateAll(c)
-	b.log.Warn("invalidation stream interrupted", zap.Stringer("cause", c), zap.Error(err))
+	b.log.Warn("invalidation stream interrupted", zap.Stringer("cause", c), zap.String("node", s.addr), zap.Error(err))
 }
 
 // subscribe creates the subscription (the SUBSCRIBE confirmation arrives
-// through ReceiveTimeout). It returns nil when the bus is closing.
-func (b *Bus) subscribe(ctx context.Context) *redis.PubSub {
-	ps := b.client.Subscribe(ctx, b.channel)
+// through ReceiveTimeout). It returns nil when the bus is closing or s was
+// stopped.
+func (b *Bus) subscribe(ctx context.Context, s *sub) *redis.PubSub {
+	ps := s.client.Subscribe(ctx, b.channel)
 	b.lifeMu.Lock()
 	defer b.lifeMu.Unlock()
-	if b.closed {
+	if b.closed || s.stopped {
 		_ = ps.Close()
 		return nil
 	}
-	b.ps = ps
+	s.ps = ps
 	return ps
 }
 
 // resubscribe replaces a silent subscription with a new connection.
-func (b *Bus) resubscribe(ctx context.Context, old *redis.PubSub) *redis.PubSub {
+func (b *Bus) resubscribe(ctx context.Context, s *sub, old *redis.PubSub) *redis.PubSub {
 	b.lifeMu.Lock()
-	if b.ps == old {
-		b.ps = nil
+	if s.ps == old {
+		s.ps = nil
 	}
 	b.lifeMu.Unlock()
 	_ = old.Close()
-	return b.subscribe(ctx)
+	return b.subscribe(ctx, s)
 }
 
 // worker decodes queued messages, tracks sequences and calls the Handler.
 // It is the only goroutine that calls the Handler.
 func (b *Bus) worker(ctx context.Context) {
 	defer b.wg.Done()
+	gapTimer := time.NewTimer(time.Hour)
+	gapTimer.Stop()
+	var armed time.Time // when gapTimer fires; zero when stopped
 	for {
 		b.applyPending()
+		if due := b.gapDue; !due.IsZero() {
+			b.gapDue = time.Time{}
+			if armed.IsZero() || due.Before(armed) {
+				armed = due
+				gapTimer.Reset(time.Until(due))
+			}
+		}
 		select {
 		case <-ctx.Done():
+			gapTimer.Stop()
 			return
 		case <-b.wake:
+		case <-gapTimer.C:
+			armed = time.Time{}
+			b.expireHoles(time.Now())
 		case it := <-b.queue:
 			b.applyPending()
 			b.handle(it)
@@ -436,7 +561,7 @@ func (b *Bus) applyPending() {
 		}
 	}
 	if m&(1<<CauseOverflow) != 0 {
-		b.health.clear(reasonOverflow)
+		b.health.clear(busWide, reasonOverflow)
 	}
 }
 
@@ -455,6 +580,14 @@ func (b *Bus) handle(it item) {
 		return
 	}
 	if b.cfg.testDrop != nil && b.cfg.testDrop(m.partition, m.seq) {
+		return
+	}
+	if b.multiPath {
+		if !b.trackMulti(m.partition, m.seq) {
+			b.stats.duplicates.Add(1)
+			return
+		}
+		b.deliver(m)
 		return
 	}
 	b.trackMu.Lock()
@@ -477,6 +610,11 @@ func (b *Bus) handle(it item) {
 		b.log.Info("sequence went backwards", zap.Int("partition", m.partition), zap.Uint64("after", prev), zap.Uint64("got", m.seq))
 		b.requestInvalidateAll(CauseSeqReset)
 	}
+	b.deliver(m)
+}
+
+// deliver passes a tracked message to the Handler (unless it is our own).
+func (b *Bus) deliver(m message) {
 	b.applyPending()
 	if m.origin == b.cfg.InstanceID {
 		b.stats.own.Add(1)
@@ -504,31 +642,47 @@ const (
 	reasonAntiEntropy
 )
 
-// healthState keeps the reasons under a mutex and publishes the derived
-// "unhealthy since" as one atomic, so that Health costs a single load.
+// busWide is the health source of reasons that concern the whole bus
+// (overflow, anti-entropy, no subscription yet); subscriptions use their id.
+const busWide = 0
+
+// healthState keeps the reasons of every source (the bus, each
+// subscription) under a mutex and publishes the derived "unhealthy since"
+// as one atomic, so that Health costs a single load. The stream is healthy
+// when no source has a reason.
 type healthState struct {
 	mu      sync.Mutex
-	reasons reason       // guarded by mu
-	since   atomic.Int64 // unix nanos when reasons became non-empty; 0 when healthy
+	reasons map[int]reason // guarded by mu: non-zero reasons by source
+	since   atomic.Int64   // unix nanos when reasons became non-empty; 0 when healthy
 }
 
-func (h *healthState) set(r reason) {
+func (h *healthState) set(src int, r reason) {
 	h.mu.Lock()
-	if h.reasons == 0 {
+	if len(h.reasons) == 0 {
 		h.since.Store(time.Now().UnixNano())
 	}
-	h.reasons |= r
+	if h.reasons == nil {
+		h.reasons = make(map[int]reason)
+	}
+	h.reasons[src] |= r
 	h.mu.Unlock()
 }
 
-func (h *healthState) clear(r reason) {
+func (h *healthState) clear(src int, r reason) {
 	h.mu.Lock()
-	h.reasons &^= r
-	if h.reasons == 0 {
+	if v := h.reasons[src] &^ r; v != 0 {
+		h.reasons[src] = v
+	} else {
+		delete(h.reasons, src)
+	}
+	if len(h.reasons) == 0 {
 		h.since.Store(0)
 	}
 	h.mu.Unlock()
 }
+
+// drop forgets a source (a subscription that was stopped).
+func (h *healthState) drop(src int) { h.clear(src, ^reason(0)) }
 
 func (h *healthState) get() Health {
 	s := h.since.Load()

@@ -61,7 +61,9 @@
 //     for clears from other instances;
 //   - keeps the last sequence per partition: a gap means lost messages
 //     (CauseGap), a smaller number means the sequence key was reset
-//     (CauseSeqReset);
+//     (CauseSeqReset) — on a standalone or Sentinel-managed Redis; Redis
+//     Cluster, where every message arrives several times, tracks
+//     differently (see below);
 //   - on a connection error (CauseDisconnect), an unanswered ping
 //     (CauseStall), a full receive queue (CauseOverflow) or an undecodable
 //     message (CauseDecode) invalidates everything at detection, and again
@@ -78,7 +80,58 @@
 //
 // [Bus.Health] is unhealthy from a detection until the subscription is
 // confirmed and the repair applied (and while anti-entropy cannot read
-// Redis), so a cache can shorten or skip local fills meanwhile.
+// Redis), so a cache can shorten or skip local fills meanwhile. On Redis
+// Cluster it is unhealthy while any master's subscription is.
+//
+// # Redis Cluster: one subscription per master
+//
+// A classic PUBLISH reaches the subscribers of the node that ran it at once
+// and those of every other node over the cluster bus, whose node-to-node
+// links Redis opens without TCP_NODELAY: Nagle and delayed ACKs hold a
+// message for up to ~40 ms (redis/redis#11869). One subscription would thus
+// receive the messages of the slots its node does not own tens of
+// milliseconds late. So with a *redis.ClusterClient the bus subscribes on
+// every master, through the client's own node clients (ForEachMaster); only
+// the subscriptions are closed by [Bus.Close], never the clients. Each
+// message then arrives first from the master that published it (the slot's
+// owner, ~0.1–1 ms on loopback) and once more from every other master.
+//
+// Tracking per partition: each path (one subscription) is FIFO and carries
+// every message of the partition, so when sequence n arrives on a path,
+// every smaller one arrived on that path before, unless that path lost it.
+// The first copy of a sequence is applied, later copies are counted as
+// Duplicates and dropped. A sequence that skips ahead leaves a hole that a
+// copy from another path may still fill (applied then, not a duplicate);
+// a hole still open after a grace of half the anti-entropy interval,
+// clamped to [50 ms, 200 ms] (200 ms with anti-entropy off), is a gap.
+// At most 16 holes stay open per partition; beyond that the oldest is a gap
+// at once. A copy that arrives after its hole was declared lost, or after
+// anti-entropy repaired it as a lost tail, is dropped rather than applied
+// late: the repair came after it was published and covers it.
+//
+// Consequences:
+//
+//   - In the stream, a sequence at or below the last one cannot be told
+//     from a late copy, so Redis Cluster has no in-stream reset detection.
+//     Anti-entropy reads the sequence keys and reports a value below the
+//     last applied as CauseSeqReset (and tracks from there); until that
+//     round, messages numbered below the old last are dropped as copies,
+//     which the reset repair covers. A reset is thus found within about one
+//     anti-entropy interval (a flush or failover is usually seen sooner, by
+//     the epoch key or the run ids).
+//   - A disconnect, stall or resubscription of any master's subscription
+//     repairs as on a single server, although the other paths usually
+//     carried the messages it missed.
+//   - The watcher lists the masters every anti-entropy interval (every
+//     second when anti-entropy is off) and at once when anti-entropy sees a
+//     run id change. When the set differs from the subscriptions (a master
+//     added or removed, a failover to another address) it closes the
+//     departed masters' subscriptions, opens the new ones and invalidates
+//     everything (CauseServerChanged); each new subscription repairs again
+//     when confirmed (CauseResubscribe). go-redis refreshes the slot map
+//     that ForEachMaster reads on each call.
+//   - Stats.Received counts every copy; with N masters, Duplicates grows by
+//     about N-1 per message, and Lag is measured on the first copy.
 //
 // # Concurrency
 //
@@ -86,7 +139,9 @@
 // awaited by [Bus.Close]: a reader that owns the dedicated pub/sub
 // connection and never blocks on anything but Redis (it hands payloads to a
 // bounded queue), a worker that decodes, tracks sequences and is the only
-// caller of the [Handler], and the anti-entropy loop. The reader uses
+// caller of the [Handler], and the anti-entropy loop. On Redis Cluster
+// there is one reader per master, all feeding the same queue, and a
+// watcher that keeps the readers in step with the masters. The reader uses
 // ReceiveTimeout rather than go-redis's Channel, so it sees every error and
 // every subscription confirmation; go-redis redials and resubscribes by
 // itself after an error, and the bus replaces a connection that stays

@@ -198,8 +198,8 @@ func TestRedisStall(t *testing.T) {
 	t.Logf("stats after stall: %+v", b.Stats())
 }
 
-// TestRedisCluster: messages for partitions owned by every master reach a
-// subscriber connected to one node; anti-entropy works across masters.
+// TestRedisCluster: messages for partitions owned by every master reach the
+// subscriber (one subscription per master); anti-entropy works across masters.
 func TestRedisCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster start takes a few seconds")

@@ -55,6 +55,7 @@ type Stats struct {
 	Received      uint64 // payloads read from the subscription
 	Applied       uint64 // messages from other instances passed to the Handler
 	Own           uint64 // own messages seen (skipped, sequence advanced)
+	Duplicates    uint64 // Redis Cluster: further copies of a message already seen (one per master subscription)
 	Dropped       uint64 // messages dropped because the receive queue was full
 	Gaps          uint64 // sequence gaps detected (one per gap, however long)
 	SeqResets     uint64 // sequences that went backwards
@@ -100,11 +101,11 @@ type Health struct {
 
 // counters are the bus's atomic counters; any goroutine may update them.
 type counters struct {
-	published, received, applied, own, dropped, gaps, seqResets, lostTails atomic.Uint64
-	disconnects, reconnects, stalls, decodeRejects, authRejects            atomic.Uint64
-	aeRounds, aeErrors                                                     atomic.Uint64
-	invalidateAll                                                          [numCauses]atomic.Uint64
-	lag                                                                    hist.Histogram
+	published, received, applied, own, duplicates, dropped, gaps, seqResets, lostTails atomic.Uint64
+	disconnects, reconnects, stalls, decodeRejects, authRejects                        atomic.Uint64
+	aeRounds, aeErrors                                                                 atomic.Uint64
+	invalidateAll                                                                      [numCauses]atomic.Uint64
+	lag                                                                                hist.Histogram
 }
 
 func (c *counters) snapshot() Stats {
@@ -113,6 +114,7 @@ func (c *counters) snapshot() Stats {
 		Received:      c.received.Load(),
 		Applied:       c.applied.Load(),
 		Own:           c.own.Load(),
+		Duplicates:    c.duplicates.Load(),
 		Dropped:       c.dropped.Load(),
 		Gaps:          c.gaps.Load(),
 		SeqResets:     c.seqResets.Load(),

@@ -67,3 +67,121 @@ func TestSequenceTracking(t *testing.T) {
 		t.Errorf("applied %d, keys %d; want 11 each", got, h.keys)
 	}
 }
+
+// TestMultiPathObserve drives the Redis Cluster tracker: every message
+// arrives on several FIFO paths; the first copy is applied, later copies are
+// duplicates, and a missing sequence is lost only when no path fills it
+// within the grace.
+func TestMultiPathObserve(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	const grace = 50 * time.Millisecond
+	var tr track
+	tr.last = 10
+	type step struct {
+		seq         uint64
+		at          time.Duration
+		apply, hole bool
+		wantLast    uint64
+		wantHoles   int
+		note        string
+	}
+	steps := []step{
+		{11, 0, true, false, 11, 0, "next, direct path"},
+		{11, 1, false, false, 11, 0, "same, forwarded: duplicate"},
+		{12, 2, true, false, 12, 0, "next"},
+		{11, 3, false, false, 12, 0, "late forwarded copy of an applied one: duplicate"},
+		// A forwarded copy arrives before the direct one: applied once.
+		{13, 4, true, false, 13, 0, "13 first via a forward"},
+		{13, 5, false, false, 13, 0, "13 via direct: duplicate"},
+		// One path lost 14 (its copy never came); 15 opens a hole that
+		// another path fills: no gap.
+		{15, 6, true, true, 15, 1, "15 skips 14: provisional hole"},
+		{14, 7, true, false, 15, 0, "14 via another path fills the hole: applied, not a duplicate"},
+		{14, 8, false, false, 15, 0, "14 again: duplicate"},
+		// 20 leaves 16..19 open; 17 and 18 fill the middle.
+		{20, 9, true, true, 20, 1, "16..19 missing"},
+		{17, 10, true, false, 20, 2, "split: 16 and 18..19"},
+		{19, 11, true, false, 20, 2, "shrink from the top: 16 and 18"},
+		{18, 12, true, false, 20, 1, "18 closes the upper run"},
+		{17, 13, false, false, 20, 1, "17 again: duplicate"},
+		{3, 14, false, false, 20, 1, "far below (late copy or reset): duplicate; anti-entropy finds resets"},
+	}
+	for _, s := range steps {
+		apply, hole, forced := tr.observe(s.seq, t0.Add(s.at*time.Millisecond), grace)
+		if apply != s.apply || hole != s.hole || forced != 0 || tr.last != s.wantLast || len(tr.holes) != s.wantHoles {
+			t.Fatalf("%s: seq %d: apply %v hole %v forced %d last %d holes %v; want %v %v 0 %d %d holes",
+				s.note, s.seq, apply, hole, forced, tr.last, tr.holes, s.apply, s.hole, s.wantLast, s.wantHoles)
+		}
+	}
+	// 16 is still open (due at 9ms + grace). Not yet due:
+	if n, next := tr.expire(t0.Add(58 * time.Millisecond)); n != 0 || !next.Equal(t0.Add(59*time.Millisecond)) {
+		t.Fatalf("expire before due: %d lost, next %v", n, next)
+	}
+	// Due: one gap, and 16 arriving afterwards is a duplicate (the repair
+	// that the gap triggers covers it).
+	if n, next := tr.expire(t0.Add(59 * time.Millisecond)); n != 1 || !next.IsZero() || tr.holes != nil {
+		t.Fatalf("expire at due: %d lost, next %v, holes %v; want 1, zero, none", n, next, tr.holes)
+	}
+	if apply, _, _ := tr.observe(16, t0.Add(60*time.Millisecond), grace); apply {
+		t.Fatalf("16 after its gap was declared: applied, want duplicate")
+	}
+	// Bounded: more than maxHoles open runs declare the oldest at once.
+	forcedTotal := 0
+	for i := 0; i < maxHoles+3; i++ {
+		_, _, f := tr.observe(tr.last+2, t0, grace)
+		forcedTotal += f
+	}
+	if len(tr.holes) != maxHoles || forcedTotal != 3 {
+		t.Fatalf("holes %d, forced %d; want %d, 3", len(tr.holes), forcedTotal, maxHoles)
+	}
+}
+
+// TestMultiPathHandle: the worker's Redis Cluster path counts duplicates,
+// reports no gap for a hole another copy fills, and one gap for a hole
+// nobody fills once the grace has passed.
+func TestMultiPathHandle(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
+	defer c.Close()
+	h := &countingHandler{}
+	b, err := New(c, Config{}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.multiPath = true
+	other := InstanceID{9}
+	feed := func(p int, seqs ...uint64) {
+		t.Helper()
+		for _, seq := range seqs {
+			body := encode(other, p, OpDelete, time.Now().UnixNano(), []string{"k"}, nil)
+			b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10)})
+		}
+		b.applyPending()
+	}
+	// Three paths deliver 1..5, interleaved; path 2 lost 3.
+	feed(7, 1, 2, 1, 3, 1, 2, 4, 2, 3, 5, 4, 4, 5, 5)
+	s := b.Stats()
+	if s.Applied != 5 || s.Duplicates != 9 || s.Gaps != 0 || len(h.alls) != 0 || !b.gapDue.IsZero() {
+		t.Fatalf("applied %d, duplicates %d, gaps %d, alls %v, gapDue %v; want 5, 9, 0, none, zero",
+			s.Applied, s.Duplicates, s.Gaps, h.alls, b.gapDue)
+	}
+	// 7 is lost on every path; 6 and 8 arrive on three paths. 8 opens a hole.
+	feed(7, 6, 8, 6, 8, 6, 8)
+	if b.gapDue.IsZero() {
+		t.Fatal("no gap deadline after a hole")
+	}
+	b.expireHoles(b.gapDue.Add(-time.Millisecond))
+	b.applyPending()
+	if s := b.Stats(); s.Gaps != 0 || len(h.alls) != 0 {
+		t.Fatalf("before the grace: gaps %d, alls %v", s.Gaps, h.alls)
+	}
+	b.expireHoles(b.gapDue)
+	b.applyPending()
+	if s := b.Stats(); s.Gaps != 1 || len(h.alls) != 1 || h.alls[0] != CauseGap || s.Applied != 7 || s.SeqResets != 0 {
+		t.Fatalf("after the grace: gaps %d, alls %v, applied %d, resets %d; want 1, [gap], 7, 0", s.Gaps, h.alls, s.Applied, s.SeqResets)
+	}
+	// In-stream, a smaller sequence is a duplicate on Cluster, never a reset.
+	feed(7, 2)
+	if s := b.Stats(); s.SeqResets != 0 || s.Duplicates != 14 {
+		t.Fatalf("backwards on Cluster: resets %d, duplicates %d; want 0, 14", s.SeqResets, s.Duplicates)
+	}
+}

@@ -66,7 +66,7 @@ func TestConsistencyCluster(t *testing.T) {
 		t.Fatalf("the checker's keys map to %d masters, want all %d", len(masters), len(cl.Masters))
 	}
 	t.Logf("%d keys in %d slots on %d masters", len(checkerKeys()), len(distinct), len(masters))
-	runChecker(t, ns, checkerDuration(t, 10*time.Second)/2, clusterPropagationBound, func(t *testing.T) redis.UniversalClient {
+	runChecker(t, ns, checkerDuration(t, 10*time.Second)/2, propagationBound, func(t *testing.T) redis.UniversalClient {
 		return newClusterClient(t, cl.Addrs(), healthyTimeouts)
 	})
 }

@@ -18,9 +18,9 @@
 //     (stale read), a deleted version (resurrection) or nothing (lost write);
 //     no read returns a version that was never written. After writers stop,
 //     every instance converges to the database and to Redis. The bound is
-//     100 ms on a standalone server (measured worst cases are a few ms) and
-//     250 ms on Cluster, where Redis itself delays a PUBLISH that crosses
-//     nodes by up to ~40 ms (its cluster bus runs without TCP_NODELAY).
+//     100 ms on a standalone server and on Cluster (measured worst cases are
+//     a few ms: on Cluster each instance subscribes on every master, so a
+//     message never waits for Redis's cluster bus).
 //   - Faults: Redis killed under load (reads keep succeeding through L1 and
 //     the loader, every call is bounded, writes fail fast with
 //     ErrUnavailable, and after a restart the instances repair themselves

@@ -31,14 +31,6 @@ func (discardRedisLog) Printf(context.Context, string, ...any) {}
 // measured.
 const propagationBound = 100 * time.Millisecond
 
-// clusterPropagationBound replaces propagationBound on Redis Cluster. A
-// PUBLISH there reaches subscribers on other nodes over the cluster bus,
-// whose node-to-node connections Redis opens without TCP_NODELAY: Nagle's
-// algorithm and delayed ACKs hold a message for up to ~40 ms (measured here:
-// plain PUBLISH across nodes, p99 ~38 ms, max ~44 ms, without nearcache;
-// redis/redis#11869, valkey-io/valkey#1758). That floor is the server's, not
-// the library's; the bound adds the same margin for the race detector.
-const clusterPropagationBound = 250 * time.Millisecond
 
 // repairBound is the contract's default bound on staleness under faults
 // (lost message, dropped connection, black hole, restart).

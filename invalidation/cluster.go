@@ -1,0 +1,283 @@
+package invalidation
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// Redis Cluster: one subscription per master, deduplication by sequence.
+//
+// A classic PUBLISH reaches subscribers on the node that ran it at once and
+// subscribers on every other node over the cluster bus, which adds up to
+// ~40 ms (Nagle and delayed ACKs on the node-to-node links). The bus
+// therefore subscribes on every master: each message arrives first from the
+// master that published it (the slot's owner) and again, later, from every
+// other master. Each of these paths is FIFO and carries every message of the
+// partition, so a sequence number arriving on a path means every smaller one
+// of the same partition arrived on that path before, unless that path lost
+// it. The first copy of a sequence is applied; later copies are duplicates.
+// A sequence that skips ahead leaves a hole, which another path may still
+// fill (it lost a copy the others did not); a hole still open after gapGrace
+// is a gap.
+
+// maxHoles bounds the open holes per partition; beyond it the oldest is
+// declared lost at once.
+const maxHoles = 16
+
+// errNoMasters: the cluster client knows no master.
+var errNoMasters = errors.New("invalidation: the cluster has no master")
+
+// gapGrace is how long a missing sequence may stay missing on Redis Cluster
+// before it counts as lost: longer than the cluster bus's delay (~40 ms), and
+// half the anti-entropy interval, clamped to [50 ms, 200 ms].
+func gapGrace(antiEntropy time.Duration) time.Duration {
+	if antiEntropy <= 0 {
+		return 200 * time.Millisecond
+	}
+	return min(max(antiEntropy/2, 50*time.Millisecond), 200*time.Millisecond)
+}
+
+// hole is a run of missing sequences [lo, hi], declared lost at due.
+type hole struct {
+	lo, hi uint64
+	due    time.Time
+}
+
+// observe classifies seq for a partition whose messages arrive over several
+// FIFO paths, and updates t. apply: seq was neither applied nor accounted for
+// before. newHole: seq skipped ahead and opened a hole due at now+grace.
+// forced: holes declared lost at once because there were too many.
+//
+// A sequence at or below t.last that is not in a hole is a duplicate; so is
+// a smaller number after a reset of the sequence key, which only
+// anti-entropy can tell apart (it reads the key).
+func (t *track) observe(seq uint64, now time.Time, grace time.Duration) (apply, newHole bool, forced int) {
+	if seq > t.last {
+		if seq > t.last+1 {
+			t.holes = append(t.holes, hole{lo: t.last + 1, hi: seq - 1, due: now.Add(grace)})
+			newHole = true
+		}
+		t.last = seq
+		return true, newHole, t.trim()
+	}
+	for i, h := range t.holes {
+		if seq < h.lo {
+			break
+		}
+		if seq > h.hi {
+			continue
+		}
+		switch {
+		case h.lo == h.hi:
+			t.holes = slices.Delete(t.holes, i, i+1)
+		case seq == h.lo:
+			t.holes[i].lo++
+		case seq == h.hi:
+			t.holes[i].hi--
+		default:
+			t.holes[i].hi = seq - 1
+			t.holes = slices.Insert(t.holes, i+1, hole{lo: seq + 1, hi: h.hi, due: h.due})
+		}
+		if len(t.holes) == 0 {
+			t.holes = nil
+		}
+		return true, false, t.trim()
+	}
+	return false, false, 0
+}
+
+// trim declares the oldest holes lost while there are more than maxHoles.
+func (t *track) trim() int {
+	n := len(t.holes) - maxHoles
+	if n <= 0 {
+		return 0
+	}
+	t.holes = slices.Delete(t.holes, 0, n)
+	return n
+}
+
+// expire removes the holes due at or before now and returns how many, and
+// the earliest due time of those left (zero if none).
+func (t *track) expire(now time.Time) (n int, next time.Time) {
+	k := 0
+	for _, h := range t.holes {
+		if !h.due.After(now) {
+			n++
+			continue
+		}
+		t.holes[k] = h
+		k++
+		if next.IsZero() || h.due.Before(next) {
+			next = h.due
+		}
+	}
+	clear(t.holes[k:])
+	t.holes = t.holes[:k]
+	if k == 0 {
+		t.holes = nil
+	}
+	return n, next
+}
+
+// trackMulti tracks a message on Redis Cluster and reports whether to apply
+// it (false: a duplicate). The worker arms its gap timer from b.gapDue.
+func (b *Bus) trackMulti(partition int, seq uint64) bool {
+	now := time.Now()
+	b.trackMu.Lock()
+	tr, seen := b.last[partition]
+	var apply, newHole bool
+	var forced int
+	if !seen {
+		tr, apply = track{last: seq}, true
+	} else {
+		apply, newHole, forced = tr.observe(seq, now, b.gapGrace)
+	}
+	if apply {
+		b.last[partition] = tr
+	}
+	b.trackMu.Unlock()
+	if newHole {
+		if due := now.Add(b.gapGrace); b.gapDue.IsZero() || due.Before(b.gapDue) {
+			b.gapDue = due
+		}
+	}
+	if forced > 0 {
+		b.gap(partition, forced)
+	}
+	return apply
+}
+
+// expireHoles declares the holes due by now lost (Redis Cluster). Worker only.
+func (b *Bus) expireHoles(now time.Time) {
+	var next time.Time
+	b.trackMu.Lock()
+	for p, tr := range b.last {
+		if len(tr.holes) == 0 {
+			continue
+		}
+		n, nx := tr.expire(now)
+		b.last[p] = tr
+		if n > 0 {
+			b.gap(p, n)
+		}
+		if !nx.IsZero() && (next.IsZero() || nx.Before(next)) {
+			next = nx
+		}
+	}
+	b.trackMu.Unlock()
+	if !next.IsZero() && (b.gapDue.IsZero() || next.Before(b.gapDue)) {
+		b.gapDue = next
+	}
+}
+
+// gap records n lost runs of sequences of a partition on Redis Cluster.
+func (b *Bus) gap(partition, n int) {
+	b.stats.gaps.Add(uint64(n))
+	b.log.Info("sequence gap", zap.Int("partition", partition), zap.Int("runs", n))
+	b.requestInvalidateAll(CauseGap)
+}
+
+// watchMasters keeps one subscription per master of the cluster: it learns
+// the masters (retrying until it can), then looks again every anti-entropy
+// interval (or when anti-entropy saw a server change) and follows changes.
+func (b *Bus) watchMasters(ctx context.Context) {
+	defer b.wg.Done()
+	iv := b.cfg.AntiEntropyInterval
+	if iv <= 0 {
+		iv = DefaultAntiEntropyInterval
+	}
+	var backoff time.Duration
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-b.topoPoke:
+		}
+		wait := iv
+		mctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
+		nodes, err := b.masters(mctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+			wait = backoff
+			b.log.Warn("cannot list the cluster's masters", zap.Error(err))
+		default:
+			backoff = 0
+			b.syncSubs(nodes)
+		}
+		t.Reset(wait)
+	}
+}
+
+// masters returns the cluster client's master node clients by address.
+// ForEachMaster reloads the slot map (CLUSTER SLOTS) first.
+func (b *Bus) masters(ctx context.Context) (map[string]*redis.Client, error) {
+	var mu sync.Mutex
+	nodes := make(map[string]*redis.Client)
+	err := b.cluster.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
+		mu.Lock()
+		nodes[c.Options().Addr] = c
+		mu.Unlock()
+		return nil
+	})
+	if err == nil && len(nodes) == 0 {
+		err = errNoMasters
+	}
+	return nodes, err
+}
+
+// syncSubs makes the subscriptions match the masters: a new master gets one,
+// a departed master's is closed. After the first set, any change
+// invalidates everything (messages published during a failover or
+// resharding may have been missed), and the new subscriptions' first
+// confirmations repair again and keep the stream unhealthy until then.
+func (b *Bus) syncSubs(nodes map[string]*redis.Client) {
+	b.lifeMu.Lock()
+	if b.closed || !b.started {
+		b.lifeMu.Unlock()
+		return
+	}
+	var gone []*sub
+	for addr, s := range b.subs {
+		if c, ok := nodes[addr]; !ok || s.client != c {
+			gone = append(gone, s)
+			delete(b.subs, addr)
+		}
+	}
+	added := 0
+	for addr, c := range nodes {
+		if _, ok := b.subs[addr]; !ok {
+			b.newSubLocked(addr, c)
+			added++
+		}
+	}
+	first := !b.subsKnown
+	b.subsKnown = true
+	if first && b.awaiting == 0 && !b.confirmedClosed { // unreachable: nodes is never empty
+		b.confirmedClosed = true
+		close(b.confirmed)
+	}
+	b.lifeMu.Unlock()
+	if first {
+		b.health.clear(busWide, reasonNotSubscribed)
+	}
+	for _, s := range gone {
+		b.stopSub(s)
+	}
+	if !first && (added > 0 || len(gone) > 0) {
+		b.log.Warn("cluster masters changed; subscriptions follow", zap.Int("added", added), zap.Int("removed", len(gone)))
+		b.requestInvalidateAll(CauseServerChanged)
+	}
+}
