@@ -31,7 +31,6 @@ func (discardRedisLog) Printf(context.Context, string, ...any) {}
 // measured.
 const propagationBound = 100 * time.Millisecond
 
-
 // repairBound is the contract's default bound on staleness under faults
 // (lost message, dropped connection, black hole, restart).
 const repairBound = 3 * time.Second

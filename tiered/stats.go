@@ -21,12 +21,12 @@ type Stats struct {
 // operation) and this Cache's view of them (per key looked up).
 type L2Stats struct {
 	Store         l2.Stats // the l2.Store's counters and round-trip latency
-	Lookups       uint64 // keys looked up in Redis on L1 misses
-	Hits          uint64 // of which found fresh and decodable
-	Errors        uint64 // Redis operations this Cache saw fail (reads and writes)
-	Skipped       uint64 // operations skipped because the breaker was open
-	Breaker       string // closed, open or half-open
-	BreakerOpened uint64 // times the breaker opened
+	Lookups       uint64   // keys looked up in Redis on L1 misses
+	Hits          uint64   // of which found fresh and decodable
+	Errors        uint64   // Redis operations this Cache saw fail (reads and writes)
+	Skipped       uint64   // operations skipped because the breaker was open
+	Breaker       string   // closed, open or half-open
+	BreakerOpened uint64   // times the breaker opened
 }
 
 // LoadStats count the miss path.
