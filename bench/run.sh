@@ -165,7 +165,7 @@ w('100,000 keys, 10,000 local entries per instance (rueidis: ~4 MB of client-sid
   'reads Redis; a Redis miss calls the loader and writes back. "local hit" is each peer\'s own count of reads '
   'answered locally (nearcache: L1 hits; go-redis/cache: calls minus its Redis hit+miss stats; rueidis: '
   '`IsCacheHit`). Redis commands and GETs are the server\'s counts, so they include the commands a Lua script runs '
-  '(nearcache\'s write-back script runs GET, GET, SET/INCR and PUBLISH inside one EVALSHA; rueidis wraps each '
+  '(nearcache writes a loaded value back with SET NX, or with a compare-and-set script when it replaces a tombstone or a stale value; rueidis wraps each '
   'cached miss in MULTI/PTTL/GET/EXEC with CLIENT CACHING).\n')
 w('| s | peer | local hit | Redis commands/req | Redis GETs/req | loader calls/req |')
 w('|---|---|---|---|---|---|')
@@ -178,8 +178,7 @@ for s in ['1.01', '1.2']:
         w(f'| {s} | {p} | {fx(med(n,"localhit%"),1)}% | {fx(c,3)} | {fx(med(n,"redisgets/req"),3)} | {fx(med(n,"loads/req"),4)} |')
 w('')
 w('## Stampede: 1000 concurrent readers of one cold key (loader takes 2 ms)\n')
-w('Redis GETs are the server\'s count: for nearcache, 1 GET from the flight plus the 2 GETs its write-back '
-  'script runs inside Redis (compare-and-set and sequence number).\n')
+w('Redis GETs are the server\'s count (commands run inside Lua scripts included).\n')
 w('| peer | loader calls | Redis GETs | time per stampede |')
 w('|---|---|---|---|')
 for p in ['raw-go-redis'] + peers:
@@ -213,7 +212,7 @@ for s in ['1.01', '1.2']:
     if mine is not None and others:
         lo = min(others)
         w(f'- Zipf s={s}: Redis commands/request {mine:.3f} vs lowest peer {lo:.3f} → '
-          f'{"met" if mine <= lo else f"MISSED by {100*(mine/lo-1):.0f}%"}')
+          f'{"met" if mine <= lo else f"MISSED by {100*(mine/lo-1):.1f}%"}')
 w('')
 try:
     w(open(notes).read())
