@@ -411,12 +411,25 @@ func (c *Cache[V]) release(table map[string]*flight[V], group *singleflight.Grou
 }
 
 // detached returns a context carrying ctx's values but not its cancellation,
-// bounded by timeout and cancelled by Close.
+// bounded by timeout and cancelled by Close: its deadline and Done come from
+// the Cache's base context, its values from ctx. (Deriving it from
+// context.WithoutCancel(ctx) and linking Close with context.AfterFunc costs
+// more allocations and a registration under the base context's lock on
+// every miss.)
 func (c *Cache[V]) detached(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	d, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	stop := context.AfterFunc(c.base, cancel)
-	return d, func() { stop(); cancel() }
+	d, cancel := context.WithTimeout(c.base, timeout)
+	return valuesFrom{Context: d, values: ctx}, cancel
 }
+
+// valuesFrom is a context whose deadline, Done and Err are Context's and
+// whose values are values' (the caller's: trace ids, loggers, auth).
+type valuesFrom struct {
+	context.Context
+	values context.Context
+}
+
+// Value implements context.Context with the caller's values.
+func (v valuesFrom) Value(key any) any { return v.values.Value(key) }
 
 // redisCtx bounds one Redis operation by RedisTimeout.
 func (c *Cache[V]) redisCtx(ctx context.Context) (context.Context, context.CancelFunc) {

@@ -665,3 +665,64 @@ func TestRedisDownAtStartup(t *testing.T) {
 		t.Fatalf("value written after recovery: %q %v", v, err)
 	}
 }
+
+type ctxKey struct{}
+
+func TestLoaderContext(t *testing.T) {
+	c := newCache(t, Config[string]{LoadTimeout: time.Hour})
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "trace-1"))
+	got := make(chan context.Context, 1)
+	release := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.GetOrLoad(ctx, "k", func(lctx context.Context, _ string) (string, error) {
+			got <- lctx
+			<-release
+			return fmt.Sprint(lctx.Value(ctxKey{})), nil
+		})
+		done <- err
+	}()
+	lctx := <-got
+	if v := lctx.Value(ctxKey{}); v != "trace-1" {
+		t.Fatalf("loader ctx value %v, want the caller's trace-1", v)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("caller after cancelling: %v, want Canceled", err)
+	}
+	if lctx.Err() != nil {
+		t.Fatalf("the loader's ctx followed the caller's cancellation: %v", lctx.Err())
+	}
+	if d, ok := lctx.Deadline(); !ok || time.Until(d) < 59*time.Minute {
+		t.Fatalf("the loader's ctx deadline %v, want LoadTimeout from the start", d)
+	}
+	close(release)
+	v, err := c.GetOrLoad(context.Background(), "k", func(context.Context, string) (string, error) { return "other", nil })
+	if err != nil || (v != "trace-1" && v != "other") {
+		t.Fatalf("after the load: %q %v", v, err)
+	}
+}
+
+func TestCloseCancelsLoads(t *testing.T) {
+	c, err := New(Config[string]{LoadTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	res := make(chan error, 1)
+	go func() {
+		_, err := c.GetOrLoad(context.Background(), "k", func(lctx context.Context, _ string) (string, error) {
+			close(started)
+			<-lctx.Done()
+			return "", lctx.Err()
+		})
+		res <- err
+	}()
+	<-started
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-res; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a load running at Close: %v, want its ctx cancelled", err)
+	}
+}
