@@ -84,9 +84,9 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 // joinMany joins running flights for keys that have one and starts one
 // flight for each of the others, all led by one batch: a single piece of
 // shared work that reads (and loads) them together and then finishes each
-// flight, so single-key callers can join them too. It runs the batch on the
-// caller's goroutine when ctx can never be cancelled (such a caller could not
-// leave early anyway), saving a goroutine and two scheduler hand-offs.
+// flight, so single-key callers can join them too. The batch runs on its own
+// goroutine, so that every caller can leave on its ctx, or when the load
+// overruns LoadTimeout.
 func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) ([]waiter[V], error) {
 	table, group := c.flights, &c.loads
 	if load == nil {
@@ -107,7 +107,7 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 			waiters[i] = w
 			continue
 		}
-		f := &flight[V]{done: make(chan struct{})}
+		f := newFlight[V](false)
 		table[k] = f
 		waiters[i] = waiter[V]{f: f}
 		led = append(led, k)
@@ -123,18 +123,20 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 	}
 
 	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
+	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
+		for _, f := range ledFlights {
+			f.abortWith(errLoadOverran)
+		}
+	})
 	run := func() {
+		defer overrun.Stop()
 		defer c.work.Done()
 		defer cancel()
 		var res map[string]batchResult[V]
 		defer func() { c.finishMany(table, led, ledFlights, res) }()
 		res = c.runBatch(wctx, led, load, o)
 	}
-	if ctx.Done() == nil {
-		run()
-	} else {
-		go run()
-	}
+	go run()
 	return waiters, nil
 }
 

@@ -56,9 +56,14 @@ func (b *breaker) allow() bool {
 			return false
 		}
 		b.state = BreakerHalfOpen
+		b.openUntil = b.now().Add(b.cooldown) // the probe's own deadline
 		return true
-	default: // half-open: one probe at a time
-		return false
+	default: // half-open: one probe at a time, and another if it never reported
+		if b.now().Before(b.openUntil) {
+			return false
+		}
+		b.openUntil = b.now().Add(b.cooldown)
+		return true
 	}
 }
 

@@ -137,20 +137,54 @@ type flight[V any] struct {
 	done chan struct{} // batch flights: closed by finishMany once it and err are set
 	it   item[V]       // batch flights: written before done is closed
 	err  error         // batch flights: written before done is closed
+
+	// abort is closed (once) when waiters must stop waiting without a
+	// result: the work exited through runtime.Goexit (x/sync then sends
+	// nothing), or it overran LoadTimeout by abortGrace (a loader that
+	// ignores its ctx). abortErr is set before abort is closed.
+	abort     chan struct{}
+	abortOnce sync.Once
+	abortErr  error
 }
+
+func newFlight[V any](sf bool) *flight[V] {
+	f := &flight[V]{sf: sf, abort: make(chan struct{})}
+	if !sf {
+		f.done = make(chan struct{})
+	}
+	return f
+}
+
+func (f *flight[V]) abortWith(err error) {
+	f.abortOnce.Do(func() {
+		f.abortErr = err
+		close(f.abort)
+	})
+}
+
+// abortGrace is how long past LoadTimeout waiters keep waiting for a load
+// whose context has expired, so a loader that honours its ctx reports its
+// own error first.
+const abortGrace = 100 * time.Millisecond
+
+// errLoadOverran is what waiters get from a load that ignored its context.
+var errLoadOverran = errors.New("tiered: load did not return within LoadTimeout (does the loader honour its ctx?)")
 
 // waiter is one caller's handle on a flight.
 type waiter[V any] struct {
-	ch <-chan singleflight.Result // single-key flight
-	f  *flight[V]                 // batch flight
+	ch <-chan singleflight.Result // single-key flight: the DoChan result
+	f  *flight[V]
 }
 
-// wait returns the flight's result, or ctx's error if ctx ends first.
+// wait returns the flight's result, or ctx's error if ctx ends first, or the
+// flight's abort error.
 func (w waiter[V]) wait(ctx context.Context) (item[V], error) {
-	if w.f != nil {
+	if !w.f.sf {
 		select {
 		case <-w.f.done:
 			return w.f.it, w.f.err
+		case <-w.f.abort:
+			return item[V]{}, w.f.abortErr
 		case <-ctx.Done():
 			return item[V]{}, ctx.Err()
 		}
@@ -161,6 +195,8 @@ func (w waiter[V]) wait(ctx context.Context) (item[V], error) {
 			return item[V]{}, r.Err
 		}
 		return r.Val.(item[V]), nil
+	case <-w.f.abort:
+		return item[V]{}, w.f.abortErr
 	case <-ctx.Done():
 		return item[V]{}, ctx.Err()
 	}
@@ -174,7 +210,7 @@ func joinLocked[V any](table map[string]*flight[V], group *singleflight.Group, k
 	case f == nil:
 		return waiter[V]{}, false
 	case f.sf:
-		return waiter[V]{ch: group.DoChan(key, errFlightVanished)}, true
+		return waiter[V]{ch: group.DoChan(key, errFlightVanished), f: f}, true
 	}
 	return waiter[V]{f: f}, true
 }
@@ -378,25 +414,36 @@ func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(c
 	if w, ok := joinLocked(table, group, key); ok {
 		return w, nil
 	}
-	f := &flight[V]{sf: true}
+	f := newFlight[V](true)
 	table[key] = f
 	c.st.flights.Add(1)
 	c.work.Add(1)
 	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
+	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() { f.abortWith(errLoadOverran) })
 	ch := group.DoChan(key, func() (v any, err error) {
+		var returned, panicked bool
+		defer func() {
+			overrun.Stop()
+			if !returned && !panicked { // runtime.Goexit: x/sync sends no result
+				f.abortWith(fmt.Errorf("tiered: load of key %q aborted (runtime.Goexit in the loader)", key))
+			}
+		}()
 		defer c.work.Done()
 		defer cancel()
 		defer c.release(table, group, key, f)
 		defer func() {
 			if r := recover(); r != nil {
+				panicked = true
 				c.st.panics.Add(1)
 				err = fmt.Errorf("tiered: load of key %q panicked: %v", key, r)
 				c.log.Error("nearcache: loader panicked", zap.String("key", key), zap.Any("panic", r))
 			}
 		}()
-		return work(wctx)
+		v, err = work(wctx)
+		returned = true
+		return v, err
 	})
-	return waiter[V]{ch: ch}, nil
+	return waiter[V]{ch: ch, f: f}, nil
 }
 
 // release ends a single-key flight before its work returns: it forgets the
@@ -418,11 +465,14 @@ func (c *Cache[V]) release(table map[string]*flight[V], group *singleflight.Grou
 // every miss.)
 func (c *Cache[V]) detached(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	d, cancel := context.WithTimeout(c.base, timeout)
-	return valuesFrom{Context: d, values: ctx}, cancel
+	return valuesFrom{Context: d, values: context.WithoutCancel(ctx)}, cancel
 }
 
-// valuesFrom is a context whose deadline, Done and Err are Context's and
-// whose values are values' (the caller's: trace ids, loggers, auth).
+// valuesFrom is a context whose deadline, Done, Err and cancellation are
+// Context's and whose values are values'. values is the caller's context
+// seen through context.WithoutCancel, which hides the caller's cancellation
+// from the context package, so context.Cause reports this context's own
+// cause.
 type valuesFrom struct {
 	context.Context
 	values context.Context
@@ -430,6 +480,10 @@ type valuesFrom struct {
 
 // Value implements context.Context with the caller's values.
 func (v valuesFrom) Value(key any) any { return v.values.Value(key) }
+
+// AfterFunc lets contexts derived from this one (WithTimeout, WithCancel)
+// register on it instead of starting a goroutine each to watch Done.
+func (v valuesFrom) AfterFunc(f func()) func() bool { return context.AfterFunc(v.Context, f) }
 
 // redisCtx bounds one Redis operation by RedisTimeout.
 func (c *Cache[V]) redisCtx(ctx context.Context) (context.Context, context.CancelFunc) {

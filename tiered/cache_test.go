@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -724,5 +725,71 @@ func TestCloseCancelsLoads(t *testing.T) {
 	}
 	if err := <-res; !errors.Is(err, context.Canceled) {
 		t.Fatalf("a load running at Close: %v, want its ctx cancelled", err)
+	}
+}
+
+func TestLoaderGoexitAndOverrun(t *testing.T) {
+	ctx := context.Background()
+	c := newCache(t, Config[string]{LoadTimeout: 50 * time.Millisecond})
+
+	// runtime.Goexit in the loader: x/sync sends no result; waiters must not hang.
+	start := time.Now()
+	_, err := c.GetOrLoad(ctx, "goexit", func(context.Context, string) (string, error) {
+		runtime.Goexit()
+		return "", nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "Goexit") || time.Since(start) > time.Second {
+		t.Fatalf("loader calling Goexit: %v after %v, want a prompt error", err, time.Since(start))
+	}
+
+	// A loader that ignores its ctx: waiters leave after LoadTimeout (+ grace).
+	release := make(chan struct{})
+	defer close(release)
+	start = time.Now()
+	_, err = c.GetOrLoad(ctx, "stuck", func(context.Context, string) (string, error) {
+		<-release
+		return "late", nil
+	})
+	if !errors.Is(err, errLoadOverran) || time.Since(start) > 2*time.Second {
+		t.Fatalf("loader ignoring its ctx: %v after %v, want errLoadOverran after ~150ms", err, time.Since(start))
+	}
+	// The same for a batch.
+	_, err = c.GetManyOrLoad(ctx, []string{"b1", "b2"}, func(context.Context, []string) (map[string]string, error) {
+		<-release
+		return nil, nil
+	})
+	if !errors.Is(err, errLoadOverran) {
+		t.Fatalf("batch loader ignoring its ctx: %v, want errLoadOverran", err)
+	}
+}
+
+func TestLoaderDerivedContextsStartNoGoroutine(t *testing.T) {
+	c := newCache(t, Config[string]{})
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	_, err := c.GetOrLoad(ctx, "k", func(lctx context.Context, _ string) (string, error) {
+		before := runtime.NumGoroutine()
+		d, stop := context.WithTimeout(lctx, time.Minute)
+		defer stop()
+		if after := runtime.NumGoroutine(); after != before {
+			return "", fmt.Errorf("context.WithTimeout on the loader's ctx started %d goroutine(s)", after-before)
+		}
+		if context.Cause(d) != nil {
+			return "", fmt.Errorf("cause before any cancellation: %v", context.Cause(d))
+		}
+		return "v", nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWithNegativeTTLZeroKeepsConfig(t *testing.T) {
+	c := newCache(t, Config[string]{NegativeTTL: time.Minute})
+	if o := c.options([]Option{WithNegativeTTL(0)}); o.negativeTTL != time.Minute {
+		t.Fatalf("WithNegativeTTL(0): %v, want the Config's 1m", o.negativeTTL)
+	}
+	if o := c.options([]Option{WithNegativeTTL(-1)}); o.negativeTTL != 0 {
+		t.Fatalf("WithNegativeTTL(-1): %v, want off", o.negativeTTL)
 	}
 }

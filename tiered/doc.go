@@ -30,8 +30,7 @@
 // in one L2 round trip, every L2 miss in one BatchLoader call, one pipelined
 // L2 write. A key already being loaded by another call is joined, and a
 // single-key caller joins a key a batch is loading. A batch settles every key
-// it leads itself (no goroutine per key), and runs on the caller's goroutine
-// when the caller's ctx can never be cancelled.
+// it leads itself, on one goroutine (not one per key).
 //
 // # Write path
 //

@@ -25,7 +25,11 @@ func WithL1TTL(d time.Duration) Option { return optionFunc(func(o *callOptions) 
 // WithNegativeTTL caches a not-found result of this call's loader for d
 // (zero: use Config.NegativeTTL; negative: do not cache it).
 func WithNegativeTTL(d time.Duration) Option {
-	return optionFunc(func(o *callOptions) { o.negativeTTL = d })
+	return optionFunc(func(o *callOptions) {
+		if d != 0 {
+			o.negativeTTL = d
+		}
+	})
 }
 
 func (c *Cache[V]) options(opts []Option) callOptions {

@@ -101,6 +101,7 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 	c.local.InvalidateAll()
 	c.forgetAll()
 	if err := c.bus.PublishClear(ctx); err != nil {
+		c.brk.record(true) // settle the breaker's verdict: allow may have let this probe through
 		c.st.l2Errors.Add(1)
 		return fmt.Errorf("tiered: clear: %w: %w", ErrUnavailable, err)
 	}
