@@ -124,9 +124,14 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 
 	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
 	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
-		for _, f := range ledFlights {
+		c.flightMu.Lock()
+		for i, f := range ledFlights {
 			f.abortWith(errLoadOverran)
+			if table[led[i]] == f {
+				delete(table, led[i]) // later callers start afresh
+			}
 		}
+		c.flightMu.Unlock()
 	})
 	run := func() {
 		defer overrun.Stop()

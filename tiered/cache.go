@@ -419,7 +419,10 @@ func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(c
 	c.st.flights.Add(1)
 	c.work.Add(1)
 	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
-	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() { f.abortWith(errLoadOverran) })
+	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
+		f.abortWith(errLoadOverran)
+		c.release(table, group, key, f) // later callers start afresh
+	})
 	ch := group.DoChan(key, func() (v any, err error) {
 		var returned, panicked bool
 		defer func() {

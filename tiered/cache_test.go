@@ -753,6 +753,10 @@ func TestLoaderGoexitAndOverrun(t *testing.T) {
 	if !errors.Is(err, errLoadOverran) || time.Since(start) > 2*time.Second {
 		t.Fatalf("loader ignoring its ctx: %v after %v, want errLoadOverran after ~150ms", err, time.Since(start))
 	}
+	// The key is not stuck behind the hung load: a new caller starts afresh.
+	if v, err := c.GetOrLoad(ctx, "stuck", func(context.Context, string) (string, error) { return "fresh", nil }); err != nil || v != "fresh" {
+		t.Fatalf("after an overrun: %q %v, want a fresh load", v, err)
+	}
 	// The same for a batch.
 	_, err = c.GetManyOrLoad(ctx, []string{"b1", "b2"}, func(context.Context, []string) (map[string]string, error) {
 		<-release
