@@ -12,6 +12,7 @@ import (
 	"github.com/dgraph-io/ristretto/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/internal/benchvalue"
 	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/l1"
 )
@@ -43,29 +44,9 @@ import (
 // The raw baseline GETs the same number of distinct keys, cycling, with the
 // same client.
 
-type benchValue struct {
-	ID      int64    `json:"id"`
-	Name    string   `json:"name"`
-	Email   string   `json:"email"`
-	Country string   `json:"country"`
-	Tags    []string `json:"tags"`
-	Score   float64  `json:"score"`
-	Active  bool     `json:"active"`
-	Created int64    `json:"created"`
-}
+type benchValue = benchvalue.Value
 
-func newBenchValue(i int) benchValue {
-	return benchValue{
-		ID:      int64(i),
-		Name:    "user number " + strconv.Itoa(i),
-		Email:   "user" + strconv.Itoa(i) + "@example.com",
-		Country: "NL",
-		Tags:    []string{"alpha", "beta", "gamma", "delta"},
-		Score:   float64(i) * 1.5,
-		Active:  i%2 == 0,
-		Created: 1_700_000_000 + int64(i),
-	}
-}
+func newBenchValue(i int) benchValue { return benchvalue.New(i) }
 
 const (
 	benchL1Keys = 1024    // warm keys for L1 hits; power of two
