@@ -284,20 +284,22 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) (map[string]lo
 	if c.l2 == nil {
 		return looks, nil
 	}
-	if !c.brk.allow() {
-		c.st.l2Skipped.Add(1)
-		return looks, fmt.Errorf("tiered: get %d keys: %w (circuit breaker open)", len(keys), ErrUnavailable)
-	}
-	rctx, cancel := c.redisCtx(ctx)
-	m, err := c.l2.ReadMany(rctx, keys)
-	cancel()
-	c.st.l2Lookups.Add(uint64(len(keys)))
+	var m map[string]l2.Entry
+	err := c.redisOp(func() error {
+		rctx, cancel := c.redisCtx(ctx)
+		defer cancel()
+		var err error
+		m, err = c.l2.ReadMany(rctx, keys)
+		c.st.l2Lookups.Add(uint64(len(keys)))
+		return err // with m != nil: unreadable values, which are misses
+	})
 	if m == nil && err != nil {
-		c.recordRedis(err)
-		c.st.l2Errors.Add(1)
-		return looks, fmt.Errorf("tiered: get %d keys: %w: %w", len(keys), ErrUnavailable, err)
+		if !errors.Is(err, errBreakerOpen) {
+			c.st.l2Errors.Add(1)
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return looks, fmt.Errorf("tiered: get %d keys: %w", len(keys), err)
 	}
-	c.recordRedis(nil)
 	now := time.Now()
 	for _, k := range keys {
 		if e, ok := m[k]; ok {
@@ -327,10 +329,6 @@ func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.En
 	if len(entries) == 0 {
 		return nil
 	}
-	if !c.brk.allow() {
-		c.st.l2Skipped.Add(1)
-		return nil
-	}
 	quiet, loud := entries, map[string]l2.Entry(nil)
 	if len(announce) > 0 {
 		quiet, loud = make(map[string]l2.Entry, len(entries)), make(map[string]l2.Entry, len(announce))
@@ -342,26 +340,33 @@ func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.En
 			}
 		}
 	}
-	wctx, cancel := c.redisCtx(ctx)
-	defer cancel()
 	written := make(map[string]bool, len(entries))
-	for _, part := range []struct {
-		entries map[string]l2.Entry
-		opts    []l2.WriteOption
-	}{{quiet, nil}, {loud, []l2.WriteOption{l2.Notify(c.notifyDelete)}}} {
-		if len(part.entries) == 0 {
-			continue
+	err := c.redisOp(func() error {
+		wctx, cancel := c.redisCtx(ctx)
+		defer cancel()
+		for _, part := range []struct {
+			entries map[string]l2.Entry
+			opts    []l2.WriteOption
+		}{{quiet, nil}, {loud, []l2.WriteOption{l2.Notify(c.notifyDelete)}}} {
+			if len(part.entries) == 0 {
+				continue
+			}
+			w, err := c.l2.SetManyIf(wctx, part.entries, old, part.opts...)
+			if err != nil {
+				return err
+			}
+			for k, ok := range w {
+				written[k] = ok
+			}
 		}
-		w, err := c.l2.SetManyIf(wctx, part.entries, old, part.opts...)
-		c.recordRedis(err)
-		if err != nil {
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, errBreakerOpen) {
 			c.st.l2Errors.Add(1)
-			c.log.Warn("nearcache: writing loaded values to redis failed", zap.Int("keys", len(part.entries)), zap.Error(err))
-			return nil
+			c.log.Warn("nearcache: writing loaded values to redis failed", zap.Int("keys", len(entries)), zap.Error(err))
 		}
-		for k, ok := range w {
-			written[k] = ok
-		}
+		return nil
 	}
 	return written
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
@@ -307,9 +308,13 @@ type handler[V any] struct{ c *Cache[V] }
 func (h handler[V]) InvalidateKeys(keys []string) { h.c.invalidateLocal(keys...) }
 
 // InvalidateAll implements invalidation.Handler.
-func (h handler[V]) InvalidateAll(invalidation.Cause) {
-	h.c.local.InvalidateAll()
-	h.c.forgetAll()
+func (h handler[V]) InvalidateAll(invalidation.Cause) { h.c.dropAll() }
+
+// dropAll makes every L1 entry unreachable (an epoch bump) and forgets every
+// running flight.
+func (c *Cache[V]) dropAll() {
+	c.local.InvalidateAll()
+	c.forgetAll()
 }
 
 // invalidateLocal drops keys from L1 (bumping their generations, so fills
@@ -561,23 +566,23 @@ type lookup[V any] struct {
 }
 
 func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
-	var lk lookup[V]
 	if c.l2 == nil {
-		return lk
+		return lookup[V]{}
 	}
-	if !c.brk.allow() {
-		c.st.l2Skipped.Add(1)
-		lk.err = fmt.Errorf("tiered: get %q: %w (circuit breaker open)", key, ErrUnavailable)
-		return lk
-	}
-	rctx, cancel := c.redisCtx(ctx)
-	e, err := c.l2.Read(rctx, key)
-	cancel()
-	c.st.l2Lookups.Add(1)
-	c.recordRedis(err)
+	var e l2.Entry
+	err := c.redisOp(func() error {
+		rctx, cancel := c.redisCtx(ctx)
+		defer cancel()
+		var err error
+		e, err = c.l2.Read(rctx, key)
+		c.st.l2Lookups.Add(1)
+		return err
+	})
 	switch {
 	case errors.Is(err, l2.ErrNotFound):
 		return lookup[V]{reachable: true}
+	case errors.Is(err, errBreakerOpen):
+		return lookup[V]{err: fmt.Errorf("tiered: get %q: %w", key, err)}
 	case err != nil && !e.Corrupt:
 		c.st.l2Errors.Add(1)
 		return lookup[V]{err: fmt.Errorf("tiered: get %q: %w: %w", key, ErrUnavailable, err)}
@@ -627,8 +632,31 @@ func (c *Cache[V]) decodeEntry(key string, e *l2.Entry) (item[V], bool) {
 	return item[V]{v: v}, true
 }
 
+// errBreakerOpen is what a Redis operation skipped by the open circuit
+// breaker returns.
+var errBreakerOpen = fmt.Errorf("%w (circuit breaker open)", ErrUnavailable)
+
+// redisOp runs one Redis operation through the circuit breaker: while the
+// breaker is open it is skipped (counted) and returns errBreakerOpen;
+// otherwise its outcome is recorded, so every call the breaker lets through,
+// including a half-open probe, settles the breaker.
+func (c *Cache[V]) redisOp(fn func() error) error {
+	if !c.brk.allow() {
+		c.st.l2Skipped.Add(1)
+		return errBreakerOpen
+	}
+	err := fn()
+	c.recordRedis(err)
+	return err
+}
+
+// recordRedis tells the breaker whether err means Redis is unreachable: any
+// failure except an answer from Redis (l2.ErrOperation, a server error
+// reply) and the caller's own cancellation.
 func (c *Cache[V]) recordRedis(err error) {
-	conn := err != nil && errors.Is(err, l2.ErrConnection) && !errors.Is(err, context.Canceled)
+	var reply redis.Error
+	conn := err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, l2.ErrNotFound) &&
+		!errors.Is(err, l2.ErrOperation) && !errors.As(err, &reply)
 	if changed, state := c.brk.record(conn); changed {
 		c.log.Warn("nearcache: redis circuit breaker changed state", zap.Stringer("state", state), zap.Error(err))
 	}

@@ -83,30 +83,21 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 		return ErrClosed
 	}
 	if c.l2 == nil {
-		c.local.InvalidateAll()
-		c.forgetAll()
+		c.dropAll()
 		return nil
 	}
-	defer func() {
-		c.local.InvalidateAll()
-		c.forgetAll()
-	}()
-	if !c.brk.allow() {
-		c.st.l2Skipped.Add(1)
-		return fmt.Errorf("tiered: clear: %w (circuit breaker open)", ErrUnavailable)
-	}
+	defer c.dropAll()
 	// Tell every instance first, so that loads running anywhere see their
 	// tickets invalidated and do not write back values read before the
 	// clear; then remove the keys and tell them again.
-	c.local.InvalidateAll()
-	c.forgetAll()
-	if err := c.bus.PublishClear(ctx); err != nil {
-		c.brk.record(true) // settle the breaker's verdict: allow may have let this probe through
-		c.st.l2Errors.Add(1)
-		return fmt.Errorf("tiered: clear: %w: %w", ErrUnavailable, err)
-	}
-	_, err := c.l2.Clear(ctx, l2.Notify(c.notifyClear))
-	c.recordRedis(err)
+	err := c.redisOp(func() error {
+		c.dropAll()
+		if err := c.bus.PublishClear(ctx); err != nil {
+			return err
+		}
+		_, err := c.l2.Clear(ctx, l2.Notify(c.notifyClear))
+		return err
+	})
 	if err != nil {
 		return c.writeErr("clear", "", err)
 	}
@@ -122,24 +113,26 @@ func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(
 	if len(keys) == 1 {
 		key = keys[0]
 	}
-	if !c.brk.allow() {
-		c.st.l2Skipped.Add(1)
-		return fmt.Errorf("tiered: %s %q: %w (circuit breaker open)", op, key, ErrUnavailable)
-	}
-	wctx, cancel := c.redisCtx(ctx)
-	err := fn(wctx)
-	cancel()
-	c.recordRedis(err)
+	err := c.redisOp(func() error {
+		wctx, cancel := c.redisCtx(ctx)
+		defer cancel()
+		return fn(wctx)
+	})
 	if err != nil {
 		return c.writeErr(op, key, err)
 	}
 	return nil
 }
 
+// writeErr counts, logs and wraps a failed write; a skip by the open breaker
+// is neither an error of Redis nor worth a log line per call.
 func (c *Cache[V]) writeErr(op, key string, err error) error {
+	if errors.Is(err, errBreakerOpen) {
+		return fmt.Errorf("tiered: %s %q: %w", op, key, err)
+	}
 	c.st.l2Errors.Add(1)
 	c.log.Warn("nearcache: redis write failed", zap.String("op", op), zap.String("key", key), zap.Error(err))
-	if errors.Is(err, l2.ErrConnection) {
+	if !errors.Is(err, l2.ErrOperation) { // unreachable or too slow, not an answer from Redis
 		return fmt.Errorf("tiered: %s %q: %w: %w", op, key, ErrUnavailable, err)
 	}
 	return fmt.Errorf("tiered: %s %q: %w", op, key, err)
