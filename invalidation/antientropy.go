@@ -12,6 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/nearcache/nearcache/internal/redisinfo"
 )
 
 // maxAEKeys bounds the sequence keys read per anti-entropy round; with more
@@ -118,7 +120,7 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 				return err
 			}
 			mu.Lock()
-			ids = append(ids, c.Options().Addr+"="+runID(info))
+			ids = append(ids, c.Options().Addr+"="+redisinfo.Field(info, "run_id"))
 			mu.Unlock()
 			return nil
 		})
@@ -136,7 +138,7 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 		if err != nil {
 			return err
 		}
-		ids = []string{runID(info)}
+		ids = []string{redisinfo.Field(info, "run_id")}
 	}
 	cur := strings.Join(ids, ",")
 	if st.runIDs != "" && cur != st.runIDs {
@@ -152,15 +154,6 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 	}
 	st.runIDs = cur
 	return nil
-}
-
-func runID(info string) string {
-	for line := range strings.SplitSeq(info, "\n") {
-		if id, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
-			return id
-		}
-	}
-	return ""
 }
 
 // checkSequences reads the sequence keys of (up to maxAEKeys) tracked

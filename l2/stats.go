@@ -1,15 +1,13 @@
 package l2
 
 import (
-	"bufio"
 	"context"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/internal/hist"
+	"github.com/nearcache/nearcache/internal/redisinfo"
 )
 
 // Stats are a Store's own counters since New. Reading them does no I/O.
@@ -90,34 +88,15 @@ func (s *Store) ServerStats(ctx context.Context) ([]ServerInfo, error) {
 }
 
 func parseInfo(txt string) ServerInfo {
-	var si ServerInfo
-	sc := bufio.NewScanner(strings.NewReader(txt))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
-		if !ok {
-			continue
-		}
-		n, _ := strconv.ParseInt(v, 10, 64)
-		switch k {
-		case "redis_version":
-			si.Version = v
-		case "run_id":
-			si.RunID = v
-		case "used_memory":
-			si.UsedMemory = n
-		case "maxmemory":
-			si.MaxMemory = n
-		case "maxmemory_policy":
-			si.MaxMemoryPolicy = v
-		case "evicted_keys":
-			si.EvictedKeys = n
-		case "keyspace_hits":
-			si.KeyspaceHits = n
-		case "keyspace_misses":
-			si.KeyspaceMisses = n
-		case "connected_clients":
-			si.ConnectedClients = n
-		}
+	return ServerInfo{
+		Version:          redisinfo.Field(txt, "redis_version"),
+		RunID:            redisinfo.Field(txt, "run_id"),
+		UsedMemory:       redisinfo.Int(txt, "used_memory"),
+		MaxMemory:        redisinfo.Int(txt, "maxmemory"),
+		MaxMemoryPolicy:  redisinfo.Field(txt, "maxmemory_policy"),
+		EvictedKeys:      redisinfo.Int(txt, "evicted_keys"),
+		KeyspaceHits:     redisinfo.Int(txt, "keyspace_hits"),
+		KeyspaceMisses:   redisinfo.Int(txt, "keyspace_misses"),
+		ConnectedClients: redisinfo.Int(txt, "connected_clients"),
 	}
-	return si
 }

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
+
+	"github.com/nearcache/nearcache/internal/redisinfo"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -41,18 +42,9 @@ func TestServerKillRestartPause(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if runID(id1) == runID(id2) || runID(id1) == "" {
-		t.Fatalf("run id did not change across restart: %q", runID(id1))
+	if redisinfo.Field(id1, "run_id") == redisinfo.Field(id2, "run_id") || redisinfo.Field(id1, "run_id") == "" {
+		t.Fatalf("run id did not change across restart: %q", redisinfo.Field(id1, "run_id"))
 	}
-}
-
-func runID(info string) string {
-	for _, line := range strings.Split(info, "\n") {
-		if id, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
-			return id
-		}
-	}
-	return ""
 }
 
 func TestCluster(t *testing.T) {
