@@ -88,10 +88,7 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 // goroutine, so that every caller can leave on its ctx, or when the load
 // overruns LoadTimeout.
 func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) ([]waiter[V], error) {
-	table, group := c.flights, &c.loads
-	if load == nil {
-		table, group = c.gets, &c.getsSF
-	}
+	table, group := c.flightsFor(load == nil)
 	waiters := make([]waiter[V], len(keys))
 	var led []string
 	var ledFlights []*flight[V]

@@ -406,10 +406,7 @@ func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []
 // context detached from every caller (see detached). A panic in work
 // becomes an error for every waiter.
 func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(context.Context) (item[V], error)) (waiter[V], error) {
-	table, group := c.flights, &c.loads
-	if isGet {
-		table, group = c.gets, &c.getsSF
-	}
+	table, group := c.flightsFor(isGet)
 	c.flightMu.Lock()
 	defer c.flightMu.Unlock()
 	if c.closed {
@@ -452,6 +449,16 @@ func (c *Cache[V]) join(ctx context.Context, key string, isGet bool, work func(c
 		return v, err
 	})
 	return waiter[V]{ch: ch, f: f}, nil
+}
+
+// flightsFor returns the flight table and singleflight group of loads, or
+// of Gets (reads without a loader, which must not join a load or be joined
+// by one).
+func (c *Cache[V]) flightsFor(isGet bool) (map[string]*flight[V], *singleflight.Group) {
+	if isGet {
+		return c.gets, &c.getsSF
+	}
+	return c.flights, &c.loads
 }
 
 // release ends a single-key flight before its work returns: it forgets the
