@@ -380,7 +380,9 @@ func pick(all []string, idx []int) []string {
 	return out
 }
 
-// Exists reports whether key is present.
+// Exists reports whether key is present (one EXISTS). A tombstone left by
+// Delete with the Tombstone option counts as present until it expires,
+// although Get reports it as ErrNotFound.
 func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
 	if s.closed.Load() {
 		return false, s.closedErr("exists", key)
@@ -642,7 +644,8 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 // Keys lists this prefix's keys matching a glob pattern (SCAN on every
 // master; never KEYS), without the prefix. The pattern applies under the
 // prefix: the prefix is escaped and prepended, so no pattern can reach other
-// keys. An empty pattern means "*".
+// keys. An empty pattern means "*". Tombstoned keys are listed until their
+// tombstones expire.
 func (s *Store) Keys(ctx context.Context, pattern string) ([]string, error) {
 	if s.closed.Load() {
 		return nil, s.closedErr("keys", "")
