@@ -49,8 +49,9 @@
 //
 // # Concurrency
 //
-// All methods are safe for concurrent use. Get does not allocate, takes no
-// lock beyond ristretto's shard read lock, and does not read the wall clock:
+// All methods are safe for concurrent use. A Get that hits ristretto does
+// not allocate, takes no lock beyond ristretto's shard read lock, and does
+// not read the wall clock:
 // it hashes the key once (maphash, per-cache seed; the 64-bit hash is
 // ristretto's key, so ristretto does not hash again), and adds a few atomic
 // operations on a per-stripe, cache-line-padded counter (the close gate and
@@ -58,7 +59,8 @@
 // operations in flight on every stripe before closing ristretto, so calls
 // racing with Close never reach a closed ristretto (which would panic).
 //
-// The cache owns three goroutines: the coarse-clock ticker and ristretto's
+// The cache owns three goroutines: the coarse-clock ticker (which also hands
+// staged fills to ristretto) and ristretto's
 // two workers. [Cache.Close] stops them all and waits for them; it is
 // idempotent and safe to call while other goroutines use the cache. After
 // Close, Get misses, Fill returns false and the other methods do nothing.
@@ -71,6 +73,25 @@
 // the wall clock for every entry that has one. A ttl of 0 means no expiry; a
 // negative ttl stores nothing.
 //
+// # Fill stage
+//
+// ristretto applies each Set on its policy goroutine, fed through a
+// channel: a Set that finds the goroutine idle wakes it, which on a small
+// machine costs more than the rest of a cache miss. Fill therefore stages
+// its entry in one of 64 stripes (by key hash) of up to 16 entries, and a
+// stripe is handed to ristretto as one batch when it is full, on every tick
+// of the coarse clock (1 ms by default), and by [Cache.Wait]: one wake-up
+// per batch instead of one per fill. A staged entry is served at once: a Get
+// that finds no usable entry in ristretto looks in the key's stripe (one
+// atomic load when the stripe is empty; otherwise a lock and a scan of at
+// most 16 hashes), with the same checks of stamps and expiry. When a stripe
+// is handed over, each entry's stamps are checked again, and an entry an
+// invalidation has outdated meanwhile is dropped (counted in
+// [Stats].FillsRefused); one that passes and is invalidated just before
+// ristretto applies it is refused on every Get, as above. Staged entries
+// are held outside ristretto's cost accounting: at most 64 × 16 of them, for
+// at most one clock tick.
+//
 // # Design notes
 //
 // Entries are stored in ristretto as pointers to an immutable struct (key,
@@ -80,10 +101,10 @@
 // counter, so InvalidateAll is O(1) and atomic; ristretto's Clear, which is
 // neither atomic nor safe under concurrent use, is never used.
 //
-// NOTE: Fill returning true means the set was handed to ristretto, not that
-// the entry is stored: the set is applied asynchronously (a Get right after
-// Fill may miss; tests call [Cache.Wait]) and ristretto's admission policy
-// may reject a new key (counted in [Stats].SetsRejected).
+// NOTE: Fill returning true means the entry is staged, not that ristretto
+// holds it: ristretto's admission policy may still reject a new key
+// (counted in [Stats].SetsRejected), and a full set buffer drops it
+// ([Stats].SetsDropped). Either costs a later miss, never a wrong value.
 //
 // NOTE: Values are returned as stored, not copied. If V is a pointer, slice
 // or map, callers must not modify what Get returns.

@@ -35,7 +35,8 @@ const (
 const EntryOverhead = 176
 
 const (
-	numShards  = 64 // gate and hit-counter stripes; power of two
+	numShards  = 64 // gate, hit-counter and fill-stage stripes; power of two
+	stageCap   = 16 // fills a stripe stages before handing them to ristretto
 	minGenBits = 10
 	maxGenBits = 22
 	noExpiry   = math.MaxInt64
@@ -98,6 +99,29 @@ type shard struct {
 	_      [128 - 24]byte
 }
 
+// stage is one stripe of the fill stage: fills that [Cache.Fill] accepted
+// and has not yet handed to ristretto. Get looks here when ristretto has no
+// usable entry, so a staged fill is served at once. The stripe is handed to
+// ristretto in one go when it is full, on every clock tick, and by Wait, so
+// that ristretto's policy goroutine is woken once per batch rather than once
+// per fill.
+type stage[V any] struct {
+	mu    sync.Mutex
+	n     atomic.Int32        // staged fills; written under mu, read without it as a hint
+	hash  [stageCap]uint64    // guarded by mu
+	ents  [stageCap]*entry[V] // guarded by mu
+	costs [stageCap]int64     // guarded by mu
+	_     [64]byte            // keeps neighbouring stripes' locks apart
+}
+
+// staged is a batch of fills taken from a stage, to be handed to ristretto.
+type staged[V any] struct {
+	n     int
+	hash  [stageCap]uint64
+	ents  [stageCap]*entry[V]
+	costs [stageCap]int64
+}
+
 // Ticket is a fill reservation returned by [Cache.Reserve]. It records the
 // cache epoch and the key's generation at reservation time; [Cache.Fill]
 // stores these stamps in the entry. The zero Ticket is never accepted.
@@ -135,23 +159,26 @@ type Cache[V any] struct {
 	_   [56]byte
 
 	shards [numShards]shard
+	stages [numShards]stage[V]
 
 	// Cold counters, touched on miss, fill and ristretto callback paths.
-	stale        atomic.Uint64
-	expired      atomic.Uint64
-	collisions   atomic.Uint64
-	fills        atomic.Uint64
-	refused      atomic.Uint64
-	dropped      atomic.Uint64
-	rejected     atomic.Uint64
-	evicted      atomic.Uint64
-	exited       atomic.Uint64 // entries that left ristretto (any reason)
-	invalidated  atomic.Uint64
-	epochBumps   atomic.Uint64
-	closeMu      sync.Mutex // serialises Close
-	closeDone    bool       // guarded by closeMu
-	hookAfterGrd func()     // tests: runs in Fill between the guard and Set
-	hookCallback func()     // tests: runs in ristretto's goroutine on evict/reject
+	stale         atomic.Uint64
+	expired       atomic.Uint64
+	collisions    atomic.Uint64
+	fills         atomic.Uint64
+	refused       atomic.Uint64
+	dropped       atomic.Uint64
+	rejected      atomic.Uint64
+	evicted       atomic.Uint64
+	exited        atomic.Uint64 // entries that left ristretto (any reason)
+	invalidated   atomic.Uint64
+	epochBumps    atomic.Uint64
+	closeMu       sync.Mutex // serialises Close
+	closeDone     bool       // guarded by closeMu
+	flushMu       sync.Mutex // serialises flushStages, so Wait sees the ticker's batch applied
+	hookAfterGrd  func()     // tests: runs in Fill between the guard and staging
+	hookBeforeSet func()     // tests: runs when handing a staged fill over, between its re-check and the Set
+	hookCallback  func()     // tests: runs in ristretto's goroutine on evict/reject
 }
 
 // New returns a Cache sized by cfg. cost gives the size of a value in bytes;
@@ -264,6 +291,7 @@ func (c *Cache[V]) tick(res time.Duration) {
 		select {
 		case <-t.C:
 			c.now.Store(int64(time.Since(c.base)))
+			c.flushStages()
 		case <-c.stop:
 			return
 		}
@@ -273,6 +301,8 @@ func (c *Cache[V]) tick(res time.Duration) {
 func (c *Cache[V]) hash(key string) uint64 { return maphash.String(c.seed, key) }
 
 func (c *Cache[V]) shardOf(h uint64) *shard { return &c.shards[h>>(64-6)] }
+
+func (c *Cache[V]) stageOf(h uint64) *stage[V] { return &c.stages[h>>(64-6)] }
 
 // enter admits one operation through the close gate of stripe s. On true
 // the caller may use ristretto and must then call s.active.Add(-1); on false
@@ -292,12 +322,12 @@ func (c *Cache[V]) enter(s *shard) bool {
 // wall clock.
 func (c *Cache[V]) Get(key string) (V, bool) {
 	h := c.hash(key)
-	s := c.shardOf(h)
+	i := h >> (64 - 6)
+	s := &c.shards[i]
 	s.active.Add(1)
 	if !c.closed.Load() {
 		e, ok := c.rc.Get(h)
-		if ok && e.key == key && e.epoch == c.epoch.Load() &&
-			e.gen == c.gens[h&c.genMask].Load() && e.exp > c.now.Load() {
+		if ok && c.usable(e, h, key) {
 			s.active.Add(-1)
 			s.hits.Add(1)
 			return e.value, true
@@ -305,11 +335,37 @@ func (c *Cache[V]) Get(key string) (V, bool) {
 		if ok {
 			c.reject(h, key, e)
 		}
+		if st := &c.stages[i]; st.n.Load() > 0 {
+			if e := c.stagedEntry(st, h, key); e != nil {
+				s.active.Add(-1)
+				s.hits.Add(1)
+				return e.value, true
+			}
+		}
 	}
 	s.active.Add(-1)
 	s.misses.Add(1)
 	var zero V
 	return zero, false
+}
+
+// usable reports whether e, found under hash h, may be served for key: same
+// key, current stamps, not expired.
+func (c *Cache[V]) usable(e *entry[V], h uint64, key string) bool {
+	return e.key == key && e.epoch == c.epoch.Load() &&
+		e.gen == c.gens[h&c.genMask].Load() && e.exp > c.now.Load()
+}
+
+// stagedEntry returns the usable staged fill of key, if any.
+func (c *Cache[V]) stagedEntry(st *stage[V], h uint64, key string) *entry[V] {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for j := range int(st.n.Load()) {
+		if st.hash[j] == h && c.usable(st.ents[j], h, key) {
+			return st.ents[j]
+		}
+	}
+	return nil
 }
 
 // reject classifies a found-but-unusable entry and removes it unless it
@@ -346,10 +402,15 @@ func (c *Cache[V]) Valid(t Ticket) bool {
 // Fill stores v under the ticket's key with the ticket's stamps, to expire
 // after ttl (0: no expiry; negative: not stored). It returns false, storing
 // nothing, when the guard refuses the fill (the key was invalidated or the
-// epoch bumped since Reserve; counted in Stats.FillsRefused), when ristretto's
-// set buffer is full (Stats.SetsDropped), when ttl is negative, or after
-// Close. A true result means the set was handed to ristretto: its admission
-// policy may still reject a new key later (Stats.SetsRejected).
+// epoch bumped since Reserve; counted in Stats.FillsRefused), when ttl is
+// negative, or after Close.
+//
+// A true result means the entry is staged: Get serves it from now on, and it
+// is handed to ristretto with the other fills of its stripe when the stripe
+// is full, on the next clock tick, or by Wait. Then the guard is checked
+// again (a fill invalidated meanwhile is dropped and counted as refused),
+// ristretto's set buffer may be full (Stats.SetsDropped), and its admission
+// policy may reject a new key (Stats.SetsRejected).
 func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 	if ttl < 0 {
 		return false
@@ -359,7 +420,7 @@ func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 		return false
 	}
 	defer s.active.Add(-1)
-	if t.epoch != c.epoch.Load() || t.gen != c.gens[t.hash&c.genMask].Load() {
+	if !c.Valid(t) {
 		c.refused.Add(1)
 		return false
 	}
@@ -377,12 +438,78 @@ func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 	if c.cost != nil {
 		cost = max(c.cost(v), 0) + int64(len(t.key)) + EntryOverhead
 	}
-	if !c.rc.Set(t.hash, e, cost) {
-		c.dropped.Add(1)
-		return false
+	var full staged[V]
+	st := c.stageOf(t.hash)
+	st.mu.Lock()
+	n := int(st.n.Load())
+	for j := range n {
+		if st.hash[j] == t.hash {
+			if newerOrEqual(e, st.ents[j]) {
+				st.ents[j], st.costs[j] = e, cost
+			}
+			st.mu.Unlock()
+			return true
+		}
 	}
-	c.fills.Add(1)
+	if n == stageCap {
+		full = takeLocked(st)
+		n = 0
+	}
+	st.hash[n], st.ents[n], st.costs[n] = t.hash, e, cost
+	st.n.Store(int32(n + 1))
+	st.mu.Unlock()
+	c.setStaged(&full)
 	return true
+}
+
+// takeLocked empties st into a batch. Called with st.mu held.
+func takeLocked[V any](st *stage[V]) staged[V] {
+	b := staged[V]{n: int(st.n.Load()), hash: st.hash, ents: st.ents, costs: st.costs}
+	clear(st.ents[:]) // let the entries go once ristretto has them
+	st.n.Store(0)
+	return b
+}
+
+// setStaged hands a batch of staged fills to ristretto, dropping those whose
+// stamps an invalidation has outdated since they were staged. Called inside
+// the close gate.
+func (c *Cache[V]) setStaged(b *staged[V]) {
+	for j := range b.n {
+		e, h := b.ents[j], b.hash[j]
+		if e.epoch != c.epoch.Load() || e.gen != c.gens[h&c.genMask].Load() {
+			c.refused.Add(1)
+			continue
+		}
+		if hook := c.hookBeforeSet; hook != nil {
+			hook()
+		}
+		if !c.rc.Set(h, e, b.costs[j]) {
+			c.dropped.Add(1)
+			continue
+		}
+		c.fills.Add(1)
+	}
+}
+
+// flushStages hands every stripe's staged fills to ristretto.
+func (c *Cache[V]) flushStages() {
+	c.flushMu.Lock()
+	defer c.flushMu.Unlock()
+	for i := range c.stages {
+		st := &c.stages[i]
+		if st.n.Load() == 0 {
+			continue
+		}
+		s := &c.shards[i]
+		if !c.enter(s) {
+			return
+		}
+		st.mu.Lock()
+		b := takeLocked(st)
+		st.mu.Unlock()
+		c.setStaged(&b)
+		s.active.Add(-1)
+	}
 }
 
 // Invalidate bumps the generation of each key, so that no entry filled with a
@@ -410,9 +537,11 @@ func (c *Cache[V]) InvalidateAll() {
 	c.epochBumps.Add(1)
 }
 
-// Wait blocks until every set handed to ristretto so far has been applied
-// (admitted or rejected). Meant for tests; a no-op after Close.
+// Wait hands every staged fill to ristretto and blocks until every set
+// handed to it so far has been applied (admitted or rejected). Meant for
+// tests; a no-op after Close.
 func (c *Cache[V]) Wait() {
+	c.flushStages()
 	s := &c.shards[0]
 	if !c.enter(s) {
 		return
@@ -459,9 +588,9 @@ type Stats struct {
 	Stale        uint64 // misses on an entry whose epoch or generation was outdated
 	Expired      uint64 // misses on an entry past its TTL
 	Collisions   uint64 // misses on an entry stored for another key with the same hash
-	Fills        uint64 // Fill calls handed to ristretto
-	FillsRefused uint64 // Fill calls refused by the guard (invalidated since Reserve)
-	SetsDropped  uint64 // Fill calls dropped because ristretto's set buffer was full
+	Fills        uint64 // staged fills handed to ristretto
+	FillsRefused uint64 // fills refused by the guard (invalidated since Reserve), by Fill or when handed over
+	SetsDropped  uint64 // staged fills dropped because ristretto's set buffer was full
 	SetsRejected uint64 // new entries rejected by ristretto's admission policy
 	Evictions    uint64 // entries evicted to make room
 	Invalidated  uint64 // keys passed to Invalidate

@@ -201,9 +201,10 @@ func TestFillGuard(t *testing.T) {
 			fill(t, c, "k", 2, 0) // a fresh ticket works
 			wantHit(t, c, "k", 2)
 		})
-		// reserve → fill passes the guard → invalidate → ristretto's set
-		// lands: Get still refuses the entry.
-		t.Run(tc.name+"/AfterGuard", func(t *testing.T) {
+		// reserve → fill passes the guard → invalidate while the fill is
+		// staged: Get refuses the staged entry, and handing the stage to
+		// ristretto drops it.
+		t.Run(tc.name+"/WhileStaged", func(t *testing.T) {
 			c := newTest[int](t, Config{MaxEntries: 100}, nil)
 			tk := c.Reserve("k")
 			c.hookAfterGrd = func() { tc.invalidate(c) }
@@ -211,7 +212,27 @@ func TestFillGuard(t *testing.T) {
 				t.Fatal("Fill = false, want true (the guard ran before the invalidation)")
 			}
 			c.hookAfterGrd = nil
+			wantMiss(t, c, "k")
 			c.Wait()
+			wantMiss(t, c, "k")
+			if got := c.Stats().FillsRefused; got != 1 {
+				t.Errorf("FillsRefused = %d, want 1", got)
+			}
+			fill(t, c, "k", 2, 0)
+			wantHit(t, c, "k", 2)
+		})
+		// reserve → fill → the stage's re-check passes → invalidate →
+		// ristretto's set lands: Get still refuses the entry.
+		t.Run(tc.name+"/AfterRecheck", func(t *testing.T) {
+			c := newTest[int](t, Config{MaxEntries: 100}, nil)
+			// Set before Fill: the stage's lock orders this write before
+			// the read by whichever flush (ticker or Wait) hands k over.
+			c.hookBeforeSet = func() { tc.invalidate(c) }
+			if !c.Fill(c.Reserve("k"), 1, 0) {
+				t.Fatal("Fill = false, want true")
+			}
+			c.Wait()
+			c.hookBeforeSet = nil
 			wantMiss(t, c, "k")
 			if got := c.Stats().Stale; got != 1 {
 				t.Errorf("Stale = %d, want 1", got)
@@ -289,8 +310,10 @@ func TestNewerOrEqual(t *testing.T) {
 }
 
 // TestSetDroppedByFullBuffer blocks ristretto's set-processing goroutine in a
-// callback, fills its set buffer, and checks that the dropped fill is
-// counted, reported as false, and harmless.
+// callback, fills its set buffer through staged fills, and checks that the
+// fills dropped when the stage is handed over are counted and harmless: every
+// staged fill is either set or dropped, and the cache still holds and serves
+// exactly one entry.
 func TestSetDroppedByFullBuffer(t *testing.T) {
 	c := newTest[int](t, Config{MaxEntries: 1}, nil)
 	fill(t, c, "first", 1, 0)
@@ -303,30 +326,43 @@ func TestSetDroppedByFullBuffer(t *testing.T) {
 			<-release
 		})
 	}
+	defer func() {
+		once.Do(func() {}) // a late callback must not block
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
 	// A second key in a full cache makes ristretto evict or reject: the
 	// callback blocks its goroutine.
+	before := c.Stats().Fills
 	c.Fill(c.Reserve("second"), 2, 0)
+	c.flushStages()
 	<-blocked
 
-	dropped := ""
-	for i := 0; i < 1<<17 && dropped == ""; i++ {
-		k := "x" + strconv.Itoa(i)
-		if !c.Fill(c.Reserve(k), i, 0) {
-			dropped = k
+	staged := uint64(1)
+	for i := 0; i < 1<<17 && c.Stats().SetsDropped == 0; i++ {
+		if !c.Fill(c.Reserve("x"+strconv.Itoa(i)), i, 0) {
+			t.Fatalf("Fill(x%d) = false with a current ticket", i)
+		}
+		staged++
+		if i%1024 == 1023 {
+			c.flushStages()
 		}
 	}
-	if dropped == "" {
-		t.Fatal("no Fill was dropped with ristretto's goroutine blocked")
-	}
-	if got := c.Stats().SetsDropped; got != 1 {
-		t.Errorf("SetsDropped = %d, want 1", got)
+	c.flushStages()
+	if c.Stats().SetsDropped == 0 {
+		t.Fatal("no staged fill was dropped with ristretto's goroutine blocked")
 	}
 	close(release)
 	c.Wait()
 	c.hookCallback = nil
 
-	wantMiss(t, c, dropped)
 	st := c.Stats()
+	if got := st.Fills - before + st.SetsDropped; got != staged {
+		t.Errorf("Fills %d + SetsDropped %d = %d, want the %d fills staged", st.Fills-before, st.SetsDropped, got, staged)
+	}
 	if st.Cost != 1 || st.Entries != 1 {
 		t.Errorf("after draining: Cost = %d, Entries = %d; want 1, 1", st.Cost, st.Entries)
 	}
@@ -499,4 +535,110 @@ func TestValid(t *testing.T) {
 	if c.Valid(tk) {
 		t.Fatalf("ticket valid after InvalidateAll")
 	}
+}
+
+// sameStripe returns n distinct keys that share one fill-stage stripe.
+func sameStripe[V any](c *Cache[V], n int) []string {
+	var keys []string
+	want := c.stageOf(c.hash("s0"))
+	for i := 0; len(keys) < n; i++ {
+		if k := "s" + strconv.Itoa(i); c.stageOf(c.hash(k)) == want {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// TestStage checks the fill stage: a staged fill is served at once, a refill
+// of a staged key keeps the newer stamps, a full stripe is handed to
+// ristretto as one batch, a clock tick hands over the rest, and staged
+// entries expire and are invalidated like stored ones.
+func TestStage(t *testing.T) {
+	t.Run("ServedAtOnce", func(t *testing.T) {
+		// An hour-long tick: only a full stripe or Wait hands fills over.
+		c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: time.Hour}, nil)
+		if !c.Fill(c.Reserve("k"), 1, 0) {
+			t.Fatal("Fill = false, want true")
+		}
+		wantHit(t, c, "k", 1)
+		if got := c.Stats().Fills; got != 0 {
+			t.Errorf("Fills = %d before the stage is handed over, want 0", got)
+		}
+		c.Wait()
+		if got := c.Stats().Fills; got != 1 {
+			t.Errorf("Fills = %d after Wait, want 1", got)
+		}
+		wantHit(t, c, "k", 1)
+	})
+	t.Run("RefillKeepsNewer", func(t *testing.T) {
+		c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: time.Hour}, nil)
+		old := c.Reserve("k")
+		c.Invalidate("k")
+		cur := c.Reserve("k")
+		if !c.Fill(cur, 2, 0) {
+			t.Fatal("Fill(current ticket) = false, want true")
+		}
+		if c.Fill(old, 1, 0) {
+			t.Fatal("Fill(outdated ticket) = true, want false")
+		}
+		if !c.Fill(cur, 3, 0) {
+			t.Fatal("second Fill(current ticket) = false, want true")
+		}
+		wantHit(t, c, "k", 3)
+		c.Wait()
+		wantHit(t, c, "k", 3)
+		if st := c.Stats(); st.Fills != 1 || st.FillsRefused != 1 {
+			t.Errorf("Fills = %d, FillsRefused = %d; want 1 and 1 (a refill replaces its staged entry)", st.Fills, st.FillsRefused)
+		}
+	})
+	t.Run("FullStripe", func(t *testing.T) {
+		c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: time.Hour}, nil)
+		keys := sameStripe(c, stageCap+1)
+		for i, k := range keys[:stageCap] {
+			c.Fill(c.Reserve(k), i, 0)
+		}
+		if got := c.Stats().Fills; got != 0 {
+			t.Fatalf("Fills = %d with the stripe not yet full, want 0", got)
+		}
+		c.Fill(c.Reserve(keys[stageCap]), stageCap, 0)
+		c.rc.Wait() // ristretto only: Wait would hand over the stage too
+		if got := c.Stats().Fills; got != stageCap {
+			t.Errorf("Fills = %d after the stripe overflowed, want %d", got, stageCap)
+		}
+		for i, k := range keys {
+			wantHit(t, c, k, i)
+		}
+	})
+	t.Run("ClockTick", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			const res = 10 * time.Millisecond
+			c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: res}, nil)
+			c.Fill(c.Reserve("k"), 1, 0)
+			time.Sleep(res)
+			synctest.Wait()
+			if got := c.Stats().Fills; got != 1 {
+				t.Errorf("Fills = %d one tick after Fill, want 1", got)
+			}
+			c.Close()
+		})
+	})
+	t.Run("ExpiresAndInvalidates", func(t *testing.T) {
+		c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: time.Hour}, nil)
+		c.Fill(c.Reserve("short"), 1, time.Minute)
+		c.Fill(c.Reserve("gone"), 2, 0)
+		c.Fill(c.Reserve("all"), 3, 0)
+		c.Invalidate("gone")
+		wantHit(t, c, "short", 1)
+		wantMiss(t, c, "gone")
+		c.now.Store(int64(2 * time.Minute)) // the coarse clock passes short's expiry
+		wantMiss(t, c, "short")
+		wantHit(t, c, "all", 3)
+		c.InvalidateAll()
+		wantMiss(t, c, "all")
+		c.Wait()
+		if st := c.Stats(); st.Fills != 0 || st.FillsRefused != 3 {
+			// The epoch bump outdated all three: the re-check drops them.
+			t.Errorf("Fills = %d, FillsRefused = %d; want 0 and 3", st.Fills, st.FillsRefused)
+		}
+	})
 }
