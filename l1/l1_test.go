@@ -146,22 +146,23 @@ func TestCapacityInBytes(t *testing.T) {
 
 func TestGetFillInvalidate(t *testing.T) {
 	c := newTest[string](t, Config{MaxEntries: 100}, nil)
+	b := otherSlot(c, "a")
 	wantMiss(t, c, "a")
 	fill(t, c, "a", "v1", 0)
-	fill(t, c, "b", "w1", time.Hour)
+	fill(t, c, b, "w1", time.Hour)
 	wantHit(t, c, "a", "v1")
-	wantHit(t, c, "b", "w1")
+	wantHit(t, c, b, "w1")
 
 	c.Invalidate("a")
 	wantMiss(t, c, "a")
-	wantHit(t, c, "b", "w1")
+	wantHit(t, c, b, "w1")
 
 	fill(t, c, "a", "v2", 0)
 	wantHit(t, c, "a", "v2")
 
 	c.InvalidateAll()
 	wantMiss(t, c, "a")
-	wantMiss(t, c, "b")
+	wantMiss(t, c, b)
 	fill(t, c, "a", "v3", 0)
 	wantHit(t, c, "a", "v3")
 
@@ -170,6 +171,22 @@ func TestGetFillInvalidate(t *testing.T) {
 	if st.Hits != want.Hits || st.Misses != want.Misses || st.Stale != want.Stale ||
 		st.Fills != want.Fills || st.Invalidated != want.Invalidated || st.EpochBumps != want.EpochBumps {
 		t.Errorf("Stats = %+v, want counters %+v", st, want)
+	}
+}
+
+// otherSlot returns a key whose generation slot differs from those of the
+// avoid keys (slots depend on the cache's random hash seed; keys sharing one
+// invalidate each other, by design).
+func otherSlot[V any](c *Cache[V], avoid ...string) string {
+next:
+	for i := 0; ; i++ {
+		k := "b" + strconv.Itoa(i)
+		for _, a := range avoid {
+			if a == k || c.hash(k)&c.genMask == c.hash(a)&c.genMask {
+				continue next
+			}
+		}
+		return k
 	}
 }
 
@@ -624,17 +641,19 @@ func TestStage(t *testing.T) {
 	})
 	t.Run("ExpiresAndInvalidates", func(t *testing.T) {
 		c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: time.Hour}, nil)
-		c.Fill(c.Reserve("short"), 1, time.Minute)
+		short := otherSlot(c, "gone")
+		all := otherSlot(c, "gone", short)
+		c.Fill(c.Reserve(short), 1, time.Minute)
 		c.Fill(c.Reserve("gone"), 2, 0)
-		c.Fill(c.Reserve("all"), 3, 0)
+		c.Fill(c.Reserve(all), 3, 0)
 		c.Invalidate("gone")
-		wantHit(t, c, "short", 1)
+		wantHit(t, c, short, 1)
 		wantMiss(t, c, "gone")
 		c.now.Store(int64(2 * time.Minute)) // the coarse clock passes short's expiry
-		wantMiss(t, c, "short")
-		wantHit(t, c, "all", 3)
+		wantMiss(t, c, short)
+		wantHit(t, c, all, 3)
 		c.InvalidateAll()
-		wantMiss(t, c, "all")
+		wantMiss(t, c, all)
 		c.Wait()
 		if st := c.Stats(); st.Fills != 0 || st.FillsRefused != 3 {
 			// The epoch bump outdated all three: the re-check drops them.

@@ -36,6 +36,7 @@ func (c *Cache[V]) GetManyOrLoad(ctx context.Context, keys []string, load BatchL
 type batchResult[V any] struct {
 	it  item[V]
 	err error
+	ok  bool // the batch has settled this key
 }
 
 func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V], opts []Option) (map[string]V, error) {
@@ -44,12 +45,12 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 	}
 	out := make(map[string]V, len(keys))
 	var missing []string
-	seen := make(map[string]bool, len(keys))
+	// A key repeated in keys is fetched once: its second miss joins the
+	// flight its first one starts.
 	for _, k := range keys {
-		if seen[k] {
+		if _, dup := out[k]; dup {
 			continue
 		}
-		seen[k] = true
 		if it, ok := c.local.Get(k); ok {
 			if !it.neg {
 				out[k] = it.v
@@ -81,17 +82,26 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 	return out, errors.Join(errs...)
 }
 
+// batch is the set of flights one GetMany/GetManyOrLoad call leads.
+type batch[V any] struct {
+	keys    []string
+	flights []*flight[V]
+	done    chan struct{} // closed once every flight is settled; the leader waits on it
+	closed  bool          // done is closed; guarded by flightMu
+}
+
 // joinMany joins running flights for keys that have one and starts one
 // flight for each of the others, all led by one batch: a single piece of
-// shared work that reads (and loads) them together and then finishes each
-// flight, so single-key callers can join them too. The batch runs on its own
-// goroutine, so that every caller can leave on its ctx, or when the load
-// overruns LoadTimeout.
+// shared work that reads (and loads) them together and then settles each
+// flight, so single-key callers can join them too. Like a single-key
+// flight, the batch runs on its own goroutine, detached from ctx, unless
+// the caller can lead inline (canLeadInline): then its L2 part runs on the
+// caller's goroutine, and only a loader call is handed to a goroutine.
 func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) ([]waiter[V], error) {
 	table, group := c.flightsFor(load == nil)
 	waiters := make([]waiter[V], len(keys))
-	var led []string
-	var ledFlights []*flight[V]
+	flights := make([]flight[V], len(keys)) // one allocation for the flights this batch leads
+	b := &batch[V]{done: make(chan struct{})}
 
 	c.flightMu.Lock()
 	if c.closed {
@@ -104,138 +114,206 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 			waiters[i] = w
 			continue
 		}
-		f := newFlight[V](false)
+		f := &flights[len(b.keys)]
 		table[k] = f
-		waiters[i] = waiter[V]{f: f}
-		led = append(led, k)
-		ledFlights = append(ledFlights, f)
+		waiters[i] = waiter[V]{done: b.done, f: f}
+		b.keys = append(b.keys, k)
+		b.flights = append(b.flights, f)
 	}
-	if len(led) > 0 {
-		c.st.flights.Add(uint64(len(led)))
+	if len(b.keys) > 0 {
+		c.st.flights.Add(uint64(len(b.keys)))
 		c.work.Add(1)
 	}
 	c.flightMu.Unlock()
-	if len(led) == 0 {
-		return waiters, nil
+	switch {
+	case len(b.keys) == 0:
+	case c.canLeadInline(ctx):
+		c.leadBatchInline(ctx, table, b, load, o)
+	default:
+		st := c.newBatchState(b.keys)
+		c.finishBatchDetached(ctx, table, b, st, func(wctx context.Context) {
+			c.protect(st, func() {
+				if c.batchL2(wctx, st, load, o) {
+					c.batchLoad(wctx, st, load, o)
+				}
+			})
+		})
 	}
+	return waiters, nil
+}
 
+// leadBatchInline runs batch b on the caller's goroutine up to the loader:
+// tickets, one L2 round trip, fills. If the loader must run, the rest is
+// handed to a goroutine (finishBatchDetached) and the caller waits for it
+// like its other waiters.
+func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], load BatchLoader[V], o callOptions) {
+	st := c.newBatchState(b.keys)
+	handed := false
+	defer func() {
+		if !handed { // also on runtime.Goexit: waiters must not hang
+			c.settleBatch(table, b, st.res, errBatchAborted)
+			c.work.Done()
+		}
+	}()
+	more := false
+	c.protect(st, func() { more = c.batchL2(ctx, st, load, o) })
+	if !more {
+		return
+	}
+	handed = true
+	c.finishBatchDetached(ctx, table, b, st, func(wctx context.Context) {
+		c.protect(st, func() { c.batchLoad(wctx, st, load, o) })
+	})
+}
+
+// finishBatchDetached runs work on its own goroutine, on a context detached
+// from ctx and bounded by LoadTimeout, then settles batch b with st's
+// results. It takes over the batch's c.work count. If work overruns
+// LoadTimeout by abortGrace, the batch's waiters are released with
+// errLoadOverran and later callers start afresh.
+func (c *Cache[V]) finishBatchDetached(ctx context.Context, table map[string]*flight[V], b *batch[V], st *batchState[V], work func(context.Context)) {
 	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
 	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
-		c.flightMu.Lock()
-		for i, f := range ledFlights {
-			f.abortWith(errLoadOverran)
-			if table[led[i]] == f {
-				delete(table, led[i]) // later callers start afresh
-			}
-		}
-		c.flightMu.Unlock()
+		c.settleBatch(table, b, nil, errLoadOverran)
 	})
-	run := func() {
+	go func() {
 		defer overrun.Stop()
 		defer c.work.Done()
 		defer cancel()
-		var res map[string]batchResult[V]
-		defer func() { c.finishMany(table, led, ledFlights, res) }()
-		res = c.runBatch(wctx, led, load, o)
-	}
-	go run()
-	return waiters, nil
+		done := false
+		defer func() {
+			res := st.res
+			if !done {
+				res = nil // runtime.Goexit: the work's results are incomplete
+			}
+			c.settleBatch(table, b, res, errBatchAborted)
+		}()
+		work(wctx)
+		done = true
+	}()
 }
 
 // errBatchAborted is the result of a key its batch did not settle (the
 // batch loader called runtime.Goexit).
 var errBatchAborted = errors.New("tiered: batch load aborted (runtime.Goexit in the loader)")
 
-// finishMany ends the flights a batch led: it removes them from table
-// (unless an invalidation already forgot them), then wakes their waiters.
-func (c *Cache[V]) finishMany(table map[string]*flight[V], keys []string, flights []*flight[V], res map[string]batchResult[V]) {
+// settleBatch settles every flight of b that is not settled yet: with its
+// result in res, or with missing when res has none. It removes the flights
+// from table (unless an invalidation already forgot them) and wakes the
+// batch's leader.
+func (c *Cache[V]) settleBatch(table map[string]*flight[V], b *batch[V], res []batchResult[V], missing error) {
 	c.flightMu.Lock()
-	for i, k := range keys {
-		if table[k] == flights[i] {
+	defer c.flightMu.Unlock()
+	for i, k := range b.keys {
+		f := b.flights[i]
+		if table[k] == f {
 			delete(table, k)
 		}
-	}
-	c.flightMu.Unlock()
-	for i, k := range keys {
-		r, ok := res[k]
-		if !ok {
-			r.err = errBatchAborted
+		if res != nil && res[i].ok {
+			f.settleLocked(res[i].it, res[i].err)
+		} else {
+			f.settleLocked(item[V]{}, missing)
 		}
-		flights[i].it, flights[i].err = r.it, r.err
-		close(flights[i].done)
+	}
+	if !b.closed {
+		b.closed = true
+		close(b.done)
 	}
 }
 
-// runBatch is the shared work of a batch; it never panics (a loader panic
-// becomes every key's error).
-func (c *Cache[V]) runBatch(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) (res map[string]batchResult[V]) {
-	res = make(map[string]batchResult[V], len(keys))
+// batchState is the work of one batch, indexed like keys.
+type batchState[V any] struct {
+	keys    []string
+	tickets []l1.Ticket
+	looks   []lookup[V]
+	l2err   error
+	res     []batchResult[V]
+	need    []int // keys (by index) the loader must answer
+}
+
+func (c *Cache[V]) newBatchState(keys []string) *batchState[V] {
+	return &batchState[V]{keys: keys, res: make([]batchResult[V], len(keys))}
+}
+
+// protect runs fn; a panic in it (a batch loader's) becomes the error of
+// every key that has no result yet.
+func (c *Cache[V]) protect(st *batchState[V], fn func()) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.st.panics.Add(1)
-			c.log.Error("nearcache: batch loader panicked", zap.Int("keys", len(keys)), zap.Any("panic", r))
+			c.log.Error("nearcache: batch loader panicked", zap.Int("keys", len(st.keys)), zap.Any("panic", r))
 			err := fmt.Errorf("tiered: batch load panicked: %v", r)
-			for _, k := range keys {
-				if _, ok := res[k]; !ok {
-					res[k] = batchResult[V]{err: err}
+			for i := range st.res {
+				if !st.res[i].ok {
+					st.res[i] = batchResult[V]{err: err, ok: true}
 				}
 			}
 		}
 	}()
-	tickets := make(map[string]l1.Ticket, len(keys))
-	for _, k := range keys {
-		tickets[k] = c.local.Reserve(k)
+	fn()
+}
+
+// batchL2 is the first part of a batch: fill tickets, one L2 round trip, and
+// fills of the fresh values. It reports whether keys remain for the loader
+// (st.need); the others have their results.
+func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoader[V], o callOptions) bool {
+	st.tickets = make([]l1.Ticket, len(st.keys))
+	for i, k := range st.keys {
+		st.tickets[i] = c.local.Reserve(k)
 	}
-	looks, l2err := c.readManyL2(ctx, keys)
+	st.looks, st.l2err = c.readManyL2(ctx, st.keys)
 	now := time.Now()
-	var need []string
-	for _, k := range keys {
-		lk := looks[k]
-		if lk.fresh {
-			c.fill(tickets[k], lk.it, o.l1TTL, lk.until, now)
-			res[k] = batchResult[V]{it: lk.it}
-			continue
+	for i, lk := range st.looks {
+		switch {
+		case lk.fresh:
+			c.fill(st.tickets[i], lk.it, o.l1TTL, lk.until, now)
+			st.res[i] = batchResult[V]{it: lk.it, ok: true}
+		case load != nil:
+			st.need = append(st.need, i)
+		case st.l2err != nil:
+			st.res[i] = batchResult[V]{err: st.l2err, ok: true}
+		default:
+			st.res[i] = batchResult[V]{it: item[V]{neg: true}, ok: true}
 		}
-		need = append(need, k)
 	}
-	if len(need) == 0 {
-		return res
-	}
-	if load == nil {
-		for _, k := range need {
-			if l2err != nil {
-				res[k] = batchResult[V]{err: l2err}
-			} else {
-				res[k] = batchResult[V]{it: item[V]{neg: true}}
-			}
-		}
-		return res
+	return len(st.need) > 0
+}
+
+// batchLoad is the rest of a batch: one loader call for st.need, fail-safe
+// stale values on its failure, the write-back to L2 in one round trip, and
+// the guarded fills.
+func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchLoader[V], o callOptions) {
+	need := make([]string, len(st.need))
+	for j, i := range st.need {
+		need[j] = st.keys[i]
 	}
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(uint64(len(need)))
 	loaded, err := load(ctx, need)
+	now := time.Now()
 	if err != nil {
 		c.st.loaderErrors.Add(1)
 		lerr := fmt.Errorf("tiered: batch load of %d keys: %w", len(need), err)
-		for _, k := range need {
-			if st := looks[k].stale; st != nil {
+		for _, i := range st.need {
+			if stale := st.looks[i].stale; stale != nil {
 				c.st.staleServed.Add(1)
-				c.fill(tickets[k], *st, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
-				res[k] = batchResult[V]{it: *st}
+				c.fill(st.tickets[i], *stale, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
+				st.res[i] = batchResult[V]{it: *stale, ok: true}
 			} else {
-				res[k] = batchResult[V]{err: lerr}
+				st.res[i] = batchResult[V]{err: lerr, ok: true}
 			}
 		}
-		return res
+		return
 	}
 	entries := make(map[string]l2.Entry, len(need))
 	old := make(map[string][]byte, len(need))
 	announce := make(map[string]bool)
-	ttls := make(map[string]time.Duration, len(need))
-	for _, k := range need {
+	ttls := make(map[int]time.Duration, len(need))
+	for _, i := range st.need {
+		k := st.keys[i]
 		v, ok := loaded[k]
 		it := item[V]{v: v, neg: !ok}
-		res[k] = batchResult[V]{it: it}
+		st.res[i] = batchResult[V]{it: it, ok: true}
 		ttl := o.ttl
 		if it.neg {
 			if o.negativeTTL <= 0 {
@@ -244,12 +322,13 @@ func (c *Cache[V]) runBatch(ctx context.Context, keys []string, load BatchLoader
 			ttl = o.negativeTTL
 			c.st.negativeCached.Add(1)
 		}
-		if !c.local.Valid(tickets[k]) {
+		if !c.local.Valid(st.tickets[i]) {
 			c.st.conflicts.Add(1)
 			continue // invalidated while loading: serve, do not keep
 		}
-		ttls[k] = ttl
-		if !looks[k].reachable {
+		ttls[i] = ttl
+		lk := st.looks[i]
+		if !lk.reachable {
 			continue // L2 unreadable: keep locally only
 		}
 		e, err := c.entry(k, it, ttl)
@@ -257,27 +336,28 @@ func (c *Cache[V]) runBatch(ctx context.Context, keys []string, load BatchLoader
 			c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", k), zap.Error(err))
 			continue
 		}
-		entries[k], old[k] = e, looks[k].raw
-		if looks[k].announce {
+		entries[k], old[k] = e, lk.raw
+		if lk.announce {
 			announce[k] = true
 		}
 	}
 	written := c.storeLoadedMany(ctx, entries, old, announce)
 	now = time.Now()
-	for k, ttl := range ttls {
+	for i, ttl := range ttls {
+		k := st.keys[i]
 		if _, tried := entries[k]; tried && written != nil && !written[k] {
 			c.st.conflicts.Add(1)
 			continue // a newer write or delete won
 		}
-		c.fill(tickets[k], res[k].it, min(o.l1TTL, ttl), time.Time{}, now)
+		c.fill(st.tickets[i], st.res[i].it, min(o.l1TTL, ttl), time.Time{}, now)
 	}
-	return res
 }
 
-// readManyL2 reads keys from L2 in one round trip. On failure every lookup
-// is unreachable and the error wraps ErrUnavailable.
-func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) (map[string]lookup[V], error) {
-	looks := make(map[string]lookup[V], len(keys))
+// readManyL2 reads keys from L2 in one round trip; the lookups are indexed
+// like keys. On failure every lookup is unreachable and the error wraps
+// ErrUnavailable.
+func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) ([]lookup[V], error) {
+	looks := make([]lookup[V], len(keys))
 	if c.l2 == nil {
 		return looks, nil
 	}
@@ -298,11 +378,11 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) (map[string]lo
 		return looks, fmt.Errorf("tiered: get %d keys: %w", len(keys), err)
 	}
 	now := time.Now()
-	for _, k := range keys {
+	for i, k := range keys {
 		if e, ok := m[k]; ok {
-			looks[k] = c.classify(k, e, now)
+			looks[i] = c.classify(k, e, now)
 		} else {
-			looks[k] = lookup[V]{reachable: true}
+			looks[i] = lookup[V]{reachable: true}
 		}
 	}
 	return looks, nil

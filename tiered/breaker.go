@@ -2,6 +2,7 @@ package tiered
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,6 +35,10 @@ type breaker struct {
 	cooldown  time.Duration
 	now       func() time.Time
 
+	// healthy is true while the breaker is closed with no failure counted:
+	// then allow and a successful record need no lock. Written under mu.
+	healthy atomic.Bool
+
 	mu        sync.Mutex // guards the fields below
 	state     BreakerState
 	failures  int
@@ -43,7 +48,7 @@ type breaker struct {
 
 // allow reports whether a Redis call may go ahead.
 func (b *breaker) allow() bool {
-	if b.threshold <= 0 {
+	if b.threshold <= 0 || b.healthy.Load() {
 		return true
 	}
 	b.mu.Lock()
@@ -70,11 +75,12 @@ func (b *breaker) allow() bool {
 // record reports the outcome of a call allow let through; it returns true
 // when the state changed (for logging).
 func (b *breaker) record(connFailure bool) (changed bool, state BreakerState) {
-	if b.threshold <= 0 {
+	if b.threshold <= 0 || (!connFailure && b.healthy.Load()) {
 		return false, BreakerClosed
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	defer func() { b.healthy.Store(b.state == BreakerClosed && b.failures == 0) }()
 	prev := b.state
 	if !connFailure {
 		b.failures = 0

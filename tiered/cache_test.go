@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -273,50 +274,67 @@ func TestL1OnlyMode(t *testing.T) {
 	}
 }
 
+// leaderContexts are the two ways a flight runs: a caller whose ctx can
+// never end leads it on its own goroutine (inline); any other caller starts
+// it with DoChan on a goroutine of its own (detached).
+func leaderContexts(t *testing.T) []struct {
+	name string
+	ctx  context.Context
+} {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	return []struct {
+		name string
+		ctx  context.Context
+	}{{"inline", context.Background()}, {"detached", ctx}}
+}
+
 func TestStampede(t *testing.T) {
 	for _, srv := range servers() {
-		t.Run(srv.name, func(t *testing.T) {
-			ctx := context.Background()
-			c := newCache(t, Config[string]{Redis: srv.client(t), Namespace: "s"})
-			const n = 1000
-			release := make(chan struct{})
-			var calls atomic.Int64
-			load := func(context.Context, string) (string, error) {
-				calls.Add(1)
-				<-release
-				return "v", nil
-			}
-			var wg sync.WaitGroup
-			errs := make(chan error, n)
-			for i := 0; i < n; i++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					v, err := c.GetOrLoad(ctx, "cold", load)
-					if err == nil && v != "v" {
-						err = fmt.Errorf("got %q", v)
-					}
-					errs <- err
-				}()
-			}
-			// Release the loader once every caller has joined the flight.
-			eventually(t, "1000 callers to join", func() bool { return c.Stats().Loads.Callers == n })
-			close(release)
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				if err != nil {
-					t.Fatal(err)
+		for _, lc := range leaderContexts(t) {
+			t.Run(srv.name+"/"+lc.name, func(t *testing.T) {
+				ctx := lc.ctx
+				c := newCache(t, Config[string]{Redis: srv.client(t), Namespace: "s"})
+				const n = 1000
+				release := make(chan struct{})
+				var calls atomic.Int64
+				load := func(context.Context, string) (string, error) {
+					calls.Add(1)
+					<-release
+					return "v", nil
 				}
-			}
-			st := c.Stats()
-			if calls.Load() != 1 || st.L2.Lookups != 1 || st.L2.Store.Hits+st.L2.Store.Misses != 1 {
-				t.Fatalf("loader calls %d, L2 lookups %d, L2 GETs %d; want 1 each", calls.Load(), st.L2.Lookups, st.L2.Store.Hits+st.L2.Store.Misses)
-			}
-			if st.Loads.Coalesced != n-1 {
-				t.Fatalf("coalesced: %d, want %d", st.Loads.Coalesced, n-1)
-			}
-		})
+				var wg sync.WaitGroup
+				errs := make(chan error, n)
+				for i := 0; i < n; i++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						v, err := c.GetOrLoad(ctx, "cold", load)
+						if err == nil && v != "v" {
+							err = fmt.Errorf("got %q", v)
+						}
+						errs <- err
+					}()
+				}
+				// Release the loader once every caller has joined the flight.
+				eventually(t, "1000 callers to join", func() bool { return c.Stats().Loads.Callers == n })
+				close(release)
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+				st := c.Stats()
+				if calls.Load() != 1 || st.L2.Lookups != 1 || st.L2.Store.Hits+st.L2.Store.Misses != 1 {
+					t.Fatalf("loader calls %d, L2 lookups %d, L2 GETs %d; want 1 each", calls.Load(), st.L2.Lookups, st.L2.Store.Hits+st.L2.Store.Misses)
+				}
+				if st.Loads.Coalesced != n-1 {
+					t.Fatalf("coalesced: %d, want %d", st.Loads.Coalesced, n-1)
+				}
+			})
+		}
 	}
 }
 
@@ -373,7 +391,12 @@ func TestCallerContexts(t *testing.T) {
 }
 
 func TestLoaderPanic(t *testing.T) {
-	ctx := context.Background()
+	for _, lc := range leaderContexts(t) {
+		t.Run(lc.name, func(t *testing.T) { testLoaderPanic(t, lc.ctx) })
+	}
+}
+
+func testLoaderPanic(t *testing.T, ctx context.Context) {
 	c := newCache(t, Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "p"})
 	release := make(chan struct{})
 	load := func(context.Context, string) (string, error) {
@@ -731,7 +754,12 @@ func TestCloseCancelsLoads(t *testing.T) {
 }
 
 func TestLoaderGoexitAndOverrun(t *testing.T) {
-	ctx := context.Background()
+	for _, lc := range leaderContexts(t) {
+		t.Run(lc.name, func(t *testing.T) { testLoaderGoexitAndOverrun(t, lc.ctx) })
+	}
+}
+
+func testLoaderGoexitAndOverrun(t *testing.T, ctx context.Context) {
 	c := newCache(t, Config[string]{LoadTimeout: 50 * time.Millisecond})
 
 	// runtime.Goexit in the loader: x/sync sends no result; waiters must not hang.
@@ -797,5 +825,64 @@ func TestWithNegativeTTLZeroKeepsConfig(t *testing.T) {
 	}
 	if o := c.options([]Option{WithNegativeTTL(-1)}); o.negativeTTL != 0 {
 		t.Fatalf("WithNegativeTTL(-1): %v, want off", o.negativeTTL)
+	}
+}
+
+// goroutineCodec is a StringCodec that records the goroutine each Unmarshal
+// runs on.
+type goroutineCodec struct {
+	StringCodec
+	ran chan uint64
+}
+
+func (g goroutineCodec) Unmarshal(b []byte) (string, error) {
+	g.ran <- goroutineID()
+	return g.StringCodec.Unmarshal(b)
+}
+
+// goroutineID parses the current goroutine's id from its stack header
+// ("goroutine 42 [running]:").
+func goroutineID() uint64 {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	f := strings.Fields(string(buf))
+	id, _ := strconv.ParseUint(f[1], 10, 64)
+	return id
+}
+
+// TestLeaderRunsInline checks where a flight's L2 read runs: on the
+// caller's goroutine when its ctx can never end (no goroutine hand-off), on
+// another one otherwise (DoChan), for single keys and batches alike.
+func TestLeaderRunsInline(t *testing.T) {
+	codec := goroutineCodec{ran: make(chan uint64, 8)}
+	mr := miniredis.RunT(t)
+	w := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "inl"})
+	if err := w.SetMany(context.Background(), map[string]string{"a": "1", "b": "2", "c": "3", "d": "4"}); err != nil {
+		t.Fatal(err)
+	}
+	r := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "inl", Codec: codec})
+	cancellable, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tests := []struct {
+		name   string
+		ctx    context.Context
+		read   func(ctx context.Context) error
+		inline bool
+	}{
+		{"Get/Background", context.Background(), func(ctx context.Context) error { _, err := r.Get(ctx, "a"); return err }, true},
+		{"Get/cancellable", cancellable, func(ctx context.Context) error { _, err := r.Get(ctx, "b"); return err }, false},
+		{"GetMany/Background", context.Background(), func(ctx context.Context) error { _, err := r.GetMany(ctx, []string{"c"}); return err }, true},
+		{"GetMany/cancellable", cancellable, func(ctx context.Context) error { _, err := r.GetMany(ctx, []string{"d"}); return err }, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			caller := goroutineID()
+			if err := tc.read(tc.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if ran := <-codec.ran; (ran == caller) != tc.inline {
+				t.Errorf("decoded on goroutine %d, caller %d: inline = %v, want %v", ran, caller, ran == caller, tc.inline)
+			}
+		})
 	}
 }

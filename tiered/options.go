@@ -34,6 +34,9 @@ func WithNegativeTTL(d time.Duration) Option {
 
 func (c *Cache[V]) options(opts []Option) callOptions {
 	o := callOptions{ttl: c.cfg.TTL, l1TTL: c.cfg.MaxL1TTL, negativeTTL: c.cfg.NegativeTTL}
+	if len(opts) == 0 {
+		return o // withDefaults made these valid; and o does not escape
+	}
 	for _, opt := range opts {
 		if opt != nil {
 			opt.apply(&o)
