@@ -67,11 +67,11 @@
 //
 // # Expiry
 //
-// Fill computes an entry's expiry from the wall clock; Get compares it with
-// a coarse clock, an atomic updated every [Config.ClockResolution] by the
-// ticker goroutine. ristretto's own TTL is not used, because its Get reads
-// the wall clock for every entry that has one. A ttl of 0 means no expiry; a
-// negative ttl stores nothing.
+// Fill computes an entry's expiry from, and Get compares it with, a coarse
+// clock: an atomic updated every [Config.ClockResolution] by the ticker
+// goroutine, so neither reads the wall clock. ristretto's own TTL is not
+// used, because its Get reads the wall clock for every entry that has one.
+// A ttl of 0 means no expiry; a negative ttl stores nothing.
 //
 // # Fill stage
 //

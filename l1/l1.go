@@ -429,7 +429,10 @@ func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 	}
 	e := &entry[V]{key: t.key, epoch: t.epoch, gen: t.gen, exp: noExpiry, value: v}
 	if ttl > 0 {
-		e.exp = int64(time.Since(c.base)) + int64(ttl)
+		// From the coarse clock, which lags real time by up to a tick, as
+		// it does when Get compares: the bound "served at most one tick
+		// past the TTL" holds as with the wall clock, without reading it.
+		e.exp = c.now.Load() + int64(ttl)
 		if e.exp < 0 { // overflow: ttl beyond ~290 years
 			e.exp = noExpiry
 		}

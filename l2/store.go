@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 
@@ -263,27 +264,34 @@ func (s *Store) decode(key string, b []byte) (Entry, error) {
 // (corrupt or too large) the map holds the others and the error joins one
 // *Error per bad key; when Redis fails the map is nil.
 func (s *Store) GetMany(ctx context.Context, keys []string) (map[string]Entry, error) {
-	m, err := s.ReadMany(ctx, keys)
-	for k, e := range m {
-		if e.Tombstone || e.Corrupt {
-			delete(m, k)
+	entries, err := s.ReadMany(ctx, keys)
+	if entries == nil {
+		return nil, err
+	}
+	m := make(map[string]Entry, len(keys))
+	for i, e := range entries {
+		if e.Raw != nil && !e.Tombstone && !e.Corrupt {
+			m[keys[i]] = e
 		}
 	}
 	return m, err
 }
 
-// ReadMany is GetMany for callers that replace values with SetIf: the map
-// also holds tombstones and, for unreadable values, entries with only Raw and
-// Corrupt set (their errors are joined in the error, as with GetMany).
-func (s *Store) ReadMany(ctx context.Context, keys []string) (map[string]Entry, error) {
+// ReadMany is GetMany for callers that replace values with SetIf. It returns
+// one Entry per key, indexed like keys: the zero Entry (Raw nil, Corrupt
+// false) for an absent key; tombstones as they are; for an unreadable value
+// an Entry with only Raw and Corrupt set (its error is joined in the error,
+// as with GetMany). When Redis fails the slice is nil. Like Read, entries
+// alias the bytes Redis returned, which nobody else holds.
+func (s *Store) ReadMany(ctx context.Context, keys []string) ([]Entry, error) {
 	if s.closed.Load() {
 		return nil, s.closedErr("mget", "")
 	}
 	if len(keys) == 0 {
-		return map[string]Entry{}, nil
+		return []Entry{}, nil
 	}
 	start := time.Now()
-	vals := make([]any, len(keys))
+	var vals []any
 	if s.cluster == nil {
 		res, err := s.client.MGet(ctx, s.prefixAll(keys)...).Result()
 		s.latency.Record(time.Since(start))
@@ -293,8 +301,9 @@ func (s *Store) ReadMany(ctx context.Context, keys []string) (map[string]Entry, 
 		if len(res) != len(keys) {
 			return nil, s.fail("mget", "", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(keys)))
 		}
-		copy(vals, res)
+		vals = res
 	} else {
+		vals = make([]any, len(keys))
 		groups := s.groupBySlot(keys)
 		all := s.prefixAll(keys)
 		cmds := make([]*redis.SliceCmd, 0, len(groups))
@@ -318,7 +327,7 @@ func (s *Store) ReadMany(ctx context.Context, keys []string) (map[string]Entry, 
 			}
 		}
 	}
-	out := make(map[string]Entry, len(keys))
+	out := make([]Entry, len(keys))
 	var bad []error
 	for i, v := range vals {
 		str, ok := v.(string)
@@ -326,11 +335,16 @@ func (s *Store) ReadMany(ctx context.Context, keys []string) (map[string]Entry, 
 			s.misses.Add(1)
 			continue
 		}
-		e, err := s.decode(keys[i], []byte(str))
+		// The reply's string is ours alone once vals is dropped; alias it,
+		// as go-redis's own StringCmd.Bytes does, instead of copying.
+		e, err := s.decode(keys[i], unsafe.Slice(unsafe.StringData(str), len(str)))
 		if err != nil {
 			bad = append(bad, err)
 		}
-		out[keys[i]] = e
+		if e.Raw == nil { // an empty (hence corrupt) value: still present
+			e.Raw = []byte{}
+		}
+		out[i] = e
 	}
 	return out, errors.Join(bad...)
 }

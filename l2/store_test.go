@@ -349,6 +349,44 @@ var contractCases = []struct {
 			t.Fatalf("corrupt counter: got %d, want 4", st.Corrupt)
 		}
 	}},
+	{"ReadManyIndexedLikeKeys", func(t *testing.T, s *Store, raw redis.UniversalClient) {
+		ctx := context.Background()
+		_ = s.Set(ctx, "v", Entry{Value: []byte("ok")})
+		_ = s.Set(ctx, "gone", Entry{Value: []byte("old")})
+		if _, err := s.Delete(ctx, "gone", Tombstone(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		raw.Set(ctx, "app:bad", "not an envelope", 0)
+		raw.Set(ctx, "app:empty", "", 0)
+		keys := []string{"missing", "v", "gone", "bad", "empty", "v"}
+		got, err := s.ReadMany(ctx, keys)
+		if !errors.Is(err, ErrCorrupt) || len(got) != len(keys) {
+			t.Fatalf("ReadMany: %d entries, %v; want %d and ErrCorrupt", len(got), err, len(keys))
+		}
+		type view struct {
+			Value               string
+			Present, Tomb, Corr bool
+		}
+		var views []view
+		for _, e := range got {
+			v := view{Present: e.Raw != nil, Tomb: e.Tombstone, Corr: e.Corrupt}
+			if !e.Tombstone { // a tombstone's payload is the store's own
+				v.Value = string(e.Value)
+			}
+			views = append(views, v)
+		}
+		want := []view{
+			{},                           // missing: the zero Entry
+			{Value: "ok", Present: true}, // v
+			{Present: true, Tomb: true},  // gone
+			{Present: true, Corr: true},  // bad
+			{Present: true, Corr: true},  // empty
+			{Value: "ok", Present: true}, // v again
+		}
+		if d := cmp.Diff(want, views); d != "" {
+			t.Fatalf("ReadMany (-want +got):\n%s", d)
+		}
+	}},
 	{"OversizedValues", func(t *testing.T, s *Store, raw redis.UniversalClient) {
 		ctx := context.Background()
 		big := make([]byte, s.cfg.MaxValueSize)

@@ -361,16 +361,16 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) ([]lookup[V], 
 	if c.l2 == nil {
 		return looks, nil
 	}
-	var m map[string]l2.Entry
+	var entries []l2.Entry
 	err := c.redisOp(func() error {
 		rctx, cancel := c.redisCtx(ctx)
 		defer cancel()
 		var err error
-		m, err = c.l2.ReadMany(rctx, keys)
+		entries, err = c.l2.ReadMany(rctx, keys)
 		c.st.l2Lookups.Add(uint64(len(keys)))
-		return err // with m != nil: unreadable values, which are misses
+		return err // with entries != nil: unreadable values, which are misses
 	})
-	if m == nil && err != nil {
+	if entries == nil && err != nil {
 		if !errors.Is(err, errBreakerOpen) {
 			c.st.l2Errors.Add(1)
 			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -378,11 +378,11 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) ([]lookup[V], 
 		return looks, fmt.Errorf("tiered: get %d keys: %w", len(keys), err)
 	}
 	now := time.Now()
-	for i, k := range keys {
-		if e, ok := m[k]; ok {
-			looks[i] = c.classify(k, e, now)
+	for i, e := range entries {
+		if e.Raw == nil && !e.Corrupt {
+			looks[i] = lookup[V]{reachable: true} // absent
 		} else {
-			looks[i] = lookup[V]{reachable: true}
+			looks[i] = c.classify(keys[i], e, now)
 		}
 	}
 	return looks, nil

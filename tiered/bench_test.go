@@ -285,6 +285,24 @@ func reportL1HitShare(b *testing.B, st l1.Stats) {
 	}
 }
 
+// rawFillCache is the raw ristretto cache of the "+ristretto" floors: sized
+// like the L2 benchmarks' tiny L1, so that its Sets pay what L1 fills pay
+// (admission and eviction on ristretto's policy goroutine).
+func rawFillCache[V any](b *testing.B) *ristretto.Cache[string, V] {
+	b.Helper()
+	rc, err := ristretto.NewCache(&ristretto.Config[string, V]{
+		NumCounters:        10 * benchTinyL1,
+		MaxCost:            benchTinyL1,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(rc.Close)
+	return rc
+}
+
 // rawGet is the baseline read: one go-redis GET of key plus, with decode,
 // json.Unmarshal into a benchValue.
 func (f *l2Fixture) rawGet(b *testing.B, ctx context.Context, key string, decode bool) {
@@ -323,6 +341,11 @@ func (f *l2Fixture) rawMGet(b *testing.B, ctx context.Context, keys []string, de
 // with a raw go-redis GET of the same JSON plus json.Unmarshal, on the same
 // client. Target: ≤ 1.05×. The "paired" sub-benchmark alternates the two
 // reads in one loop; its x-nearcache metric is the ratio to quote.
+// "paired-floor" adds a third read, "raw+ristretto", the floor of any
+// ristretto-backed near cache: the raw read plus one raw ristretto Set into
+// a cache as small as the benchmark's L1 (the Set wakes ristretto's policy
+// goroutine, which admits and evicts). Its background work slows the other
+// two reads too, so its ratios are for comparing with each other only.
 func BenchmarkL2Hit(b *testing.B) {
 	f := newL2Fixture(b)
 	ctx := context.Background()
@@ -344,16 +367,32 @@ func BenchmarkL2Hit(b *testing.B) {
 		}
 		reportL1HitShare(b, c.Stats().L1)
 	})
+	get := func(c *Cache[benchValue]) func(i int) {
+		return func(i int) {
+			v, err := c.Get(ctx, f.keys[i&(benchL2Keys-1)])
+			if err != nil {
+				b.Fatal(err)
+			}
+			benchSink = v
+		}
+	}
 	b.Run("paired", func(b *testing.B) {
 		c := f.jsonCache(b)
 		paired(b, []string{"raw", "nearcache"},
 			func(i int) { f.rawGet(b, ctx, f.raw[i&(benchL2Keys-1)], true) },
+			get(c))
+		reportL1HitShare(b, c.Stats().L1)
+	})
+	b.Run("paired-floor", func(b *testing.B) {
+		c := f.jsonCache(b)
+		rc := rawFillCache[benchValue](b)
+		paired(b, []string{"raw", "nearcache", "raw+ristretto"},
+			func(i int) { f.rawGet(b, ctx, f.raw[i&(benchL2Keys-1)], true) },
+			get(c),
 			func(i int) {
-				v, err := c.Get(ctx, f.keys[i&(benchL2Keys-1)])
-				if err != nil {
-					b.Fatal(err)
-				}
-				benchSink = v
+				k := f.raw[(i+benchL2Keys/2)&(benchL2Keys-1)]
+				f.rawGet(b, ctx, k, true)
+				rc.SetWithTTL(k, benchSink, 1, time.Hour)
 			})
 		reportL1HitShare(b, c.Stats().L1)
 	})
@@ -364,7 +403,12 @@ func BenchmarkL2Hit(b *testing.B) {
 // ≤ 1.5× one GET. Two value types:
 //
 //   - bytes: []byte values (BytesCodec), against one GET: the cost of the
-//     cache's batch machinery, with nothing to decode;
+//     cache's batch machinery, with nothing to decode; "bytes/paired" also
+//     times a raw MGET of the 100 keys, and "bytes/paired-floor" adds that
+//     MGET plus 100 raw ristretto Sets into a cache as small as the
+//     benchmark's L1 (the floor of any ristretto-backed near cache that
+//     fills its local tier; as in BenchmarkL2Hit, compare its ratios only
+//     with each other);
 //   - json: benchValue, against one GET+json.Unmarshal, and for scale
 //     against a raw MGET of 100 keys plus 100 json.Unmarshal calls (the
 //     decoding alone is several times one GET, so the 1.5× target can only
@@ -399,14 +443,36 @@ func BenchmarkGetMany100(b *testing.B) {
 		}
 		reportL1HitShare(b, c.Stats().L1)
 	})
+	getMany := func(c *Cache[[]byte]) func(i int) {
+		return func(i int) {
+			if m, err := c.GetMany(ctx, batch(f.keys, i)); err != nil || len(m) != benchBatch {
+				b.Fatalf("GetMany: %d values, err %v", len(m), err)
+			}
+		}
+	}
 	b.Run("bytes/paired", func(b *testing.B) {
 		c := f.bytesCache(b)
 		paired(b, []string{"raw-GET", "raw-MGET100", "nearcache"},
 			func(i int) { f.rawGet(b, ctx, f.raw[i&(benchL2Keys-1)], false) },
 			func(i int) { f.rawMGet(b, ctx, batch(f.raw, i), false) },
+			getMany(c))
+		reportL1HitShare(b, c.Stats().L1)
+	})
+	b.Run("bytes/paired-floor", func(b *testing.B) {
+		c := f.bytesCache(b)
+		rc := rawFillCache[[]byte](b)
+		paired(b, []string{"raw-GET", "raw-MGET100", "nearcache", "raw-MGET100+ristretto"},
+			func(i int) { f.rawGet(b, ctx, f.raw[i&(benchL2Keys-1)], false) },
+			func(i int) { f.rawMGet(b, ctx, batch(f.raw, i), false) },
+			getMany(c),
 			func(i int) {
-				if m, err := c.GetMany(ctx, batch(f.keys, i)); err != nil || len(m) != benchBatch {
-					b.Fatalf("GetMany: %d values, err %v", len(m), err)
+				keys := batch(f.raw, i+batches/2)
+				vals, err := f.rdb.MGet(ctx, keys...).Result()
+				if err != nil {
+					b.Fatal(err)
+				}
+				for j, x := range vals {
+					rc.SetWithTTL(keys[j], []byte(x.(string)), 1, time.Hour)
 				}
 			})
 		reportL1HitShare(b, c.Stats().L1)

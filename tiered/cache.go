@@ -56,7 +56,7 @@ type (
 	}
 	remoteTier interface {
 		Read(ctx context.Context, key string) (l2.Entry, error)
-		ReadMany(ctx context.Context, keys []string) (map[string]l2.Entry, error)
+		ReadMany(ctx context.Context, keys []string) ([]l2.Entry, error)
 		SetMany(ctx context.Context, entries map[string]l2.Entry, opts ...l2.WriteOption) error
 		SetManyIf(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte, opts ...l2.WriteOption) (map[string]bool, error)
 		DeleteMany(ctx context.Context, keys []string, opts ...l2.WriteOption) (int64, error)
@@ -472,8 +472,8 @@ func (c *Cache[V]) join(ctx context.Context, key string, load Loader[V], o callO
 	table[key] = f
 	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
 	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
+		c.release(table, group, key, f) // first, so that woken waiters who call again start afresh
 		f.abortWith(errLoadOverran)
-		c.release(table, group, key, f) // later callers start afresh
 	})
 	ch := group.DoChan(key, func() (v any, err error) {
 		var returned, panicked bool
@@ -660,7 +660,7 @@ func (c *Cache[V]) fetchL2(ctx context.Context, key string, load Loader[V], o ca
 	t = c.local.Reserve(key)
 	look = c.readL2(ctx, key)
 	if look.fresh {
-		c.fill(t, look.it, o.l1TTL, look.until, time.Now())
+		c.fill(t, look.it, o.l1TTL, look.until, look.at)
 		return t, look, look.it, nil, true
 	}
 	if load == nil {
@@ -718,6 +718,7 @@ type lookup[V any] struct {
 	it        item[V]
 	fresh     bool      // it can be served and cached
 	until     time.Time // when the L2 value stops being fresh (zero: no bound)
+	at        time.Time // when it was classified (the clock until is compared with)
 	stale     *item[V]  // a soft-expired value for fail-safe
 	raw       []byte    // the bytes read (nil: absent), for SetIf
 	announce  bool      // raw is a value (stale, expired, corrupt) that others may hold a copy of
@@ -753,7 +754,7 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 // classify turns an entry read from L2 (possibly a tombstone or corrupt
 // bytes) into a lookup.
 func (c *Cache[V]) classify(key string, e l2.Entry, now time.Time) lookup[V] {
-	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone}
+	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
 	if e.Corrupt {
 		c.st.decodeErrors.Add(1)
 		c.log.Warn("nearcache: unreadable value in Redis; reloading", zap.String("key", key))
