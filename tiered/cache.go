@@ -141,15 +141,7 @@ type Cache[V any] struct {
 // their result or an abort error (settleLocked); their waiters wait on done,
 // which the first waiter makes, so a flight nobody joins costs no channel.
 type flight[V any] struct {
-	sf bool
-
-	// DoChan flights: abort is closed (once) when waiters must stop waiting
-	// without a result: the work exited through runtime.Goexit (x/sync then
-	// sends nothing), or it overran LoadTimeout by abortGrace (a loader that
-	// ignores its ctx). abortErr is set before abort is closed.
-	abort     chan struct{}
-	abortOnce sync.Once
-	abortErr  error
+	sf *sfState // DoChan flights only (nil otherwise)
 
 	// Inline and batch flights; all guarded by flightMu.
 	done    chan struct{} // nil until a waiter needs it; closed when settled
@@ -158,14 +150,25 @@ type flight[V any] struct {
 	err     error
 }
 
+// sfState is what a DoChan flight adds: abort is closed (once) when waiters
+// must stop waiting without a result: the work exited through
+// runtime.Goexit (x/sync then sends nothing), or it overran LoadTimeout by
+// abortGrace (a loader that ignores its ctx). err is set before abort is
+// closed.
+type sfState struct {
+	abort chan struct{}
+	once  sync.Once
+	err   error
+}
+
 func newSFFlight[V any]() *flight[V] {
-	return &flight[V]{sf: true, abort: make(chan struct{})}
+	return &flight[V]{sf: &sfState{abort: make(chan struct{})}}
 }
 
 func (f *flight[V]) abortWith(err error) {
-	f.abortOnce.Do(func() {
-		f.abortErr = err
-		close(f.abort)
+	f.sf.once.Do(func() {
+		f.sf.err = err
+		close(f.sf.abort)
 	})
 }
 
@@ -212,7 +215,7 @@ type waiter[V any] struct {
 // wait returns the flight's result, or ctx's error if ctx ends first, or the
 // flight's abort error.
 func (w waiter[V]) wait(ctx context.Context) (item[V], error) {
-	if !w.f.sf {
+	if w.f.sf == nil {
 		select {
 		case <-w.done:
 			return w.f.it, w.f.err
@@ -226,8 +229,8 @@ func (w waiter[V]) wait(ctx context.Context) (item[V], error) {
 			return item[V]{}, r.Err
 		}
 		return r.Val.(item[V]), nil
-	case <-w.f.abort:
-		return item[V]{}, w.f.abortErr
+	case <-w.f.sf.abort:
+		return item[V]{}, w.f.sf.err
 	case <-ctx.Done():
 		return item[V]{}, ctx.Err()
 	}
@@ -240,7 +243,7 @@ func joinLocked[V any](table map[string]*flight[V], group *singleflight.Group, k
 	switch {
 	case f == nil:
 		return waiter[V]{}, false
-	case f.sf:
+	case f.sf != nil:
 		return waiter[V]{ch: group.DoChan(key, errFlightVanished), f: f}, true
 	}
 	return waiter[V]{done: f.doneLocked(), f: f}, true
@@ -376,7 +379,7 @@ func (c *Cache[V]) forgetAll() {
 func forgetLocked[V any](table map[string]*flight[V], group *singleflight.Group, key string) {
 	if f := table[key]; f != nil {
 		delete(table, key)
-		if f.sf {
+		if f.sf != nil {
 			group.Forget(key)
 		}
 	}
