@@ -512,3 +512,65 @@ func BenchmarkGetMany100(b *testing.B) {
 		reportL1HitShare(b, c.Stats().L1)
 	})
 }
+
+// BenchmarkWakeCost isolates a cost of this kind of machine that the L2
+// benchmarks run into: waking an idle goroutine from the request path, even
+// once every 64 requests, slows a loop of loopback GETs far more than the
+// wake's CPU cost. Each sub-benchmark runs alone (not paired), so the effect
+// is not shared with the baseline:
+//
+//   - raw: GET + json.Unmarshal;
+//   - chan-send-every-64: the same plus, every 64th iteration, a send to a
+//     goroutine that is waiting on a channel (what ristretto's Get does with
+//     its access buffer: BufferItems keys per send to its policy goroutine);
+//   - ristretto-Get-miss: the same plus one raw ristretto Get of an absent
+//     key per iteration (BufferItems 64, as L1's default);
+//   - nearcache-Get: an L2 hit through the Cache.
+func BenchmarkWakeCost(b *testing.B) {
+	f := newL2Fixture(b)
+	ctx := context.Background()
+	b.Run("raw", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			f.rawGet(b, ctx, f.raw[i&(benchL2Keys-1)], true)
+		}
+	})
+	b.Run("chan-send-every-64", func(b *testing.B) {
+		ch, done := make(chan []uint64, 3), make(chan struct{})
+		go func() {
+			for {
+				select {
+				case <-ch:
+				case <-done:
+					return
+				}
+			}
+		}()
+		defer close(done)
+		buf := make([]uint64, 0, 64)
+		for i := 0; b.Loop(); i++ {
+			if buf = append(buf, uint64(i)); len(buf) == cap(buf) {
+				select {
+				case ch <- buf:
+				default:
+				}
+				buf = make([]uint64, 0, 64)
+			}
+			f.rawGet(b, ctx, f.raw[i&(benchL2Keys-1)], true)
+		}
+	})
+	b.Run("ristretto-Get-miss", func(b *testing.B) {
+		rc := rawFillCache[benchValue](b)
+		for i := 0; b.Loop(); i++ {
+			rc.Get(f.raw[i&(benchL2Keys-1)])
+			f.rawGet(b, ctx, f.raw[i&(benchL2Keys-1)], true)
+		}
+	})
+	b.Run("nearcache-Get", func(b *testing.B) {
+		c := f.jsonCache(b)
+		for i := 0; b.Loop(); i++ {
+			if _, err := c.Get(ctx, f.keys[i&(benchL2Keys-1)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
