@@ -457,8 +457,10 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 			case b.queue <- item{payload: m.Payload, recv: now}:
 				b.enqueued.Add(1)
 			default:
-				b.stats.dropped.Add(1)
+				// Unhealthy first: whoever sees the drop counted sees the
+				// bus unhealthy too.
 				b.health.set(busWide, reasonOverflow)
+				b.stats.dropped.Add(1)
 				b.requestInvalidateAll(CauseOverflow)
 			}
 			b.stats.received.Add(1)
