@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -287,8 +288,13 @@ func (b *Bus) Start(ctx context.Context) error {
 
 // Close stops every goroutine of the bus and closes its subscription
 // connections, and waits for them. It never closes the client (nor, on
-// Redis Cluster, the client's node clients). It is idempotent and always
-// returns nil.
+// Redis Cluster, the client's node clients). It is idempotent.
+//
+// A subscription still being opened cannot be interrupted: with a client
+// that has no read timeout and a server that never answers, its goroutine
+// stays blocked in go-redis. Close waits for it at most CloseWait, then
+// returns an error saying so; the goroutine ends when the client gives up
+// or is closed. Otherwise Close returns nil.
 func (b *Bus) Close() error {
 	b.lifeMu.Lock()
 	if b.closed {
@@ -305,9 +311,23 @@ func (b *Bus) Close() error {
 		}
 	}
 	b.lifeMu.Unlock()
-	b.wg.Wait()
-	return nil
+	done := make(chan struct{})
+	go func() { // ends with the bus's last goroutine, even after a timeout
+		b.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(CloseWait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("invalidation: Close: a subscription is still blocked in the Redis client after %v (no read timeout, and a server that does not answer?); it ends when the client gives up", CloseWait)
+	}
 }
+
+// CloseWait bounds how long Close waits for the bus's goroutines.
+const CloseWait = 2 * time.Second
 
 // requestInvalidateAll asks the worker to call InvalidateAll(c) soon.
 func (b *Bus) requestInvalidateAll(c Cause) {

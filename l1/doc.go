@@ -81,16 +81,20 @@
 // its entry in one of 64 stripes (by key hash) of up to 16 entries, and a
 // stripe is handed to ristretto as one batch when it is full, on every tick
 // of the coarse clock (1 ms by default), and by [Cache.Wait]: one wake-up
-// per batch instead of one per fill. A staged entry is served at once: a Get
-// that finds no usable entry in ristretto looks in the key's stripe (one
-// atomic load when the stripe is empty; otherwise a lock and a scan of at
-// most 16 hashes), with the same checks of stamps and expiry. When a stripe
-// is handed over, each entry's stamps are checked again, and an entry an
-// invalidation has outdated meanwhile is dropped (counted in
-// [Stats].FillsRefused); one that passes and is invalidated just before
-// ristretto applies it is refused on every Get, as above. Staged entries
-// are held outside ristretto's cost accounting: at most 64 × 16 of them, for
-// at most one clock tick.
+// per batch instead of one per fill. A staged entry is served while it is
+// staged: a Get that finds no usable entry in ristretto looks in the key's
+// stripe (one atomic load when the stripe is empty; otherwise a lock and a
+// scan of at most 16 hashes), with the same checks of stamps and expiry. A
+// stripe is handed over under its lock, so fills of a key reach ristretto in
+// the order they were staged. When a stripe is handed over, each entry's
+// stamps are checked again, and an entry an invalidation has outdated
+// meanwhile is dropped (counted in [Stats].FillsRefused); one that passes
+// and is invalidated just before ristretto applies it is refused on every
+// Get, as above. After the hand-over, a new key may miss until ristretto's
+// goroutine applies the set, as with any ristretto Set (an extra read of
+// the source, never a wrong value). Staged entries are held outside
+// ristretto's cost accounting: at most 64 × 16 of them, for at most one
+// clock tick.
 //
 // # Design notes
 //

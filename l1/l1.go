@@ -114,14 +114,6 @@ type stage[V any] struct {
 	_     [64]byte            // keeps neighbouring stripes' locks apart
 }
 
-// staged is a batch of fills taken from a stage, to be handed to ristretto.
-type staged[V any] struct {
-	n     int
-	hash  [stageCap]uint64
-	ents  [stageCap]*entry[V]
-	costs [stageCap]int64
-}
-
 // Ticket is a fill reservation returned by [Cache.Reserve]. It records the
 // cache epoch and the key's generation at reservation time; [Cache.Fill]
 // stores these stamps in the entry. The zero Ticket is never accepted.
@@ -175,7 +167,6 @@ type Cache[V any] struct {
 	epochBumps    atomic.Uint64
 	closeMu       sync.Mutex // serialises Close
 	closeDone     bool       // guarded by closeMu
-	flushMu       sync.Mutex // serialises flushStages, so Wait sees the ticker's batch applied
 	hookAfterGrd  func()     // tests: runs in Fill between the guard and staging
 	hookBeforeSet func()     // tests: runs when handing a staged fill over, between its re-check and the Set
 	hookCallback  func()     // tests: runs in ristretto's goroutine on evict/reject
@@ -251,8 +242,10 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 				h()
 			}
 		},
-		OnReject: func(*ristretto.Item[*entry[V]]) {
-			c.rejected.Add(1)
+		OnReject: func(it *ristretto.Item[*entry[V]]) {
+			if !c.reapply(it) {
+				c.rejected.Add(1)
+			}
 			if h := c.hookCallback; h != nil {
 				h()
 			}
@@ -270,6 +263,27 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 	c.base = time.Now()
 	go c.tick(cfg.ClockResolution)
 	return c, nil
+}
+
+// reapply handles a quirk of ristretto: when a key's second set reaches
+// ristretto's goroutine while the key's first set is still queued, both are
+// queued as new items; the first is admitted, and the policy then rejects
+// the second as a duplicate addition, although it is the later fill. When
+// the rejected entry's key is present and the entry's stamps are current,
+// reapply sets it again, which is now an update (applied at once, subject
+// to newerOrEqual), and reports true. It runs on ristretto's goroutine.
+func (c *Cache[V]) reapply(it *ristretto.Item[*entry[V]]) bool {
+	e := it.Value
+	if e == nil || c.closed.Load() {
+		return false
+	}
+	if _, present := c.rc.GetTTL(it.Key); !present {
+		return false // a real admission rejection
+	}
+	if e.epoch != c.epoch.Load() || e.gen != c.gens[it.Key&c.genMask].Load() {
+		return false
+	}
+	return c.rc.Set(it.Key, e, it.Cost)
 }
 
 // newerOrEqual keeps ristretto from replacing an entry with one reserved
@@ -405,12 +419,16 @@ func (c *Cache[V]) Valid(t Ticket) bool {
 // epoch bumped since Reserve; counted in Stats.FillsRefused), when ttl is
 // negative, or after Close.
 //
-// A true result means the entry is staged: Get serves it from now on, and it
-// is handed to ristretto with the other fills of its stripe when the stripe
-// is full, on the next clock tick, or by Wait. Then the guard is checked
-// again (a fill invalidated meanwhile is dropped and counted as refused),
-// ristretto's set buffer may be full (Stats.SetsDropped), and its admission
-// policy may reject a new key (Stats.SetsRejected).
+// A true result means the entry is staged: Get serves it while it is
+// staged, and it is handed to ristretto with the other fills of its stripe
+// when the stripe is full, on the next clock tick, or by Wait. Then the
+// guard is checked again (a fill invalidated meanwhile is dropped and
+// counted as refused), ristretto's set buffer may be full
+// (Stats.SetsDropped), and its admission policy may reject a new key
+// (Stats.SetsRejected). Between the hand-over and ristretto applying the
+// set, a Get of a new key may miss, as after any ristretto Set. A fill of a
+// key that is already staged supersedes the older of the two (counted as
+// refused).
 func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 	if ttl < 0 {
 		return false
@@ -441,44 +459,39 @@ func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 	if c.cost != nil {
 		cost = max(c.cost(v), 0) + int64(len(t.key)) + EntryOverhead
 	}
-	var full staged[V]
 	st := c.stageOf(t.hash)
 	st.mu.Lock()
+	defer st.mu.Unlock()
 	n := int(st.n.Load())
 	for j := range n {
 		if st.hash[j] == t.hash {
+			// One of the two is superseded: the older is never handed over.
+			c.refused.Add(1)
 			if newerOrEqual(e, st.ents[j]) {
 				st.ents[j], st.costs[j] = e, cost
 			}
-			st.mu.Unlock()
 			return true
 		}
 	}
 	if n == stageCap {
-		full = takeLocked(st)
+		c.handOverLocked(st)
 		n = 0
 	}
 	st.hash[n], st.ents[n], st.costs[n] = t.hash, e, cost
 	st.n.Store(int32(n + 1))
-	st.mu.Unlock()
-	c.setStaged(&full)
 	return true
 }
 
-// takeLocked empties st into a batch. Called with st.mu held.
-func takeLocked[V any](st *stage[V]) staged[V] {
-	b := staged[V]{n: int(st.n.Load()), hash: st.hash, ents: st.ents, costs: st.costs}
-	clear(st.ents[:]) // let the entries go once ristretto has them
-	st.n.Store(0)
-	return b
-}
-
-// setStaged hands a batch of staged fills to ristretto, dropping those whose
-// stamps an invalidation has outdated since they were staged. Called inside
-// the close gate.
-func (c *Cache[V]) setStaged(b *staged[V]) {
-	for j := range b.n {
-		e, h := b.ents[j], b.hash[j]
+// handOverLocked hands the stripe's staged fills to ristretto and empties
+// it, dropping fills whose stamps an invalidation has outdated since they
+// were staged. It runs under st.mu, so a stripe's fills reach ristretto in
+// the order they were staged (a later fill of a key never lands before an
+// earlier one), and whoever takes st.mu next finds them handed over (Wait
+// relies on it). Called inside the close gate, with st.mu held.
+func (c *Cache[V]) handOverLocked(st *stage[V]) {
+	for j := range int(st.n.Load()) {
+		e, h := st.ents[j], st.hash[j]
+		st.ents[j] = nil // ristretto holds it now (or nobody)
 		if e.epoch != c.epoch.Load() || e.gen != c.gens[h&c.genMask].Load() {
 			c.refused.Add(1)
 			continue
@@ -486,18 +499,17 @@ func (c *Cache[V]) setStaged(b *staged[V]) {
 		if hook := c.hookBeforeSet; hook != nil {
 			hook()
 		}
-		if !c.rc.Set(h, e, b.costs[j]) {
+		if !c.rc.Set(h, e, st.costs[j]) {
 			c.dropped.Add(1)
 			continue
 		}
 		c.fills.Add(1)
 	}
+	st.n.Store(0)
 }
 
 // flushStages hands every stripe's staged fills to ristretto.
 func (c *Cache[V]) flushStages() {
-	c.flushMu.Lock()
-	defer c.flushMu.Unlock()
 	for i := range c.stages {
 		st := &c.stages[i]
 		if st.n.Load() == 0 {
@@ -508,9 +520,8 @@ func (c *Cache[V]) flushStages() {
 			return
 		}
 		st.mu.Lock()
-		b := takeLocked(st)
+		c.handOverLocked(st)
 		st.mu.Unlock()
-		c.setStaged(&b)
 		s.active.Add(-1)
 	}
 }
@@ -592,7 +603,7 @@ type Stats struct {
 	Expired      uint64 // misses on an entry past its TTL
 	Collisions   uint64 // misses on an entry stored for another key with the same hash
 	Fills        uint64 // staged fills handed to ristretto
-	FillsRefused uint64 // fills refused by the guard (invalidated since Reserve), by Fill or when handed over
+	FillsRefused uint64 // fills refused by the guard (invalidated since Reserve), by Fill or at hand-over, or superseded while staged
 	SetsDropped  uint64 // staged fills dropped because ristretto's set buffer was full
 	SetsRejected uint64 // new entries rejected by ristretto's admission policy
 	Evictions    uint64 // entries evicted to make room

@@ -3,8 +3,10 @@ package l1
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -604,8 +606,8 @@ func TestStage(t *testing.T) {
 		wantHit(t, c, "k", 3)
 		c.Wait()
 		wantHit(t, c, "k", 3)
-		if st := c.Stats(); st.Fills != 1 || st.FillsRefused != 1 {
-			t.Errorf("Fills = %d, FillsRefused = %d; want 1 and 1 (a refill replaces its staged entry)", st.Fills, st.FillsRefused)
+		if st := c.Stats(); st.Fills != 1 || st.FillsRefused != 2 {
+			t.Errorf("Fills = %d, FillsRefused = %d; want 1 and 2 (the outdated ticket; the staged entry the refill superseded)", st.Fills, st.FillsRefused)
 		}
 	})
 	t.Run("FullStripe", func(t *testing.T) {
@@ -660,4 +662,132 @@ func TestStage(t *testing.T) {
 			t.Errorf("Fills = %d, FillsRefused = %d; want 0 and 3", st.Fills, st.FillsRefused)
 		}
 	})
+}
+
+// blockHandOver makes the next hand-over of a staged fill block (holding its
+// stripe's lock) until release is closed; blocked is closed when it does.
+func blockHandOver[V any](c *Cache[V]) (blocked, release chan struct{}) {
+	blocked, release = make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	c.hookBeforeSet = func() {
+		if first.CompareAndSwap(false, true) {
+			close(blocked)
+			<-release
+		}
+	}
+	return blocked, release
+}
+
+// settles gives goroutine done a bounded chance to finish (no sleep) and
+// reports whether it did.
+func settles(done <-chan struct{}) bool {
+	for i := 0; i < 1000; i++ {
+		select {
+		case <-done:
+			return true
+		default:
+			runtime.Gosched()
+		}
+	}
+	return false
+}
+
+// TestStageHandOverOrder: two fills of a key with the same stamps (two
+// overlapping writers, say) must reach ristretto in the order they were
+// staged, even when the first is handed over by a third fill overflowing
+// the stripe and the second by a clock tick; otherwise the earlier value
+// would come back for good after the later one was served.
+func TestStageHandOverOrder(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: time.Hour}, nil)
+	keys := sameStripe(c, stageCap+1)
+	k := keys[0]
+	c.Fill(c.Reserve(k), 1, 0)
+	for i, o := range keys[1:stageCap] {
+		c.Fill(c.Reserve(o), i, 0)
+	}
+	blocked, release := blockHandOver(c)
+	overflowed := make(chan struct{})
+	go func() { // the stripe's 17th fill hands k=1 over, and blocks doing it
+		c.Fill(c.Reserve(keys[stageCap]), 99, 0)
+		close(overflowed)
+	}()
+	<-blocked
+	second := make(chan struct{})
+	go func() { // the same stamps, staged after k=1, then handed over by a tick
+		c.Fill(c.Reserve(k), 2, 0)
+		c.flushStages()
+		close(second)
+	}()
+	if settles(second) {
+		t.Error("a fill of the stripe finished while the stripe was being handed over")
+	}
+	close(release)
+	<-overflowed
+	<-second
+	c.hookBeforeSet = nil
+	c.Wait()
+	wantHit(t, c, k, 2)
+}
+
+// TestWaitSeesHandOverInTransit: Wait must not return while another Fill
+// is handing a stripe over, or fills that returned true would still miss.
+func TestWaitSeesHandOverInTransit(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: time.Hour}, nil)
+	keys := sameStripe(c, stageCap+1)
+	for i, k := range keys[:stageCap] {
+		c.Fill(c.Reserve(k), i, 0)
+	}
+	blocked, release := blockHandOver(c)
+	go c.Fill(c.Reserve(keys[stageCap]), 99, 0)
+	<-blocked
+	waited := make(chan struct{})
+	go func() {
+		c.Wait()
+		close(waited)
+	}()
+	if settles(waited) {
+		t.Error("Wait returned while a stripe was being handed over")
+	}
+	close(release)
+	<-waited
+	c.hookBeforeSet = nil
+	for i, k := range keys[:stageCap] {
+		wantHit(t, c, k, i)
+	}
+}
+
+// TestStageAccounting: every Fill that returns true ends up counted once,
+// as a fill handed to ristretto, refused (at hand-over, or superseded while
+// staged), or dropped.
+func TestStageAccounting(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 1000, ClockResolution: time.Hour}, nil)
+	accepted := 0
+	fillOK := func(tk Ticket, v int) {
+		if c.Fill(tk, v, 0) {
+			accepted++
+		}
+	}
+	old := c.Reserve("k")
+	c.hookAfterGrd = func() { // between old's guard and its staging: a newer fill
+		c.hookAfterGrd = nil
+		c.Invalidate("k")
+		fillOK(c.Reserve("k"), 2)
+	}
+	fillOK(old, 1) // passes the guard, then finds the newer fill staged
+	cur := c.Reserve("k")
+	fillOK(cur, 3) // supersedes 2
+	fillOK(cur, 4) // same stamps: supersedes 3
+	gone := otherSlot(c, "k")
+	fillOK(c.Reserve(gone), 5)
+	c.Invalidate(gone) // dropped at hand-over
+	c.Wait()
+	st := c.Stats()
+	if got := st.Fills + st.FillsRefused + st.SetsDropped; got != uint64(accepted) {
+		t.Errorf("Fills %d + FillsRefused %d + SetsDropped %d = %d, want the %d fills accepted",
+			st.Fills, st.FillsRefused, st.SetsDropped, got, accepted)
+	}
+	if st.Fills != 1 {
+		t.Errorf("Fills = %d, want 1 (only k=4 reaches ristretto)", st.Fills)
+	}
+	wantHit(t, c, "k", 4)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -68,13 +69,17 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		return out, err
 	}
 	var errs []error
+	var failed []*flight[V] // a repeated key's flight reports its error once
 	for i, w := range waiters {
 		it, err := w.wait(ctx)
 		switch {
 		case err != nil && err == ctx.Err():
 			return out, err
 		case err != nil:
-			errs = append(errs, err)
+			if !slices.Contains(failed, w.f) {
+				failed = append(failed, w.f)
+				errs = append(errs, err)
+			}
 		case !it.neg:
 			out[missing[i]] = it.v
 		}
@@ -131,7 +136,7 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 		c.leadBatchInline(ctx, table, b, load, o)
 	default:
 		st := c.newBatchState(b.keys)
-		c.finishBatchDetached(ctx, table, b, st, func(wctx context.Context) {
+		c.finishBatchDetached(ctx, time.Now().Add(c.cfg.LoadTimeout), table, b, st, func(wctx context.Context) {
 			c.protect(st, func() {
 				if c.batchL2(wctx, st, load, o) {
 					c.batchLoad(wctx, st, load, o)
@@ -148,6 +153,7 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 // like its other waiters.
 func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], load BatchLoader[V], o callOptions) {
 	st := c.newBatchState(b.keys)
+	deadline := time.Now().Add(c.cfg.LoadTimeout) // the whole batch's
 	handed := false
 	defer func() {
 		if !handed { // also on runtime.Goexit: waiters must not hang
@@ -161,19 +167,19 @@ func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight
 		return
 	}
 	handed = true
-	c.finishBatchDetached(ctx, table, b, st, func(wctx context.Context) {
+	c.finishBatchDetached(ctx, deadline, table, b, st, func(wctx context.Context) {
 		c.protect(st, func() { c.batchLoad(wctx, st, load, o) })
 	})
 }
 
 // finishBatchDetached runs work on its own goroutine, on a context detached
-// from ctx and bounded by LoadTimeout, then settles batch b with st's
-// results. It takes over the batch's c.work count. If work overruns
-// LoadTimeout by abortGrace, the batch's waiters are released with
-// errLoadOverran and later callers start afresh.
-func (c *Cache[V]) finishBatchDetached(ctx context.Context, table map[string]*flight[V], b *batch[V], st *batchState[V], work func(context.Context)) {
-	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
-	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
+// from ctx and ending at deadline (the batch's start plus LoadTimeout), then
+// settles batch b with st's results. It takes over the batch's c.work
+// count. If work overruns the deadline by abortGrace, the batch's waiters
+// are released with errLoadOverran and later callers start afresh.
+func (c *Cache[V]) finishBatchDetached(ctx context.Context, deadline time.Time, table map[string]*flight[V], b *batch[V], st *batchState[V], work func(context.Context)) {
+	wctx, cancel := c.detachedUntil(ctx, deadline)
+	overrun := time.AfterFunc(time.Until(deadline)+abortGrace, func() {
 		c.settleBatch(table, b, nil, errLoadOverran)
 	})
 	go func() {

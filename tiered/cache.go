@@ -125,6 +125,8 @@ type Cache[V any] struct {
 	work    sync.WaitGroup        // running shared work; Close waits for it
 	isDone  atomic.Bool           // closed, readable without the lock
 
+	inlineOK bool // Redis calls are bounded by ctx deadlines (see canLeadInline); read-only after New
+
 	st loadCounters
 }
 
@@ -295,6 +297,7 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 	}
 	c.local = local
 	c.base, c.cancel = context.WithCancel(context.Background())
+	c.inlineOK = cfg.Redis == nil || honoursDeadlines(cfg.Redis)
 	if cfg.Redis == nil {
 		return c, nil
 	}
@@ -440,11 +443,27 @@ func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []
 // canLeadInline reports whether a caller with ctx may run the flight it
 // leads on its own goroutine: its ctx can never end (Done returns nil, as
 // for context.Background), so it has nothing to leave on early, and every
-// Redis call is bounded by RedisTimeout. Such a caller saves the goroutine
-// hand-off that DoChan makes (about a fifth of an L2 hit on a small
-// machine); its followers still wait on their own ctx.
+// Redis call is bounded by RedisTimeout, which needs a client that applies
+// context deadlines to its connections (go-redis ContextTimeoutEnabled; see
+// Config.Redis). Such a caller saves the goroutine hand-off that DoChan
+// makes; its followers still wait on their own ctx.
 func (c *Cache[V]) canLeadInline(ctx context.Context) bool {
-	return ctx.Done() == nil && c.cfg.RedisTimeout > 0
+	return ctx.Done() == nil && c.inlineOK
+}
+
+// honoursDeadlines reports whether go-redis applies context deadlines to
+// r's connections (ContextTimeoutEnabled). Unknown client types do not
+// count.
+func honoursDeadlines(r redis.UniversalClient) bool {
+	switch r := r.(type) {
+	case *redis.Client: // also what NewFailoverClient returns
+		return r.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return r.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		return r.Options().ContextTimeoutEnabled
+	}
+	return false
 }
 
 // join joins key's running flight, or starts one. A started flight runs the
@@ -518,6 +537,7 @@ func (c *Cache[V]) loadPanicked(key string, r any) error {
 // loader that ignores its ctx holds no caller past LoadTimeout+abortGrace.
 func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions) (it item[V], err error) {
 	table, _ := c.flightsFor(load == nil)
+	deadline := time.Now().Add(c.cfg.LoadTimeout) // the whole flight's, as for a DoChan flight
 	settled, handed := false, false
 	defer func() {
 		if handed {
@@ -541,20 +561,21 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 	c.flightMu.Lock()
 	fdone := f.doneLocked()
 	c.flightMu.Unlock()
-	c.finishDetached(ctx, table, key, f, func(wctx context.Context) (item[V], error) {
+	c.finishDetached(ctx, deadline, table, key, f, func(wctx context.Context) (item[V], error) {
 		return c.fetchLoad(wctx, key, load, o, t, look)
 	})
 	return waiter[V]{done: fdone, f: f}.wait(ctx)
 }
 
 // finishDetached runs work on its own goroutine, on a context detached from
-// ctx and bounded by LoadTimeout, and finishes flight f (not a DoChan
-// flight) of key with its result; a panic becomes the error. It takes over
-// the flight's c.work count. If work overruns LoadTimeout by abortGrace,
-// waiters are released with errLoadOverran and later callers start afresh.
-func (c *Cache[V]) finishDetached(ctx context.Context, table map[string]*flight[V], key string, f *flight[V], work func(context.Context) (item[V], error)) {
-	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
-	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
+// ctx and ending at deadline (the flight's start plus LoadTimeout), and
+// finishes flight f (not a DoChan flight) of key with its result; a panic
+// becomes the error. It takes over the flight's c.work count. If work
+// overruns the deadline by abortGrace, waiters are released with
+// errLoadOverran and later callers start afresh.
+func (c *Cache[V]) finishDetached(ctx context.Context, deadline time.Time, table map[string]*flight[V], key string, f *flight[V], work func(context.Context) (item[V], error)) {
+	wctx, cancel := c.detachedUntil(ctx, deadline)
+	overrun := time.AfterFunc(time.Until(deadline)+abortGrace, func() {
 		c.finish(table, key, f, item[V]{}, errLoadOverran) // later callers start afresh
 	})
 	go func() {
@@ -617,7 +638,12 @@ func (c *Cache[V]) release(table map[string]*flight[V], group *singleflight.Grou
 // more allocations and a registration under the base context's lock on
 // every miss.)
 func (c *Cache[V]) detached(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	d, cancel := context.WithTimeout(c.base, timeout)
+	return c.detachedUntil(ctx, time.Now().Add(timeout))
+}
+
+// detachedUntil is detached with a deadline instead of a timeout.
+func (c *Cache[V]) detachedUntil(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
+	d, cancel := context.WithDeadline(c.base, deadline)
 	return valuesFrom{Context: d, values: context.WithoutCancel(ctx)}, cancel
 }
 

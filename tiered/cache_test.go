@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/invalidation"
 )
 
 type user struct {
@@ -861,6 +865,11 @@ func TestLeaderRunsInline(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "inl", Codec: codec})
+	// A client that does not apply ctx deadlines to its connections: a
+	// read's RedisTimeout would not bound it, so nobody leads inline.
+	plainClient := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = plainClient.Close() })
+	plain := newCache(t, Config[string]{Redis: plainClient, Namespace: "inl", Codec: codec})
 	cancellable, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tests := []struct {
@@ -873,6 +882,8 @@ func TestLeaderRunsInline(t *testing.T) {
 		{"Get/cancellable", cancellable, func(ctx context.Context) error { _, err := r.Get(ctx, "b"); return err }, false},
 		{"GetMany/Background", context.Background(), func(ctx context.Context) error { _, err := r.GetMany(ctx, []string{"c"}); return err }, true},
 		{"GetMany/cancellable", cancellable, func(ctx context.Context) error { _, err := r.GetMany(ctx, []string{"d"}); return err }, false},
+		{"Get/Background/plain-client", context.Background(), func(ctx context.Context) error { _, err := plain.Get(ctx, "a"); return err }, false},
+		{"GetMany/Background/plain-client", context.Background(), func(ctx context.Context) error { _, err := plain.GetMany(ctx, []string{"c"}); return err }, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -882,6 +893,121 @@ func TestLeaderRunsInline(t *testing.T) {
 			}
 			if ran := <-codec.ran; (ran == caller) != tc.inline {
 				t.Errorf("decoded on goroutine %d, caller %d: inline = %v, want %v", ran, caller, ran == caller, tc.inline)
+			}
+		})
+	}
+}
+
+// silentServer accepts TCP connections and never answers: a Redis that
+// hangs. It stops when the test ends.
+func silentServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// TestHungRedisPlainClient: with a client that applies no ctx deadline and
+// no read timeout of its own, and a Redis that never answers, every caller
+// (the leader and a follower, with ctx that can or cannot end) still
+// returns an error within LoadTimeout + abortGrace.
+func TestHungRedisPlainClient(t *testing.T) {
+	for _, lc := range leaderContexts(t) {
+		t.Run(lc.name, func(t *testing.T) {
+			rc := redis.NewClient(&redis.Options{Addr: silentServer(t), ReadTimeout: -1, WriteTimeout: -1, MaxRetries: -1})
+			c, err := New(Config[string]{Redis: rc, Namespace: "hung", StartTimeout: 50 * time.Millisecond, LoadTimeout: 100 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = rc.Close() }) // after the Close below: unblocks the hung read
+			load := func(context.Context, string) (string, error) { return "v", nil }
+			errs := make(chan error, 2)
+			start := time.Now()
+			go func() { _, err := c.GetOrLoad(lc.ctx, "k", load); errs <- err }()
+			eventually(t, "the leader to start", func() bool { return c.Stats().Loads.Callers == 1 })
+			go func() { _, err := c.GetOrLoad(context.Background(), "k", load); errs <- err }()
+			for i := 0; i < 2; i++ {
+				select {
+				case err := <-errs:
+					if err == nil {
+						t.Errorf("caller %d: nil error from a Redis that never answers", i)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("caller %d still waiting after 5s; LoadTimeout+abortGrace is 200ms", i)
+				}
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("callers returned after %v, want about 200ms", d)
+			}
+			// Close does not wait for the hung calls past its bounds
+			// (LoadTimeout + grace for loads, invalidation.CloseWait for
+			// the subscription), and says so.
+			start = time.Now()
+			if err := c.Close(); err == nil || !strings.Contains(err.Error(), "still") {
+				t.Errorf("Close with hung Redis calls: %v, want an error saying they are still running", err)
+			}
+			if d := time.Since(start); d > invalidation.CloseWait+2*time.Second {
+				t.Errorf("Close returned after %v", d)
+			}
+		})
+	}
+}
+
+// TestBatchRepeatedKeys: a key repeated in one batch is loaded once, and
+// its error is reported once.
+func TestBatchRepeatedKeys(t *testing.T) {
+	for _, lc := range leaderContexts(t) {
+		t.Run(lc.name, func(t *testing.T) {
+			c := newCache(t, Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "rep"})
+			var loaded [][]string
+			load := func(_ context.Context, keys []string) (map[string]string, error) {
+				loaded = append(loaded, slices.Clone(keys))
+				return map[string]string{"a": "A", "b": "B"}, nil
+			}
+			got, err := c.GetManyOrLoad(lc.ctx, []string{"a", "b", "a", "a"}, load)
+			if err != nil || len(got) != 2 || got["a"] != "A" || got["b"] != "B" {
+				t.Fatalf("GetManyOrLoad = %v, %v; want a and b", got, err)
+			}
+			if len(loaded) != 1 || !slices.Equal(loaded[0], []string{"a", "b"}) {
+				t.Fatalf("loader calls %v, want one with [a b]", loaded)
+			}
+			boom := errors.New("boom")
+			_, err = c.GetManyOrLoad(lc.ctx, []string{"x", "x", "x"}, func(context.Context, []string) (map[string]string, error) {
+				return nil, boom
+			})
+			if !errors.Is(err, boom) || strings.Count(err.Error(), "boom") != 1 {
+				t.Fatalf("error = %v, want boom once", err)
 			}
 		})
 	}

@@ -31,6 +31,12 @@ type Config[V any] struct {
 	// Redis is the shared tier and the invalidation transport. If nil, the
 	// Cache runs L1-only, for one process: loaders fill L1 and writes act on
 	// L1 alone. The Cache never closes this client.
+	//
+	// Build it with ContextTimeoutEnabled: go-redis then applies the
+	// deadline of each call's ctx (RedisTimeout) to the connection. Without
+	// it, only the client's own ReadTimeout and WriteTimeout bound a call,
+	// waiters still leave after LoadTimeout, and no caller runs a flight on
+	// its own goroutine (see the package documentation).
 	Redis redis.UniversalClient
 	// Namespace prefixes every Redis key ("NS:key") and names the
 	// invalidation channel. Instances that share data must share it, and

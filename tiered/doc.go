@@ -21,9 +21,11 @@
 // a small machine): a caller whose ctx can never end (ctx.Done() is nil, as
 // for context.Background), which has nothing to leave on, runs the flight it
 // leads on its own goroutine up to the loader: the ticket, the L2 read
-// (bounded by Config.RedisTimeout) and the fill. A loader call is always
-// handed to a goroutine of its own, so no caller waits for a loader past
-// LoadTimeout. Followers of either kind of flight wait on their own ctx.
+// (bounded by Config.RedisTimeout, which needs a client built with
+// ContextTimeoutEnabled; with any other client this exception is off) and
+// the fill. A loader call is always handed to a goroutine of its own, so no
+// caller waits for a flight past LoadTimeout from its start. Followers of
+// either kind of flight wait on their own ctx.
 // The flight takes an L1 fill ticket, reads L2 (one GET), and on an L2 miss
 // calls the loader, writes the result back to L2, then fills L1 through the
 // ticket. The write-back is a compare-and-set against what the flight read.

@@ -142,9 +142,15 @@ func (c *Cache[V]) writeErr(op, key string, err error) error {
 func (c *Cache[V]) l1TTL(o callOptions) time.Duration { return min(o.l1TTL, o.ttl) }
 
 // Close stops the invalidation subscription and every goroutine the Cache
-// started, waits for running loads (they are cancelled), and releases L1. It
-// never closes the caller's Redis client. Close is idempotent; afterwards
-// every method returns ErrClosed (reads of L1 miss, then return ErrClosed).
+// started, waits for running loads (they are cancelled; an L2 read that a
+// caller runs inline ends within RedisTimeout), and releases L1. It never
+// closes the caller's Redis client. Close is idempotent; afterwards every
+// method returns ErrClosed (reads of L1 miss, then return ErrClosed).
+//
+// Close waits at most LoadTimeout plus a short grace for loads to end. Work
+// that outlives it (a loader that ignores its ctx, or a Redis client that
+// applies no deadline talking to a server that never answers) is left to
+// finish on its own, and Close returns an error that says so.
 func (c *Cache[V]) Close() error {
 	c.flightMu.Lock()
 	if c.closed {
@@ -160,10 +166,29 @@ func (c *Cache[V]) Close() error {
 	if c.bus != nil {
 		errs = append(errs, c.bus.Close())
 	}
-	c.work.Wait()
+	if err := c.waitWork(c.cfg.LoadTimeout + abortGrace); err != nil {
+		errs = append(errs, err)
+	}
 	errs = append(errs, c.local.Close())
 	if c.l2 != nil {
 		errs = append(errs, c.l2.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// waitWork waits up to d for running shared work to end.
+func (c *Cache[V]) waitWork(d time.Duration) error {
+	done := make(chan struct{})
+	go func() { // ends with the last piece of work, even after a timeout
+		c.work.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("tiered: Close: shared work still running after %v (a loader, or a Redis client without deadlines, ignores its ctx); left to finish", d)
+	}
 }
