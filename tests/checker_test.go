@@ -19,8 +19,8 @@ import (
 	"github.com/nearcache/nearcache/tiered"
 )
 
-// checkerDuration is how long the standalone consistency checker runs;
-// NEARCACHE_CHECKER_DURATION overrides it.
+// checkerDuration is how long each consistency checker (standalone and
+// cluster) runs; NEARCACHE_CHECKER_DURATION overrides it.
 func checkerDuration(t *testing.T, def time.Duration) time.Duration {
 	if s := os.Getenv("NEARCACHE_CHECKER_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -66,7 +66,7 @@ func TestConsistencyCluster(t *testing.T) {
 		t.Fatalf("the checker's keys map to %d masters, want all %d", len(masters), len(cl.Masters))
 	}
 	t.Logf("%d keys in %d slots on %d masters", len(checkerKeys()), len(distinct), len(masters))
-	runChecker(t, ns, checkerDuration(t, 10*time.Second)/2, propagationBound, func(t *testing.T) redis.UniversalClient {
+	runChecker(t, ns, checkerDuration(t, 10*time.Second), propagationBound, func(t *testing.T) redis.UniversalClient {
 		return newClusterClient(t, cl.Addrs(), healthyTimeouts)
 	})
 }
