@@ -40,9 +40,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // closes the departed master's subscription, opens one on the new master,
 // invalidates everything, and repairs again once the new one is confirmed.
 func TestSyncSubsFollowsMasters(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster start takes a few seconds")
-	}
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
 	h := &causeLog{}

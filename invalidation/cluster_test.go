@@ -40,9 +40,6 @@ func masterPartitions(t *testing.T, c *redis.ClusterClient) []int {
 // up to ~40 ms); its copies from the other masters are counted duplicates,
 // never gaps or resets.
 func TestRedisClusterPropagation(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster start takes a few seconds")
-	}
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
 	parts := masterPartitions(t, c)
@@ -84,9 +81,6 @@ func TestRedisClusterPropagation(t *testing.T) {
 // the grace); a message lost on one path only is filled by another copy and
 // is no gap.
 func TestRedisClusterDropHook(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster start takes a few seconds")
-	}
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
 	parts := masterPartitions(t, c)
@@ -136,9 +130,6 @@ func TestRedisClusterDropHook(t *testing.T) {
 // killed, then that master is paused: the bus repairs, is unhealthy while
 // that master's subscription is down, and recovers.
 func TestRedisClusterOneMasterFails(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster start takes a few seconds")
-	}
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
 	parts := masterPartitions(t, c)
@@ -178,9 +169,6 @@ func TestRedisClusterOneMasterFails(t *testing.T) {
 // cannot be told from a late copy; anti-entropy, which reads the sequence
 // key, finds the reset.
 func TestRedisClusterSeqReset(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster start takes a few seconds")
-	}
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
 	p := masterPartitions(t, c)[2]

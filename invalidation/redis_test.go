@@ -201,9 +201,6 @@ func TestRedisStall(t *testing.T) {
 // TestRedisCluster: messages for partitions owned by every master reach the
 // subscriber (one subscription per master); anti-entropy works across masters.
 func TestRedisCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster start takes a few seconds")
-	}
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
 	rb := newRecorder()

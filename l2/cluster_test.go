@@ -19,9 +19,6 @@ import (
 // Redis Cluster: cross-slot batches, SCAN on every master, the notify script
 // on several slots.
 func TestCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a 3-master cluster")
-	}
 	cl := redistest.StartCluster(t)
 	ctx := context.Background()
 	s := openStore(t, Config{Addrs: cl.Addrs(), KeyPrefix: "app:"})

@@ -22,9 +22,13 @@ type Cluster struct {
 
 // StartCluster starts three redis-server processes with cluster mode on, joins
 // them with redis-cli --cluster create, waits until every node reports
-// cluster_state:ok, and stops them when the test ends.
+// cluster_state:ok, and stops them when the test ends. Forming a cluster
+// takes seconds, so under go test -short it skips the test.
 func StartCluster(tb testing.TB) *Cluster {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skip("redistest: a cluster takes a few seconds to form; skipped under -short")
+	}
 	bin := Binary(tb, "redis-server")
 	cli := Binary(tb, "redis-cli")
 	c := &Cluster{tb: tb}

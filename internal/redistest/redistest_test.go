@@ -48,9 +48,6 @@ func TestServerKillRestartPause(t *testing.T) {
 }
 
 func TestCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster start takes a few seconds")
-	}
 	cl := StartCluster(t)
 	ctx := context.Background()
 	c := cl.Client()
