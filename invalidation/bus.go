@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nearcache/nearcache/internal/hashslot"
+	"github.com/nearcache/nearcache/internal/wait"
 )
 
 // Errors returned by the bus.
@@ -311,19 +312,10 @@ func (b *Bus) Close() error {
 		}
 	}
 	b.lifeMu.Unlock()
-	done := make(chan struct{})
-	go func() { // ends with the bus's last goroutine, even after a timeout
-		b.wg.Wait()
-		close(done)
-	}()
-	t := time.NewTimer(CloseWait)
-	defer t.Stop()
-	select {
-	case <-done:
-		return nil
-	case <-t.C:
+	if !wait.Within(&b.wg, CloseWait) {
 		return fmt.Errorf("invalidation: Close: a subscription is still blocked in the Redis client after %v (no read timeout, and a server that does not answer?); it ends when the client gives up", CloseWait)
 	}
+	return nil
 }
 
 // CloseWait bounds how long Close waits for the bus's goroutines.

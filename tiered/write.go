@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/nearcache/nearcache/internal/wait"
 	"github.com/nearcache/nearcache/l2"
 )
 
@@ -166,29 +167,12 @@ func (c *Cache[V]) Close() error {
 	if c.bus != nil {
 		errs = append(errs, c.bus.Close())
 	}
-	if err := c.waitWork(c.cfg.LoadTimeout + abortGrace); err != nil {
-		errs = append(errs, err)
+	if d := c.cfg.LoadTimeout + abortGrace; !wait.Within(&c.work, d) {
+		errs = append(errs, fmt.Errorf("tiered: Close: shared work still running after %v (a loader, or a Redis client without deadlines, ignores its ctx); left to finish", d))
 	}
 	errs = append(errs, c.local.Close())
 	if c.l2 != nil {
 		errs = append(errs, c.l2.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// waitWork waits up to d for running shared work to end.
-func (c *Cache[V]) waitWork(d time.Duration) error {
-	done := make(chan struct{})
-	go func() { // ends with the last piece of work, even after a timeout
-		c.work.Wait()
-		close(done)
-	}()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-done:
-		return nil
-	case <-t.C:
-		return fmt.Errorf("tiered: Close: shared work still running after %v (a loader, or a Redis client without deadlines, ignores its ctx); left to finish", d)
-	}
 }
