@@ -136,7 +136,7 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 		c.leadBatchInline(ctx, table, b, load, o)
 	default:
 		st := c.newBatchState(b.keys)
-		c.finishBatchDetached(ctx, time.Now().Add(c.cfg.LoadTimeout), table, b, st, func(wctx context.Context) {
+		c.goBatch(ctx, time.Now().Add(c.cfg.LoadTimeout), table, b, st, func(wctx context.Context) {
 			c.protect(st, func() {
 				if c.batchL2(wctx, st, load, o) {
 					c.batchLoad(wctx, st, load, o)
@@ -149,7 +149,7 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 
 // leadBatchInline runs batch b on the caller's goroutine up to the loader:
 // tickets, one L2 round trip, fills. If the loader must run, the rest is
-// handed to a goroutine (finishBatchDetached) and the caller waits for it
+// handed to a goroutine (goBatch) and the caller waits for it
 // like its other waiters.
 func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], load BatchLoader[V], o callOptions) {
 	st := c.newBatchState(b.keys)
@@ -167,36 +167,24 @@ func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight
 		return
 	}
 	handed = true
-	c.finishBatchDetached(ctx, deadline, table, b, st, func(wctx context.Context) {
+	c.goBatch(ctx, deadline, table, b, st, func(wctx context.Context) {
 		c.protect(st, func() { c.batchLoad(wctx, st, load, o) })
 	})
 }
 
-// finishBatchDetached runs work on its own goroutine, on a context detached
-// from ctx and ending at deadline (the batch's start plus LoadTimeout), then
-// settles batch b with st's results. It takes over the batch's c.work
-// count. If work overruns the deadline by abortGrace, the batch's waiters
-// are released with errLoadOverran and later callers start afresh.
-func (c *Cache[V]) finishBatchDetached(ctx context.Context, deadline time.Time, table map[string]*flight[V], b *batch[V], st *batchState[V], work func(context.Context)) {
-	wctx, cancel := c.detachedUntil(ctx, deadline)
-	overrun := time.AfterFunc(time.Until(deadline)+abortGrace, func() {
-		c.settleBatch(table, b, nil, errLoadOverran)
-	})
-	go func() {
-		defer overrun.Stop()
-		defer c.work.Done()
-		defer cancel()
-		done := false
-		defer func() {
+// goBatch runs work on its own goroutine (see goDetached) and then settles
+// batch b with st's results; an overrun releases the batch's waiters with
+// errLoadOverran, so later callers start afresh.
+func (c *Cache[V]) goBatch(ctx context.Context, deadline time.Time, table map[string]*flight[V], b *batch[V], st *batchState[V], work func(context.Context)) {
+	c.goDetached(ctx, deadline, work,
+		func() { c.settleBatch(table, b, nil, errLoadOverran) },
+		func(completed bool) {
 			res := st.res
-			if !done {
+			if !completed {
 				res = nil // runtime.Goexit: the work's results are incomplete
 			}
 			c.settleBatch(table, b, res, errBatchAborted)
-		}()
-		work(wctx)
-		done = true
-	}()
+		})
 }
 
 // errBatchAborted is the result of a key its batch did not settle (the

@@ -533,7 +533,7 @@ func (c *Cache[V]) loadPanicked(key string, r any) error {
 // goroutine: the fill ticket and the L2 read (bounded by RedisTimeout), and
 // the L1 fill. When the loader must run, the rest of the work is handed to
 // a goroutine with a detached context bounded by LoadTimeout (see
-// finishDetached), and the caller waits for it like any follower, so a
+// goDetached), and the caller waits for it like any follower, so a
 // loader that ignores its ctx holds no caller past LoadTimeout+abortGrace.
 func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions) (it item[V], err error) {
 	table, _ := c.flightsFor(load == nil)
@@ -561,41 +561,47 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 	c.flightMu.Lock()
 	fdone := f.doneLocked()
 	c.flightMu.Unlock()
-	c.finishDetached(ctx, deadline, table, key, f, func(wctx context.Context) (item[V], error) {
-		return c.fetchLoad(wctx, key, load, o, t, look)
-	})
+	var lit item[V]
+	var lerr error
+	c.goDetached(ctx, deadline,
+		func(wctx context.Context) {
+			defer func() {
+				if r := recover(); r != nil {
+					lerr = c.loadPanicked(key, r)
+				}
+			}()
+			lit, lerr = c.fetchLoad(wctx, key, load, o, t, look)
+		},
+		func() { c.finish(table, key, f, item[V]{}, errLoadOverran) }, // later callers start afresh
+		func(completed bool) {
+			if !completed {
+				lerr = fmt.Errorf("tiered: load of key %q aborted (runtime.Goexit in the loader)", key)
+			}
+			c.finish(table, key, f, lit, lerr)
+		})
 	return waiter[V]{done: fdone, f: f}.wait(ctx)
 }
 
-// finishDetached runs work on its own goroutine, on a context detached from
-// ctx and ending at deadline (the flight's start plus LoadTimeout), and
-// finishes flight f (not a DoChan flight) of key with its result; a panic
-// becomes the error. It takes over the flight's c.work count. If work
-// overruns the deadline by abortGrace, waiters are released with
-// errLoadOverran and later callers start afresh.
-func (c *Cache[V]) finishDetached(ctx context.Context, deadline time.Time, table map[string]*flight[V], key string, f *flight[V], work func(context.Context) (item[V], error)) {
+// goDetached runs work on its own goroutine, on a context detached from ctx
+// and ending at deadline (a flight's or batch's start plus LoadTimeout),
+// then calls settle, with completed false if work exited through
+// runtime.Goexit, and releases the c.work count it takes over. If work is
+// still running abortGrace after the deadline (a loader that ignores its
+// ctx), overran releases the waiters meanwhile. work must recover its own
+// panics.
+func (c *Cache[V]) goDetached(ctx context.Context, deadline time.Time, work func(context.Context), overran func(), settle func(completed bool)) {
 	wctx, cancel := c.detachedUntil(ctx, deadline)
-	overrun := time.AfterFunc(time.Until(deadline)+abortGrace, func() {
-		c.finish(table, key, f, item[V]{}, errLoadOverran) // later callers start afresh
-	})
+	overrun := time.AfterFunc(time.Until(deadline)+abortGrace, overran)
 	go func() {
-		var it item[V]
-		var err error
-		returned := false
+		completed := false
 		defer func() {
 			overrun.Stop()
 			cancel()
-			if r := recover(); r != nil {
-				err, returned = c.loadPanicked(key, r), true
-			}
-			if !returned {
-				err = fmt.Errorf("tiered: load of key %q aborted (runtime.Goexit in the loader)", key)
-			}
-			c.finish(table, key, f, it, err)
+			settle(completed)
 			c.work.Done()
 		}()
-		it, err = work(wctx)
-		returned = true
+		work(wctx)
+		completed = true
 	}()
 }
 
