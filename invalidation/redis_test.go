@@ -191,8 +191,10 @@ func TestRedisStall(t *testing.T) {
 	if h := b.Health(); h.Healthy {
 		t.Errorf("Health while stalled: got healthy")
 	}
-	waitFor(t, 5*time.Second, "the connection to be replaced", func() bool { return b.Stats().Stalls >= 1 })
-	time.Sleep(6 * ping) // let the bus replace the silent connection at least once
+	// A stall is counted once per silent connection, and the bus replaces
+	// the connection after 4 pings of silence: a second stall means the
+	// replacement went silent too, so it has happened.
+	waitFor(t, 5*time.Second, "the silent connection to be replaced", func() bool { return b.Stats().Stalls >= 2 })
 	s.Resume()
 	waitFor(t, 10*time.Second, "recovery", func() bool { return b.Health().Healthy && rb.HasAll(invalidation.CauseResubscribe) })
 	t.Logf("stats after stall: %+v", b.Stats())
