@@ -16,15 +16,23 @@ type countingHandler struct {
 func (h *countingHandler) InvalidateKeys(k []string) { h.keys += len(k) }
 func (h *countingHandler) InvalidateAll(c Cause)     { h.alls = append(h.alls, c) }
 
-// TestSequenceTracking drives the worker's sequence logic directly.
-func TestSequenceTracking(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
-	defer c.Close()
+// newUnstartedBus returns a bus that is never started, over a client that
+// is never dialled, for driving the worker's logic directly.
+func newUnstartedBus(t *testing.T) (*Bus, *countingHandler) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { _ = c.Close() })
 	h := &countingHandler{}
 	b, err := New(c, Config{}, h)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b, h
+}
+
+// TestSequenceTracking drives the worker's sequence logic directly.
+func TestSequenceTracking(t *testing.T) {
+	b, h := newUnstartedBus(t)
 	other := InstanceID{9}
 	feed := func(p int, seq uint64) {
 		t.Helper()
@@ -140,13 +148,7 @@ func TestMultiPathObserve(t *testing.T) {
 // reports no gap for a hole another copy fills, and one gap for a hole
 // nobody fills once the grace has passed.
 func TestMultiPathHandle(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
-	defer c.Close()
-	h := &countingHandler{}
-	b, err := New(c, Config{}, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, h := newUnstartedBus(t)
 	b.multiPath = true
 	other := InstanceID{9}
 	feed := func(p int, seqs ...uint64) {
