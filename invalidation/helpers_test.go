@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/invalidation"
 )
 
@@ -69,13 +70,7 @@ func (r *recorder) HasAll(c invalidation.Cause) bool { return slices.Contains(r.
 // waits for cross a network, so there is no gate to wait on.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	redistest.WaitFor(t, d, what, cond)
 }
 
 // startBus creates and starts a bus, closed when the test ends.

@@ -79,13 +79,7 @@ func (l *countingLoader) load(_ context.Context, key string) (user, error) {
 // as a pub/sub delivery, whose timing no gate inside the test controls.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	redistest.WaitFor(t, 5*time.Second, what, cond)
 }
 
 func TestTiers(t *testing.T) {

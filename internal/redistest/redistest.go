@@ -252,3 +252,18 @@ func FreePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// WaitFor polls cond every millisecond until it returns true, and fails the
+// test if d passes first. It is for effects that cross a process boundary
+// (a pub/sub delivery, a server restart), whose timing no gate inside the
+// test controls.
+func WaitFor(tb testing.TB, d time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
