@@ -50,7 +50,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -60,6 +59,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/internal/hist"
 	"github.com/nearcache/nearcache/tiered"
 )
 
@@ -384,8 +384,7 @@ func drive(ctx context.Context, base string, o options, svc *service) error {
 	defer client.CloseIdleConnections()
 
 	var done, failed atomic.Int64
-	type sample struct{ reads, writes []time.Duration }
-	samples := make([]sample, o.clients)
+	var reads, writes hist.Histogram // end-to-end latencies of completed requests
 	var (
 		errMu    sync.Mutex
 		firstErr error // guarded by errMu
@@ -396,7 +395,6 @@ func drive(ctx context.Context, base string, o options, svc *service) error {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), uint64(i)))
 			zipf := rand.NewZipf(rng, o.zipfS, 1, uint64(o.keys-1))
-			smp := &samples[i]
 			for ctx.Err() == nil {
 				id := "r" + strconv.FormatUint(zipf.Uint64(), 10)
 				write := rng.Float64() < o.writes
@@ -417,9 +415,9 @@ func drive(ctx context.Context, base string, o options, svc *service) error {
 				}
 				done.Add(1)
 				if write {
-					smp.writes = append(smp.writes, took)
+					writes.Record(took)
 				} else {
-					smp.reads = append(smp.reads, took)
+					reads.Record(took)
 				}
 			}
 		})
@@ -452,33 +450,28 @@ func drive(ctx context.Context, base string, o options, svc *service) error {
 		fmt.Println()
 	}
 
-	var reads, writes []time.Duration
-	for _, s := range samples {
-		reads = append(reads, s.reads...)
-		writes = append(writes, s.writes...)
-	}
-	n := len(reads) + len(writes)
+	rp, wp := reads.Snapshot(), writes.Snapshot()
+	n := rp.Count + wp.Count
 	st := svc.cache.Stats()
-	tbl := func(label string, d []time.Duration) {
-		if len(d) == 0 {
+	tbl := func(label string, p hist.Percentiles) {
+		if p.Count == 0 {
 			fmt.Printf("  %-7s none\n", label)
 			return
 		}
-		slices.Sort(d)
 		fmt.Printf("  %-4s p50 %-8s p90 %-8s p99 %-8s max %-8s (%d requests)\n", label,
-			fmtDur(pctl(d, 0.50)), fmtDur(pctl(d, 0.90)), fmtDur(pctl(d, 0.99)), fmtDur(d[len(d)-1]), len(d))
+			fmtDur(p.P50), fmtDur(p.P90), fmtDur(p.P99), fmtDur(p.Max), p.Count)
 	}
 	fmt.Printf("Throughput: %d requests in %v = %.0f req/s (%d failed)\n", n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), failed.Load())
 	fmt.Println("Latency, end to end over HTTP:")
-	tbl("GET", reads)
-	tbl("PUT", writes)
+	tbl("GET", rp)
+	tbl("PUT", wp)
 	fmt.Println("Cache:")
 	fmt.Printf("  L1 hit ratio       %5.1f%%  (%d of %d lookups)\n", 100*st.Combined.L1HitRatio, st.L1.Hits, st.Combined.Requests)
 	fmt.Printf("  L2 hit ratio       %5.1f%%  (%d of %d Redis lookups)\n", 100*st.Combined.L2HitRatio, st.L2.Hits, st.L2.Lookups)
 	fmt.Printf("  overall hit ratio  %5.1f%%  (requests answered without the backing store)\n", 100*st.Combined.HitRatio)
 	fmt.Printf("  loader calls %d, coalesced waiters %d, Redis round trip p99 %s, Redis errors %d\n",
 		st.Loads.LoaderCalls, st.Loads.Coalesced, fmtDur(st.L2.Store.Latency.P99), st.L2.Errors)
-	fmt.Printf("Backing store: %d reads (for %d GETs), %d writes\n", svc.store.reads.Load(), len(reads), svc.store.writes.Load())
+	fmt.Printf("Backing store: %d reads (for %d GETs), %d writes\n", svc.store.reads.Load(), rp.Count, svc.store.writes.Load())
 	if f := failed.Load(); f > 0 {
 		return fmt.Errorf("%d requests failed; first: %v", f, firstErr)
 	}
@@ -521,11 +514,6 @@ func request(ctx context.Context, client *http.Client, base, id string, write bo
 		return fmt.Errorf("%s %s: %s", method, id, resp.Status)
 	}
 	return nil
-}
-
-// pctl returns the q-quantile of sorted durations.
-func pctl(sorted []time.Duration, q float64) time.Duration {
-	return sorted[int(q*float64(len(sorted)-1))]
 }
 
 func fmtDur(d time.Duration) string {
