@@ -43,6 +43,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/examples/internal/demo"
 	"github.com/nearcache/nearcache/tiered"
 )
 
@@ -101,29 +102,10 @@ func main() {
 		os.Exit(2)
 	}
 	fails, err := run(seeds, *n)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cluster:", err)
-		os.Exit(1)
-	}
-	if len(fails) > 0 {
-		fmt.Printf("\nFAILED: %d check(s) did not hold:\n", len(fails))
-		for _, f := range fails {
-			fmt.Println("  -", f)
-		}
-		os.Exit(1)
-	}
-	fmt.Println("\nAll checks passed.")
+	demo.Exit("cluster", fails, err)
 }
 
-type checks []string
-
-func (c *checks) expect(ok bool, format string, args ...any) {
-	if !ok {
-		*c = append(*c, fmt.Sprintf(format, args...))
-	}
-}
-
-func run(seeds []string, n int) (checks, error) {
+func run(seeds []string, n int) (demo.Checks, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	b := make([]byte, 4)
@@ -152,7 +134,7 @@ func run(seeds []string, n int) (checks, error) {
 	}
 	a, bi := insts[0], insts[1]
 	dir := &directory{latency: 20 * time.Millisecond}
-	var fails checks
+	var fails demo.Checks
 
 	// Topology, and where each key of the batch lives.
 	slots, err := a.rc.ClusterSlots(ctx).Result()
@@ -207,12 +189,12 @@ func run(seeds []string, n int) (checks, error) {
 		l2 := after.L2.Hits - before.L2.Hits
 		loaded := after.Loads.LoadedKeys - before.Loads.LoadedKeys
 		lc := uint64(dir.calls.Load() - calls)
-		fmt.Fprintf(tw, "  %s\tGetManyOrLoad(%d keys)\t%d\t%d\t%d\t%d\t%s\n", in.name, n, l1, l2, loaded, lc, fmtDur(took))
-		fails.expect(len(got) == n, "%s: got %d values, want %d", in.name, len(got), n)
-		fails.expect(loaded == wantLoaded && lc == min(wantLoaded, 1), "%s: loaded %d keys in %d calls, want %d in %d", in.name, loaded, lc, wantLoaded, min(wantLoaded, 1))
+		fmt.Fprintf(tw, "  %s\tGetManyOrLoad(%d keys)\t%d\t%d\t%d\t%d\t%s\n", in.name, n, l1, l2, loaded, lc, demo.Dur(took))
+		fails.Expect(len(got) == n, "%s: got %d values, want %d", in.name, len(got), n)
+		fails.Expect(loaded == wantLoaded && lc == min(wantLoaded, 1), "%s: loaded %d keys in %d calls, want %d in %d", in.name, loaded, lc, wantLoaded, min(wantLoaded, 1))
 		// A fill may not be applied yet (ristretto is asynchronous): an
 		// expected L1 hit may come from L2, never from the loader.
-		fails.expect(l1+l2 == wantL1+wantL2 && l1 <= wantL1, "%s: %d L1 + %d L2 hits, want %d + %d", in.name, l1, l2, wantL1, wantL2)
+		fails.Expect(l1+l2 == wantL1+wantL2 && l1 <= wantL1, "%s: %d L1 + %d L2 hits, want %d + %d", in.name, l1, l2, wantL1, wantL2)
 		return nil
 	}
 	pause := func() { time.Sleep(10 * time.Millisecond) } // the gap between two requests
@@ -263,17 +245,17 @@ func run(seeds []string, n int) (checks, error) {
 	wg.Wait()
 	afterB := bi.cache.Stats()
 	if seen.IsZero() {
-		fails.expect(false, "B did not serve the new value of %s within 2s", key)
+		fails.Expect(false, "B did not serve the new value of %s within 2s", key)
 		fmt.Println("  B: NOT within 2s")
 	} else {
 		fmt.Printf("  Set on A took %s; B served the new value %s after the Set began, having served its old L1 copy %d times;\n",
-			fmtDur(setTook), fmtDur(seen.Sub(t0)), oldReads)
+			demo.Dur(setTook), demo.Dur(seen.Sub(t0)), oldReads)
 		fmt.Printf("  B applied %d invalidation(s) and read the new value from Redis (%d L2 hit).\n",
 			afterB.Invalidation.Applied-beforeB.Invalidation.Applied, afterB.L2.Hits-beforeB.L2.Hits)
 	}
-	fails.expect(afterB.Invalidation.Applied > beforeB.Invalidation.Applied, "B applied no invalidation for the write")
+	fails.Expect(afterB.Invalidation.Applied > beforeB.Invalidation.Applied, "B applied no invalidation for the write")
 	if u, err := a.cache.Get(ctx, key); err != nil || u != updated {
-		fails.expect(false, "read-your-writes on A: got %+v, %v", u, err)
+		fails.Expect(false, "read-your-writes on A: got %+v, %v", u, err)
 	}
 
 	fmt.Println("\n4. Stats")
@@ -283,7 +265,7 @@ func run(seeds []string, n int) (checks, error) {
 		st := in.cache.Stats()
 		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%.1f%%\n", in.name,
 			st.Combined.Requests, st.L1.Hits, st.L2.Lookups, st.L2.Hits, st.Loads.LoaderCalls, st.Loads.LoadedKeys,
-			st.L2.Store.Notifications, st.Invalidation.Received, st.Invalidation.Applied, fmtDur(st.L2.Store.Latency.P99), 100*st.Combined.HitRatio)
+			st.L2.Store.Notifications, st.Invalidation.Received, st.Invalidation.Applied, demo.Dur(st.L2.Store.Latency.P99), 100*st.Combined.HitRatio)
 	}
 	tw.Flush()
 	fmt.Println("  REDIS WRITE SCRIPTS: atomic write-and-publish scripts, one per hash slot written;")
@@ -312,14 +294,4 @@ func run(seeds []string, n int) (checks, error) {
 	}
 	fmt.Printf("\nCleaned up: Clear removed namespace %s; %d bookkeeping key(s) (sequence numbers per slot, epoch) removed after Close.\n", namespace, removed.Load())
 	return fails, nil
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
-	case d < time.Second:
-		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-	}
-	return d.Round(time.Millisecond).String()
 }

@@ -59,6 +59,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/examples/internal/demo"
 	"github.com/nearcache/nearcache/internal/hist"
 	"github.com/nearcache/nearcache/tiered"
 )
@@ -459,7 +460,7 @@ func drive(ctx context.Context, base string, o options, svc *service) error {
 			return
 		}
 		fmt.Printf("  %-4s p50 %-8s p90 %-8s p99 %-8s max %-8s (%d requests)\n", label,
-			fmtDur(p.P50), fmtDur(p.P90), fmtDur(p.P99), fmtDur(p.Max), p.Count)
+			demo.Dur(p.P50), demo.Dur(p.P90), demo.Dur(p.P99), demo.Dur(p.Max), p.Count)
 	}
 	fmt.Printf("Throughput: %d requests in %v = %.0f req/s (%d failed)\n", n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), failed.Load())
 	fmt.Println("Latency, end to end over HTTP:")
@@ -470,7 +471,7 @@ func drive(ctx context.Context, base string, o options, svc *service) error {
 	fmt.Printf("  L2 hit ratio       %5.1f%%  (%d of %d Redis lookups)\n", 100*st.Combined.L2HitRatio, st.L2.Hits, st.L2.Lookups)
 	fmt.Printf("  overall hit ratio  %5.1f%%  (requests answered without the backing store)\n", 100*st.Combined.HitRatio)
 	fmt.Printf("  loader calls %d, coalesced waiters %d, Redis round trip p99 %s, Redis errors %d\n",
-		st.Loads.LoaderCalls, st.Loads.Coalesced, fmtDur(st.L2.Store.Latency.P99), st.L2.Errors)
+		st.Loads.LoaderCalls, st.Loads.Coalesced, demo.Dur(st.L2.Store.Latency.P99), st.L2.Errors)
 	fmt.Printf("Backing store: %d reads (for %d GETs), %d writes\n", svc.store.reads.Load(), rp.Count, svc.store.writes.Load())
 	if f := failed.Load(); f > 0 {
 		return fmt.Errorf("%d requests failed; first: %v", f, firstErr)
@@ -514,14 +515,4 @@ func request(ctx context.Context, client *http.Client, base, id string, write bo
 		return fmt.Errorf("%s %s: %s", method, id, resp.Status)
 	}
 	return nil
-}
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
-	case d < time.Second:
-		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-	}
-	return d.Round(time.Millisecond).String()
 }

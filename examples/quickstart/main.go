@@ -46,6 +46,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/examples/internal/demo"
 	"github.com/nearcache/nearcache/tiered"
 )
 
@@ -136,30 +137,10 @@ func main() {
 	latency := flag.Duration("db-latency", 30*time.Millisecond, "simulated database query latency")
 	flag.Parse()
 	failures, err := run(*addr, *latency)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "quickstart:", err)
-		os.Exit(1)
-	}
-	if len(failures) > 0 {
-		fmt.Printf("\nFAILED: %d check(s) did not hold:\n", len(failures))
-		for _, f := range failures {
-			fmt.Println("  -", f)
-		}
-		os.Exit(1)
-	}
-	fmt.Println("\nAll checks passed.")
+	demo.Exit("quickstart", failures, err)
 }
 
-// checks collects the properties that did not hold.
-type checks []string
-
-func (c *checks) expect(ok bool, format string, args ...any) {
-	if !ok {
-		*c = append(*c, fmt.Sprintf(format, args...))
-	}
-}
-
-func run(addr string, latency time.Duration) (checks, error) {
+func run(addr string, latency time.Duration) (demo.Checks, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -226,7 +207,7 @@ func run(addr string, latency time.Duration) (checks, error) {
 	}
 	a, b, c := insts[0], insts[1], insts[2]
 
-	var fails checks
+	var fails demo.Checks
 	if err := demoTiers(ctx, db, insts, &fails); err != nil {
 		return nil, err
 	}
@@ -317,7 +298,7 @@ func settle(insts []*instance) {
 
 func newTable() *tabwriter.Writer { return tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0) }
 
-func demoTiers(ctx context.Context, db *database, insts []*instance, fails *checks) error {
+func demoTiers(ctx context.Context, db *database, insts []*instance, fails *demo.Checks) error {
 	a, b, c := insts[0], insts[1], insts[2]
 	fmt.Println("\n1. Which tier answered each read (from each instance's counters around the call)")
 	tw := newTable()
@@ -368,20 +349,20 @@ func demoTiers(ctx context.Context, db *database, insts []*instance, fails *chec
 			mark, late = "L2 instead of L1 (*)", true
 		default:
 			mark = "NO: " + s.want.tiers()
-			fails.expect(false, "read %d on %s: answered by %s, want %s", i+1, s.in.name, got, s.want.tiers())
+			fails.Expect(false, "read %d on %s: answered by %s, want %s", i+1, s.in.name, got, s.want.tiers())
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\n", i+1, s.in.name, call, got, mark, fmtDur(took), result)
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\n", i+1, s.in.name, call, got, mark, demo.Dur(took), result)
 	}
 	tw.Flush()
 	if late {
 		fmt.Println("  (*) ristretto applies fills asynchronously (usually within ~0.1ms); this read came before the fill.")
 	}
 	fmt.Printf("  Database queries so far: %d (p1 once, p2+p3 in one batch).\n", db.queries.Load())
-	fails.expect(db.queries.Load() == 2, "database queries after the tier demo: %d, want 2", db.queries.Load())
+	fails.Expect(db.queries.Load() == 2, "database queries after the tier demo: %d, want 2", db.queries.Load())
 	return nil
 }
 
-func demoWrite(ctx context.Context, db *database, writer *instance, others []*instance, fails *checks) error {
+func demoWrite(ctx context.Context, db *database, writer *instance, others []*instance, fails *demo.Checks) error {
 	const key = "p1"
 	old, err := writer.cache.Get(ctx, key)
 	if err != nil {
@@ -436,19 +417,19 @@ func demoWrite(ctx context.Context, db *database, writer *instance, others []*in
 
 	tw := newTable()
 	fmt.Fprintf(tw, "  INSTANCE\tNEW VALUE SERVED\tOLD VALUE SERVED BEFORE\tNEW VALUE FROM\tINVALIDATIONS APPLIED\n")
-	fmt.Fprintf(tw, "  %s (writer)\tat once: Set took %s\t0 times\t%s\t- (own write)\n", writer.name, fmtDur(setTook), wtier)
-	fails.expect(own.Price == updated.Price, "read-your-writes on %s: got %s, want %s", writer.name, fmtPrice(own.Price), fmtPrice(updated.Price))
+	fmt.Fprintf(tw, "  %s (writer)\tat once: Set took %s\t0 times\t%s\t- (own write)\n", writer.name, demo.Dur(setTook), wtier)
+	fails.Expect(own.Price == updated.Price, "read-your-writes on %s: got %s, want %s", writer.name, fmtPrice(own.Price), fmtPrice(updated.Price))
 	for i, in := range others {
 		r := results[i]
 		d := r.after.sub(r.before)
 		if r.seen.IsZero() {
 			fmt.Fprintf(tw, "  %s\tNOT within 2s\t%d times (from L1)\t-\t%d\n", in.name, d.l1Hits, d.applied)
-			fails.expect(false, "%s did not serve the new value within 2s of the write on %s", in.name, writer.name)
+			fails.Expect(false, "%s did not serve the new value within 2s of the write on %s", in.name, writer.name)
 			continue
 		}
-		fmt.Fprintf(tw, "  %s\t%s after Set began\t%d times (from L1)\t%s\t%d\n", in.name, fmtDur(r.seen.Sub(t0)), d.l1Hits, snapshot{l2Hits: d.l2Hits, loaded: d.loaded, loaderCalls: d.loaderCalls}.tiers(), d.applied)
-		fails.expect(d.applied >= 1, "%s applied no invalidation for the write", in.name)
-		fails.expect(d.l2Hits == 1 && d.loaded == 0, "%s: new value came from %s, want L2 x1", in.name, d.tiers())
+		fmt.Fprintf(tw, "  %s\t%s after Set began\t%d times (from L1)\t%s\t%d\n", in.name, demo.Dur(r.seen.Sub(t0)), d.l1Hits, snapshot{l2Hits: d.l2Hits, loaded: d.loaded, loaderCalls: d.loaderCalls}.tiers(), d.applied)
+		fails.Expect(d.applied >= 1, "%s applied no invalidation for the write", in.name)
+		fails.Expect(d.l2Hits == 1 && d.loaded == 0, "%s: new value came from %s, want L2 x1", in.name, d.tiers())
 	}
 	tw.Flush()
 	fmt.Println("  B and C held p1 in L1 (table 1) and polled it every ~20µs from the moment A's Set began: each")
@@ -456,7 +437,7 @@ func demoWrite(ctx context.Context, db *database, writer *instance, others []*in
 	return nil
 }
 
-func demoStampede(ctx context.Context, db *database, in *instance, fails *checks) error {
+func demoStampede(ctx context.Context, db *database, in *instance, fails *demo.Checks) error {
 	const key, n = "p-hot", 1000
 	fmt.Printf("\n3. Stampede: %d concurrent reads of a cold key (%s) on instance %s\n", n, key, in.name)
 	before := snap(in.cache)
@@ -495,12 +476,12 @@ func demoStampede(ctx context.Context, db *database, in *instance, fails *checks
 
 	tw := newTable()
 	fmt.Fprintln(tw, "  READS\tDATABASE QUERIES\tLOADER CALLS\tCOALESCED\tLATE, FROM L1\tLATE, FROM L2\tFAILED\tWALL TIME")
-	fmt.Fprintf(tw, "  %d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", n, q, d.loaderCalls, d.coalesced, d.l1Hits, d.l2Hits, bad.Load(), fmtDur(took))
+	fmt.Fprintf(tw, "  %d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", n, q, d.loaderCalls, d.coalesced, d.l1Hits, d.l2Hits, bad.Load(), demo.Dur(took))
 	tw.Flush()
 	fmt.Printf("  %d callers missed L1 and shared one flight; %d of them waited on the flight another started.\n", d.callers, d.coalesced)
-	fails.expect(d.loaderCalls == 1 && q == 1, "stampede: %d loader calls, %d database queries, want 1 each", d.loaderCalls, q)
-	fails.expect(bad.Load() == 0, "stampede: %d reads failed: %v", bad.Load(), errOne)
-	fails.expect(d.coalesced+d.l1Hits+d.l2Hits == n-1, "stampede: coalesced %d + late L1 %d + late L2 %d, want %d", d.coalesced, d.l1Hits, d.l2Hits, n-1)
+	fails.Expect(d.loaderCalls == 1 && q == 1, "stampede: %d loader calls, %d database queries, want 1 each", d.loaderCalls, q)
+	fails.Expect(bad.Load() == 0, "stampede: %d reads failed: %v", bad.Load(), errOne)
+	fails.Expect(d.coalesced+d.l1Hits+d.l2Hits == n-1, "stampede: coalesced %d + late L1 %d + late L2 %d, want %d", d.coalesced, d.l1Hits, d.l2Hits, n-1)
 	return nil
 }
 
@@ -557,13 +538,3 @@ func randomHex(n int) string {
 func fmtPrice(cents int) string { return fmt.Sprintf("$%d.%02d", cents/100, cents%100) }
 
 func pct(r float64) string { return fmt.Sprintf("%.1f%%", 100*r) }
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
-	case d < time.Second:
-		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-	}
-	return d.Round(time.Millisecond).String()
-}
