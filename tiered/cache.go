@@ -492,7 +492,7 @@ func (c *Cache[V]) join(ctx context.Context, key string, load Loader[V], o callO
 	}
 	f := newSFFlight[V]()
 	table[key] = f
-	wctx, cancel := c.detached(ctx, c.cfg.LoadTimeout)
+	wctx, cancel := c.detached(ctx, time.Now().Add(c.cfg.LoadTimeout))
 	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
 		c.release(table, group, key, f) // first, so that woken waiters who call again start afresh
 		f.abortWith(errLoadOverran)
@@ -590,7 +590,7 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 // ctx), overran releases the waiters meanwhile. work must recover its own
 // panics.
 func (c *Cache[V]) goDetached(ctx context.Context, deadline time.Time, work func(context.Context), overran func(), settle func(completed bool)) {
-	wctx, cancel := c.detachedUntil(ctx, deadline)
+	wctx, cancel := c.detached(ctx, deadline)
 	overrun := time.AfterFunc(time.Until(deadline)+abortGrace, overran)
 	go func() {
 		completed := false
@@ -638,17 +638,12 @@ func (c *Cache[V]) release(table map[string]*flight[V], group *singleflight.Grou
 }
 
 // detached returns a context carrying ctx's values but not its cancellation,
-// bounded by timeout and cancelled by Close: its deadline and Done come from
+// ending at deadline and cancelled by Close: its deadline and Done come from
 // the Cache's base context, its values from ctx. (Deriving it from
 // context.WithoutCancel(ctx) and linking Close with context.AfterFunc costs
 // more allocations and a registration under the base context's lock on
 // every miss.)
-func (c *Cache[V]) detached(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	return c.detachedUntil(ctx, time.Now().Add(timeout))
-}
-
-// detachedUntil is detached with a deadline instead of a timeout.
-func (c *Cache[V]) detachedUntil(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
+func (c *Cache[V]) detached(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
 	d, cancel := context.WithDeadline(c.base, deadline)
 	return valuesFrom{Context: d, values: context.WithoutCancel(ctx)}, cancel
 }
