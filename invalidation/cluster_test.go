@@ -175,6 +175,11 @@ func TestRedisClusterSeqReset(t *testing.T) {
 	rb := newRecorder()
 	b := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: 100 * time.Millisecond}, rb)
 	a := startBus(t, c, invalidation.Config{Namespace: "t"}, newRecorder())
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("B's stats: %+v; InvalidateAll causes: %v", b.Stats(), rb.Alls())
+		}
+	})
 	for i := 0; i < 10; i++ {
 		publishDelete(t, a, p, "k")
 	}
