@@ -26,8 +26,9 @@ var (
 )
 
 // Handler receives invalidations. The bus calls it from a single goroutine,
-// never concurrently, and never for the bus's own messages. Calls should be
-// quick (the worker applies messages in order behind them).
+// never concurrently, for every message, its own included (see
+// [Bus.Start]). Calls should be quick (the worker applies messages in order
+// behind them).
 type Handler interface {
 	// InvalidateKeys drops the local copies of keys (namespace not
 	// prefixed). keys is only valid during the call.
@@ -627,14 +628,18 @@ func (b *Bus) handle(it item) {
 	b.deliver(m)
 }
 
-// deliver passes a tracked message to the Handler (unless it is our own).
+// deliver passes a tracked message to the Handler. Own messages are applied
+// too: the writer has invalidated its copies already when its write
+// returned, but a write whose outcome was in doubt (a timeout) may run in
+// Redis later, after a read refilled the old value; only its own message
+// can then tell this instance.
 func (b *Bus) deliver(m message) {
 	b.applyPending()
 	if m.origin == b.cfg.InstanceID {
 		b.stats.own.Add(1)
-		return
+	} else {
+		b.stats.lag.Record(time.Since(time.Unix(0, m.unixNanos)))
 	}
-	b.stats.lag.Record(time.Since(time.Unix(0, m.unixNanos)))
 	switch m.op {
 	case OpDelete:
 		b.h.InvalidateKeys(m.keys)
@@ -642,7 +647,9 @@ func (b *Bus) deliver(m message) {
 		b.stats.invalidateAll[CauseClear].Add(1)
 		b.h.InvalidateAll(CauseClear)
 	}
-	b.stats.applied.Add(1)
+	if m.origin != b.cfg.InstanceID {
+		b.stats.applied.Add(1)
+	}
 }
 
 // reason is a bit set of why the stream is unhealthy.

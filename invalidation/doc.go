@@ -56,9 +56,10 @@
 //
 // The receiving side:
 //
-//   - skips its own messages (same origin id) but advances their sequence;
 //   - calls [Handler.InvalidateKeys] for deletes and InvalidateAll(CauseClear)
-//     for clears from other instances;
+//     for clears, its own messages (same origin id) included: a write that
+//     timed out may still run in Redis after the writer refilled the old
+//     value, and its own message is the only thing that tells the writer;
 //   - keeps the last sequence per partition: a gap means lost messages
 //     (CauseGap), a smaller number means the sequence key was reset
 //     (CauseSeqReset) — on a standalone or Sentinel-managed Redis; Redis

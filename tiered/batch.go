@@ -356,9 +356,7 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) ([]lookup[V], 
 		return looks, nil
 	}
 	var entries []l2.Entry
-	err := c.redisOp(func() error {
-		rctx, cancel := c.redisCtx(ctx)
-		defer cancel()
+	err := c.redisOp(ctx, func(rctx context.Context) error {
 		var err error
 		entries, err = c.l2.ReadMany(rctx, keys)
 		c.st.l2Lookups.Add(uint64(len(keys)))
@@ -412,9 +410,7 @@ func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.En
 		}
 	}
 	written := make(map[string]bool, len(entries))
-	err := c.redisOp(func() error {
-		wctx, cancel := c.redisCtx(ctx)
-		defer cancel()
+	err := c.redisOp(ctx, func(wctx context.Context) error {
 		for _, part := range []struct {
 			entries map[string]l2.Entry
 			opts    []l2.WriteOption

@@ -296,6 +296,12 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
 	c.local = local
+	if cfg.Redis != nil {
+		if err := checkRouting(cfg.Redis, cfg.StartTimeout); err != nil {
+			_ = local.Close()
+			return nil, err
+		}
+	}
 	c.base, c.cancel = context.WithCancel(context.Background())
 	c.inlineOK = cfg.Redis == nil || honoursDeadlines(cfg.Redis)
 	if cfg.Redis == nil {
@@ -464,6 +470,48 @@ func honoursDeadlines(r redis.UniversalClient) bool {
 		return r.Options().ContextTimeoutEnabled
 	}
 	return false
+}
+
+// ErrReplicaRouting reports a Config.Redis that may send reads to replicas.
+// Every read that the consistency contract rests on (the L2 read after a
+// fill ticket, anti-entropy's sequence and epoch keys) must see the master:
+// a lagging replica would hand back a value that an applied invalidation has
+// already overtaken, L1 would keep it, and nothing would repair it until
+// MaxL1TTL. Give the Cache a client of its own that reads from masters.
+var ErrReplicaRouting = errors.New("tiered: the Redis client may read from replicas")
+
+// checkRouting refuses clients that route reads to replicas: Cluster
+// clients with ReadOnly, RouteByLatency or RouteRandomly (which is also
+// what NewFailoverClusterClient builds from FailoverOptions.ReplicaOnly and
+// RouteBy*), Ring clients (whose shards share no sequence keys or
+// channel), and a plain or failover client whose server reports the replica
+// role (an address of a replica, FailoverOptions.ReplicaOnly). The role is
+// asked once, within timeout; a server that cannot answer is not refused
+// (New must work while Redis is down).
+func checkRouting(r redis.UniversalClient, timeout time.Duration) error {
+	switch r := r.(type) {
+	case *redis.ClusterClient:
+		o := r.Options()
+		if o.ReadOnly || o.RouteByLatency || o.RouteRandomly {
+			return fmt.Errorf("%w: ClusterOptions ReadOnly=%v RouteByLatency=%v RouteRandomly=%v (from FailoverOptions: ReplicaOnly, RouteByLatency, RouteRandomly); "+
+				"a lagging replica would refill local copies with overtaken values; build a separate client without these options for the Cache",
+				ErrReplicaRouting, o.ReadOnly, o.RouteByLatency, o.RouteRandomly)
+		}
+	case *redis.Ring:
+		return errors.New("tiered: a redis.Ring is not supported: its shards share no sequence keys and no invalidation channel; use one server, Sentinel, or Redis Cluster")
+	case *redis.Client:
+		ctx, cancel := context.WithTimeout(context.Background(), min(max(timeout, 0), 2*time.Second))
+		defer cancel()
+		role, err := r.Do(ctx, "ROLE").Slice()
+		if err != nil || len(role) == 0 {
+			return nil // unreachable, or a server without ROLE: nothing to tell
+		}
+		if kind, _ := role[0].(string); kind == "slave" || kind == "replica" {
+			return fmt.Errorf("%w: the server at %s answers ROLE with %q; give the Cache the master's address, or a failover client without ReplicaOnly",
+				ErrReplicaRouting, r.Options().Addr, kind)
+		}
+	}
+	return nil
 }
 
 // join joins key's running flight, or starts one. A started flight runs the
@@ -761,9 +809,7 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 		return lookup[V]{}
 	}
 	var e l2.Entry
-	err := c.redisOp(func() error {
-		rctx, cancel := c.redisCtx(ctx)
-		defer cancel()
+	err := c.redisOp(ctx, func(rctx context.Context) error {
 		var err error
 		e, err = c.l2.Read(rctx, key)
 		c.st.l2Lookups.Add(1)
@@ -828,24 +874,46 @@ func (c *Cache[V]) decodeEntry(key string, e *l2.Entry) (item[V], bool) {
 // breaker returns.
 var errBreakerOpen = fmt.Errorf("%w (circuit breaker open)", ErrUnavailable)
 
-// redisOp runs one Redis operation through the circuit breaker: while the
-// breaker is open it is skipped (counted) and returns errBreakerOpen;
-// otherwise its outcome is recorded, so every call the breaker lets through,
-// including a half-open probe, settles the breaker.
-func (c *Cache[V]) redisOp(fn func() error) error {
+// redisOp runs one Redis operation through the circuit breaker, bounded by
+// RedisTimeout (fn gets the bounded context): while the breaker is open it is
+// skipped (counted) and returns errBreakerOpen; otherwise its outcome is
+// recorded, so every call the breaker lets through, including a half-open
+// probe, settles the breaker.
+func (c *Cache[V]) redisOp(ctx context.Context, fn func(ctx context.Context) error) error {
+	return c.redisCall(ctx, func(ctx context.Context) error {
+		rctx, cancel := c.redisCtx(ctx)
+		defer cancel()
+		return fn(rctx)
+	})
+}
+
+// redisCall is redisOp without the RedisTimeout bound (Clear's SCAN). A
+// caller whose ctx has already ended sends nothing: the call returns the
+// ctx's error and the breaker learns nothing.
+func (c *Cache[V]) redisCall(ctx context.Context, fn func(ctx context.Context) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if !c.brk.allow() {
 		c.st.l2Skipped.Add(1)
 		return errBreakerOpen
 	}
-	err := fn()
-	c.recordRedis(err)
+	err := fn(ctx)
+	c.recordRedis(ctx, err)
 	return err
 }
 
 // recordRedis tells the breaker whether err means Redis is unreachable: any
 // failure except an answer from Redis (l2.ErrOperation, a server error
-// reply) and the caller's own cancellation.
-func (c *Cache[V]) recordRedis(err error) {
+// reply) and a failure of the caller's own ctx. A caller's deadline or
+// cancellation says nothing about Redis (an HTTP handler out of budget must
+// not open the breaker for everyone), so an error while ctx has ended is
+// not recorded at all; the RedisTimeout deadline, a child of ctx, ends only
+// the call's own context and counts.
+func (c *Cache[V]) recordRedis(ctx context.Context, err error) {
+	if err != nil && ctx.Err() != nil {
+		return
+	}
 	conn := err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, l2.ErrNotFound) &&
 		!errors.Is(err, l2.ErrOperation) && !isReply(err)
 	if changed, state := c.brk.record(conn); changed {

@@ -41,6 +41,13 @@ type Config[V any] struct {
 	// Namespace prefixes every Redis key ("NS:key") and names the
 	// invalidation channel. Instances that share data must share it, and
 	// different data sets must not. If empty, DefaultNamespace.
+	//
+	// It may not contain ':' (the separator: namespace "a" with key "b:c"
+	// and namespace "a:b" with key "c" would be the same Redis key, heard on
+	// different channels), '{' or '}' (a hash tag would put every key of
+	// the namespace in one Redis Cluster slot), spaces or control
+	// characters, and is at most MaxNamespaceLen bytes. Keys may contain
+	// anything.
 	Namespace string
 
 	// TTL is how long a value stays fresh in Redis. If zero, DefaultTTL.
@@ -153,6 +160,9 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if err := checkNamespace(c.Namespace); err != nil {
+		return c, err
+	}
 	switch {
 	case c.TTL < 0:
 		return c, fmt.Errorf("tiered: TTL %v is negative", c.TTL)
@@ -168,6 +178,29 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: L1TTLJitter %v must be below 1", c.L1TTLJitter)
 	}
 	return c, nil
+}
+
+// MaxNamespaceLen bounds Config.Namespace.
+const MaxNamespaceLen = 128
+
+// checkNamespace refuses namespaces that would make the mapping from
+// (namespace, key) to Redis key ambiguous, or pin a namespace to one slot.
+func checkNamespace(ns string) error {
+	if len(ns) > MaxNamespaceLen {
+		return fmt.Errorf("tiered: Namespace %q is %d bytes; at most %d", ns, len(ns), MaxNamespaceLen)
+	}
+	for i := 0; i < len(ns); i++ {
+		switch b := ns[i]; {
+		case b == ':':
+			return fmt.Errorf("tiered: Namespace %q contains ':', the separator between namespace and key (namespace %q with key %q would be the same Redis key %q); use another character, such as '.' or '/'",
+				ns, ns[:i], ns[i+1:]+":k", ns+":k")
+		case b == '{' || b == '}':
+			return fmt.Errorf("tiered: Namespace %q contains %q: a Redis Cluster hash tag would put every key of the namespace in one slot", ns, b)
+		case b <= ' ' || b == 0x7f:
+			return fmt.Errorf("tiered: Namespace %q contains a space or control character at byte %d", ns, i)
+		}
+	}
+	return nil
 }
 
 // redactedConfig is Config without methods, for printing.

@@ -91,7 +91,7 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 	// Tell every instance first, so that loads running anywhere see their
 	// tickets invalidated and do not write back values read before the
 	// clear; then remove the keys and tell them again.
-	err := c.redisOp(func() error {
+	err := c.redisCall(ctx, func(ctx context.Context) error {
 		c.dropAll()
 		if err := c.bus.PublishClear(ctx); err != nil {
 			return err
@@ -100,36 +100,41 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		return c.writeErr("clear", "", err)
+		return c.writeErr(ctx, "clear", "", err)
 	}
 	return nil
 }
 
 // write runs one Redis write bounded by RedisTimeout, then invalidates the
-// keys locally whatever the outcome (a timed-out write may still have
-// happened).
+// keys locally whatever the outcome. A write that failed without an answer
+// from Redis (a timeout, a broken connection, the caller's ctx ending
+// mid-call) may still run later; its invalidation then reaches this
+// instance too (the bus applies its own messages), so the local copy that a
+// read refills meanwhile does not outlive it.
 func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(context.Context) error) error {
 	defer c.invalidateLocal(keys...)
 	key := ""
 	if len(keys) == 1 {
 		key = keys[0]
 	}
-	err := c.redisOp(func() error {
-		wctx, cancel := c.redisCtx(ctx)
-		defer cancel()
-		return fn(wctx)
-	})
-	if err != nil {
-		return c.writeErr(op, key, err)
+	if err := c.redisOp(ctx, fn); err != nil {
+		return c.writeErr(ctx, op, key, err)
 	}
 	return nil
 }
 
-// writeErr counts, logs and wraps a failed write; a skip by the open breaker
-// is neither an error of Redis nor worth a log line per call.
-func (c *Cache[V]) writeErr(op, key string, err error) error {
+// writeErr counts, logs and wraps a failed write. A skip by the open
+// breaker is neither an error of Redis nor worth a log line per call; nor is
+// a write cut short by the caller's own ctx, whose error it wraps.
+func (c *Cache[V]) writeErr(ctx context.Context, op, key string, err error) error {
 	if errors.Is(err, errBreakerOpen) {
 		return fmt.Errorf("tiered: %s %q: %w", op, key, err)
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		if errors.Is(err, cerr) {
+			return fmt.Errorf("tiered: %s %q: %w", op, key, err)
+		}
+		return fmt.Errorf("tiered: %s %q: %w (%w)", op, key, cerr, err)
 	}
 	c.st.l2Errors.Add(1)
 	c.log.Warn("nearcache: redis write failed", zap.String("op", op), zap.String("key", key), zap.Error(err))
