@@ -22,10 +22,10 @@ type Proxy struct {
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex // guards match, delay, conns, closed
-	match []byte
-	delay time.Duration
-	conns map[net.Conn]struct{}
+	mu     sync.Mutex // guards match, delay, conns, closed
+	match  []byte
+	delay  time.Duration
+	conns  map[net.Conn]struct{}
 	closed bool
 
 	wg sync.WaitGroup // accept loop and every pipe
