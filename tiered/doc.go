@@ -53,6 +53,27 @@
 // of an absent key. Clear removes the namespace's keys (SCAN + UNLINK, never
 // FLUSHDB) and makes every instance drop its whole L1.
 //
+// A write that fails without an answer from Redis (RedisTimeout, a broken
+// connection, the caller's ctx ending mid-call) is in doubt: its script may
+// still run later. The writer applies its own invalidations as every other
+// instance does, so a copy it refilled meanwhile is dropped when the late
+// script publishes. A call whose ctx has ended returns an error that
+// errors.Is the ctx's error; neither that nor a deadline of the caller's
+// that ends a Redis call counts against the circuit breaker.
+//
+// # What Config.Redis must be
+//
+// Every read the contract rests on (the L2 read after a fill ticket,
+// anti-entropy's sequence and epoch keys) must reach the master, so New
+// refuses, with [ErrReplicaRouting], a client that may read from replicas:
+// Cluster options ReadOnly, RouteByLatency or RouteRandomly (also what
+// NewFailoverClusterClient builds), and a client whose server answers ROLE
+// as a replica (a replica's address, FailoverOptions.ReplicaOnly). A
+// redis.Ring is refused too. Give the Cache a client of its own if the rest
+// of the service reads from replicas. Namespaces may not contain ':' (it
+// separates namespace from key, so "a" with key "b:c" and "a:b" with key "c"
+// would share a Redis key but not a channel), '{' or '}'.
+//
 // # Consistency contract
 //
 //   - No resurrection: after Delete (or Set) returns on any instance, no
