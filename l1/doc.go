@@ -101,7 +101,8 @@
 // Entries are stored in ristretto as pointers to an immutable struct (key,
 // stamps, expiry, value): a hit is one ristretto Get plus a few atomic
 // loads. Generations live in a fixed array of 32-bit counters indexed by key
-// hash; a slot shared by two keys costs only misses. The epoch is one 64-bit
+// hash, allocated by New (at most [MaxGenerationSlots], 64 MiB); a slot
+// shared by two keys costs only misses. The epoch is one 64-bit
 // counter, so InvalidateAll is O(1) and atomic; ristretto's Clear, which is
 // neither atomic nor safe under concurrent use, is never used.
 //

@@ -25,6 +25,11 @@ const (
 	DefaultClockResolution = time.Millisecond
 )
 
+// MaxGenerationSlots is the largest [Config.GenerationSlots] that [New]
+// accepts: 2^24 slots, 64 MiB of 32-bit counters, allocated up front. More
+// slots than entries buy nothing; the default is at most 2^22.
+const MaxGenerationSlots = 1 << 24
+
 // EntryOverhead is the number of bytes charged per entry, on top of the cost
 // function's result and len(key), when the capacity is given in bytes
 // ([Config.MaxBytes]). It approximates the bookkeeping for one entry: the
@@ -75,8 +80,10 @@ type Config struct {
 	// GenerationSlots is the number of per-key generation counters; keys are
 	// mapped onto them by hash, rounded up to a power of two. Two keys that
 	// share a slot invalidate each other's entries (an extra miss, never a
-	// stale read). If zero, the expected number of entries (NumCounters/10)
-	// rounded up to a power of two is used, clamped to [2^10, 2^22].
+	// stale read). Each slot is 4 bytes, allocated by New. At most
+	// [MaxGenerationSlots] (2^24); larger values are an error. If zero, the
+	// expected number of entries (NumCounters/10) rounded up to a power of
+	// two is used, clamped to [2^10, 2^22].
 	GenerationSlots int
 }
 
@@ -162,6 +169,7 @@ type Cache[V any] struct {
 	dropped       atomic.Uint64
 	rejected      atomic.Uint64
 	evicted       atomic.Uint64
+	reapplied     atomic.Uint64 // sets made by reapply that ristretto accepted
 	exited        atomic.Uint64 // entries that left ristretto (any reason)
 	invalidated   atomic.Uint64
 	epochBumps    atomic.Uint64
@@ -194,6 +202,9 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 		return nil, fmt.Errorf("%w: ClockResolution %v is negative", ErrConfig, cfg.ClockResolution)
 	case cfg.GenerationSlots < 0:
 		return nil, fmt.Errorf("%w: GenerationSlots %d is negative", ErrConfig, cfg.GenerationSlots)
+	case cfg.GenerationSlots > MaxGenerationSlots:
+		return nil, fmt.Errorf("%w: GenerationSlots %d is above the maximum %d (MaxGenerationSlots)",
+			ErrConfig, cfg.GenerationSlots, MaxGenerationSlots)
 	}
 	if cfg.MaxEntries == 0 && cfg.MaxBytes == 0 {
 		cfg.MaxEntries = DefaultMaxEntries
@@ -272,6 +283,11 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 // the rejected entry's key is present and the entry's stamps are current,
 // reapply sets it again, which is now an update (applied at once, subject
 // to newerOrEqual), and reports true. It runs on ristretto's goroutine.
+//
+// Stats.Entries counts every set ristretto accepts and every value it lets
+// go (OnExit): the rejected entry and the value the update replaces both
+// leave, so the set made here is counted too (in reapplied), or the key,
+// still held, would be missing from Entries.
 func (c *Cache[V]) reapply(it *ristretto.Item[*entry[V]]) bool {
 	e := it.Value
 	if e == nil || c.closed.Load() {
@@ -283,7 +299,11 @@ func (c *Cache[V]) reapply(it *ristretto.Item[*entry[V]]) bool {
 	if e.epoch != c.epoch.Load() || e.gen != c.gens[it.Key&c.genMask].Load() {
 		return false
 	}
-	return c.rc.Set(it.Key, e, it.Cost)
+	if !c.rc.Set(it.Key, e, it.Cost) {
+		return false
+	}
+	c.reapplied.Add(1)
+	return true
 }
 
 // newerOrEqual keeps ristretto from replacing an entry with one reserved
@@ -638,7 +658,11 @@ func (c *Cache[V]) Stats() Stats {
 	if c.enter(s) {
 		st.Cost = c.maxCost - c.rc.RemainingCost()
 		s.active.Add(-1)
-		st.Entries = max(int64(st.Fills)-int64(c.exited.Load()), 0)
+		// Every accepted set either adds a value or replaces one, and every
+		// value that leaves (evicted, rejected, replaced, deleted) passes
+		// OnExit once.
+		in := st.Fills + c.reapplied.Load()
+		st.Entries = max(int64(in)-int64(c.exited.Load()), 0)
 	}
 	return st
 }

@@ -3,6 +3,7 @@ package l1
 import (
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"strconv"
 	"sync"
@@ -62,6 +63,8 @@ func TestNewConfigErrors(t *testing.T) {
 		{"negative BufferItems", Config{BufferItems: -1}, nil},
 		{"negative ClockResolution", Config{ClockResolution: -time.Second}, nil},
 		{"negative GenerationSlots", Config{GenerationSlots: -1}, nil},
+		{"GenerationSlots above the maximum", Config{GenerationSlots: MaxGenerationSlots + 1}, nil},
+		{"GenerationSlots MaxInt", Config{GenerationSlots: math.MaxInt}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,6 +91,22 @@ func TestNewDefaults(t *testing.T) {
 	small := newTest[int](t, Config{MaxEntries: 10}, nil)
 	if got, want := len(small.gens), 1<<minGenBits; got != want {
 		t.Errorf("generation slots for 10 entries = %d, want %d", got, want)
+	}
+}
+
+// TestGenerationSlotsMaximum: MaxGenerationSlots itself is accepted, and a
+// count just above a power of two rounds up to the next one.
+func TestGenerationSlotsMaximum(t *testing.T) {
+	for _, tc := range []struct{ slots, want int }{
+		{MaxGenerationSlots, MaxGenerationSlots},
+		{MaxGenerationSlots/2 + 1, MaxGenerationSlots},
+		{3000, 4096},
+	} {
+		c := newTest[int](t, Config{MaxEntries: 10, GenerationSlots: tc.slots}, nil)
+		if got := len(c.gens); got != tc.want {
+			t.Errorf("GenerationSlots %d: %d slots, want %d", tc.slots, got, tc.want)
+		}
+		c.Close()
 	}
 }
 
@@ -790,4 +809,63 @@ func TestStageAccounting(t *testing.T) {
 		t.Errorf("Fills = %d, want 1 (only k=4 reaches ristretto)", st.Fills)
 	}
 	wantHit(t, c, "k", 4)
+}
+
+// TestEntriesAfterReapply: when a key's second fill reaches ristretto while
+// its first is still queued, ristretto admits the first and rejects the
+// second as a duplicate addition, and reapply sets the second again as an
+// update. The key is then held once, and Stats.Entries must count it once.
+func TestEntriesAfterReapply(t *testing.T) {
+	c := newTest[int](t, Config{MaxBytes: 10_000}, func(v int) int64 { return int64(v) })
+	fill(t, c, "a", 6000, 0)
+
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.hookCallback = func() {
+		once.Do(func() {
+			close(blocked)
+			<-release
+		})
+	}
+	defer func() {
+		once.Do(func() {})
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	// "a" and "b" do not fit together: ristretto evicts one or rejects "b",
+	// and the callback blocks its goroutine. Either way about 3.8 kB stay
+	// free, room for "k".
+	if !c.Fill(c.Reserve("b"), 6000, 0) {
+		t.Fatal("Fill(b) = false, want true")
+	}
+	c.flushStages()
+	<-blocked
+	// Both fills of "k" reach ristretto's set buffer as new items.
+	for v := 1; v <= 2; v++ {
+		if !c.Fill(c.Reserve("k"), v, 0) {
+			t.Fatalf("Fill(k, %d) = false, want true", v)
+		}
+		c.flushStages()
+	}
+	close(release)
+	c.Wait()
+	c.hookCallback = nil
+
+	wantHit(t, c, "k", 2)
+	present := int64(1)
+	for _, k := range []string{"a", "b"} {
+		if _, ok := c.Get(k); ok {
+			present++
+		}
+	}
+	if present != 2 {
+		t.Fatalf("%d of a, b, k present, want 2 (one of a, b, and k)", present)
+	}
+	if st := c.Stats(); st.Entries != present {
+		t.Errorf("Stats.Entries = %d, want %d (entries present; Fills %d, SetsRejected %d, Evictions %d)",
+			st.Entries, present, st.Fills, st.SetsRejected, st.Evictions)
+	}
 }

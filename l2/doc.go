@@ -13,6 +13,10 @@
 // applications, so a Store only ever touches keys under its prefix, and Clear
 // refuses to run without one.
 //
+// A write whose encoded value exceeds Config.MaxValueSize is refused before
+// any I/O; SetMany and SetManyIf then write none of their entries. CheckSize
+// tells a caller in advance, so it can leave such a value out of a batch.
+//
 // # The envelope
 //
 // Each key holds one Redis string: a magic byte (0xC7), a format version,

@@ -18,7 +18,7 @@ type Stats struct {
 	Errors        uint64           // failed operations (all kinds)
 	Timeouts      uint64           // of which timed out
 	Corrupt       uint64           // values that were not a valid envelope
-	TooLarge      uint64           // values refused or skipped for exceeding MaxValueSize
+	TooLarge      uint64           // values refused (writes, CheckSize) or skipped (reads) for exceeding MaxValueSize
 	Latency       hist.Percentiles // per round trip (one per operation or batch)
 }
 

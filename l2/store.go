@@ -420,12 +420,33 @@ func ttlArg(d time.Duration) string {
 	return strconv.FormatInt(ms, 10)
 }
 
-func (s *Store) encodeChecked(key string, e *Entry, now time.Time) ([]byte, error) {
+// CheckSize returns the error a write of e under key would fail with
+// because its encoded form exceeds Config.MaxValueSize: an *Error wrapping
+// ErrOperation and ErrTooLarge that names the key, the encoded size and the
+// limit. It returns nil if e fits. A refusal is counted in Stats.TooLarge,
+// as a refused write is. It does no I/O; a caller writing a batch uses it to
+// leave out the values that would otherwise fail the whole batch (SetMany
+// and SetManyIf write nothing when one entry is too large).
+func (s *Store) CheckSize(key string, e Entry) error {
+	_, err := s.checkSize(key, &e)
+	return err
+}
+
+// checkSize returns e's encoded size, or the ErrTooLarge error (counted).
+func (s *Store) checkSize(key string, e *Entry) (int, error) {
 	n := encodedLen(e)
 	if s.cfg.MaxValueSize > 0 && n > s.cfg.MaxValueSize {
 		s.large.Add(1)
-		return nil, &Error{Op: "set", Key: key, Kind: ErrOperation,
+		return n, &Error{Op: "set", Key: key, Kind: ErrOperation,
 			Err: fmt.Errorf("%w: encoded %d bytes, limit %d (Config.MaxValueSize)", ErrTooLarge, n, s.cfg.MaxValueSize)}
+	}
+	return n, nil
+}
+
+func (s *Store) encodeChecked(key string, e *Entry, now time.Time) ([]byte, error) {
+	n, err := s.checkSize(key, e)
+	if err != nil {
+		return nil, err
 	}
 	return encode(make([]byte, 0, n), e, now), nil
 }
@@ -439,7 +460,9 @@ func (s *Store) Set(ctx context.Context, key string, e Entry, opts ...WriteOptio
 
 // SetMany writes several entries in one round trip (pipelined; on a Cluster
 // one pipeline per node). With Notify each partition's keys are written by
-// one script together with that partition's notification.
+// one script together with that partition's notification. Every entry is
+// encoded before anything is sent: if one exceeds Config.MaxValueSize,
+// SetMany writes nothing and returns its ErrTooLarge error (see CheckSize).
 func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...WriteOption) error {
 	keys, vals, op, errKey, err := s.prepare(entries)
 	if err != nil || len(keys) == 0 {
@@ -483,7 +506,8 @@ func (s *Store) SetIf(ctx context.Context, key string, e Entry, old []byte, opts
 
 // SetManyIf is SetIf for several keys in one round trip; old[k] is the
 // expected value of key k (nil or missing: absent). It returns which keys
-// were written.
+// were written. Like SetMany, it writes nothing if one entry exceeds
+// Config.MaxValueSize.
 func (s *Store) SetManyIf(ctx context.Context, entries map[string]Entry, old map[string][]byte, opts ...WriteOption) (map[string]bool, error) {
 	keys, vals, op, errKey, err := s.prepare(entries)
 	if err != nil || len(keys) == 0 {

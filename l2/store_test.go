@@ -397,6 +397,26 @@ var contractCases = []struct {
 		if ok, _ := s.Exists(ctx, "big"); ok {
 			t.Fatalf("oversized value was written")
 		}
+		// CheckSize refuses what Set refuses, counted the same way, and
+		// lets the rest through; SetMany with one oversized entry writes
+		// none of them.
+		large := s.Stats().TooLarge
+		if err := s.CheckSize("big", Entry{Value: big}); !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), `"big"`) {
+			t.Fatalf("CheckSize oversized: got %v, want ErrTooLarge naming the key", err)
+		}
+		if err := s.CheckSize("small", Entry{Value: big[:16]}); err != nil {
+			t.Fatalf("CheckSize small: %v", err)
+		}
+		if d := s.Stats().TooLarge - large; d != 1 {
+			t.Fatalf("TooLarge moved by %d after one refusal, want 1", d)
+		}
+		err = s.SetMany(ctx, map[string]Entry{"small": {Value: big[:16]}, "big": {Value: big}})
+		if !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("SetMany with one oversized entry: got %v, want ErrTooLarge", err)
+		}
+		if ok, _ := s.Exists(ctx, "small"); ok {
+			t.Fatalf("SetMany wrote part of a batch it refused")
+		}
 		raw.Set(ctx, "app:foreign-big", append([]byte{envMagic, envVersion, 0}, big...), 0)
 		if _, err := s.Get(ctx, "foreign-big"); !errors.Is(err, ErrTooLarge) {
 			t.Fatalf("Get oversized: got %v, want ErrTooLarge", err)

@@ -384,7 +384,9 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) ([]lookup[V], 
 // its key still holds what the load read (old), in one round trip (two when
 // some must be announced); it returns which were written, or nil when the
 // write failed (then nothing is known and L1 may keep the values: the bus
-// will be unhealthy if Redis is).
+// will be unhealthy if Redis is). Entries too large for Redis are first
+// removed from entries (leaveOutOversized), so that they do not fail the
+// others' write.
 //
 // A write-back over an absent key or a tombstone publishes no invalidation:
 // no instance can hold a local copy there that a published write has not
@@ -395,6 +397,7 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) ([]lookup[V], 
 // foreign program) other instances may hold a copy of an older value, so
 // those write-backs are announced.
 func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte, announce map[string]bool) map[string]bool {
+	c.leaveOutOversized(entries)
 	if len(entries) == 0 {
 		return nil
 	}
@@ -436,4 +439,33 @@ func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.En
 		return nil
 	}
 	return written
+}
+
+// leaveOutOversized removes from entries the values whose encoded form
+// exceeds MaxValueSize: one of them would make SetManyIf write none of the
+// batch. A value left out is still returned to its callers and may be kept
+// in this instance's L1 through its ticket: it is not in Redis, so no other
+// instance can hold a copy that a later write would have to reach, and a
+// write by anyone still invalidates this one. Each is counted in
+// Stats.L2.Store.TooLarge (by CheckSize); one Warn line per write-back names
+// the first key, its size and the limit, and how many were left out.
+func (c *Cache[V]) leaveOutOversized(entries map[string]l2.Entry) {
+	n, total := 0, len(entries)
+	var firstKey string
+	var firstErr error
+	for k, e := range entries {
+		err := c.l2.CheckSize(k, e)
+		if err == nil {
+			continue
+		}
+		delete(entries, k)
+		if n == 0 {
+			firstKey, firstErr = k, err
+		}
+		n++
+	}
+	if n > 0 {
+		c.log.Warn("nearcache: loaded values too large for Redis left out of the write-back (kept in this instance's L1 only)",
+			zap.String("key", firstKey), zap.Int("left_out", n), zap.Int("keys", total), zap.Error(firstErr))
+	}
 }

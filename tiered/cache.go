@@ -59,6 +59,7 @@ type (
 		ReadMany(ctx context.Context, keys []string) ([]l2.Entry, error)
 		SetMany(ctx context.Context, entries map[string]l2.Entry, opts ...l2.WriteOption) error
 		SetManyIf(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte, opts ...l2.WriteOption) (map[string]bool, error)
+		CheckSize(key string, e l2.Entry) error
 		DeleteMany(ctx context.Context, keys []string, opts ...l2.WriteOption) (int64, error)
 		Clear(ctx context.Context, opts ...l2.WriteOption) (int64, error)
 		Stats() l2.Stats

@@ -119,7 +119,10 @@ type Config[V any] struct {
 	// ones. All instances of a namespace must share it. Never printed.
 	HMACKey []byte
 	// MaxValueSize bounds an encoded value in Redis. If zero, l2's default
-	// (4 MiB); negative disables the bound.
+	// (4 MiB); negative disables the bound. A larger value passed to Set or
+	// SetMany fails the call (l2.ErrTooLarge) and nothing is written; a
+	// larger loaded value is returned and kept in this instance's L1 only,
+	// left out of the write-back without holding back the rest of its batch.
 	MaxValueSize int
 
 	// Logger receives degradations (Redis errors, breaker changes, losses),

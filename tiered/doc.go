@@ -33,7 +33,12 @@
 // over a tombstone publishes no invalidation: no instance can hold a copy
 // there that a published write has not already invalidated, so a message
 // would only make other instances drop current copies and read them again.
-// Write-backs over a stale, expired or corrupt value are announced.
+// Write-backs over a stale, expired or corrupt value are announced. A
+// loaded value whose encoded form exceeds Config.MaxValueSize is left out
+// of the write-back, alone (the rest of its batch is written), counted in
+// Stats().L2.Store.TooLarge and logged once per write-back; it is returned
+// and kept in this instance's L1 only, so every other instance loads it
+// itself.
 //
 // GetMany and GetManyOrLoad do the same for batches: L1 first, every L1 miss
 // in one L2 round trip, every L2 miss in one BatchLoader call, one pipelined
@@ -50,7 +55,9 @@
 // without its invalidation, and never published without the write. The
 // writer then drops its own L1 copies, so it reads its own writes. Delete
 // leaves a short-lived tombstone (Config.LoadTimeout plus a margin) instead
-// of an absent key. Clear removes the namespace's keys (SCAN + UNLINK, never
+// of an absent key. SetMany writes all its values or none: one above
+// Config.MaxValueSize fails the call, before any I/O, with an error wrapping
+// l2.ErrTooLarge that names the key and the limit. Clear removes the namespace's keys (SCAN + UNLINK, never
 // FLUSHDB) and makes every instance drop its whole L1.
 //
 // A write that fails without an answer from Redis (RedisTimeout, a broken

@@ -23,7 +23,10 @@ func (c *Cache[V]) Set(ctx context.Context, key string, value V, opts ...Option)
 }
 
 // SetMany writes several values in one round trip (one script per partition),
-// with the same guarantees as Set.
+// with the same guarantees as Set. It writes all of them or none: a value
+// whose encoded form exceeds MaxValueSize fails the call before anything is
+// sent, with an error that wraps l2.ErrTooLarge and names the key, the size
+// and the limit.
 func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Option) error {
 	if c.isDone.Load() {
 		return ErrClosed
@@ -45,6 +48,11 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 		e, err := c.entry(k, item[V]{v: v}, o.ttl)
 		if err != nil {
 			return err
+		}
+		// The caller's mistake, found before any I/O: nothing is written,
+		// and neither the breaker nor Stats.L2.Errors counts it.
+		if err := c.l2.CheckSize(k, e); err != nil {
+			return fmt.Errorf("tiered: set: %w", err)
 		}
 		entries[k] = e
 	}
