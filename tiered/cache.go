@@ -487,8 +487,9 @@ var ErrReplicaRouting = errors.New("tiered: the Redis client may read from repli
 // RouteBy*), Ring clients (whose shards share no sequence keys or
 // channel), and a plain or failover client whose server reports the replica
 // role (an address of a replica, FailoverOptions.ReplicaOnly). The role is
-// asked once, within timeout; a server that cannot answer is not refused
-// (New must work while Redis is down).
+// asked once, within timeout, of clients built with ContextTimeoutEnabled
+// (any other could hang New on a server that never answers); a server that
+// cannot answer is not refused (New must work while Redis is down).
 func checkRouting(r redis.UniversalClient, timeout time.Duration) error {
 	switch r := r.(type) {
 	case *redis.ClusterClient:
@@ -501,6 +502,9 @@ func checkRouting(r redis.UniversalClient, timeout time.Duration) error {
 	case *redis.Ring:
 		return errors.New("tiered: a redis.Ring is not supported: its shards share no sequence keys and no invalidation channel; use one server, Sentinel, or Redis Cluster")
 	case *redis.Client:
+		if !r.Options().ContextTimeoutEnabled {
+			return nil // the question could hang New on a server that never answers
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), min(max(timeout, 0), 2*time.Second))
 		defer cancel()
 		role, err := r.Do(ctx, "ROLE").Slice()

@@ -74,9 +74,9 @@
 // anti-entropy's sequence and epoch keys) must reach the master, so New
 // refuses, with [ErrReplicaRouting], a client that may read from replicas:
 // Cluster options ReadOnly, RouteByLatency or RouteRandomly (also what
-// NewFailoverClusterClient builds), and a client whose server answers ROLE
-// as a replica (a replica's address, FailoverOptions.ReplicaOnly). A
-// redis.Ring is refused too. Give the Cache a client of its own if the rest
+// NewFailoverClusterClient builds), and a client (with ContextTimeoutEnabled)
+// whose server answers ROLE as a replica (a replica's address,
+// FailoverOptions.ReplicaOnly). A redis.Ring is refused too. Give the Cache a client of its own if the rest
 // of the service reads from replicas. Namespaces may not contain ':' (it
 // separates namespace from key, so "a" with key "b:c" and "a:b" with key "c"
 // would share a Redis key but not a channel), '{' or '}'.
