@@ -567,6 +567,7 @@ func (b *Bus) subscribe(ctx context.Context, s *sub) *redis.PubSub {
 // resubscribe replaces a silent subscription with a new connection.
 func (b *Bus) resubscribe(ctx context.Context, s *sub, old *redis.PubSub) *redis.PubSub {
 	s.live.Store(false)
+	s.replace.Store(false) // this replacement serves a route check's request too
 	b.lifeMu.Lock()
 	if s.ps == old {
 		s.ps = nil
