@@ -19,7 +19,13 @@ import (
 // while the subscription is confirmed means the subscription is on another
 // server: the bus replaces it at once.
 
-// routeWatch runs the route check every RouteCheckInterval.
+// routeWatch runs the route check every RouteCheckInterval. After a
+// replacement that the next check does not vindicate (the new subscription
+// landed on another server than the commands again: a client that sends
+// commands to replicas, or a proxy) it waits twice as long before the next
+// check, up to maxRouteBackoff, so that such a client costs a repair every
+// half minute rather than every interval; one passing check ends the
+// backoff.
 func (b *Bus) routeWatch(ctx context.Context) {
 	defer b.wg.Done()
 	select {
@@ -27,20 +33,38 @@ func (b *Bus) routeWatch(ctx context.Context) {
 	case <-ctx.Done():
 		return
 	}
-	t := time.NewTicker(b.cfg.RouteCheckInterval)
+	iv := b.cfg.RouteCheckInterval
+	t := time.NewTimer(iv)
 	defer t.Stop()
-	failing := false // the last check failed (logged once per run of failures)
+	var (
+		failing bool // the last check failed (logged once per run of failures)
+		streak  int  // replacements in a row, without a passing check between
+	)
 	for {
-		_, err := b.checkRoute(ctx)
+		res, err := b.checkRoute(ctx)
 		switch {
 		case ctx.Err() != nil:
 			return
-		case err != nil && !failing:
-			failing = true
-			b.log.Warn("route check failed (PUBSUB NUMSUB through the client); anti-entropy's run id check still follows a failover", zap.Error(err))
-		case err == nil:
+		case err != nil:
+			if !failing {
+				failing = true
+				b.log.Warn("route check failed (PUBSUB NUMSUB through the client); anti-entropy's run id check still follows a failover", zap.Error(err))
+			}
+		case res == routeMoved:
 			failing = false
+			streak++
+			if streak == 3 {
+				b.log.Warn("the invalidation subscription keeps landing on another server than the commands; does the client send commands to replicas, or go through a proxy?")
+			}
+		case res == routeOK:
+			failing = false
+			streak = 0
 		}
+		wait := iv
+		for i := 0; i < streak && wait < maxRouteBackoff; i++ {
+			wait *= 2
+		}
+		t.Reset(min(wait, max(maxRouteBackoff, iv)))
 		select {
 		case <-ctx.Done():
 			return
@@ -49,32 +73,46 @@ func (b *Bus) routeWatch(ctx context.Context) {
 	}
 }
 
+// maxRouteBackoff bounds the wait between route checks after replacements
+// in a row.
+const maxRouteBackoff = 30 * time.Second
+
+// routeResult is the outcome of one route check.
+type routeResult int
+
+const (
+	routeSkipped routeResult = iota // no settled subscription to check (or an error)
+	routeOK                         // the subscription is on the server behind the commands
+	routeMoved                      // it was not, and is being replaced
+)
+
 // checkRoute sends PUBSUB NUMSUB of the route channel through the command
 // client. If the answer is zero while one confirmation of the subscription
 // stood from before the question to after the answer, the subscription is
-// on another server than the commands, and checkRoute replaces it. It
-// reports whether it did. A subscription that is not confirmed is being
-// re-established by go-redis, whose dialer resolves the server anew, and is
-// left alone.
-func (b *Bus) checkRoute(ctx context.Context) (bool, error) {
+// on another server than the commands, and checkRoute replaces it. A
+// subscription that is not confirmed is being re-established by go-redis,
+// whose dialer resolves the server anew, and is left alone.
+func (b *Bus) checkRoute(ctx context.Context) (routeResult, error) {
 	b.lifeMu.Lock()
 	s := b.subs[""]
 	b.lifeMu.Unlock()
 	if s == nil || !s.live.Load() {
-		return false, nil
+		return routeSkipped, nil
 	}
 	gen := s.confirms.Load()
 	rctx, cancel := context.WithTimeout(ctx, max(2*b.cfg.RouteCheckInterval, time.Second))
 	n, err := b.client.PubSubNumSub(rctx, b.routeChannel).Result()
 	cancel()
-	if err != nil {
-		return false, err
-	}
-	if n[b.routeChannel] > 0 || !s.live.Load() || s.confirms.Load() != gen {
-		return false, nil
+	switch {
+	case err != nil:
+		return routeSkipped, err
+	case !s.live.Load() || s.confirms.Load() != gen:
+		return routeSkipped, nil
+	case n[b.routeChannel] > 0:
+		return routeOK, nil
 	}
 	b.reroute(s, "the subscription is on another server than the commands")
-	return true, nil
+	return routeMoved, nil
 }
 
 // followServer is anti-entropy's reaction to a changed run id on a
@@ -90,7 +128,7 @@ func (b *Bus) followServer(ctx context.Context) {
 	}
 	if b.routeChannel != "" {
 		if _, err := b.checkRoute(ctx); err == nil || ctx.Err() != nil {
-			return
+			return // proven, replaced, or being re-established already
 		}
 	}
 	b.reroute(s, "the server's run id changed")
