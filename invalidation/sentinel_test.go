@@ -3,10 +3,14 @@ package invalidation_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/invalidation"
@@ -85,3 +89,56 @@ func testSentinelFailover(t *testing.T, cfg invalidation.Config) {
 		t.Errorf("B stats %+v: want Reroutes > 0", sb)
 	}
 }
+
+// TestRouteCheckFollowsTheCommands mimics a failover without Sentinel: the
+// client's dialer points at server A, the bus subscribes there, then the
+// dialer points at B. Commands (which redial on every use here) go to B at
+// once while the subscription stays on A; the route check must notice,
+// repair and move the subscription to B.
+func TestRouteCheckFollowsTheCommands(t *testing.T) {
+	ma, _ := startMini(t)
+	mb, cb := startMini(t)
+	var target atomic.Pointer[string]
+	target.Store(ptr(ma.Addr()))
+	c := redis.NewClient(&redis.Options{
+		Addr:            "switching",
+		ConnMaxLifetime: time.Nanosecond, // every command dials anew, as after a failover
+		Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, *target.Load())
+		},
+	})
+	t.Cleanup(func() { _ = c.Close() })
+	rb := newRecorder()
+	b := startBus(t, c, invalidation.Config{Namespace: "rt", RouteCheckInterval: 10 * time.Millisecond, AntiEntropyInterval: -1}, rb)
+	// Commands reach A while the dialer points there: the subscription
+	// and commands share a server, and checks pass without a repair.
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "route checks on A", func() bool { return ma.TotalConnectionCount() >= 4 }) // the subscription, the ping, two checks
+	if st := b.Stats(); st.Reroutes != 0 || len(rb.Alls()) != 0 {
+		t.Fatalf("before the switch: %+v, InvalidateAll %v; want no reroute and no repair", st, rb.Alls())
+	}
+	target.Store(ptr(mb.Addr()))
+	waitFor(t, 5*time.Second, "the subscription on B", func() bool {
+		n, err := cb.PubSubNumSub(context.Background(), b.Channel()).Result()
+		return err == nil && n[b.Channel()] == 1
+	})
+	waitFor(t, 5*time.Second, "health", func() bool { return b.Health().Healthy })
+	p, err := invalidation.New(cb, invalidation.Config{Namespace: "rt"}, newRecorder())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	publishDelete(t, p, 0, "k")
+	waitFor(t, 5*time.Second, "B's message to arrive", func() bool { return slices.Contains(rb.Keys(), "k") })
+	if !rb.HasAll(invalidation.CauseServerChanged) || !rb.HasAll(invalidation.CauseResubscribe) {
+		t.Errorf("InvalidateAll causes %v, want server_changed and resubscribe", rb.Alls())
+	}
+	if st := b.Stats(); st.Reroutes != 1 {
+		t.Errorf("Reroutes %d, want 1 (the subscription is on B now)", st.Reroutes)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
