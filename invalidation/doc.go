@@ -116,9 +116,13 @@
 // immediate, needs no timing bound that a loaded machine could break, and
 // no message ever reaches the reader. Both channels are subscribed by one
 // SUBSCRIBE, so Redis has registered both before it confirms either. The
-// check is only as cheap as one small command per interval; an error (a
-// proxy or ACL that refuses PUBSUB) is logged once per run of failures and
-// leaves anti-entropy's run id check to follow the server.
+// check costs one small command per interval; an error (a proxy or ACL
+// that refuses PUBSUB) is logged once per run of failures and leaves
+// anti-entropy's run id check to follow the server. A client whose commands
+// and subscriptions keep landing on different servers (commands sent to
+// replicas, a proxy) would be repaired every interval: after replacements in
+// a row that no passing check separates, the checks back off, doubling up
+// to 30 s.
 //
 // # Redis Cluster: one subscription per master
 //
