@@ -150,6 +150,10 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 			case b.topoPoke <- struct{}{}:
 			default:
 			}
+		} else {
+			// A failover client moved its commands to a new master;
+			// move the subscription too (see route.go).
+			b.followServer(ctx)
 		}
 	}
 	st.runIDs = cur

@@ -3,6 +3,7 @@ package invalidation
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -59,6 +60,11 @@ type Bus struct {
 	log      *zap.Logger
 	channel  string
 	epochKey string
+	// routeChannel is subscribed beside channel on a standalone or
+	// Sentinel-managed Redis and never published to: PUBSUB NUMSUB of it
+	// through the command client tells whether the subscription is on the
+	// server the commands go to (see route.go). "" when not checked.
+	routeChannel string
 
 	stats  counters
 	health healthState
@@ -128,6 +134,17 @@ type sub struct {
 	ps      *redis.PubSub // guarded by Bus.lifeMu; replaced by the reader on stalls
 	stopped bool          // guarded by Bus.lifeMu
 	initial bool          // guarded by Bus.lifeMu: counted in Bus.awaiting
+
+	// live is true from a confirmation of the subscription until the
+	// reader or the route check sees it fail; confirms counts the
+	// confirmations. The reader writes both, the route check reads them
+	// to know that a PUBSUB NUMSUB it sent saw one settled subscription.
+	live     atomic.Bool
+	confirms atomic.Uint64
+	// replace is set (with lifeMu held, before ps is closed) when the
+	// route check wants the subscription replaced: the reader, woken by
+	// the closed PubSub, subscribes again instead of waiting for go-redis.
+	replace atomic.Bool
 }
 
 type item struct {
@@ -169,6 +186,9 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 	}
 	b.cluster, _ = client.(*redis.ClusterClient)
 	b.multiPath = b.cluster != nil
+	if _, ok := client.(*redis.Client); ok {
+		b.routeChannel = b.channel + ":route:" + hex.EncodeToString(cfg.InstanceID[:])
+	}
 	b.gapGrace = gapGrace(cfg.AntiEntropyInterval)
 	b.health.set(busWide, reasonNotSubscribed)
 	return b, nil
@@ -274,6 +294,10 @@ func (b *Bus) Start(ctx context.Context) error {
 	if b.cfg.AntiEntropyInterval > 0 {
 		b.wg.Add(1)
 		go b.antiEntropy(runCtx)
+	}
+	if b.routeChannel != "" && b.cfg.RouteCheckInterval > 0 {
+		b.wg.Add(1)
+		go b.routeWatch(runCtx)
 	}
 	b.lifeMu.Unlock()
 
@@ -417,6 +441,17 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 			return
 		}
 		now := time.Now()
+		if err != nil && s.replace.Swap(false) {
+			// The route check closed ps: the subscription is on another
+			// server than the commands. Subscribe again now, so that the
+			// client's dialer resolves the server anew; the confirmation
+			// repairs (CauseResubscribe) and makes the stream healthy.
+			if ps = b.resubscribe(ctx, s, ps); ps == nil {
+				return
+			}
+			failing, pingOut, lastHeard, stalledOnce, backoff = true, false, now, false, 0
+			continue
+		}
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -491,13 +526,16 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 				b.confirm(s)
 			}
 			failing = false
-			b.health.clear(s.id, reasonNotSubscribed|reasonDisconnected|reasonStalled)
+			s.confirms.Add(1)
+			s.live.Store(true)
+			b.health.clear(s.id, reasonNotSubscribed|reasonDisconnected|reasonStalled|reasonRerouted)
 		}
 	}
 }
 
 // lost records a detected failure of the stream: unhealthy now, invalidate all.
 func (b *Bus) lost(s *sub, c Cause, r reason, err error) {
+	s.live.Store(false)
 	if c == CauseDisconnect {
 		b.stats.disconnects.Add(1)
 	}
@@ -510,7 +548,13 @@ func (b *Bus) lost(s *sub, c Cause, r reason, err error) {
 // through ReceiveTimeout). It returns nil when the bus is closing or s was
 // stopped.
 func (b *Bus) subscribe(ctx context.Context, s *sub) *redis.PubSub {
-	ps := s.client.Subscribe(ctx, b.channel)
+	channels := []string{b.channel}
+	if b.routeChannel != "" {
+		// One SUBSCRIBE: both channels are registered before either
+		// confirmation is sent.
+		channels = append(channels, b.routeChannel)
+	}
+	ps := s.client.Subscribe(ctx, channels...)
 	b.lifeMu.Lock()
 	defer b.lifeMu.Unlock()
 	if b.closed || s.stopped {
@@ -523,6 +567,8 @@ func (b *Bus) subscribe(ctx context.Context, s *sub) *redis.PubSub {
 
 // resubscribe replaces a silent subscription with a new connection.
 func (b *Bus) resubscribe(ctx context.Context, s *sub, old *redis.PubSub) *redis.PubSub {
+	s.live.Store(false)
+	s.replace.Store(false) // this replacement serves a route check's request too
 	b.lifeMu.Lock()
 	if s.ps == old {
 		s.ps = nil
@@ -661,6 +707,7 @@ const (
 	reasonStalled
 	reasonOverflow
 	reasonAntiEntropy
+	reasonRerouted // the subscription is being moved to the server the commands go to
 )
 
 // busWide is the health source of reasons that concern the whole bus

@@ -14,6 +14,7 @@ const (
 	DefaultNamespace           = "nearcache"
 	DefaultAntiEntropyInterval = time.Second
 	DefaultPingInterval        = time.Second
+	DefaultRouteCheckInterval  = 250 * time.Millisecond
 	DefaultBufferSize          = 16384
 )
 
@@ -40,6 +41,17 @@ type Config struct {
 	// stream unhealthy (a stall), and after three intervals the connection
 	// is replaced. If zero or negative, DefaultPingInterval (1s) is used.
 	PingInterval time.Duration
+
+	// RouteCheckInterval is how often the bus asks the server behind the
+	// client's command connections (PUBSUB NUMSUB) whether its subscription
+	// is on that same server, and moves the subscription there when it is
+	// not: after a Sentinel failover, go-redis moves the commands at once
+	// but leaves the subscription on the old master. Only for a
+	// *redis.Client (plain or from NewFailoverClient); Redis Cluster
+	// follows its masters otherwise. If zero, DefaultRouteCheckInterval
+	// (250ms) is used; if negative, the check is off and only
+	// anti-entropy's run id check moves the subscription.
+	RouteCheckInterval time.Duration
 
 	// BufferSize is the capacity of the queue between the connection reader
 	// and the worker that calls the Handler. A full queue drops the message
@@ -68,6 +80,9 @@ func (c Config) withDefaults() Config {
 	if c.AntiEntropyInterval == 0 {
 		c.AntiEntropyInterval = DefaultAntiEntropyInterval
 	}
+	if c.RouteCheckInterval == 0 {
+		c.RouteCheckInterval = DefaultRouteCheckInterval
+	}
 	if c.PingInterval <= 0 {
 		c.PingInterval = DefaultPingInterval
 	}
@@ -86,6 +101,7 @@ type redacted struct {
 	InstanceID          string
 	AntiEntropyInterval time.Duration
 	PingInterval        time.Duration
+	RouteCheckInterval  time.Duration
 	BufferSize          int
 	HMACKey             string
 }
@@ -96,6 +112,7 @@ func (c Config) redacted() redacted {
 		InstanceID:          hex.EncodeToString(c.InstanceID[:]),
 		AntiEntropyInterval: c.AntiEntropyInterval,
 		PingInterval:        c.PingInterval,
+		RouteCheckInterval:  c.RouteCheckInterval,
 		BufferSize:          c.BufferSize,
 	}
 	if c.HMACKey != nil {

@@ -77,12 +77,53 @@
 //     with SET NX
 //     (CauseEpoch when missing or changed: flush, restart without
 //     persistence, eviction), and the masters' run ids (CauseServerChanged:
-//     restart, failover).
+//     restart, failover; on a standalone or Sentinel-managed Redis the
+//     subscription is also replaced, unless a route check proves it is on
+//     the new server already);
+//   - on a *redis.Client (plain or from NewFailoverClient) checks every
+//     [Config.RouteCheckInterval] that the subscription is on the server
+//     behind the command connections, and replaces it at once when it is
+//     not (see below).
 //
 // [Bus.Health] is unhealthy from a detection until the subscription is
 // confirmed and the repair applied (and while anti-entropy cannot read
 // Redis), so a cache can shorten or skip local fills meanwhile. On Redis
 // Cluster it is unhealthy while any master's subscription is.
+//
+// # Sentinel failover: following the server behind the client
+//
+// go-redis's failover client moves its command pools to the new master as
+// soon as Sentinel announces +switch-master, but its PubSub keeps its
+// connection (and only reconnects, through the dialer that asks Sentinel,
+// when that connection fails): the subscription stays on the old master
+// until Sentinel demotes it, about 10 s later, and meanwhile nothing
+// published on the new master arrives. go-redis offers no hook for this
+// (only a dial hook on the caller's shared client, which the bus does not
+// own). So the subscription also holds a route channel,
+// "NS:inv:route:<instance id>", never published to, and every
+// RouteCheckInterval (250 ms) the bus sends PUBSUB NUMSUB of it through the
+// command client. Zero, while one confirmation of the subscription stood
+// from before the question to after the answer, proves the subscription is
+// on another server: the bus invalidates everything (CauseServerChanged),
+// turns unhealthy (short L1 copies), closes the PubSub and subscribes again,
+// which dials the master the client resolves now; the confirmation repairs
+// again (CauseResubscribe) and makes the stream healthy. Stats.Reroutes
+// counts the replacements. A failover is so followed within one interval
+// plus a round trip, without waiting for the 1 s anti-entropy round (whose
+// run id check replaces the subscription as well, as a fallback).
+//
+// Why NUMSUB rather than an echo (a probe published through the command
+// client that must come back on the subscription): the answer is exact and
+// immediate, needs no timing bound that a loaded machine could break, and
+// no message ever reaches the reader. Both channels are subscribed by one
+// SUBSCRIBE, so Redis has registered both before it confirms either. The
+// check costs one small command per interval; an error (a proxy or ACL
+// that refuses PUBSUB) is logged once per run of failures and leaves
+// anti-entropy's run id check to follow the server. A client whose commands
+// and subscriptions keep landing on different servers (commands sent to
+// replicas, a proxy) would be repaired every interval: after replacements in
+// a row that no passing check separates, the checks back off, doubling up
+// to 30 s.
 //
 // # Redis Cluster: one subscription per master
 //
@@ -136,11 +177,12 @@
 //
 // # Concurrency
 //
-// A started bus runs three goroutines, owned by the bus and stopped and
+// A started bus runs up to four goroutines, owned by the bus and stopped and
 // awaited by [Bus.Close]: a reader that owns the dedicated pub/sub
 // connection and never blocks on anything but Redis (it hands payloads to a
 // bounded queue), a worker that decodes, tracks sequences and is the only
-// caller of the [Handler], and the anti-entropy loop. On Redis Cluster
+// caller of the [Handler], the anti-entropy loop, and (on a
+// *redis.Client) the route check. On Redis Cluster
 // there is one reader per master, all feeding the same queue, and a
 // watcher that keeps the readers in step with the masters. The reader uses
 // ReceiveTimeout rather than go-redis's Channel, so it sees every error and

@@ -18,7 +18,7 @@ const (
 	CauseSeqReset                   // a sequence went backwards or vanished (key evicted, flushed, server reset)
 	CauseLostTail                   // anti-entropy: Redis is ahead of what arrived
 	CauseEpoch                      // anti-entropy: the namespace epoch key is missing or changed
-	CauseServerChanged              // anti-entropy: a server's run id changed (restart, failover)
+	CauseServerChanged              // a server's run id changed (restart, failover), or the subscription was on another server than the commands
 	CauseDisconnect                 // the subscription connection failed
 	CauseResubscribe                // the subscription was confirmed again after a failure
 	CauseStall                      // the subscription stopped answering pings (black hole)
@@ -62,6 +62,7 @@ type Stats struct {
 	LostTails     uint64 // partitions found behind Redis by anti-entropy
 	Disconnects   uint64 // subscription failures seen by the receive loop
 	Reconnects    uint64 // subscriptions confirmed again after a failure or stall
+	Reroutes      uint64 // subscriptions replaced because they were on another server than the commands (failover) or the run id changed
 	Stalls        uint64 // pings left unanswered (black-holed connection)
 	DecodeRejects uint64 // malformed messages
 	AuthRejects   uint64 // unsigned or forged messages (HMAC key set)
@@ -102,7 +103,7 @@ type Health struct {
 // counters are the bus's atomic counters; any goroutine may update them.
 type counters struct {
 	published, received, applied, own, duplicates, dropped, gaps, seqResets, lostTails atomic.Uint64
-	disconnects, reconnects, stalls, decodeRejects, authRejects                        atomic.Uint64
+	disconnects, reconnects, reroutes, stalls, decodeRejects, authRejects              atomic.Uint64
 	aeRounds, aeErrors                                                                 atomic.Uint64
 	invalidateAll                                                                      [numCauses]atomic.Uint64
 	lag                                                                                hist.Histogram
@@ -121,6 +122,7 @@ func (c *counters) snapshot() Stats {
 		LostTails:     c.lostTails.Load(),
 		Disconnects:   c.disconnects.Load(),
 		Reconnects:    c.reconnects.Load(),
+		Reroutes:      c.reroutes.Load(),
 		Stalls:        c.stalls.Load(),
 		DecodeRejects: c.decodeRejects.Load(),
 		AuthRejects:   c.authRejects.Load(),

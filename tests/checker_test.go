@@ -194,10 +194,21 @@ func judge(r read, ops []op, bound time.Duration) (time.Duration, int) {
 	return stale, staleRead
 }
 
+// checkerFault is an event in the middle of a checker run (a failover).
+type checkerFault struct {
+	// run is called half-way through the run, with the instances and the
+	// run's clock, and returns the run time from which the contract holds
+	// again (every instance has recovered). Operations acknowledged before
+	// it may be overtaken for longer than the bound, and operations or
+	// reads may fail before it: those are counted and logged, not failed.
+	run func(t *testing.T, caches []*tiered.Cache[int64], since func() time.Duration) time.Duration
+}
+
 // runChecker runs writers, deleters and readers on three instances for d,
 // then checks every read (a read may return a value overtaken at most bound
-// before it started) and the convergence of every instance.
-func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *testing.T) redis.UniversalClient) {
+// before it started) and the convergence of every instance. With a fault,
+// the run lasts d after the fault has returned as well.
+func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *testing.T) redis.UniversalClient, fault ...checkerFault) {
 	keys := checkerKeys()
 	numKeys := len(keys)
 	const (
@@ -246,9 +257,18 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		readErrs                       atomic.Int64
 		firstErr                       sync.Once
 		errMsg                         atomic.Value
+		errMu                          sync.Mutex
+		errTimes                       []time.Duration // guarded by errMu: when each failed change or read ended
+		errLast                        string          // guarded by errMu: the last error's message
 	)
 	noteErr := func(format string, args ...any) {
-		firstErr.Do(func() { errMsg.Store(fmt.Sprintf(format, args...)) })
+		msg := fmt.Sprintf(format, args...)
+		errMu.Lock()
+		errTimes, errLast = append(errTimes, since()), msg
+		errMu.Unlock()
+		if len(fault) == 0 {
+			firstErr.Do(func() { errMsg.Store(msg) })
+		}
 	}
 	change := func(c *tiered.Cache[int64], del bool) {
 		i := rand.IntN(numKeys)
@@ -334,11 +354,32 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			}()
 		}
 	}
-	time.Sleep(d) // the run's length; the workers are stopped by the flag, and waited for
+	var from time.Duration // the contract holds for operations acknowledged from then on
+	if len(fault) == 0 {
+		time.Sleep(d) // the run's length; the workers are stopped by the flag, and waited for
+	} else {
+		time.Sleep(d / 2)
+		from = fault[0].run(t, caches, since)
+		time.Sleep(d / 2)
+	}
 	stop.Store(true)
 	wg.Wait()
 	if msg := errMsg.Load(); msg != nil {
 		t.Errorf("%d failed writes/deletes, %d failed reads; first: %s", failedChanges.Load(), readErrs.Load(), msg)
+	}
+	if len(fault) > 0 {
+		var before, after int
+		for _, e := range errTimes {
+			if e < from {
+				before++
+			} else {
+				after++
+			}
+		}
+		t.Logf("fault: contract holds again %v into the run; %d failed writes/deletes and reads before, %d after (last: %v)", from, before, after, errLast)
+		if after > 0 {
+			t.Errorf("%d writes/deletes or reads failed after the instances recovered (%v into the run); last: %s", after, from, errLast)
+		}
 	}
 
 	// Check every read against the history.
@@ -350,6 +391,7 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		worstRead    read
 		shown        int
 		perInstReads [instances]int
+		excused      [numVerdicts]int // violations of operations acknowledged before the fault's end
 	)
 	for _, seen := range logs {
 		for _, r := range seen {
@@ -359,6 +401,10 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 				loads++
 			}
 			stale, v := judge(r, state[r.key].ops, bound)
+			if v != okRead && v != phantom && lastMissed(r, state[r.key].ops, bound) < from {
+				excused[v]++
+				continue
+			}
 			verdicts[v]++
 			if stale > 0 {
 				staleSeen = append(staleSeen, stale)
@@ -378,6 +424,10 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		if verdicts[v] > 0 {
 			t.Errorf("%d %s violations (bound %v)", verdicts[v], verdictNames[v], bound)
 		}
+	}
+	if len(fault) > 0 {
+		t.Logf("fault: excused (overtaken by operations acknowledged before %v): stale %d, resurrections %d, lost writes %d",
+			from, excused[staleRead], excused[resurrection], excused[lostWrite])
 	}
 	p99 := percentile(staleSeen, 0.99)
 	t.Logf("checker ran %v on %d instances, %d keys: %d reads (%d GetOrLoad, per instance %v), %d writes, %d deletes; violations: stale %d, resurrections %d, lost writes %d, phantoms %d",
@@ -412,6 +462,18 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		t.Fatalf("no convergence %v after the writers stopped: %v", took, err)
 	}
 	t.Logf("converged %v after the writers stopped", took)
+}
+
+// lastMissed is when the latest operation that r missed by more than bound
+// was acknowledged: the operation a stale verdict of judge blames.
+func lastMissed(r read, ops []op, bound time.Duration) time.Duration {
+	at := time.Duration(-1)
+	for i := max(int(r.ver), 0); i < len(ops); i++ {
+		if ops[i].ack != never && ops[i].ack < r.start-bound {
+			at = ops[i].ack
+		}
+	}
+	return at
 }
 
 // tail formats the end of a history around version v, for failure messages.

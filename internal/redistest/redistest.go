@@ -1,6 +1,8 @@
 // Package redistest starts real redis-server processes for tests: a standalone
-// server and a 3-master Redis Cluster, each on free loopback ports in temporary
-// directories, with helpers to kill, restart and pause them.
+// server, a 3-master Redis Cluster, and a Sentinel set (master, replica and
+// one redis-server --sentinel) with a helper to fail over, each on free
+// loopback ports in temporary directories, with helpers to kill, restart and
+// pause them.
 //
 // Every server is started by the test that uses it and stopped by t.Cleanup, so
 // tests may FLUSHDB, CLIENT KILL or SHUTDOWN it freely: no shared server is ever
@@ -64,6 +66,7 @@ type Server struct {
 	dir   string
 	port  int
 	extra []string
+	conf  string // a configuration file to start from (a Sentinel's); "" for none
 
 	mu  sync.Mutex // guards cmd and done
 	cmd *exec.Cmd
@@ -123,6 +126,10 @@ func (s *Server) Client() *redis.Client {
 }
 
 func (s *Server) args() []string {
+	if s.conf != "" {
+		// A Sentinel: everything is in its (rewritable) configuration file.
+		return []string{s.conf, "--sentinel"}
+	}
 	a := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",

@@ -66,3 +66,37 @@ func TestCluster(t *testing.T) {
 		}
 	}
 }
+
+func TestSentinelFailover(t *testing.T) {
+	st := StartSentinel(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := st.FailoverClient()
+	if err := c.Set(ctx, "k", "before", 0).Err(); err != nil {
+		t.Fatalf("set through the failover client: %v", err)
+	}
+	old, next := st.Master(), st.Replica()
+	if got, err := old.Client().Get(ctx, "k").Result(); err != nil || got != "before" {
+		t.Fatalf("get on the master %s: %q, %v; want \"before\"", old.Addr(), got, err)
+	}
+	// The replica has the write once it has replicated it.
+	WaitFor(t, 5*time.Second, "the replica to have k", func() bool {
+		v, err := next.Client().Get(ctx, "k").Result()
+		return err == nil && v == "before"
+	})
+	nm, err := st.Failover(ctx)
+	if err != nil {
+		t.Fatalf("Failover: %v", err)
+	}
+	if nm != next || st.Master() != next || st.Replica() != old {
+		t.Fatalf("after Failover: master %s, replica %s; want %s, %s", st.Master().Addr(), st.Replica().Addr(), next.Addr(), old.Addr())
+	}
+	// The failover client follows: a write lands on the new master.
+	WaitFor(t, 10*time.Second, "a write through the failover client to reach the new master", func() bool {
+		if err := c.Set(ctx, "k", "after", 0).Err(); err != nil {
+			return false
+		}
+		v, err := next.Client().Get(ctx, "k").Result()
+		return err == nil && v == "after"
+	})
+}
