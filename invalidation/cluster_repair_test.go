@@ -187,3 +187,59 @@ func TestRedisClusterReplayKeepsNothingStale(t *testing.T) {
 		return true
 	})
 }
+
+// TestRedisClusterSeqResetOvertaken: a slot's sequence key is reset and
+// new writes climb past the old number before any round reads the key, so
+// Redis never shows a value below what was applied. The writes numbered
+// at or below the old last go backwards on their subscriptions: they are
+// applied, and the next round repairs (CauseSeqReset) and tracks afresh.
+func TestRedisClusterSeqResetOvertaken(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	c := cl.Client()
+	p := masterPartitions(t, c)[0]
+	const iv = 300 * time.Millisecond
+	rb := newRecorder()
+	b := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: iv, Logger: zaptest.NewLogger(t)}, rb)
+	a := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("B's stats: %+v; InvalidateAll causes: %v", b.Stats(), rb.Alls())
+		}
+	})
+	publishDelete(t, a, p, "w")
+	publishDelete(t, a, p, "w")
+	waitFor(t, 5*time.Second, "B to apply", func() bool { return b.Stats().Applied == 2 })
+	if err := c.Del(context.Background(), b.SeqKey(p)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	want := []string{"r1", "r2", "r3"} // sequences 1, 2 (at or below the old last) and 3
+	for _, k := range want {
+		publishDelete(t, a, p, k)
+	}
+	waitFor(t, 5*time.Second, "the writes after the reset", func() bool {
+		keys := rb.Keys()
+		for _, k := range want {
+			if !slices.Contains(keys, k) {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, 30*time.Second, "the reset repair", func() bool { return rb.HasAll(invalidation.CauseSeqReset) })
+	if took := time.Since(start); took > 2*iv {
+		t.Errorf("reset repaired after %v, want within 2 intervals (%v)", took, 2*iv)
+	}
+	// Tracked afresh (at the latest one round later, once every copy of the
+	// backwards writes has arrived): the next write is applied once, its
+	// copies are duplicates.
+	waitRounds(t, b, 2)
+	before := b.Stats()
+	publishDelete(t, a, p, "next")
+	waitFor(t, 5*time.Second, "the next write and its copies", func() bool {
+		return b.Stats().Duplicates == before.Duplicates+2
+	})
+	if st := b.Stats(); st.Applied != before.Applied+1 {
+		t.Errorf("after the repair: applied %d -> %d, want one more", before.Applied, st.Applied)
+	}
+}

@@ -148,7 +148,8 @@
 //   - Anti-entropy reads every partition with traffic since the last round
 //     in one pipeline, which go-redis splits per master: with all 16384
 //     slots active that is 16384 GETs per round per instance (about 20 ms on
-//     the 3-master loopback test cluster; 180 ms under the race detector).
+//     the 3-master loopback test cluster; 80 to 180 ms under the race
+//     detector).
 //   - A disconnect, stall or resubscription of any master's subscription
 //     repairs as on a single server, although the other paths usually
 //     carried the messages it missed.

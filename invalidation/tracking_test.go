@@ -112,7 +112,7 @@ func TestMultiPathObserve(t *testing.T) {
 		{19, 11, true, false, 20, 2, "shrink from the top: 16 and 18"},
 		{18, 12, true, false, 20, 1, "18 closes the upper run"},
 		{17, 13, false, false, 20, 1, "17 again: duplicate"},
-		{3, 14, false, false, 20, 1, "far below (late copy or reset): duplicate; anti-entropy finds resets"},
+		{3, 14, false, false, 20, 1, "far below (late copy or reset): a duplicate by number; trackMulti tells a reset by its path"},
 	}
 	for _, s := range steps {
 		apply, hole, forced := tr.observe(s.seq, t0.Add(s.at*time.Millisecond), grace)
