@@ -129,11 +129,15 @@
 // applied (counted as Applied, not Duplicates) until the next anti-entropy
 // round reads its sequence key, invalidates everything (CauseSeqReset:
 // losses in the mixed numbering could not be seen as gaps) and tracks from
-// Redis's value (with anti-entropy off, it stays suspect). So a reset never makes the bus drop a real invalidation as
-// a copy, even when new traffic climbs past the old number before a round
-// could see the key go backwards; it is repaired within about one
-// anti-entropy interval plus the round (at most two intervals). The cost is
-// an extra repair when a slot migrates under traffic.
+// Redis's value (with anti-entropy off, it stays suspect). So a reset never
+// makes the bus drop a real invalidation as a copy, even when new traffic
+// climbs past the old number before a round could see the key go
+// backwards; the repair follows at the next round, within about one
+// interval plus the round (at most two intervals). Applying every copy at
+// or below the last one, always, would be simpler but would call the
+// Handler once per master for every message, and each later copy (~40 ms
+// on) would drop a local copy filled after the first. The cost of the
+// per-path test is an extra repair when a slot migrates under traffic.
 //
 // Epoch keys: the bus keeps one per master, in a slot that master owns
 // (read from CLUSTER SLOTS each round; the same slot while the master keeps
