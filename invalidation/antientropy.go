@@ -13,21 +13,40 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/nearcache/nearcache/internal/hashslot"
 	"github.com/nearcache/nearcache/internal/redisinfo"
 )
 
-// maxAEKeys bounds the sequence keys read per anti-entropy round; with more
-// tracked partitions (Redis Cluster) the rounds take turns over them.
+// maxAEKeys bounds the sequence keys of quiet partitions read per
+// anti-entropy round; with more of them tracked (Redis Cluster) the rounds
+// take turns over them. Partitions with traffic since the last round are
+// read every round, however many.
 const maxAEKeys = 1024
 
 // aeState belongs to the anti-entropy goroutine.
 type aeState struct {
-	epoch       string // last epoch key value seen; "" before the first round
-	runIDs      string // sorted "addr=run_id" of the masters; "" before the first round
-	noRunID     bool   // the server has no INFO server section (miniredis)
-	cursor      int    // where the next round starts among tracked partitions
-	partitions  []int  // scratch
-	pendingRead []*redis.StringCmd
+	epoch      string                 // last epoch key value seen; "" before the first round
+	epochs     map[string]masterEpoch // Redis Cluster: by master address
+	runIDs     string                 // sorted "addr=run_id" of the masters; "" before the first round
+	noRunID    bool                   // the server has no INFO server section (miniredis)
+	cursor     int                    // where the next round starts among the quiet partitions
+	hot, cold  []int                  // scratch
+	partitions []int                  // scratch
+	snap       []aeSnap               // scratch
+}
+
+// masterEpoch is the epoch key of one Redis Cluster master: the slot it is
+// hash-tagged to (one the master owns) and the value last read.
+type masterEpoch struct {
+	slot  int
+	value string
+}
+
+// aeSnap is what a partition's tracking said before its sequence key was read.
+type aeSnap struct {
+	last      uint64
+	anomalies uint32
+	suspect   bool
 }
 
 // antiEntropy finds the losses the stream cannot show: a lost last message
@@ -82,6 +101,9 @@ func (b *Bus) aeRound(ctx context.Context, st *aeState) error {
 // key was lost (flush, restart without persistence, eviction, failover to a
 // replica that never had it).
 func (b *Bus) checkEpoch(ctx context.Context, st *aeState) error {
+	if b.cluster != nil {
+		return b.checkClusterEpochs(ctx, st)
+	}
 	var raw [16]byte
 	_, _ = rand.Read(raw[:])
 	fresh := hex.EncodeToString(raw[:])
@@ -160,42 +182,176 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 	return nil
 }
 
-// checkSequences reads the sequence keys of (up to maxAEKeys) tracked
-// partitions. Anything this bus applied was published before the read, so a
-// Redis value below it means the key was reset. A Redis value above what has
-// been applied once the messages in flight had time to arrive (a short
-// grace, then the queue drained) means the tail was lost.
+// epochKeyFor is the epoch key hash-tagged to slot.
+func (b *Bus) epochKeyFor(slot int) string {
+	return "{" + hashslot.Tag(slot) + "}" + b.cfg.Namespace + ":inv:epoch"
+}
+
+// checkClusterEpochs keeps one epoch key per master of a Redis Cluster, in
+// a slot that master owns (the one used before while the master still owns
+// it, else its lowest), so that a flush or a restart without persistence of
+// any master is seen, not only of the master holding slot 0. It creates
+// each with SET NX and reads it in one pipeline (split per master). A value
+// that changed for the same master and slot invalidates everything and
+// makes this round read the sequence keys of every tracked partition that
+// master owns. A master seen for the first time, or whose slot moved away
+// (resharding), starts from what is read now.
+func (b *Bus) checkClusterEpochs(ctx context.Context, st *aeState) error {
+	ranges, err := b.cluster.ClusterSlots(ctx).Result()
+	if err != nil {
+		return err
+	}
+	owned := make(map[string][]redis.ClusterSlot)
+	for _, r := range ranges {
+		if len(r.Nodes) == 0 || r.Start < 0 || r.End >= hashslot.Count || r.Start > r.End {
+			continue
+		}
+		owned[r.Nodes[0].Addr] = append(owned[r.Nodes[0].Addr], r)
+	}
+	if len(owned) == 0 {
+		return errNoMasters
+	}
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	fresh := hex.EncodeToString(raw[:])
+	type read struct {
+		addr string
+		slot int
+		get  *redis.StringCmd
+	}
+	reads := make([]read, 0, len(owned))
+	pipe := b.cluster.Pipeline()
+	for addr, rs := range owned {
+		slot := -1
+		if prev, ok := st.epochs[addr]; ok && inRanges(prev.slot, rs) {
+			slot = prev.slot
+		} else {
+			for _, r := range rs {
+				if slot < 0 || r.Start < slot {
+					slot = r.Start
+				}
+			}
+		}
+		key := b.epochKeyFor(slot)
+		pipe.SetNX(ctx, key, fresh, 0)
+		reads = append(reads, read{addr: addr, slot: slot, get: pipe.Get(ctx, key)})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	next := make(map[string]masterEpoch, len(reads))
+	for _, r := range reads {
+		cur, err := r.get.Result()
+		if errors.Is(err, redis.Nil) {
+			cur = "" // deleted between the two commands: changed
+		} else if err != nil {
+			return err
+		}
+		if prev, ok := st.epochs[r.addr]; ok && prev.slot == r.slot && prev.value != cur {
+			b.log.Warn("namespace epoch key changed", zap.String("node", r.addr), zap.String("was", prev.value), zap.String("now", cur))
+			b.requestInvalidateAll(CauseEpoch)
+			b.touchSlots(owned[r.addr])
+		}
+		next[r.addr] = masterEpoch{slot: r.slot, value: cur}
+	}
+	st.epochs = next
+	return nil
+}
+
+func inRanges(slot int, rs []redis.ClusterSlot) bool {
+	for _, r := range rs {
+		if slot >= r.Start && slot <= r.End {
+			return true
+		}
+	}
+	return false
+}
+
+// touchSlots makes the next sequence check read every tracked partition in rs.
+func (b *Bus) touchSlots(rs []redis.ClusterSlot) {
+	b.trackMu.Lock()
+	defer b.trackMu.Unlock()
+	for p, tr := range b.last {
+		if !tr.touched && inRanges(p, rs) {
+			tr.touched = true
+			b.last[p] = tr
+		}
+	}
+}
+
+// checkSequences reads the sequence keys of every partition with traffic
+// since the last round (or suspect, see trackMulti) and of up to maxAEKeys
+// quiet ones, in turns. Anything this bus applied was published before the
+// read, so a Redis value below it means the key was reset. A Redis value
+// above what has been applied once the messages in flight had time to
+// arrive (a short grace, then the queue drained) means the tail was lost.
+//
+// A reset of a quiet partition drops nothing until a message arrives there;
+// that message touches the partition (and, on Redis Cluster, is applied and
+// makes it suspect), so the next round reads it.
 func (b *Bus) checkSequences(ctx context.Context, st *aeState) error {
 	b.trackMu.Lock()
-	parts := st.partitions[:0]
-	for p := range b.last {
-		parts = append(parts, p)
+	hot, cold := st.hot[:0], st.cold[:0]
+	for p, tr := range b.last {
+		if tr.touched || tr.suspect {
+			hot = append(hot, p)
+			if tr.touched {
+				tr.touched = false
+				b.last[p] = tr
+			}
+		} else {
+			cold = append(cold, p)
+		}
 	}
 	b.trackMu.Unlock()
+	st.hot, st.cold = hot, cold
+	if len(cold) > maxAEKeys {
+		slices.Sort(cold)
+		start := st.cursor % len(cold)
+		cold = slices.Concat(cold[start:], cold[:start])[:maxAEKeys]
+		st.cursor = start + maxAEKeys
+	}
+	parts := append(append(st.partitions[:0], hot...), cold...)
+	st.partitions = parts
 	if len(parts) == 0 {
 		return nil
 	}
-	slices.Sort(parts)
-	if len(parts) > maxAEKeys {
-		start := st.cursor % len(parts)
-		parts = slices.Concat(parts[start:], parts[:start])[:maxAEKeys]
-		st.cursor = start + maxAEKeys
+	err := b.compareSequences(ctx, st, parts)
+	if err != nil {
+		b.retouch(hot) // read them again next round
 	}
-	st.partitions = parts
+	return err
+}
 
+// retouch marks partitions for the next round again.
+func (b *Bus) retouch(parts []int) {
+	b.trackMu.Lock()
+	defer b.trackMu.Unlock()
+	for _, p := range parts {
+		if tr, ok := b.last[p]; ok && !tr.touched {
+			tr.touched = true
+			b.last[p] = tr
+		}
+	}
+}
+
+// compareSequences reads the sequence keys of parts (one pipeline, split per
+// master on Redis Cluster) and compares them with what was applied.
+func (b *Bus) compareSequences(ctx context.Context, st *aeState, parts []int) error {
 	// Snapshot what was applied, then read Redis.
-	snap := make([]uint64, len(parts))
+	snap := slices.Grow(st.snap[:0], len(parts))[:len(parts)]
+	st.snap = snap
 	b.trackMu.Lock()
 	for i, p := range parts {
-		snap[i] = b.last[p].last
+		tr := b.last[p]
+		snap[i] = aeSnap{last: tr.last, anomalies: tr.anomalies, suspect: tr.suspect}
 	}
 	b.trackMu.Unlock()
 	pipe := b.client.Pipeline()
-	cmds := st.pendingRead[:0]
-	for _, p := range parts {
-		cmds = append(cmds, pipe.Get(ctx, b.SeqKey(p)))
+	cmds := make([]*redis.StringCmd, len(parts))
+	for i, p := range parts {
+		cmds[i] = pipe.Get(ctx, b.SeqKey(p))
 	}
-	st.pendingRead = cmds
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return err
 	}
@@ -214,13 +370,33 @@ func (b *Bus) checkSequences(ctx context.Context, st *aeState) error {
 	// Backwards: decided at once against the snapshot.
 	b.trackMu.Lock()
 	for i, p := range parts {
-		if vals[i] < snap[i] {
-			if b.last[p].last == snap[i] {
-				b.last[p] = track{last: vals[i]}
+		cur, ok := b.last[p]
+		if !ok {
+			continue
+		}
+		switch {
+		case vals[i] < snap[i].last:
+			if cur.last == snap[i].last {
+				// Track from Redis's value; a message published before
+				// the read and still in flight is covered by the repair.
+				b.last[p] = track{last: vals[i], touched: cur.touched}
 			}
 			b.stats.seqResets.Add(1)
 			b.requestInvalidateAll(CauseSeqReset)
-			b.log.Info("sequence key reset", zap.Int("partition", p), zap.Uint64("applied", snap[i]), zap.Uint64("redis", vals[i]))
+			b.log.Info("sequence key reset", zap.Int("partition", p), zap.Uint64("applied", snap[i].last), zap.Uint64("redis", vals[i]))
+		case snap[i].suspect:
+			// A subscription went backwards but Redis is not below what
+			// was applied: a reset already overtaken by new traffic, a
+			// replayed message, or a slot migration. The messages of the
+			// old and the new numbering were applied, but a loss among
+			// them could not be seen as a gap: repair.
+			if cur.anomalies == snap[i].anomalies {
+				cur.suspect, cur.paths = false, nil
+				b.last[p] = cur
+			}
+			b.stats.seqResets.Add(1)
+			b.requestInvalidateAll(CauseSeqReset)
+			b.log.Info("sequence went backwards on a subscription", zap.Int("partition", p), zap.Uint64("applied", snap[i].last), zap.Uint64("redis", vals[i]))
 		}
 	}
 	b.trackMu.Unlock()
@@ -228,7 +404,7 @@ func (b *Bus) checkSequences(ctx context.Context, st *aeState) error {
 	// Ahead: give messages in flight time to arrive and be applied.
 	behind := false
 	for i := range parts {
-		if vals[i] > snap[i] {
+		if vals[i] > snap[i].last {
 			behind = true
 			break
 		}
@@ -244,7 +420,8 @@ func (b *Bus) checkSequences(ctx context.Context, st *aeState) error {
 	for i, p := range parts {
 		if tr, ok := b.last[p]; ok && tr.last < vals[i] {
 			cur := tr.last
-			b.last[p] = track{last: vals[i], lateLo: cur, lateHi: vals[i]}
+			tr.last, tr.lateLo, tr.lateHi, tr.holes = vals[i], cur, vals[i], nil
+			b.last[p] = tr
 			b.stats.lostTails.Add(1)
 			b.requestInvalidateAll(CauseLostTail)
 			b.log.Info("lost tail", zap.Int("partition", p), zap.Uint64("applied", cur), zap.Uint64("redis", vals[i]))

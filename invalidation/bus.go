@@ -116,6 +116,17 @@ type track struct {
 	// increasing order, each with the time it is declared lost. Redis
 	// Cluster only (see observe).
 	holes []hole
+	// Redis Cluster only (see trackMulti): paths holds, per subscription,
+	// the highest sequence it delivered; a subscription delivering one at
+	// or below that went backwards (anomaly), which makes the partition
+	// suspect until anti-entropy has read its sequence key. anomalies
+	// counts them, so that anti-entropy clears only what it has seen.
+	// touched: a copy arrived since anti-entropy last collected the
+	// partition.
+	paths     []pathSeq
+	anomalies uint32
+	suspect   bool
+	touched   bool
 }
 
 // subscriber opens pub/sub connections: *redis.Client, *redis.ClusterClient.
@@ -150,6 +161,7 @@ type sub struct {
 type item struct {
 	payload string
 	recv    time.Time
+	path    int // the id of the subscription it came from
 }
 
 // New returns a bus for the namespace in cfg. It does no I/O; call
@@ -176,7 +188,7 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 		h:         h,
 		log:       cfg.Logger.Named("invalidation"),
 		channel:   cfg.Namespace + ":inv",
-		epochKey:  "{" + hashslot.Tag(0) + "}" + cfg.Namespace + ":inv:epoch",
+		epochKey:  "{" + hashslot.Tag(0) + "}" + cfg.Namespace + ":inv:epoch", // standalone and Sentinel; Redis Cluster: one per master (checkClusterEpochs)
 		queue:     make(chan item, cfg.BufferSize),
 		wake:      make(chan struct{}, 1),
 		last:      make(map[int]track),
@@ -501,8 +513,13 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 		}
 		switch m := v.(type) {
 		case *redis.Message:
+			if len(m.Payload) > maxPayload {
+				b.stats.received.Add(1)
+				b.rejectOversized(s, len(m.Payload))
+				continue
+			}
 			select {
-			case b.queue <- item{payload: m.Payload, recv: now}:
+			case b.queue <- item{payload: m.Payload, recv: now, path: s.id}:
 				b.enqueued.Add(1)
 			default:
 				// Unhealthy first: whoever sees the drop counted sees the
@@ -542,6 +559,23 @@ func (b *Bus) lost(s *sub, c Cause, r reason, err error) {
 	b.health.set(s.id, r)
 	b.requestInvalidateAll(c)
 	b.log.Warn("invalidation stream interrupted", zap.Stringer("cause", c), zap.String("node", s.addr), zap.Error(err))
+}
+
+// rejectOversized counts a payload longer than any publisher following the
+// contract produces, which the reader drops before it reaches the queue (a
+// full queue of them would hold BufferSize times their size). It is
+// treated as decode would treat it: without an HMAC key it may have been a
+// lost invalidation, so everything is invalidated (CauseDecode); with a key
+// it cannot be authentic, and is counted as an auth reject and ignored.
+func (b *Bus) rejectOversized(s *sub, n int) {
+	if b.cfg.HMACKey != nil {
+		b.stats.authRejects.Add(1)
+		b.log.Debug("rejected oversized unauthenticated message", zap.Int("bytes", n), zap.String("node", s.addr))
+		return
+	}
+	b.stats.decodeRejects.Add(1)
+	b.log.Warn("oversized invalidation message dropped", zap.Int("bytes", n), zap.Int("max", maxPayload), zap.String("node", s.addr))
+	b.requestInvalidateAll(CauseDecode)
 }
 
 // subscribe creates the subscription (the SUBSCRIBE confirmation arrives
@@ -644,7 +678,7 @@ func (b *Bus) handle(it item) {
 		return
 	}
 	if b.multiPath {
-		if !b.trackMulti(m.partition, m.seq) {
+		if !b.trackMulti(m.partition, it.path, m.seq) {
 			b.stats.duplicates.Add(1)
 			return
 		}

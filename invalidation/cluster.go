@@ -24,7 +24,9 @@ import (
 // it. The first copy of a sequence is applied; later copies are duplicates.
 // A sequence that skips ahead leaves a hole, which another path may still
 // fill (it lost a copy the others did not); a hole still open after gapGrace
-// is a gap.
+// is a gap. Each path also remembers, per partition, the highest sequence it
+// delivered: a path going backwards reveals a reset of the sequence key (or
+// a replay), which the number alone would pass off as a copy (trackMulti).
 
 // maxHoles bounds the open holes per partition; beyond it the oldest is
 // declared lost at once.
@@ -54,9 +56,9 @@ type hole struct {
 // before. newHole: seq skipped ahead and opened a hole due at now+grace.
 // forced: holes declared lost at once because there were too many.
 //
-// A sequence at or below t.last that is not in a hole is a duplicate; so is
-// a smaller number after a reset of the sequence key, which only
-// anti-entropy can tell apart (it reads the key).
+// By number alone, a sequence at or below t.last that is not in a hole is a
+// duplicate; so is a smaller number after a reset of the sequence key.
+// trackMulti tells the two apart by the path (fromPath).
 func (t *track) observe(seq uint64, now time.Time, grace time.Duration) (apply, newHole bool, forced int) {
 	if seq > t.last {
 		if seq > t.last+1 {
@@ -125,23 +127,68 @@ func (t *track) expire(now time.Time) (n int, next time.Time) {
 	return n, next
 }
 
+// pathSeq is the highest sequence of a partition that one subscription
+// (path) delivered.
+type pathSeq struct {
+	id   int
+	last uint64
+}
+
+// fromPath records seq arriving on path id, and reports whether that path
+// went backwards: it had delivered seq or a higher one before. A path is
+// FIFO and carries each message once, so that happens only when the
+// sequence key was reset (eviction, flush, failover to a lagging replica),
+// when a captured message is replayed, or across a slot migration (the old
+// and the new owner's messages reach a third node over different links).
+// The path keeps its highest sequence, so that every message of the new
+// numbering below it is seen as backwards too.
+func (t *track) fromPath(id int, seq uint64) (back bool) {
+	for i := range t.paths {
+		if t.paths[i].id == id {
+			if seq <= t.paths[i].last {
+				return true
+			}
+			t.paths[i].last = seq
+			return false
+		}
+	}
+	t.paths = append(t.paths, pathSeq{id: id, last: seq})
+	return false
+}
+
 // trackMulti tracks a message on Redis Cluster and reports whether to apply
 // it (false: a duplicate). The worker arms its gap timer from b.gapDue.
-func (b *Bus) trackMulti(partition int, seq uint64) bool {
+//
+// A copy that is a duplicate by its number but went backwards on its own
+// path is applied (applying an invalidation is always safe; skipping one is
+// not) and makes the partition suspect: anti-entropy then reads its
+// sequence key in its next round and repairs (CauseSeqReset). While a
+// partition is suspect every copy is applied, so a reset can never make the
+// bus drop a real invalidation as a copy.
+func (b *Bus) trackMulti(partition, path int, seq uint64) bool {
 	now := time.Now()
 	b.trackMu.Lock()
 	tr, seen := b.last[partition]
-	var apply, newHole bool
+	var apply, newHole, back bool
 	var forced int
 	if !seen {
 		tr, apply = track{last: seq}, true
+		tr.fromPath(path, seq)
 	} else {
+		back = tr.fromPath(path, seq)
 		apply, newHole, forced = tr.observe(seq, now, b.gapGrace)
+		if back {
+			tr.suspect = true
+			tr.anomalies++
+		}
+		apply = apply || tr.suspect
 	}
-	if apply {
-		b.last[partition] = tr
-	}
+	tr.touched = true
+	b.last[partition] = tr
 	b.trackMu.Unlock()
+	if back {
+		b.log.Debug("sequence went backwards on a subscription", zap.Int("partition", partition), zap.Uint64("seq", seq))
+	}
 	if newHole {
 		if due := now.Add(b.gapGrace); b.gapDue.IsZero() || due.Before(b.gapDue) {
 			b.gapDue = due
@@ -173,6 +220,22 @@ func (b *Bus) expireHoles(now time.Time) {
 	b.trackMu.Unlock()
 	if !next.IsZero() && (b.gapDue.IsZero() || next.Before(b.gapDue)) {
 		b.gapDue = next
+	}
+}
+
+// forgetPaths drops the per-path state of subscriptions that were closed.
+func (b *Bus) forgetPaths(ids []int) {
+	if len(ids) == 0 {
+		return
+	}
+	b.trackMu.Lock()
+	defer b.trackMu.Unlock()
+	for p, tr := range b.last {
+		n := len(tr.paths)
+		tr.paths = slices.DeleteFunc(tr.paths, func(ps pathSeq) bool { return slices.Contains(ids, ps.id) })
+		if len(tr.paths) != n {
+			b.last[p] = tr
+		}
 	}
 }
 
@@ -273,9 +336,12 @@ func (b *Bus) syncSubs(nodes map[string]*redis.Client) {
 	if first {
 		b.health.clear(busWide, reasonNotSubscribed)
 	}
+	ids := make([]int, 0, len(gone))
 	for _, s := range gone {
 		b.stopSub(s)
+		ids = append(ids, s.id)
 	}
+	b.forgetPaths(ids)
 	if !first && (added > 0 || len(gone) > 0) {
 		b.log.Warn("cluster masters changed; subscriptions follow", zap.Int("added", added), zap.Int("removed", len(gone)))
 		b.requestInvalidateAll(CauseServerChanged)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nearcache/nearcache/internal/hashslot"
 	"github.com/nearcache/nearcache/internal/redistest"
 )
 
@@ -88,4 +89,61 @@ func TestSyncSubsFollowsMasters(t *testing.T) {
 	}
 	eventually(t, "three messages", func() bool { return b.Stats().Applied == 3 })
 	eventually(t, "their six copies", func() bool { return b.Stats().Duplicates == 6 })
+}
+
+// TestClusterAERoundAllSlots measures an anti-entropy round that reads the
+// sequence keys of all 16384 slots (every slot had traffic since the last
+// round) on the 3-master cluster, and checks that it stays well under the
+// default interval.
+func TestClusterAERoundAllSlots(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	c := cl.Client()
+	h := &causeLog{}
+	b, err := New(c, Config{Namespace: "t", AntiEntropyInterval: -1, BufferSize: 1 << 17}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pipe := c.Pipeline()
+	for p := 0; p < hashslot.Count; p++ {
+		b.PublishPipelined(ctx, pipe, p, b.EncodeDelete(p, []string{"k"}))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tracked := func() int {
+		b.trackMu.Lock()
+		defer b.trackMu.Unlock()
+		return len(b.last)
+	}
+	eventually(t, "every slot tracked", func() bool { return tracked() == hashslot.Count })
+	all := make([]int, hashslot.Count)
+	for i := range all {
+		all[i] = i
+	}
+	var st aeState
+	var times []time.Duration
+	for i := 0; i < 5; i++ {
+		b.retouch(all)
+		start := time.Now()
+		if err := b.checkSequences(ctx, &st); err != nil {
+			t.Fatal(err)
+		}
+		times = append(times, time.Since(start))
+		if n := len(st.partitions); n != hashslot.Count {
+			t.Fatalf("round %d read %d sequence keys, want %d", i, n, hashslot.Count)
+		}
+	}
+	slices.Sort(times)
+	t.Logf("anti-entropy round over %d touched slots, 3 masters: min %v, median %v, max %v", hashslot.Count, times[0], times[2], times[4])
+	if times[2] > DefaultAntiEntropyInterval/2 {
+		t.Errorf("median round %v: want under half the default interval (%v)", times[2], DefaultAntiEntropyInterval/2)
+	}
+	if h.has(CauseSeqReset) || h.has(CauseLostTail) {
+		t.Errorf("repairs without a fault: reset %v, lost tail %v", h.has(CauseSeqReset), h.has(CauseLostTail))
+	}
 }

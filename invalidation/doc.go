@@ -31,9 +31,11 @@
 //
 // The body length tells the decoder where the sequence starts. Bodies are at
 // most [MaxBodySize]; [Bus.EncodeDelete] turns a larger delete into a clear.
-// The decoder checks every length against the bytes present before using or
-// allocating, never panics (FuzzDecode), and rejects unknown versions,
-// operations and flags. Keys are not namespace-prefixed.
+// The reader drops a payload longer than MaxBodySize plus 20 digits before
+// it is queued, and counts it as the decoder would count it (see the sharp
+// edges below). The decoder checks every length against the bytes present
+// before using or allocating, never panics (FuzzDecode), and rejects
+// unknown versions, operations and flags. Keys are not namespace-prefixed.
 //
 // # Contract with l2
 //
@@ -48,11 +50,13 @@
 // itself (clear-all). A write is thus never visible without its message
 // having been published.
 //
-// The bus's own keys (the sequence keys "{tag}NS:inv:seq" and the epoch key
-// "{tag}NS:inv:epoch") start with a hash tag, so they never fall under the
-// data prefix "NS:": a user key cannot collide with them, and clearing the
-// namespace's data leaves them in place (they are a few bytes each, and
-// other instances still track the sequences).
+// The bus's own keys (the sequence keys "{tag}NS:inv:seq" and the epoch
+// keys "{tag}NS:inv:epoch": one on a standalone or Sentinel-managed Redis,
+// one per master on Redis Cluster) start with a hash tag, so they never
+// fall under the data prefix "NS:": a user key cannot collide with them,
+// and clearing the namespace's data leaves them in place (they are a few
+// bytes each, and other instances still track the sequences). They never
+// carry a TTL.
 //
 // The receiving side:
 //
@@ -69,17 +73,21 @@
 //     (CauseStall), a full receive queue (CauseOverflow) or an undecodable
 //     message (CauseDecode) invalidates everything at detection, and again
 //     (CauseResubscribe) when Redis confirms the subscription once more;
-//   - every [Config.AntiEntropyInterval] reads the tracked sequence keys
-//     (CauseLostTail when Redis is still ahead after half an interval and
-//     the queue drained: a lost tail is repaired within about 1.5
-//     intervals; a message that was only slow arrives later as "late" and
-//     is applied without another repair), the namespace epoch key, created
-//     with SET NX
-//     (CauseEpoch when missing or changed: flush, restart without
-//     persistence, eviction), and the masters' run ids (CauseServerChanged:
-//     restart, failover; on a standalone or Sentinel-managed Redis the
-//     subscription is also replaced, unless a route check proves it is on
-//     the new server already);
+//   - every [Config.AntiEntropyInterval] reads the sequence keys of every
+//     partition that had traffic since the last round, however many, and of
+//     up to 1024 quiet ones in turn (CauseSeqReset when Redis is below what
+//     was applied; CauseLostTail when Redis is still ahead after half an
+//     interval and the queue drained: a lost tail is repaired within about
+//     1.5 intervals; a message that was only slow arrives later as "late"
+//     and is applied without another repair), the namespace epoch key (one
+//     per master on Redis Cluster), created with SET NX (CauseEpoch when
+//     missing or changed: flush, restart without persistence, eviction),
+//     and the masters' run ids (CauseServerChanged: restart, failover; on a
+//     standalone or Sentinel-managed Redis the subscription is also
+//     replaced, unless a route check proves it is on the new server
+//     already). A reset of a quiet partition's key drops nothing until a
+//     message arrives there, and that message makes the next round read the
+//     key;
 //   - on a *redis.Client (plain or from NewFailoverClient) checks every
 //     [Config.RouteCheckInterval] that the subscription is on the server
 //     behind the command connections, and replaces it at once when it is
@@ -151,16 +159,44 @@
 // anti-entropy repaired it as a lost tail, is dropped rather than applied
 // late: the repair came after it was published and covers it.
 //
+// Resets: by its number alone, a message at or below the last one cannot
+// be told from a copy. But each path carries each message once, so the bus
+// also keeps, per partition and subscription, the highest sequence that
+// subscription delivered: a subscription delivering one at or below it went
+// backwards. That happens when the sequence key was reset (evicted, a flush
+// of its master, a failover to a replica that lagged), when a captured
+// message is replayed, and across a slot migration (the old and the new
+// owner's messages reach a third master over different links). Such a copy
+// is applied (applying an invalidation is always safe; only skipping one
+// is dangerous), and the partition becomes suspect: every copy is then
+// applied (counted as Applied, not Duplicates) until the next anti-entropy
+// round reads its sequence key, invalidates everything (CauseSeqReset:
+// losses in the mixed numbering could not be seen as gaps) and tracks from
+// Redis's value (with anti-entropy off, it stays suspect). So a reset never
+// makes the bus drop a real invalidation as a copy, even when new traffic
+// climbs past the old number before a round could see the key go
+// backwards; the repair follows at the next round, within about one
+// interval plus the round (at most two intervals). Applying every copy at
+// or below the last one, always, would be simpler but would call the
+// Handler once per master for every message, and each later copy (~40 ms
+// on) would drop a local copy filled after the first. The cost of the
+// per-path test is an extra repair when a slot migrates under traffic.
+//
+// Epoch keys: the bus keeps one per master, in a slot that master owns
+// (read from CLUSTER SLOTS each round; the same slot while the master keeps
+// it, its lowest otherwise), so a flush or a restart without persistence of
+// any master is seen within a round (CauseEpoch), and that round reads the
+// sequence keys of every tracked partition the master owns. A master seen
+// for the first time, or whose epoch slot moved away, starts a new
+// baseline without a repair.
+//
 // Consequences:
 //
-//   - In the stream, a sequence at or below the last one cannot be told
-//     from a late copy, so Redis Cluster has no in-stream reset detection.
-//     Anti-entropy reads the sequence keys and reports a value below the
-//     last applied as CauseSeqReset (and tracks from there); until that
-//     round, messages numbered below the old last are dropped as copies,
-//     which the reset repair covers. A reset is thus found within about one
-//     anti-entropy interval (a flush or failover is usually seen sooner, by
-//     the epoch key or the run ids).
+//   - Anti-entropy reads every partition with traffic since the last round
+//     in one pipeline, which go-redis splits per master: with all 16384
+//     slots active that is 16384 GETs per round per instance (about 20 ms on
+//     the 3-master loopback test cluster; 80 to 180 ms under the race
+//     detector).
 //   - A disconnect, stall or resubscription of any master's subscription
 //     repairs as on a single server, although the other paths usually
 //     carried the messages it missed.
@@ -174,6 +210,34 @@
 //     that ForEachMaster reads on each call.
 //   - Stats.Received counts every copy; with N masters, Duplicates grows by
 //     about N-1 per message, and Lag is measured on the first copy.
+//
+// # Eviction policies
+//
+// The bus's keys (sequence and epoch keys) never carry a TTL; the near
+// cache (package tiered) writes every data key and tombstone with one.
+//
+//   - noeviction: safe. A full Redis fails writes, which the cache reports,
+//     and evicts nothing.
+//   - volatile-lru, volatile-lfu, volatile-random, volatile-ttl: safe for
+//     the bus. They evict only keys with a TTL, so data keys and never the
+//     bus's keys; an evicted value is a miss, as if it had expired. When no
+//     key with a TTL is left, Redis fails writes as under noeviction. (A
+//     value written through l2 directly with no TTL is never evicted.)
+//     NOTE: the tombstones a Delete leaves are data keys too; one evicted
+//     early reopens, for its key, the race it closes (a load that began
+//     before the Delete and read no value writes its older value back).
+//     volatile-ttl evicts the keys closest to expiry, tombstones first;
+//     prefer volatile-lru or volatile-lfu, which seldom pick a key just
+//     written.
+//   - allkeys-lru, allkeys-lfu, allkeys-random: consistent for the bus but
+//     costly (and tombstones as above). They can evict the bus's keys. An
+//     evicted sequence key is a reset of its partition: on a standalone or
+//     Sentinel-managed Redis the next message goes backwards and invalidates everything at once (CauseSeqReset); on
+//     Redis Cluster its messages are applied and the reset repaired within
+//     two intervals (see "Resets"). An evicted epoch key invalidates
+//     everything at the next round (CauseEpoch). Under memory pressure
+//     every instance may thus drop its whole local cache again and again:
+//     use volatile-lru or volatile-lfu.
 //
 // # Concurrency
 //
@@ -196,18 +260,22 @@
 //   - The HMAC signature cannot cover the sequence number, which the script
 //     appends on the server. Replaying a captured signed body with any
 //     sequence makes receivers see a gap or a reset and invalidate more than
-//     needed; it can never keep a stale value alive. Without an HMAC key,
-//     anyone who can PUBLISH to the channel can make instances drop keys, and
-//     garbage on the channel invalidates everything (counted as a decode
-//     reject), because a message the bus cannot read may be a lost
-//     invalidation. With a key, unauthenticated payloads (garbage included)
-//     are counted as auth rejects and ignored.
+//     needed; it can never keep a stale value alive: on a standalone or
+//     Sentinel-managed Redis every message is applied whatever its number,
+//     and on Redis Cluster a genuine message numbered below a replayed one
+//     goes backwards on its subscription and is applied (see "Resets").
+//     Without an HMAC key, anyone who can PUBLISH to the channel can make
+//     instances drop keys, and garbage on the channel invalidates
+//     everything (counted as a decode reject), because a message the bus
+//     cannot read may be a lost invalidation. With a key, unauthenticated
+//     payloads (garbage included) are counted as auth rejects and ignored.
 //   - Sequence tracking for a partition starts with the first message seen
 //     for it. A message lost before that is caught only by the repairs of
 //     the event that lost it (disconnect, overflow) — silent loss on a live
 //     connection does not happen in Redis pub/sub. On Redis Cluster each
-//     hash slot is a partition; anti-entropy reads at most 1024 tracked
-//     sequence keys per round and takes turns when more are tracked.
+//     hash slot is a partition; anti-entropy reads every partition with
+//     traffic since the last round, and takes turns over the quiet ones,
+//     1024 per round.
 //   - Anti-entropy is what bounds the damage of a lost last message, a
 //     flushed database or a restart: turning it off (negative interval)
 //     leaves those to the cache's TTLs.

@@ -1,5 +1,18 @@
 package invalidation
 
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+)
+
 // SetTestDrop installs the drop hook: f is asked about every decoded
 // message; true drops it as if the network had lost it.
 func SetTestDrop(cfg *Config, f func(partition int, seq uint64) bool) { cfg.testDrop = f }
+
+// PublishPipelined queues on pipe what Publish does (the sequence INCR and
+// the PUBLISH of body with the new sequence), for tests that publish on
+// thousands of partitions at once.
+func (b *Bus) PublishPipelined(ctx context.Context, pipe redis.Pipeliner, partition int, body []byte) {
+	publishScript.Eval(ctx, pipe, []string{b.SeqKey(partition)}, b.channel, body)
+}

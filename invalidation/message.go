@@ -25,6 +25,10 @@ const (
 
 	// maxSeqDigits bounds the trailing decimal sequence number.
 	maxSeqDigits = 20
+
+	// maxPayload bounds a payload: a body and its sequence. The reader
+	// drops longer ones before queueing them.
+	maxPayload = MaxBodySize + maxSeqDigits
 )
 
 // Op is what a message asks receivers to do.

@@ -112,7 +112,7 @@ func TestMultiPathObserve(t *testing.T) {
 		{19, 11, true, false, 20, 2, "shrink from the top: 16 and 18"},
 		{18, 12, true, false, 20, 1, "18 closes the upper run"},
 		{17, 13, false, false, 20, 1, "17 again: duplicate"},
-		{3, 14, false, false, 20, 1, "far below (late copy or reset): duplicate; anti-entropy finds resets"},
+		{3, 14, false, false, 20, 1, "far below (late copy or reset): a duplicate by number; trackMulti tells a reset by its path"},
 	}
 	for _, s := range steps {
 		apply, hole, forced := tr.observe(s.seq, t0.Add(s.at*time.Millisecond), grace)
@@ -151,23 +151,25 @@ func TestMultiPathHandle(t *testing.T) {
 	b, h := newUnstartedBus(t)
 	b.multiPath = true
 	other := InstanceID{9}
-	feed := func(p int, seqs ...uint64) {
+	// feed delivers (path, sequence) pairs: paths 1, 2 and 3 are the
+	// subscriptions on three masters.
+	feed := func(p int, pathSeqs ...uint64) {
 		t.Helper()
-		for _, seq := range seqs {
+		for i := 0; i < len(pathSeqs); i += 2 {
 			body := encode(other, p, OpDelete, time.Now().UnixNano(), []string{"k"}, nil)
-			b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10)})
+			b.handle(item{payload: string(body) + strconv.FormatUint(pathSeqs[i+1], 10), path: int(pathSeqs[i])})
 		}
 		b.applyPending()
 	}
 	// Three paths deliver 1..5, interleaved; path 2 lost 3.
-	feed(7, 1, 2, 1, 3, 1, 2, 4, 2, 3, 5, 4, 4, 5, 5)
+	feed(7, 1, 1, 1, 2, 2, 1, 1, 3, 3, 1, 3, 2, 1, 4, 2, 2, 3, 3, 1, 5, 2, 4, 3, 4, 2, 5, 3, 5)
 	s := b.Stats()
 	if s.Applied != 5 || s.Duplicates != 9 || s.Gaps != 0 || len(h.alls) != 0 || !b.gapDue.IsZero() {
 		t.Fatalf("applied %d, duplicates %d, gaps %d, alls %v, gapDue %v; want 5, 9, 0, none, zero",
 			s.Applied, s.Duplicates, s.Gaps, h.alls, b.gapDue)
 	}
 	// 7 is lost on every path; 6 and 8 arrive on three paths. 8 opens a hole.
-	feed(7, 6, 8, 6, 8, 6, 8)
+	feed(7, 1, 6, 1, 8, 2, 6, 2, 8, 3, 6, 3, 8)
 	if b.gapDue.IsZero() {
 		t.Fatal("no gap deadline after a hole")
 	}
@@ -181,9 +183,23 @@ func TestMultiPathHandle(t *testing.T) {
 	if s := b.Stats(); s.Gaps != 1 || len(h.alls) != 1 || h.alls[0] != CauseGap || s.Applied != 7 || s.SeqResets != 0 {
 		t.Fatalf("after the grace: gaps %d, alls %v, applied %d, resets %d; want 1, [gap], 7, 0", s.Gaps, h.alls, s.Applied, s.SeqResets)
 	}
-	// In-stream, a smaller sequence is a duplicate on Cluster, never a reset.
-	feed(7, 2)
-	if s := b.Stats(); s.SeqResets != 0 || s.Duplicates != 14 {
-		t.Fatalf("backwards on Cluster: resets %d, duplicates %d; want 0, 14", s.SeqResets, s.Duplicates)
+	// A smaller sequence on a path that delivered a higher one is no copy
+	// (each path carries a message once): the sequence key was reset, or a
+	// message replayed. It is applied, and the partition is suspect, so
+	// that every copy is applied until anti-entropy has read the key; the
+	// decision (and the reset count) is anti-entropy's.
+	feed(7, 1, 2)
+	if s := b.Stats(); s.SeqResets != 0 || s.Duplicates != 13 || s.Applied != 8 {
+		t.Fatalf("backwards on a path: resets %d, duplicates %d, applied %d; want 0, 13, 8", s.SeqResets, s.Duplicates, s.Applied)
+	}
+	feed(7, 2, 2, 3, 9, 1, 9, 2, 9)
+	if s := b.Stats(); s.Duplicates != 13 || s.Applied != 12 || s.Gaps != 1 {
+		t.Fatalf("suspect partition: duplicates %d, applied %d, gaps %d; want 13, 12, 1", s.Duplicates, s.Applied, s.Gaps)
+	}
+	b.trackMu.Lock()
+	tr := b.last[7]
+	b.trackMu.Unlock()
+	if !tr.suspect || !tr.touched || tr.anomalies != 2 || tr.last != 9 {
+		t.Fatalf("track %+v: want suspect, touched, 2 anomalies, last 9", tr)
 	}
 }
