@@ -219,3 +219,57 @@ func TestReplicaRoutingRefused(t *testing.T) {
 		t.Fatalf("Set through the master: %v", err)
 	}
 }
+
+// TestReplicaRoutingSentinel: on a Sentinel-managed master and replica,
+// failover clients that read from the replica are refused, and the accepted
+// failover client reads the master even while the replica lags (paused
+// replication), so a write on one instance is seen by another at once.
+func TestReplicaRoutingSentinel(t *testing.T) {
+	st := redistest.StartSentinel(t)
+	ctx := context.Background()
+
+	ro := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: st.MasterName(), SentinelAddrs: st.SentinelAddrs(),
+		ReplicaOnly: true, ContextTimeoutEnabled: true, DialTimeout: time.Second, ReadTimeout: time.Second})
+	t.Cleanup(func() { _ = ro.Close() })
+	if _, err := New(Config[string]{Redis: ro, Namespace: "rep"}); !errors.Is(err, ErrReplicaRouting) {
+		t.Errorf("New with FailoverOptions.ReplicaOnly: got %v, want ErrReplicaRouting", err)
+	}
+	for _, o := range []redis.FailoverOptions{{RouteByLatency: true}, {RouteRandomly: true}, {ReplicaOnly: true}} {
+		o.MasterName, o.SentinelAddrs = st.MasterName(), st.SentinelAddrs()
+		fc := redis.NewFailoverClusterClient(&o)
+		t.Cleanup(func() { _ = fc.Close() })
+		if _, err := New(Config[string]{Redis: fc, Namespace: "rep"}); !errors.Is(err, ErrReplicaRouting) {
+			t.Errorf("New with NewFailoverClusterClient(%+v): got %v, want ErrReplicaRouting", o, err)
+		}
+	}
+
+	a := newCache(t, Config[string]{Redis: st.FailoverClient(), Namespace: "rep"})
+	b := newCache(t, Config[string]{Redis: st.FailoverClient(), Namespace: "rep"})
+	if err := a.Set(ctx, "k", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	replica := st.Replica().Client()
+	defer replica.Close()
+	eventually(t, "the replica to hold v1", func() bool {
+		raw, err := replica.Get(ctx, "rep:k").Bytes()
+		return err == nil && strings.Contains(string(raw), "v1")
+	})
+	if v, err := b.Get(ctx, "k"); err != nil || v != "v1" {
+		t.Fatalf("b.Get: %q %v, want v1", v, err)
+	}
+	// The replica stops applying the master's stream: it lags.
+	if err := replica.Do(ctx, "CLIENT", "PAUSE", "20000", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = replica.Do(context.Background(), "CLIENT", "UNPAUSE").Err() })
+	if err := a.Set(ctx, "k", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b to see v2", func() bool {
+		v, err := b.Get(ctx, "k")
+		return err == nil && v == "v2"
+	})
+	if raw, err := replica.Get(ctx, "rep:k").Bytes(); err != nil || !strings.Contains(string(raw), "v1") {
+		t.Fatalf("the paused replica should still hold v1 (the test needs a lagging replica): %q %v", raw, err)
+	}
+}
