@@ -51,6 +51,14 @@
 // back. Get and GetMany report tombstones as not found; Read and ReadMany
 // return them, and return corrupt values' raw bytes, so they can be replaced.
 //
+// # Versions
+//
+// An Entry with a Version (and Delete with the Version option, which needs
+// Tombstone) is written by a script that reads the stored envelope's version
+// and refuses a write whose version is not above it (ErrStale, with a
+// *StaleError naming the keys; nothing is written or published for them).
+// SetIf never replaces a versioned value: a load has no version to offer.
+//
 // # Errors
 //
 // A miss is ErrNotFound (redis.Nil never leaves the package). Failures are

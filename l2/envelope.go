@@ -13,8 +13,11 @@ import (
 //	byte 2      flags: 0x01 negative entry, 0x02 has metadata,
 //	            0x04 has soft expiry, 0x08 has hard expiry,
 //	            0x10 tombstone (a delete that blocks late fills; payload is a nonce)
+//	            0x20 has version
 //	[8 bytes]   soft expiry, Unix milliseconds (if 0x04)
 //	[8 bytes]   hard expiry, Unix milliseconds (if 0x08)
+//	[8 bytes]   version (if 0x20): the writer's version of the value; the
+//	            write scripts read it here (see notifyScript)
 //	[metadata]  uvarint pair count, then per pair: uvarint len, key bytes,
 //	            uvarint len, value bytes (if 0x02)
 //	payload     the rest
@@ -27,7 +30,8 @@ const (
 	flagSoft     = 0x04
 	flagHard     = 0x08
 	flagTomb     = 0x10
-	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard | flagTomb
+	flagVersion  = 0x20
+	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard | flagTomb | flagVersion
 
 	headerLen = 3
 	// maxMetaPairs bounds the metadata map a decoder will build.
@@ -54,6 +58,11 @@ type Entry struct {
 	// before the delete cannot write its older value back (see
 	// Store.SetIf). Get reports tombstones as ErrNotFound; Read returns them.
 	Tombstone bool
+	// Version, if not zero, is the writer's version of the value (a database
+	// row version or commit timestamp). SetMany refuses to replace a stored
+	// version with one that is not newer (ErrStale), and SetIf never replaces
+	// a versioned entry. Zero means unversioned.
+	Version uint64
 
 	// Raw is the whole stored envelope as read (aliasing Value); pass it to
 	// SetIf to replace exactly this version. Read sets it also for corrupt
@@ -87,12 +96,18 @@ func encode(dst []byte, e *Entry, now time.Time) []byte {
 	if e.TTL > 0 {
 		flags |= flagHard
 	}
+	if e.Version != 0 {
+		flags |= flagVersion
+	}
 	dst = append(dst, envMagic, envVersion, flags)
 	if flags&flagSoft != 0 {
 		dst = binary.BigEndian.AppendUint64(dst, uint64(now.Add(e.FreshFor).UnixMilli()))
 	}
 	if flags&flagHard != 0 {
 		dst = binary.BigEndian.AppendUint64(dst, uint64(now.Add(e.TTL).UnixMilli()))
+	}
+	if flags&flagVersion != 0 {
+		dst = binary.BigEndian.AppendUint64(dst, e.Version)
 	}
 	if flags&flagMeta != 0 {
 		dst = binary.AppendUvarint(dst, uint64(len(e.Metadata)))
@@ -113,6 +128,9 @@ func encodedLen(e *Entry) int {
 		n += 8
 	}
 	if e.TTL > 0 {
+		n += 8
+	}
+	if e.Version != 0 {
 		n += 8
 	}
 	if len(e.Metadata) > 0 {
@@ -164,6 +182,16 @@ func decode(b []byte, maxSize int) (Entry, error) {
 			return e, fmt.Errorf("%w: truncated hard expiry", ErrCorrupt)
 		}
 		e.ExpiresAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p)))
+		p = p[8:]
+	}
+	if flags&flagVersion != 0 {
+		if len(p) < 8 {
+			return e, fmt.Errorf("%w: truncated version", ErrCorrupt)
+		}
+		e.Version = binary.BigEndian.Uint64(p)
+		if e.Version == 0 {
+			return e, fmt.Errorf("%w: version flag with version 0", ErrCorrupt)
+		}
 		p = p[8:]
 	}
 	if flags&flagMeta != 0 {

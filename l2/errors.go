@@ -3,8 +3,10 @@ package l2
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -34,7 +36,37 @@ var (
 	ErrTooLarge = errors.New("l2: value too large")
 	// ErrClosed reports use of a closed Store.
 	ErrClosed = errors.New("l2: store closed")
+	// ErrStale reports a versioned write that Redis refused because the
+	// stored version is as new or newer; it comes with ErrOperation, and
+	// errors.As finds a *StaleError with the keys and versions.
+	ErrStale = errors.New("l2: stale version")
 )
+
+// StaleError lists the keys a versioned write refused: for each, the
+// version offered and the version stored. The other keys of the call were
+// written.
+type StaleError struct {
+	Offered map[string]uint64
+	Stored  map[string]uint64
+}
+
+// Error names one refused key with its versions, and how many were refused.
+func (e *StaleError) Error() string {
+	keys := make([]string, 0, len(e.Stored))
+	for k := range e.Stored {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	k := keys[0]
+	msg := fmt.Sprintf("%v: key %s: version %d is not newer than the stored version %d", ErrStale, quoteKey(k), e.Offered[k], e.Stored[k])
+	if len(keys) > 1 {
+		msg += fmt.Sprintf(" (and %d more keys refused)", len(keys)-1)
+	}
+	return msg
+}
+
+// Unwrap makes errors.Is(err, ErrStale) true.
+func (e *StaleError) Unwrap() error { return ErrStale }
 
 // Error carries the operation and key of a failure, like *net.OpError.
 type Error struct {

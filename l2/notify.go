@@ -30,7 +30,18 @@ type WriteOption interface{ applyWrite(*writeOptions) }
 type writeOptions struct {
 	notify    NotifyFunc
 	tombstone time.Duration // deletes write tombstones living this long
+	version   uint64        // deletes: the version of the delete (0: unversioned)
 }
+
+type versionOption uint64
+
+func (v versionOption) applyWrite(o *writeOptions) { o.version = uint64(v) }
+
+// Version makes Delete and DeleteMany versioned: each key's tombstone (the
+// option needs Tombstone) carries version v, and a key whose stored version
+// is as new or newer is left alone and reported in a *StaleError (ErrStale).
+// Versioned sets take their version from Entry.Version. Zero: unversioned.
+func Version(v uint64) WriteOption { return versionOption(v) }
 
 type tombstoneOption time.Duration
 
@@ -65,13 +76,22 @@ func applyWrite(opts []WriteOption) writeOptions {
 
 // notifyScript: KEYS = data keys..., sequence key (last, only when the
 // channel is not empty). ARGV = channel ("" = write without notification),
-// body, mode, then per data key: for "set" and "tomb" (value, ttl ms), for
-// "cas" (value, ttl ms, expected bytes; "" = must be absent); "del" and
-// "none" take nothing. The sequence key is validated before anything is
-// written, and nothing after the first write can fail, so the writes, the
-// new sequence and the PUBLISH happen together or not at all. "cas" publishes
-// only if it wrote at least one key, and returns one 0/1 flag per key; the
-// other modes return a count (keys written, or keys that existed).
+// body, mode, then per data key: for "set" and "tomb" (value, ttl ms); for
+// "cas" (value, ttl ms, expected bytes; "" = must be absent); for "vset" and
+// "vtomb" (value, ttl ms, version as 8 big-endian bytes; "" = unversioned);
+// "del" and "none" take nothing. The sequence key is validated before
+// anything is written, and nothing after the first write can fail, so the
+// writes, the new sequence and the PUBLISH happen together or not at all.
+//
+// "cas" never replaces a versioned value (a load carries no version), and
+// "vset"/"vtomb" refuse a versioned write whose version is not above the
+// stored one (an unversioned write always goes through). These modes
+// publish only if they wrote at least one key. "cas" returns one 0/1 flag
+// per key; "vset" and "vtomb" return per key 1 (written) or the stored
+// version (8 bytes) that refused it; the other modes return a count (keys
+// written, or keys that existed). The stored version is read from the
+// envelope (see envelope.go): magic 0xC7, format 1, flags, then the soft and
+// hard expiries when flagged, then the version when flag 0x20 is set.
 var notifyScript = redis.NewScript(`
 local notify = ARGV[1] ~= ''
 local n = #KEYS
@@ -87,6 +107,25 @@ if cur then
   if seq == nil or seq < 0 or seq ~= math.floor(seq) then
     return redis.error_reply('ERR nearcache: sequence key holds a non-integer: ' .. seqkey)
   end
+end
+local function version(v)
+  if type(v) ~= 'string' or #v < 3 or string.byte(v, 1) ~= 199 or string.byte(v, 2) ~= 1 then
+    return nil
+  end
+  local flags = string.byte(v, 3)
+  if flags % 64 < 32 then return nil end
+  local off = 4
+  if flags % 8 >= 4 then off = off + 8 end
+  if flags % 16 >= 8 then off = off + 8 end
+  if #v < off + 7 then return nil end
+  return string.sub(v, off, off + 7)
+end
+local function newer(a, b)
+  for i = 1, 8 do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return false
 end
 local function put(k, v, ttl)
   if ttl == '0' then
@@ -115,12 +154,31 @@ elseif mode == 'cas' then
     local want = ARGV[3 + 3*i]
     if type(have) == 'table' and have.err then
       res[i] = 0
+    elseif have ~= false and version(have) then
+      res[i] = 0
     elseif (have == false and want == '') or (have ~= false and have == want) then
       put(KEYS[i], ARGV[1 + 3*i], ARGV[2 + 3*i])
       res[i] = 1
       wrote = true
     else
       res[i] = 0
+    end
+  end
+  if not wrote then return res end
+elseif mode == 'vset' or mode == 'vtomb' then
+  res = {}
+  local wrote = false
+  for i = 1, n do
+    local ver = ARGV[3 + 3*i]
+    local have = redis.pcall('GET', KEYS[i])
+    local stored = nil
+    if ver ~= '' and type(have) == 'string' then stored = version(have) end
+    if stored and not newer(ver, stored) then
+      res[i] = stored
+    else
+      put(KEYS[i], ARGV[1 + 3*i], ARGV[2 + 3*i])
+      res[i] = 1
+      wrote = true
     end
   end
   if not wrote then return res end

@@ -19,6 +19,7 @@ type Stats struct {
 	Timeouts      uint64           // of which timed out
 	Corrupt       uint64           // values that were not a valid envelope
 	TooLarge      uint64           // values refused (writes, CheckSize) or skipped (reads) for exceeding MaxValueSize
+	StaleRefused  uint64           // keys of versioned writes refused because Redis held a version as new or newer
 	Latency       hist.Percentiles // per round trip (one per operation or batch)
 }
 
@@ -29,7 +30,7 @@ func (s *Store) Stats() Stats {
 		Sets: s.sets.Load(), Deletes: s.deletes.Load(),
 		Notifications: s.notifies.Load(),
 		Errors:        s.errs.Load(), Timeouts: s.timeouts.Load(),
-		Corrupt: s.corrupt.Load(), TooLarge: s.large.Load(),
+		Corrupt: s.corrupt.Load(), TooLarge: s.large.Load(), StaleRefused: s.stale.Load(),
 		Latency: s.latency.Snapshot(),
 	}
 }

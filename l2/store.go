@@ -32,7 +32,7 @@ type Store struct {
 
 	hits, misses, sets, deletes    atomic.Uint64
 	errs, timeouts, corrupt, large atomic.Uint64
-	notifies                       atomic.Uint64
+	notifies, stale                atomic.Uint64
 	latency                        hist.Histogram
 }
 
@@ -470,7 +470,23 @@ func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...W
 	}
 	wo := applyWrite(opts)
 	start := time.Now()
+	versioned := false
+	for _, e := range entries {
+		versioned = versioned || e.Version != 0
+	}
 	switch {
+	case versioned:
+		refused := s.newRefusals()
+		err = s.runScript(ctx, keys, wo.notify, "vset", func(i int, argv []any) []any {
+			return append(argv, vals[i], ttlArg(entries[keys[i]].TTL), versionArg(entries[keys[i]].Version))
+		}, func(g slotGroup, v any) {
+			refused.collect(keys, g, v, func(k string) uint64 { return entries[k].Version })
+		})
+		if err == nil {
+			s.latency.Record(time.Since(start))
+			s.sets.Add(uint64(len(keys) - refused.count()))
+			return refused.err(op, errKey)
+		}
 	case wo.notify != nil:
 		err = s.runScript(ctx, keys, wo.notify, "set", func(i int, argv []any) []any {
 			return append(argv, vals[i], ttlArg(entries[keys[i]].TTL))
@@ -604,6 +620,68 @@ func (s *Store) prepare(entries map[string]Entry) (keys []string, vals [][]byte,
 	return keys, vals, op, errKey, nil
 }
 
+// versionArg renders a version for the write script: 8 big-endian bytes,
+// or "" for an unversioned write.
+func versionArg(v uint64) string {
+	if v == 0 {
+		return ""
+	}
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return string(b[:])
+}
+
+// refusals collects the keys a versioned script refused.
+type refusals struct {
+	s     *Store
+	stale *StaleError
+}
+
+func (s *Store) newRefusals() *refusals { return &refusals{s: s} }
+
+// collect reads one group's reply: per key 1 (written) or the stored
+// version that refused it.
+func (r *refusals) collect(keys []string, g slotGroup, v any, offered func(string) uint64) {
+	res, _ := v.([]any)
+	for j, i := range g.idx {
+		if j >= len(res) {
+			break
+		}
+		stored, ok := res[j].(string)
+		if !ok || len(stored) != 8 {
+			continue
+		}
+		if r.stale == nil {
+			r.stale = &StaleError{Offered: map[string]uint64{}, Stored: map[string]uint64{}}
+		}
+		k := keys[i]
+		r.stale.Offered[k] = offered(k)
+		r.stale.Stored[k] = binary.BigEndian.Uint64([]byte(stored))
+	}
+}
+
+func (r *refusals) count() int {
+	if r.stale == nil {
+		return 0
+	}
+	return len(r.stale.Stored)
+}
+
+// err is the refusal as an *Error (nil if nothing was refused), counted in
+// Stats.StaleRefused.
+func (r *refusals) err(op, key string) error {
+	if r.stale == nil {
+		return nil
+	}
+	r.s.stale.Add(uint64(len(r.stale.Stored)))
+	if key == "" && len(r.stale.Stored) == 1 {
+		for k := range r.stale.Stored {
+			key = k
+		}
+	}
+	return &Error{Op: op, Key: key, Kind: ErrOperation, Err: r.stale}
+}
+
 func nonNeg(d time.Duration) time.Duration {
 	if d < 0 {
 		return 0
@@ -647,6 +725,24 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 	}
 	var err error
 	switch {
+	case wo.version != 0 && wo.tombstone <= 0:
+		return 0, &Error{Op: op, Key: errKey, Kind: ErrOperation,
+			Err: errors.New("a versioned delete needs a tombstone (WithVersion with Tombstone(ttl)) to keep the version")}
+	case wo.version != 0:
+		ttl := ttlArg(wo.tombstone)
+		now := time.Now()
+		refused := s.newRefusals()
+		err = s.runScript(ctx, keys, wo.notify, "vtomb", func(_ int, argv []any) []any {
+			var nonce [8]byte
+			binary.BigEndian.PutUint64(nonce[:], rand.Uint64())
+			e := Entry{Tombstone: true, TTL: wo.tombstone, Value: nonce[:], Version: wo.version}
+			return append(argv, encode(nil, &e, now), ttl, versionArg(wo.version))
+		}, func(g slotGroup, v any) { refused.collect(keys, g, v, func(string) uint64 { return wo.version }) })
+		if err == nil {
+			s.latency.Record(time.Since(start))
+			s.deletes.Add(uint64(len(keys)))
+			return int64(len(keys) - refused.count()), refused.err(op, errKey)
+		}
 	case wo.tombstone > 0:
 		ttl := ttlArg(wo.tombstone)
 		now := time.Now()

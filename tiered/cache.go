@@ -31,6 +31,11 @@ var (
 	// breaker is open. Writes are never acknowledged without Redis, because
 	// their invalidation could not be published.
 	ErrUnavailable = errors.New("tiered: redis unavailable")
+	// ErrStale reports a versioned write (WithVersion) refused because the
+	// cache holds a version as new or newer: the write lost a race with a
+	// newer one, and nothing was written or published for its keys. The
+	// error also wraps an *l2.StaleError naming the keys and versions.
+	ErrStale = errors.New("tiered: stale version")
 )
 
 // Loader loads the value of key from the source of truth. It runs on a
@@ -85,9 +90,11 @@ var (
 	_ invalidation.Handler = handler[int]{}
 )
 
-// item is what L1 holds: a value or a cached "not found".
+// item is what L1 holds: a value or a cached "not found", and in L1-only
+// mode the version a versioned write gave it.
 type item[V any] struct {
 	v   V
+	ver uint64
 	neg bool
 }
 
@@ -110,6 +117,8 @@ type Cache[V any] struct {
 	// base is cancelled by Close; shared work runs on contexts derived from it.
 	base   context.Context
 	cancel context.CancelFunc
+
+	verMu sync.Mutex // L1-only mode: serialises versioned writes (see setLocal)
 
 	flightMu sync.Mutex // guards flights, gets and closed; held across DoChan
 	// flights maps a key to its running load, from the moment a caller
@@ -806,6 +815,7 @@ type lookup[V any] struct {
 	raw       []byte    // the bytes read (nil: absent), for SetIf
 	announce  bool      // raw is a value (stale, expired, corrupt) that others may hold a copy of
 	reachable bool      // L2 answered: a loaded value may be written back
+	versioned bool      // raw carries a version (WithVersion): no load may replace it
 	err       error     // why L2 could not answer (wraps ErrUnavailable)
 }
 
@@ -835,7 +845,7 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 // classify turns an entry read from L2 (possibly a tombstone or corrupt
 // bytes) into a lookup.
 func (c *Cache[V]) classify(key string, e l2.Entry, now time.Time) lookup[V] {
-	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
+	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now, versioned: e.Version != 0}
 	if e.Corrupt {
 		c.st.decodeErrors.Add(1)
 		c.log.Warn("nearcache: unreadable value in Redis; reloading", zap.String("key", key))
@@ -954,6 +964,12 @@ func (c *Cache[V]) entry(key string, it item[V], ttl time.Duration) (l2.Entry, e
 // read (raw), publishing its invalidation; it reports whether the item may
 // be kept in L1.
 func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, look lookup[V]) bool {
+	if look.versioned {
+		// A load carries no version, so Redis would refuse it (see
+		// WithVersion). L1 may keep it: the fill ticket refuses it if a
+		// write landed since the read.
+		return true
+	}
 	e, err := c.entry(key, it, ttl)
 	if err != nil {
 		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", key), zap.Error(err))

@@ -60,6 +60,12 @@
 // l2.ErrTooLarge that names the key and the limit. Clear removes the namespace's keys (SCAN + UNLINK, never
 // FLUSHDB) and makes every instance drop its whole L1.
 //
+// WithVersion makes Set, SetMany and DeleteMany versioned: the script keeps
+// the version in the envelope (a delete, in a tombstone that lives for the
+// TTL) and refuses a write whose version is not newer, with ErrStale and no
+// invalidation, so two writers racing on a key end with the newer version
+// everywhere. A load never replaces a versioned value in Redis.
+//
 // A write that fails without an answer from Redis (RedisTimeout, a broken
 // connection, the caller's ctx ending mid-call) is in doubt: its script may
 // still run later. The writer applies its own invalidations as every other

@@ -9,6 +9,7 @@ type callOptions struct {
 	ttl         time.Duration
 	l1TTL       time.Duration
 	negativeTTL time.Duration
+	version     uint64
 }
 
 type optionFunc func(*callOptions)
@@ -31,6 +32,22 @@ func WithNegativeTTL(d time.Duration) Option {
 		}
 	})
 }
+
+// WithVersion makes a Set, SetMany or Delete versioned: v is the version of
+// the data being written (the database row's version or commit timestamp;
+// any increasing uint64). Redis keeps the version with the value (or, for a
+// Delete, with a tombstone that lives as long as a value would, WithTTL or
+// Config.TTL), and the write script refuses a write whose version is not
+// newer than the stored one: the call returns an error that errors.Is
+// ErrStale, writes nothing for that key and publishes nothing for it. So
+// two writers racing on one key end with the newer version everywhere,
+// whichever call lands last. An unversioned write always goes through; a
+// load's write-back never replaces a versioned value. Zero means
+// unversioned.
+//
+// Without Redis (L1-only), the version is compared with the entry L1 holds;
+// a key that was deleted or evicted forgets its version.
+func WithVersion(v uint64) Option { return optionFunc(func(o *callOptions) { o.version = v }) }
 
 func (c *Cache[V]) options(opts []Option) callOptions {
 	o := callOptions{ttl: c.cfg.TTL, l1TTL: c.cfg.MaxL1TTL, negativeTTL: c.cfg.NegativeTTL}

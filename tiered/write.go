@@ -37,11 +37,7 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 	o := c.options(opts)
 	keys := slices.Collect(maps.Keys(items))
 	if c.l2 == nil {
-		c.invalidateLocal(keys...)
-		for k, v := range items {
-			c.local.Fill(c.local.Reserve(k), item[V]{v: v}, c.l1TTL(o))
-		}
-		return nil
+		return c.setLocal(items, o)
 	}
 	entries := make(map[string]l2.Entry, len(items))
 	for k, v := range items {
@@ -49,6 +45,7 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 		if err != nil {
 			return err
 		}
+		e.Version = o.version
 		// The caller's mistake, found before any I/O: nothing is written,
 		// and neither the breaker nor Stats.L2.Errors counts it.
 		if err := c.l2.CheckSize(k, e); err != nil {
@@ -68,6 +65,15 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 // instance's L1 copies. After Delete returns, no instance serves the old
 // values once the invalidation has been delivered.
 func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
+	return c.DeleteMany(ctx, keys)
+}
+
+// DeleteMany is Delete with per-call options: WithVersion makes it a
+// versioned delete, whose tombstones keep the version (for WithTTL, or
+// Config.TTL) so that a write with an older version cannot bring the value
+// back; a key whose stored version is as new or newer is left alone
+// (ErrStale).
+func (c *Cache[V]) DeleteMany(ctx context.Context, keys []string, opts ...Option) error {
 	if c.isDone.Load() {
 		return ErrClosed
 	}
@@ -78,11 +84,50 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 		c.invalidateLocal(keys...)
 		return nil
 	}
+	o := c.options(opts)
 	tomb := c.cfg.LoadTimeout + 2*max(c.cfg.RedisTimeout, 0) + time.Second
+	wo := []l2.WriteOption{l2.Notify(c.notifyDelete), nil}
+	if o.version != 0 {
+		tomb = max(tomb, o.ttl)
+		wo = append(wo, l2.Version(o.version))
+	}
+	wo[1] = l2.Tombstone(tomb)
 	return c.write(ctx, "delete", keys, func(ctx context.Context) error {
-		_, err := c.l2.DeleteMany(ctx, keys, l2.Notify(c.notifyDelete), l2.Tombstone(tomb))
+		_, err := c.l2.DeleteMany(ctx, keys, wo...)
 		return err
 	})
+}
+
+// setLocal is SetMany in L1-only mode. A versioned write is compared with
+// the version of the entry L1 holds, under verMu so that two versioned
+// writers of a key cannot interleave between the comparison and the fill.
+func (c *Cache[V]) setLocal(items map[string]V, o callOptions) error {
+	keys := slices.Collect(maps.Keys(items))
+	if o.version == 0 {
+		c.invalidateLocal(keys...)
+		for k, v := range items {
+			c.local.Fill(c.local.Reserve(k), item[V]{v: v}, c.l1TTL(o))
+		}
+		return nil
+	}
+	c.verMu.Lock()
+	defer c.verMu.Unlock()
+	var stale *l2.StaleError
+	for _, k := range keys {
+		if cur, ok := c.local.Get(k); ok && cur.ver >= o.version {
+			if stale == nil {
+				stale = &l2.StaleError{Offered: map[string]uint64{}, Stored: map[string]uint64{}}
+			}
+			stale.Offered[k], stale.Stored[k] = o.version, cur.ver
+			continue
+		}
+		c.invalidateLocal(k)
+		c.local.Fill(c.local.Reserve(k), item[V]{v: items[k], ver: o.version}, c.l1TTL(o))
+	}
+	if stale != nil {
+		return fmt.Errorf("tiered: set: %w: %w", ErrStale, stale)
+	}
+	return nil
 }
 
 // Clear removes every key of the namespace from Redis (SCAN + UNLINK, never
@@ -137,6 +182,12 @@ func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(
 func (c *Cache[V]) writeErr(ctx context.Context, op, key string, err error) error {
 	if errors.Is(err, errBreakerOpen) {
 		return fmt.Errorf("tiered: %s %q: %w", op, key, err)
+	}
+	if errors.Is(err, l2.ErrStale) { // an answer: a newer version won
+		if key == "" {
+			return fmt.Errorf("tiered: %s: %w: %w", op, ErrStale, err)
+		}
+		return fmt.Errorf("tiered: %s %q: %w: %w", op, key, ErrStale, err)
 	}
 	if cerr := ctx.Err(); cerr != nil {
 		if errors.Is(err, cerr) {
