@@ -190,6 +190,21 @@ redis.call('PUBLISH', ARGV[1], ARGV[2] .. s)
 return res
 `)
 
+// published reports whether a script with a notification published it: the
+// modes that return a flag per key publish only if they wrote a key.
+func published(reply any) bool {
+	flags, ok := reply.([]any)
+	if !ok {
+		return true // a count: the script always publishes
+	}
+	for _, f := range flags {
+		if n, _ := f.(int64); n == 1 {
+			return true
+		}
+	}
+	return false
+}
+
 // scriptArgs builds KEYS and ARGV for one script call.
 func scriptArgs(dataKeys []string, n *Notification, mode string, perKey []any) ([]string, []any) {
 	keys := dataKeys
@@ -238,7 +253,7 @@ func (s *Store) runScript(ctx context.Context, keys []string, fn NotifyFunc, mod
 		calls[gi].keys, calls[gi].argv = scriptArgs(pick(all, g.idx), n, mode, argv)
 	}
 	done := func(gi int, v any) {
-		if fn != nil {
+		if fn != nil && published(v) {
 			s.notifies.Add(1)
 		}
 		if reply != nil {

@@ -14,7 +14,7 @@ import (
 type Stats struct {
 	Hits, Misses  uint64           // Get/GetMany keys found / not found (corrupt counts as a miss)
 	Sets, Deletes uint64           // keys written / deletes requested
-	Notifications uint64           // notify scripts that ran (one per partition group)
+	Notifications uint64           // notifications published (at most one per partition group and write)
 	Errors        uint64           // failed operations (all kinds)
 	Timeouts      uint64           // of which timed out
 	Corrupt       uint64           // values that were not a valid envelope

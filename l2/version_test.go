@@ -40,6 +40,7 @@ func TestVersionedWrites(t *testing.T) {
 			if e := read(); e.Version != 5 || string(e.Value) != "v5" {
 				t.Fatalf("stored: version %d value %q, want 5 v5", e.Version, e.Value)
 			}
+			notified := s.Stats().Notifications
 			for _, v := range []uint64{5, 4, 1} {
 				noMessage(t, raw, "inv", func() {
 					err := set(v, "old")
@@ -49,6 +50,9 @@ func TestVersionedWrites(t *testing.T) {
 						t.Errorf("Set version %d over 5: got %v, want ErrStale with stored 5, offered %d", v, err, v)
 					}
 				})
+			}
+			if got := s.Stats().Notifications; got != notified {
+				t.Errorf("Notifications after refused writes: %d, want %d", got, notified)
 			}
 			if e := read(); e.Version != 5 || string(e.Value) != "v5" {
 				t.Fatalf("after refused writes: version %d value %q, want 5 v5", e.Version, e.Value)
