@@ -1,0 +1,87 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+)
+
+// Failing tests from the review of issue 11's fixes.
+
+// TestReviewHalfOpenProbeCutByCaller: after the breaker opened on a slow
+// Redis and its cooldown passed, the one half-open probe belongs to a caller
+// whose own deadline ends mid-call. recordRedis ignores that outcome, so the
+// probe never settles the breaker: Redis is healthy again, yet every other
+// caller gets ErrUnavailable for a whole further cooldown.
+func TestReviewHalfOpenProbeCutByCaller(t *testing.T) {
+	srv := redistest.StartServer(t)
+	px := redistest.StartProxy(t, srv.Addr())
+	const cooldown = 2 * time.Second
+	c := newCache(t, Config[string]{Redis: newClient(t, px.Addr()), Namespace: "probe",
+		RedisTimeout: 100 * time.Millisecond, BreakerFailures: 2, BreakerCooldown: cooldown})
+	bg := context.Background()
+
+	px.Delay("evalsha", 400*time.Millisecond)
+	for i := range 2 {
+		if err := c.Set(bg, "k"+strconv.Itoa(i), "v"); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Set against a slow Redis: %v", err)
+		}
+	}
+	if st := c.Stats().L2; st.Breaker != "open" {
+		t.Fatalf("breaker after 2 RedisTimeouts: %s, want open", st.Breaker)
+	}
+	opened := time.Now()
+	redistest.WaitFor(t, 3*cooldown, "the cooldown to pass", func() bool { return time.Since(opened) > cooldown+50*time.Millisecond })
+
+	// The probe: a caller out of budget while the script is still held.
+	ctx, cancel := context.WithTimeout(bg, 30*time.Millisecond)
+	err := c.Set(ctx, "probe", "v")
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("probe Set whose ctx ends mid-call: %v, want DeadlineExceeded", err)
+	}
+
+	// Redis is healthy again; a caller with time to spare.
+	px.Delay("", 0)
+	start := time.Now()
+	if err := c.Set(bg, "healthy", "v"); err != nil {
+		t.Errorf("healthy Set right after a probe cut short by its caller: %v (breaker %s); "+
+			"want the write to go through (the cut probe should free the half-open slot), not ErrUnavailable for another %v",
+			err, c.Stats().L2.Breaker, cooldown)
+	}
+	if _, err := c.Get(bg, "healthy"); err != nil && time.Since(start) < cooldown {
+		t.Errorf("healthy Get right after the cut probe: %v (breaker %s)", err, c.Stats().L2.Breaker)
+	}
+}
+
+// TestReviewReplicaDefaultOptions: a client with go-redis's default options
+// (ContextTimeoutEnabled false, ReadTimeout 3 s) pointed at a replica is
+// accepted, and so is a failover client with ReplicaOnly built the same way:
+// checkRouting only asks ROLE of clients with ContextTimeoutEnabled. Such a
+// Cache refills L1 from a lagging replica, the hole of issue 11 item 1.
+// go-redis's default ReadTimeout already bounds the question (and it could
+// run with a timer of its own), so the exemption is not needed to keep New
+// from hanging.
+func TestReviewReplicaDefaultOptions(t *testing.T) {
+	master := redistest.StartServer(t)
+	replica := redistest.StartServer(t, redistest.WithArgs("--replicaof", "127.0.0.1", strconv.Itoa(master.Port())))
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr()})
+	t.Cleanup(func() { _ = rc.Close() })
+	redistest.WaitFor(t, 5*time.Second, "the replica to answer ROLE", func() bool {
+		r, err := rc.Do(context.Background(), "ROLE").Slice()
+		return err == nil && len(r) > 0 && r[0] == "slave"
+	})
+	c, err := New(Config[string]{Redis: rc, Namespace: "rep"})
+	if err == nil {
+		_ = c.Close()
+	}
+	if !errors.Is(err, ErrReplicaRouting) {
+		t.Errorf("New with redis.NewClient(&redis.Options{Addr: <replica>}) (default options): got %v, want ErrReplicaRouting", err)
+	}
+}
