@@ -85,3 +85,25 @@ func TestReviewReplicaDefaultOptions(t *testing.T) {
 		t.Errorf("New with redis.NewClient(&redis.Options{Addr: <replica>}) (default options): got %v, want ErrReplicaRouting", err)
 	}
 }
+
+// TestReviewReplicaNoStartWait: a client built as the docs ask
+// (ContextTimeoutEnabled) of a replica is accepted when New is told not to
+// wait for the subscription (a negative StartTimeout, accepted by
+// withDefaults): checkRouting bounds ROLE by min(max(StartTimeout, 0), 2s),
+// so it asks with an already expired ctx, learns nothing, and lets the
+// replica through.
+func TestReviewReplicaNoStartWait(t *testing.T) {
+	master := redistest.StartServer(t)
+	replica := redistest.StartServer(t, redistest.WithArgs("--replicaof", "127.0.0.1", strconv.Itoa(master.Port())))
+	rc := newClient(t, replica.Addr())
+	if r, err := rc.Do(context.Background(), "ROLE").Slice(); err != nil || len(r) == 0 || r[0] != "slave" {
+		t.Fatalf("ROLE of the replica: %v %v", r, err)
+	}
+	c, err := New(Config[string]{Redis: rc, Namespace: "rep", StartTimeout: -1})
+	if err == nil {
+		_ = c.Close()
+	}
+	if !errors.Is(err, ErrReplicaRouting) {
+		t.Errorf("New(StartTimeout -1) with a ContextTimeoutEnabled client of a replica: got %v, want ErrReplicaRouting", err)
+	}
+}
