@@ -107,3 +107,57 @@ func TestReviewReplicaNoStartWait(t *testing.T) {
 		t.Errorf("New(StartTimeout -1) with a ContextTimeoutEnabled client of a replica: got %v, want ErrReplicaRouting", err)
 	}
 }
+
+// TestReviewInDoubtClear: Clear publishes its first clear, then its UNLINK
+// is held back past the caller's deadline; Clear fails, and meanwhile
+// another instance (and the writer) refill the key from Redis, which still
+// holds it. Then the held UNLINK runs. The second "tell them again" message
+// is sent only after a successful UNLINK, so nothing tells anyone: both keep
+// serving the cleared value (until MaxL1TTL, 30 s) though Redis has none.
+// The in-doubt rule of tiered/doc.go ("a copy it refilled meanwhile is
+// dropped when the late script publishes") does not hold for Clear.
+func TestReviewInDoubtClear(t *testing.T) {
+	srv := redistest.StartServer(t)
+	px := redistest.StartProxy(t, srv.Addr())
+	bg := context.Background()
+	w := newCache(t, Config[string]{Redis: newClient(t, px.Addr()), Namespace: "clr"})
+	o := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "clr"})
+	if err := w.Set(bg, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := o.Get(bg, "k"); err != nil || v != "v" {
+		t.Fatalf("o.Get: %q %v", v, err)
+	}
+	const hold = 2 * time.Second
+	px.Delay("unlink", hold)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
+	err := w.Clear(ctx)
+	cancel()
+	if err == nil {
+		t.Fatalf("Clear with its UNLINK held past the caller's deadline: nil error")
+	}
+	px.Delay("", 0)
+	// Both refill from Redis, which still holds the key.
+	eventually(t, "o to refill k after the first clear", func() bool {
+		v, err := o.Get(bg, "k")
+		return err == nil && v == "v"
+	})
+	if v, err := w.Get(bg, "k"); err != nil || v != "v" {
+		t.Fatalf("w.Get before the held UNLINK ran: %q %v", v, err)
+	}
+	if time.Since(start) >= hold {
+		t.Skipf("machine too slow: refills came %v after Clear, past the %v hold", time.Since(start), hold)
+	}
+	rc := srv.Client()
+	eventually(t, "the held UNLINK to run", func() bool {
+		n, err := rc.Exists(bg, "clr:k").Result()
+		return err == nil && n == 0
+	})
+	for name, c := range map[string]*Cache[string]{"writer": w, "other": o} {
+		eventually(t, name+" to stop serving the cleared key", func() bool {
+			_, err := c.Get(bg, "k")
+			return errors.Is(err, ErrNotFound)
+		})
+	}
+}
