@@ -36,3 +36,20 @@ func TestReviewDeadCtxContract(t *testing.T) {
 		t.Errorf("Set on a Cache without Redis with a cancelled ctx: err %v, want one that Is context.Canceled", err)
 	}
 }
+
+// TestReviewBatchErrorNamesKeys: a failed SetMany or Delete of several keys reports
+// `tiered: set "": ...` -- an empty key, neither the keys nor how many.
+func TestReviewBatchErrorNamesKeys(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "msg", BreakerFailures: -1})
+	mr.Close()
+	bg := context.Background()
+	err := c.SetMany(bg, map[string]string{"alpha": "1", "beta": "2"})
+	if err == nil || strings.Contains(err.Error(), `""`) || !(strings.Contains(err.Error(), "alpha") || strings.Contains(err.Error(), "2 keys")) {
+		t.Errorf("SetMany error %q: want it to name the keys (or their count), not an empty key", err)
+	}
+	err = c.Delete(bg, "alpha", "beta")
+	if err == nil || strings.Contains(err.Error(), `""`) {
+		t.Errorf("Delete of two keys: error %q: want it to name the keys (or their count), not an empty key", err)
+	}
+}
