@@ -161,3 +161,30 @@ func TestReviewInDoubtClear(t *testing.T) {
 		})
 	}
 }
+
+// TestReviewHungRedisShortLoadTimeout: with LoadTimeout below RedisTimeout
+// (100 ms < the default 250 ms) every L2 read of a flight against a hung
+// Redis ends by the flight's own detached deadline, which recordRedis now
+// takes for "the caller's ctx" and ignores. The flight's deadline is the
+// Cache's, not a caller's; before issue 11 these timeouts opened the
+// breaker. Now nothing ever opens it: every miss waits LoadTimeout on a
+// dead Redis.
+func TestReviewHungRedisShortLoadTimeout(t *testing.T) {
+	srv := redistest.StartServer(t)
+	c := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "hung",
+		LoadTimeout: 100 * time.Millisecond, BreakerFailures: 3, BreakerCooldown: time.Minute})
+	srv.Pause()
+	t.Cleanup(srv.Resume)
+	load := func(context.Context, string) (string, error) { return "db", nil }
+	// A caller ctx that can end (as every request's can) makes the miss a
+	// detached flight (not led inline).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range 10 {
+		_, _ = c.GetOrLoad(ctx, "k"+strconv.Itoa(i), load)
+	}
+	if st := c.Stats().L2; st.BreakerOpened == 0 {
+		t.Errorf("10 misses against a hung Redis (LoadTimeout 100ms < RedisTimeout 250ms): breaker %s, opened %d, L2 errors %d; want it open after 3",
+			st.Breaker, st.BreakerOpened, st.Errors)
+	}
+}
