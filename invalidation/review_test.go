@@ -36,19 +36,31 @@ func TestReviewACLChannelGrant(t *testing.T) {
 	}
 	_ = ps.Close()
 
-	b, err := invalidation.New(c, invalidation.Config{Namespace: "acl"}, newRecorder())
-	if err != nil {
-		t.Fatal(err)
+	// With the route check on (default) and off (negative: the route
+	// channel is still subscribed).
+	for _, iv := range []time.Duration{0, -1} {
+		b, err := invalidation.New(c, invalidation.Config{Namespace: "acl", RouteCheckInterval: iv}, newRecorder())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err = b.Start(sctx)
+		cancel()
+		if err != nil {
+			t.Errorf("RouteCheckInterval %v: Start with a user granted &acl:inv: %v", iv, err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			n, err := admin.PubSubNumSub(ctx, "acl:inv").Result()
+			if err == nil && n["acl:inv"] == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("RouteCheckInterval %v: the bus never subscribed acl:inv with a user granted that channel", iv)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		_ = b.Close()
 	}
-	t.Cleanup(func() { _ = b.Close() })
-	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	err = b.Start(sctx)
-	if err != nil {
-		t.Errorf("Start with a user granted &acl:inv: %v", err)
-	}
-	waitFor(t, 5*time.Second, "the bus to subscribe with a user granted the invalidation channel", func() bool {
-		n, err := admin.PubSubNumSub(ctx, "acl:inv").Result()
-		return err == nil && n["acl:inv"] == 1
-	})
 }
