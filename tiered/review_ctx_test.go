@@ -1,0 +1,55 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/alicebob/miniredis/v2"
+)
+
+// TestReviewDeadCtxContract: tiered/doc.go and README say "A call whose ctx
+// has ended returns an error that errors.Is the ctx's error". An L1 hit, a
+// SetMany with an oversized value, and every call of a Cache without Redis
+// ignore the ctx.
+func TestReviewDeadCtxContract(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "dead", MaxValueSize: 64})
+	local := newCache(t, Config[string]{Namespace: "dead"})
+	bg := context.Background()
+	if err := c.Set(bg, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(bg, "k"); err != nil {
+		t.Fatal(err)
+	}
+	dead, cancel := context.WithCancel(bg)
+	cancel()
+	if _, err := c.Get(dead, "k"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Get (an L1 hit) with a cancelled ctx: err %v, want one that Is context.Canceled", err)
+	}
+	if err := c.SetMany(dead, map[string]string{"big": strings.Repeat("x", 100)}); !errors.Is(err, context.Canceled) {
+		t.Errorf("SetMany (oversized) with a cancelled ctx: err %v, want one that Is context.Canceled", err)
+	}
+	if err := local.Set(dead, "k", "v"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Set on a Cache without Redis with a cancelled ctx: err %v, want one that Is context.Canceled", err)
+	}
+}
+
+// TestReviewBatchErrorNamesKeys: a failed SetMany or Delete of several keys reports
+// `tiered: set "": ...` -- an empty key, neither the keys nor how many.
+func TestReviewBatchErrorNamesKeys(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "msg", BreakerFailures: -1})
+	mr.Close()
+	bg := context.Background()
+	err := c.SetMany(bg, map[string]string{"alpha": "1", "beta": "2"})
+	if err == nil || strings.Contains(err.Error(), `""`) || !(strings.Contains(err.Error(), "alpha") || strings.Contains(err.Error(), "2 keys")) {
+		t.Errorf("SetMany error %q: want it to name the keys (or their count), not an empty key", err)
+	}
+	err = c.Delete(bg, "alpha", "beta")
+	if err == nil || strings.Contains(err.Error(), `""`) {
+		t.Errorf("Delete of two keys: error %q: want it to name the keys (or their count), not an empty key", err)
+	}
+}

@@ -1,0 +1,190 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+)
+
+// Failing tests from the review of issue 11's fixes.
+
+// TestReviewHalfOpenProbeCutByCaller: after the breaker opened on a slow
+// Redis and its cooldown passed, the one half-open probe belongs to a caller
+// whose own deadline ends mid-call. recordRedis ignores that outcome, so the
+// probe never settles the breaker: Redis is healthy again, yet every other
+// caller gets ErrUnavailable for a whole further cooldown.
+func TestReviewHalfOpenProbeCutByCaller(t *testing.T) {
+	srv := redistest.StartServer(t)
+	px := redistest.StartProxy(t, srv.Addr())
+	const cooldown = 2 * time.Second
+	c := newCache(t, Config[string]{Redis: newClient(t, px.Addr()), Namespace: "probe",
+		RedisTimeout: 100 * time.Millisecond, BreakerFailures: 2, BreakerCooldown: cooldown})
+	bg := context.Background()
+
+	px.Delay("evalsha", 400*time.Millisecond)
+	for i := range 2 {
+		if err := c.Set(bg, "k"+strconv.Itoa(i), "v"); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Set against a slow Redis: %v", err)
+		}
+	}
+	if st := c.Stats().L2; st.Breaker != "open" {
+		t.Fatalf("breaker after 2 RedisTimeouts: %s, want open", st.Breaker)
+	}
+	opened := time.Now()
+	redistest.WaitFor(t, 3*cooldown, "the cooldown to pass", func() bool { return time.Since(opened) > cooldown+50*time.Millisecond })
+
+	// The probe: a caller out of budget while the script is still held.
+	ctx, cancel := context.WithTimeout(bg, 30*time.Millisecond)
+	err := c.Set(ctx, "probe", "v")
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("probe Set whose ctx ends mid-call: %v, want DeadlineExceeded", err)
+	}
+
+	// Redis is healthy again; a caller with time to spare.
+	px.Delay("", 0)
+	start := time.Now()
+	if err := c.Set(bg, "healthy", "v"); err != nil {
+		t.Errorf("healthy Set right after a probe cut short by its caller: %v (breaker %s); "+
+			"want the write to go through (the cut probe should free the half-open slot), not ErrUnavailable for another %v",
+			err, c.Stats().L2.Breaker, cooldown)
+	}
+	if _, err := c.Get(bg, "healthy"); err != nil && time.Since(start) < cooldown {
+		t.Errorf("healthy Get right after the cut probe: %v (breaker %s)", err, c.Stats().L2.Breaker)
+	}
+}
+
+// TestReviewReplicaDefaultOptions: a client with go-redis's default options
+// (ContextTimeoutEnabled false, ReadTimeout 3 s) pointed at a replica is
+// accepted, and so is a failover client with ReplicaOnly built the same way:
+// checkRouting only asks ROLE of clients with ContextTimeoutEnabled. Such a
+// Cache refills L1 from a lagging replica, the hole of issue 11 item 1.
+// go-redis's default ReadTimeout already bounds the question (and it could
+// run with a timer of its own), so the exemption is not needed to keep New
+// from hanging.
+func TestReviewReplicaDefaultOptions(t *testing.T) {
+	master := redistest.StartServer(t)
+	replica := redistest.StartServer(t, redistest.WithArgs("--replicaof", "127.0.0.1", strconv.Itoa(master.Port())))
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr()})
+	t.Cleanup(func() { _ = rc.Close() })
+	redistest.WaitFor(t, 5*time.Second, "the replica to answer ROLE", func() bool {
+		r, err := rc.Do(context.Background(), "ROLE").Slice()
+		return err == nil && len(r) > 0 && r[0] == "slave"
+	})
+	c, err := New(Config[string]{Redis: rc, Namespace: "rep"})
+	if err == nil {
+		_ = c.Close()
+	}
+	if !errors.Is(err, ErrReplicaRouting) {
+		t.Errorf("New with redis.NewClient(&redis.Options{Addr: <replica>}) (default options): got %v, want ErrReplicaRouting", err)
+	}
+}
+
+// TestReviewReplicaNoStartWait: a client built as the docs ask
+// (ContextTimeoutEnabled) of a replica is accepted when New is told not to
+// wait for the subscription (a negative StartTimeout, accepted by
+// withDefaults): checkRouting bounds ROLE by min(max(StartTimeout, 0), 2s),
+// so it asks with an already expired ctx, learns nothing, and lets the
+// replica through.
+func TestReviewReplicaNoStartWait(t *testing.T) {
+	master := redistest.StartServer(t)
+	replica := redistest.StartServer(t, redistest.WithArgs("--replicaof", "127.0.0.1", strconv.Itoa(master.Port())))
+	rc := newClient(t, replica.Addr())
+	if r, err := rc.Do(context.Background(), "ROLE").Slice(); err != nil || len(r) == 0 || r[0] != "slave" {
+		t.Fatalf("ROLE of the replica: %v %v", r, err)
+	}
+	c, err := New(Config[string]{Redis: rc, Namespace: "rep", StartTimeout: -1})
+	if err == nil {
+		_ = c.Close()
+	}
+	if !errors.Is(err, ErrReplicaRouting) {
+		t.Errorf("New(StartTimeout -1) with a ContextTimeoutEnabled client of a replica: got %v, want ErrReplicaRouting", err)
+	}
+}
+
+// TestReviewInDoubtClear: Clear publishes its first clear, then its UNLINK
+// is held back past the caller's deadline; Clear fails, and meanwhile
+// another instance (and the writer) refill the key from Redis, which still
+// holds it. Then the held UNLINK runs. The second "tell them again" message
+// is sent only after a successful UNLINK, so nothing tells anyone: both keep
+// serving the cleared value (until MaxL1TTL, 30 s) though Redis has none.
+// The in-doubt rule of tiered/doc.go ("a copy it refilled meanwhile is
+// dropped when the late script publishes") does not hold for Clear.
+func TestReviewInDoubtClear(t *testing.T) {
+	srv := redistest.StartServer(t)
+	px := redistest.StartProxy(t, srv.Addr())
+	bg := context.Background()
+	w := newCache(t, Config[string]{Redis: newClient(t, px.Addr()), Namespace: "clr"})
+	o := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "clr"})
+	if err := w.Set(bg, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := o.Get(bg, "k"); err != nil || v != "v" {
+		t.Fatalf("o.Get: %q %v", v, err)
+	}
+	const hold = 2 * time.Second
+	px.Delay("unlink", hold)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
+	err := w.Clear(ctx)
+	cancel()
+	if err == nil {
+		t.Fatalf("Clear with its UNLINK held past the caller's deadline: nil error")
+	}
+	px.Delay("", 0)
+	// Both refill from Redis, which still holds the key.
+	eventually(t, "o to refill k after the first clear", func() bool {
+		v, err := o.Get(bg, "k")
+		return err == nil && v == "v"
+	})
+	if v, err := w.Get(bg, "k"); err != nil || v != "v" {
+		t.Fatalf("w.Get before the held UNLINK ran: %q %v", v, err)
+	}
+	if time.Since(start) >= hold {
+		t.Skipf("machine too slow: refills came %v after Clear, past the %v hold", time.Since(start), hold)
+	}
+	rc := srv.Client()
+	eventually(t, "the held UNLINK to run", func() bool {
+		n, err := rc.Exists(bg, "clr:k").Result()
+		return err == nil && n == 0
+	})
+	for name, c := range map[string]*Cache[string]{"writer": w, "other": o} {
+		eventually(t, name+" to stop serving the cleared key", func() bool {
+			_, err := c.Get(bg, "k")
+			return errors.Is(err, ErrNotFound)
+		})
+	}
+}
+
+// TestReviewHungRedisShortLoadTimeout: with LoadTimeout below RedisTimeout
+// (100 ms < the default 250 ms) every L2 read of a flight against a hung
+// Redis ends by the flight's own detached deadline, which recordRedis now
+// takes for "the caller's ctx" and ignores. The flight's deadline is the
+// Cache's, not a caller's; before issue 11 these timeouts opened the
+// breaker. Now nothing ever opens it: every miss waits LoadTimeout on a
+// dead Redis.
+func TestReviewHungRedisShortLoadTimeout(t *testing.T) {
+	srv := redistest.StartServer(t)
+	c := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "hung",
+		LoadTimeout: 100 * time.Millisecond, BreakerFailures: 3, BreakerCooldown: time.Minute})
+	srv.Pause()
+	t.Cleanup(srv.Resume)
+	load := func(context.Context, string) (string, error) { return "db", nil }
+	// A caller ctx that can end (as every request's can) makes the miss a
+	// detached flight (not led inline).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range 10 {
+		_, _ = c.GetOrLoad(ctx, "k"+strconv.Itoa(i), load)
+	}
+	if st := c.Stats().L2; st.BreakerOpened == 0 {
+		t.Errorf("10 misses against a hung Redis (LoadTimeout 100ms < RedisTimeout 250ms): breaker %s, opened %d, L2 errors %d; want it open after 3",
+			st.Breaker, st.BreakerOpened, st.Errors)
+	}
+}
