@@ -28,10 +28,20 @@ type NotifyFunc func(partition int, keys []string) Notification
 type WriteOption interface{ applyWrite(*writeOptions) }
 
 type writeOptions struct {
-	notify    NotifyFunc
-	tombstone time.Duration // deletes write tombstones living this long
-	version   uint64        // deletes: the version of the delete (0: unversioned)
+	notify     NotifyFunc
+	tombstone  time.Duration // deletes write tombstones living this long
+	version    uint64        // deletes: the version of the delete (0: unversioned)
+	notifyKeys NotifyFunc    // Clear: notification of each removed batch
 }
+
+type notifyKeysOption NotifyFunc
+
+func (n notifyKeysOption) applyWrite(o *writeOptions) { o.notifyKeys = NotifyFunc(n) }
+
+// NotifyKeys makes Clear remove each batch of keys in the write script,
+// publishing fn's notification for the batch's keys (one per partition)
+// atomically with their removal. Other writes ignore it.
+func NotifyKeys(fn NotifyFunc) WriteOption { return notifyKeysOption(fn) }
 
 type versionOption uint64
 

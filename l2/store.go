@@ -837,7 +837,10 @@ func (s *Store) scan(ctx context.Context, match string, fn func(node redis.Cmdab
 // FLUSHDB) and returns how many it removed. It refuses to run with an empty
 // KeyPrefix, which would mean the whole database. With Notify the
 // notification (built with partition 0 and no keys) is published after the
-// last batch, atomically with its sequence increment. Clear is not atomic
+// last batch, atomically with its sequence increment. With NotifyKeys each
+// batch is removed by the write script, which publishes the batch's own
+// notification with its UNLINK: a batch that runs late (the call timed out,
+// the command was already sent) still tells every instance. Clear is not atomic
 // with respect to concurrent writers: a key written while it runs may stay.
 func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
 	if s.closed.Load() {
@@ -848,7 +851,20 @@ func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
 			Err: errors.New("refusing to clear without a KeyPrefix: it would remove every key in the database")}
 	}
 	var removed atomic.Int64
+	wo := applyWrite(opts)
 	err := s.scan(ctx, globEscape(s.prefix)+"*", func(node redis.Cmdable, batch []string) error {
+		if wo.notifyKeys != nil {
+			keys := make([]string, 0, len(batch))
+			for _, k := range batch {
+				if rest, ok := strings.CutPrefix(k, s.prefix); ok {
+					keys = append(keys, rest)
+				}
+			}
+			return s.runScript(ctx, keys, wo.notifyKeys, "del", nil, func(_ slotGroup, v any) {
+				n, _ := v.(int64)
+				removed.Add(n)
+			})
+		}
 		var cmds []*redis.IntCmd
 		_, err := node.Pipelined(ctx, func(p redis.Pipeliner) error {
 			if s.cluster == nil {
@@ -874,7 +890,7 @@ func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
 	if err != nil {
 		return removed.Load(), s.fail("clear", "", err)
 	}
-	if wo := applyWrite(opts); wo.notify != nil {
+	if wo.notify != nil {
 		if err := s.runScript(ctx, nil, wo.notify, "none", nil, nil); err != nil {
 			return removed.Load(), s.fail("clear", "", err)
 		}

@@ -98,6 +98,20 @@ func (b *breaker) record(connFailure bool) (changed bool, state BreakerState) {
 	return prev != b.state, b.state
 }
 
+// release gives back a call that allow let through but that ended without
+// telling anything about Redis (its caller's ctx ended): a half-open probe
+// slot is freed at once, so the next call probes.
+func (b *breaker) release() {
+	if b.threshold <= 0 || b.healthy.Load() {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == BreakerHalfOpen {
+		b.openUntil = b.now()
+	}
+}
+
 func (b *breaker) snapshot() (BreakerState, uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -496,9 +496,11 @@ var ErrReplicaRouting = errors.New("tiered: the Redis client may read from repli
 // RouteBy*), Ring clients (whose shards share no sequence keys or
 // channel), and a plain or failover client whose server reports the replica
 // role (an address of a replica, FailoverOptions.ReplicaOnly). The role is
-// asked once, within timeout, of clients built with ContextTimeoutEnabled
-// (any other could hang New on a server that never answers); a server that
-// cannot answer is not refused (New must work while Redis is down).
+// asked once, within timeout (StartTimeout, at most 2 s), or the client's
+// ReadTimeout for a client without ContextTimeoutEnabled; a client with
+// neither bound is not asked (the question could hang New on a server that
+// never answers). A server that cannot answer is not refused: New must work
+// while Redis is down.
 func checkRouting(r redis.UniversalClient, timeout time.Duration) error {
 	switch r := r.(type) {
 	case *redis.ClusterClient:
@@ -511,10 +513,14 @@ func checkRouting(r redis.UniversalClient, timeout time.Duration) error {
 	case *redis.Ring:
 		return errors.New("tiered: a redis.Ring is not supported: its shards share no sequence keys and no invalidation channel; use one server, Sentinel, or Redis Cluster")
 	case *redis.Client:
-		if !r.Options().ContextTimeoutEnabled {
-			return nil // the question could hang New on a server that never answers
+		if o := r.Options(); !o.ContextTimeoutEnabled && o.ReadTimeout <= 0 {
+			return nil // nothing bounds the question: it could hang New on a silent server
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), min(max(timeout, 0), 2*time.Second))
+		wait := 2 * time.Second
+		if timeout > 0 {
+			wait = min(timeout, wait)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
 		role, err := r.Do(ctx, "ROLE").Slice()
 		if err != nil || len(role) == 0 {
@@ -889,46 +895,57 @@ func (c *Cache[V]) decodeEntry(key string, e *l2.Entry) (item[V], bool) {
 // breaker returns.
 var errBreakerOpen = fmt.Errorf("%w (circuit breaker open)", ErrUnavailable)
 
-// redisOp runs one Redis operation through the circuit breaker, bounded by
-// RedisTimeout (fn gets the bounded context): while the breaker is open it is
-// skipped (counted) and returns errBreakerOpen; otherwise its outcome is
-// recorded, so every call the breaker lets through, including a half-open
-// probe, settles the breaker.
+// redisOp runs one Redis operation of the Cache's own shared work (a
+// flight's L2 read or write-back, on a context the Cache owns) through the
+// circuit breaker, bounded by RedisTimeout (fn gets the bounded context):
+// while the breaker is open it is skipped (counted) and returns
+// errBreakerOpen; otherwise its outcome is recorded, so every call the
+// breaker lets through, including a half-open probe, settles the breaker.
+// The flight's own deadline (LoadTimeout) ending a call is a failure of
+// Redis like RedisTimeout.
 func (c *Cache[V]) redisOp(ctx context.Context, fn func(ctx context.Context) error) error {
-	return c.redisCall(ctx, func(ctx context.Context) error {
-		rctx, cancel := c.redisCtx(ctx)
-		defer cancel()
-		return fn(rctx)
-	})
+	return c.redisCall(ctx, false, true, fn)
 }
 
-// redisCall is redisOp without the RedisTimeout bound (Clear's SCAN). A
-// caller whose ctx has already ended sends nothing: the call returns the
-// ctx's error and the breaker learns nothing.
-func (c *Cache[V]) redisCall(ctx context.Context, fn func(ctx context.Context) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
+// callerOp is redisOp for a call on the caller's ctx (writes): a caller
+// whose ctx has already ended sends nothing and gets the ctx's error, and
+// an error while the caller's ctx has ended says nothing about Redis (an
+// HTTP handler out of budget must not open the breaker for everyone). It
+// is not recorded; a half-open probe it held is released at once.
+func (c *Cache[V]) callerOp(ctx context.Context, bounded bool, fn func(ctx context.Context) error) error {
+	return c.redisCall(ctx, true, bounded, fn)
+}
+
+func (c *Cache[V]) redisCall(ctx context.Context, caller, bounded bool, fn func(ctx context.Context) error) error {
+	if caller {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 	}
 	if !c.brk.allow() {
 		c.st.l2Skipped.Add(1)
 		return errBreakerOpen
 	}
-	err := fn(ctx)
-	c.recordRedis(ctx, err)
+	var err error
+	if bounded {
+		rctx, cancel := c.redisCtx(ctx)
+		err = fn(rctx)
+		cancel()
+	} else {
+		err = fn(ctx)
+	}
+	if caller && err != nil && ctx.Err() != nil {
+		c.brk.release()
+		return err
+	}
+	c.recordRedis(err)
 	return err
 }
 
 // recordRedis tells the breaker whether err means Redis is unreachable: any
 // failure except an answer from Redis (l2.ErrOperation, a server error
-// reply) and a failure of the caller's own ctx. A caller's deadline or
-// cancellation says nothing about Redis (an HTTP handler out of budget must
-// not open the breaker for everyone), so an error while ctx has ended is
-// not recorded at all; the RedisTimeout deadline, a child of ctx, ends only
-// the call's own context and counts.
-func (c *Cache[V]) recordRedis(ctx context.Context, err error) {
-	if err != nil && ctx.Err() != nil {
-		return
-	}
+// reply) and a cancellation (Close).
+func (c *Cache[V]) recordRedis(err error) {
 	conn := err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, l2.ErrNotFound) &&
 		!errors.Is(err, l2.ErrOperation) && !isReply(err)
 	if changed, state := c.brk.record(conn); changed {

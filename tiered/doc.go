@@ -70,9 +70,16 @@
 // connection, the caller's ctx ending mid-call) is in doubt: its script may
 // still run later. The writer applies its own invalidations as every other
 // instance does, so a copy it refilled meanwhile is dropped when the late
-// script publishes. A call whose ctx has ended returns an error that
-// errors.Is the ctx's error; neither that nor a deadline of the caller's
-// that ends a Redis call counts against the circuit breaker.
+// script publishes; Clear removes each batch of keys in a script that
+// publishes the batch's invalidation, so a late batch is heard too.
+//
+// A write (Set, SetMany, Delete, DeleteMany, Clear) whose ctx has already
+// ended does nothing and returns an error that errors.Is the ctx's error. A
+// read served from L1 does no I/O and does not look at ctx; a read that
+// misses waits on ctx. A caller's ctx ending a Redis call never counts
+// against the circuit breaker (a half-open probe it held is released at
+// once); the Cache's own deadlines (RedisTimeout, and LoadTimeout for a
+// flight's Redis calls) do.
 //
 // # What Config.Redis must be
 //
@@ -80,12 +87,14 @@
 // anti-entropy's sequence and epoch keys) must reach the master, so New
 // refuses, with [ErrReplicaRouting], a client that may read from replicas:
 // Cluster options ReadOnly, RouteByLatency or RouteRandomly (also what
-// NewFailoverClusterClient builds), and a client (with ContextTimeoutEnabled)
-// whose server answers ROLE as a replica (a replica's address,
-// FailoverOptions.ReplicaOnly). A redis.Ring is refused too. Give the Cache a client of its own if the rest
-// of the service reads from replicas. Namespaces may not contain ':' (it
-// separates namespace from key, so "a" with key "b:c" and "a:b" with key "c"
-// would share a Redis key but not a channel), '{' or '}'.
+// NewFailoverClusterClient builds), and a client whose server answers ROLE
+// as a replica (a replica's address, FailoverOptions.ReplicaOnly). ROLE is
+// asked once in New, bounded by StartTimeout (at most 2 s) or the client's
+// ReadTimeout; a client with no timeout at all is not asked. A redis.Ring is
+// refused too. Give the Cache a client of its own if the rest of the
+// service reads from replicas. Namespaces may not contain ':' (it separates
+// namespace from key, so "a" with key "b:c" and "a:b" with key "c" would
+// share a Redis key but not a channel), '{' or '}'.
 //
 // # Consistency contract
 //

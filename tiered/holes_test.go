@@ -42,7 +42,7 @@ func TestCallerDeadlineDoesNotOpenBreaker(t *testing.T) {
 	}
 
 	// The caller's deadline ends while the script is held back in flight.
-	px.Delay("evalsha", 300*time.Millisecond)
+	px.Delay(300*time.Millisecond, "evalsha")
 	for i := range 5 {
 		ctx, cancel := context.WithTimeout(bg, 20*time.Millisecond)
 		err := c.Set(ctx, fmt.Sprint("slow", i), "v")
@@ -54,7 +54,7 @@ func TestCallerDeadlineDoesNotOpenBreaker(t *testing.T) {
 	if st := c.Stats().L2; st.BreakerOpened != 0 || st.Breaker != "closed" {
 		t.Fatalf("breaker after callers' own deadlines: state %s, opened %d; want closed, 0", st.Breaker, st.BreakerOpened)
 	}
-	px.Delay("", 0)
+	px.Delay(0)
 	if err := c.Set(bg, "healthy", "v"); err != nil {
 		t.Fatalf("a healthy caller's Set after others' deadlines: %v", err)
 	}
@@ -62,7 +62,7 @@ func TestCallerDeadlineDoesNotOpenBreaker(t *testing.T) {
 	// Redis itself too slow: the RedisTimeout deadline counts.
 	slow := newCache(t, Config[string]{Redis: rc, Namespace: "brk", RedisTimeout: 50 * time.Millisecond,
 		BreakerFailures: 3, BreakerCooldown: time.Minute})
-	px.Delay("evalsha", 300*time.Millisecond)
+	px.Delay(300*time.Millisecond, "evalsha")
 	for i := range 3 {
 		if err := slow.Set(bg, fmt.Sprint("s", i), "v"); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("Set against a slow Redis: got %v, want ErrUnavailable", err)
@@ -93,12 +93,12 @@ func TestInDoubtWriteReachesWriter(t *testing.T) {
 		}
 	}
 	const hold = 2 * time.Second
-	px.Delay("evalsha", hold)
+	px.Delay(hold, "evalsha")
 	start := time.Now()
 	if err := w.Set(ctx, "k", "v2"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Set with its script held back: got %v, want ErrUnavailable (a timeout)", err)
 	}
-	px.Delay("", 0)
+	px.Delay(0)
 	// The script has not run yet: the writer refills the old value.
 	v, err := w.Get(ctx, "k")
 	if time.Since(start) >= hold {

@@ -12,13 +12,13 @@ import (
 	"github.com/nearcache/nearcache/internal/redistest"
 )
 
-// Failing tests from the review of issue 11's fixes.
+// Tests from the review of issue 11's fixes: each failed before its fix.
 
 // TestReviewHalfOpenProbeCutByCaller: after the breaker opened on a slow
 // Redis and its cooldown passed, the one half-open probe belongs to a caller
-// whose own deadline ends mid-call. recordRedis ignores that outcome, so the
-// probe never settles the breaker: Redis is healthy again, yet every other
-// caller gets ErrUnavailable for a whole further cooldown.
+// whose own deadline ends mid-call. The probe slot must be released at once
+// (it told nothing about Redis), so that the next caller probes a Redis that
+// is healthy again instead of failing for a further cooldown.
 func TestReviewHalfOpenProbeCutByCaller(t *testing.T) {
 	srv := redistest.StartServer(t)
 	px := redistest.StartProxy(t, srv.Addr())
@@ -27,7 +27,7 @@ func TestReviewHalfOpenProbeCutByCaller(t *testing.T) {
 		RedisTimeout: 100 * time.Millisecond, BreakerFailures: 2, BreakerCooldown: cooldown})
 	bg := context.Background()
 
-	px.Delay("evalsha", 400*time.Millisecond)
+	px.Delay(400*time.Millisecond, "evalsha")
 	for i := range 2 {
 		if err := c.Set(bg, "k"+strconv.Itoa(i), "v"); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("Set against a slow Redis: %v", err)
@@ -48,7 +48,7 @@ func TestReviewHalfOpenProbeCutByCaller(t *testing.T) {
 	}
 
 	// Redis is healthy again; a caller with time to spare.
-	px.Delay("", 0)
+	px.Delay(0)
 	start := time.Now()
 	if err := c.Set(bg, "healthy", "v"); err != nil {
 		t.Errorf("healthy Set right after a probe cut short by its caller: %v (breaker %s); "+
@@ -61,13 +61,9 @@ func TestReviewHalfOpenProbeCutByCaller(t *testing.T) {
 }
 
 // TestReviewReplicaDefaultOptions: a client with go-redis's default options
-// (ContextTimeoutEnabled false, ReadTimeout 3 s) pointed at a replica is
-// accepted, and so is a failover client with ReplicaOnly built the same way:
-// checkRouting only asks ROLE of clients with ContextTimeoutEnabled. Such a
-// Cache refills L1 from a lagging replica, the hole of issue 11 item 1.
-// go-redis's default ReadTimeout already bounds the question (and it could
-// run with a timer of its own), so the exemption is not needed to keep New
-// from hanging.
+// (ContextTimeoutEnabled false, ReadTimeout 3 s) pointed at a replica, or a
+// failover client with ReplicaOnly built the same way, is refused: the
+// default ReadTimeout bounds the ROLE question.
 func TestReviewReplicaDefaultOptions(t *testing.T) {
 	master := redistest.StartServer(t)
 	replica := redistest.StartServer(t, redistest.WithArgs("--replicaof", "127.0.0.1", strconv.Itoa(master.Port())))
@@ -86,12 +82,9 @@ func TestReviewReplicaDefaultOptions(t *testing.T) {
 	}
 }
 
-// TestReviewReplicaNoStartWait: a client built as the docs ask
-// (ContextTimeoutEnabled) of a replica is accepted when New is told not to
-// wait for the subscription (a negative StartTimeout, accepted by
-// withDefaults): checkRouting bounds ROLE by min(max(StartTimeout, 0), 2s),
-// so it asks with an already expired ctx, learns nothing, and lets the
-// replica through.
+// TestReviewReplicaNoStartWait: a negative StartTimeout (do not wait for the
+// subscription) must not turn the ROLE question into one asked with an
+// expired ctx, which would let a replica through.
 func TestReviewReplicaNoStartWait(t *testing.T) {
 	master := redistest.StartServer(t)
 	replica := redistest.StartServer(t, redistest.WithArgs("--replicaof", "127.0.0.1", strconv.Itoa(master.Port())))
@@ -108,14 +101,13 @@ func TestReviewReplicaNoStartWait(t *testing.T) {
 	}
 }
 
-// TestReviewInDoubtClear: Clear publishes its first clear, then its UNLINK
-// is held back past the caller's deadline; Clear fails, and meanwhile
-// another instance (and the writer) refill the key from Redis, which still
-// holds it. Then the held UNLINK runs. The second "tell them again" message
-// is sent only after a successful UNLINK, so nothing tells anyone: both keep
-// serving the cleared value (until MaxL1TTL, 30 s) though Redis has none.
-// The in-doubt rule of tiered/doc.go ("a copy it refilled meanwhile is
-// dropped when the late script publishes") does not hold for Clear.
+// TestReviewInDoubtClear: Clear publishes its first clear, then the removal
+// of the key is held back past the caller's deadline; Clear fails, and
+// meanwhile another instance (and the writer) refill the key from Redis,
+// which still holds it. Then the held removal runs. Before the fix it was a
+// plain UNLINK, and the "tell them again" message was sent only after a
+// successful one, so both kept serving the cleared value (until MaxL1TTL).
+// Now each batch is removed by a script that publishes its invalidation.
 func TestReviewInDoubtClear(t *testing.T) {
 	srv := redistest.StartServer(t)
 	px := redistest.StartProxy(t, srv.Addr())
@@ -129,7 +121,9 @@ func TestReviewInDoubtClear(t *testing.T) {
 		t.Fatalf("o.Get: %q %v", v, err)
 	}
 	const hold = 2 * time.Second
-	px.Delay("unlink", hold)
+	// Hold back the removal of the key (the batch's write script names it;
+	// the clear-all before it and the reads after it pass).
+	px.Delay(hold, "evalsha", "clr:k")
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
 	err := w.Clear(ctx)
@@ -137,7 +131,7 @@ func TestReviewInDoubtClear(t *testing.T) {
 	if err == nil {
 		t.Fatalf("Clear with its UNLINK held past the caller's deadline: nil error")
 	}
-	px.Delay("", 0)
+	px.Delay(0)
 	// Both refill from Redis, which still holds the key.
 	eventually(t, "o to refill k after the first clear", func() bool {
 		v, err := o.Get(bg, "k")
@@ -164,11 +158,9 @@ func TestReviewInDoubtClear(t *testing.T) {
 
 // TestReviewHungRedisShortLoadTimeout: with LoadTimeout below RedisTimeout
 // (100 ms < the default 250 ms) every L2 read of a flight against a hung
-// Redis ends by the flight's own detached deadline, which recordRedis now
-// takes for "the caller's ctx" and ignores. The flight's deadline is the
-// Cache's, not a caller's; before issue 11 these timeouts opened the
-// breaker. Now nothing ever opens it: every miss waits LoadTimeout on a
-// dead Redis.
+// Redis ends by the flight's own detached deadline. That deadline is the
+// Cache's, not a caller's: it must count against the breaker, as
+// RedisTimeout does.
 func TestReviewHungRedisShortLoadTimeout(t *testing.T) {
 	srv := redistest.StartServer(t)
 	c := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "hung",

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,6 +32,9 @@ func (c *Cache[V]) Set(ctx context.Context, key string, value V, opts ...Option)
 func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Option) error {
 	if c.isDone.Load() {
 		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("tiered: set %s: %w", keysLabel(slices.Collect(maps.Keys(items))), err)
 	}
 	if len(items) == 0 {
 		return nil
@@ -76,6 +81,9 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 func (c *Cache[V]) DeleteMany(ctx context.Context, keys []string, opts ...Option) error {
 	if c.isDone.Load() {
 		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("tiered: delete %s: %w", keysLabel(keys), err)
 	}
 	if len(keys) == 0 {
 		return nil
@@ -136,6 +144,9 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 	if c.isDone.Load() {
 		return ErrClosed
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("tiered: clear: %w", err)
+	}
 	if c.l2 == nil {
 		c.dropAll()
 		return nil
@@ -144,16 +155,16 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 	// Tell every instance first, so that loads running anywhere see their
 	// tickets invalidated and do not write back values read before the
 	// clear; then remove the keys and tell them again.
-	err := c.redisCall(ctx, func(ctx context.Context) error {
+	err := c.callerOp(ctx, false, func(ctx context.Context) error {
 		c.dropAll()
 		if err := c.bus.PublishClear(ctx); err != nil {
 			return err
 		}
-		_, err := c.l2.Clear(ctx, l2.Notify(c.notifyClear))
+		_, err := c.l2.Clear(ctx, l2.Notify(c.notifyClear), l2.NotifyKeys(c.notifyDelete))
 		return err
 	})
 	if err != nil {
-		return c.writeErr(ctx, "clear", "", err)
+		return c.writeErr(ctx, "clear", "(namespace)", err)
 	}
 	return nil
 }
@@ -166,41 +177,59 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 // read refills meanwhile does not outlive it.
 func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(context.Context) error) error {
 	defer c.invalidateLocal(keys...)
-	key := ""
-	if len(keys) == 1 {
-		key = keys[0]
-	}
-	if err := c.redisOp(ctx, fn); err != nil {
-		return c.writeErr(ctx, op, key, err)
+	if err := c.callerOp(ctx, true, fn); err != nil {
+		return c.writeErr(ctx, op, keysLabel(keys), err)
 	}
 	return nil
+}
+
+// keysLabel names the keys of a write in its errors: the key, quoted, or
+// how many and the first few.
+func keysLabel(keys []string) string {
+	switch len(keys) {
+	case 0:
+		return "(no keys)"
+	case 1:
+		return strconv.Quote(keys[0])
+	}
+	const show = 3
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d keys (", len(keys))
+	for i, k := range keys[:min(len(keys), show)] {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(strconv.Quote(k))
+	}
+	if len(keys) > show {
+		b.WriteString(", ...")
+	}
+	b.WriteString(")")
+	return b.String()
 }
 
 // writeErr counts, logs and wraps a failed write. A skip by the open
 // breaker is neither an error of Redis nor worth a log line per call; nor is
 // a write cut short by the caller's own ctx, whose error it wraps.
-func (c *Cache[V]) writeErr(ctx context.Context, op, key string, err error) error {
+func (c *Cache[V]) writeErr(ctx context.Context, op, what string, err error) error {
 	if errors.Is(err, errBreakerOpen) {
-		return fmt.Errorf("tiered: %s %q: %w", op, key, err)
+		return fmt.Errorf("tiered: %s %s: %w", op, what, err)
 	}
 	if errors.Is(err, l2.ErrStale) { // an answer: a newer version won
-		if key == "" {
-			return fmt.Errorf("tiered: %s: %w: %w", op, ErrStale, err)
-		}
-		return fmt.Errorf("tiered: %s %q: %w: %w", op, key, ErrStale, err)
+		return fmt.Errorf("tiered: %s %s: %w: %w", op, what, ErrStale, err)
 	}
 	if cerr := ctx.Err(); cerr != nil {
 		if errors.Is(err, cerr) {
-			return fmt.Errorf("tiered: %s %q: %w", op, key, err)
+			return fmt.Errorf("tiered: %s %s: %w", op, what, err)
 		}
-		return fmt.Errorf("tiered: %s %q: %w (%w)", op, key, cerr, err)
+		return fmt.Errorf("tiered: %s %s: %w (%w)", op, what, cerr, err)
 	}
 	c.st.l2Errors.Add(1)
-	c.log.Warn("nearcache: redis write failed", zap.String("op", op), zap.String("key", key), zap.Error(err))
+	c.log.Warn("nearcache: redis write failed", zap.String("op", op), zap.String("keys", what), zap.Error(err))
 	if !errors.Is(err, l2.ErrOperation) { // unreachable or too slow, not an answer from Redis
-		return fmt.Errorf("tiered: %s %q: %w: %w", op, key, ErrUnavailable, err)
+		return fmt.Errorf("tiered: %s %s: %w: %w", op, what, ErrUnavailable, err)
 	}
-	return fmt.Errorf("tiered: %s %q: %w", op, key, err)
+	return fmt.Errorf("tiered: %s %s: %w", op, what, err)
 }
 
 // l1TTL is the local TTL of a value written in L1-only mode.

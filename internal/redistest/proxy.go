@@ -23,7 +23,7 @@ type Proxy struct {
 	target string
 
 	mu     sync.Mutex // guards match, delay, conns, closed
-	match  []byte
+	match  [][]byte
 	delay  time.Duration
 	conns  map[net.Conn]struct{}
 	closed bool
@@ -49,21 +49,29 @@ func StartProxy(tb testing.TB, target string) *Proxy {
 // Addr is the address clients dial.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// Delay holds back every later client write that contains match for d
-// before it is forwarded (d <= 0 or an empty match: forward at once). The
+// Delay holds back every later client write that contains all of match
+// for d before it is forwarded (d <= 0 or no match: forward at once). The
 // match is against each read chunk, case-sensitive: go-redis sends command
 // names in lower case.
-func (p *Proxy) Delay(match string, d time.Duration) {
+func (p *Proxy) Delay(d time.Duration, match ...string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.match, p.delay = []byte(match), d
+	p.match, p.delay = nil, d
+	for _, m := range match {
+		p.match = append(p.match, []byte(m))
+	}
 }
 
 func (p *Proxy) holdFor(chunk []byte) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.delay <= 0 || len(p.match) == 0 || !bytes.Contains(chunk, p.match) {
+	if p.delay <= 0 || len(p.match) == 0 {
 		return 0
+	}
+	for _, m := range p.match {
+		if !bytes.Contains(chunk, m) {
+			return 0
+		}
 	}
 	return p.delay
 }
