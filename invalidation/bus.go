@@ -27,8 +27,8 @@ var (
 )
 
 // Handler receives invalidations. The bus calls it from a single goroutine,
-// never concurrently, for every message, its own included (see
-// [Bus.Start]). Calls should be quick (the worker applies messages in order
+// never concurrently, and never for the bus's own messages (see
+// [OwnHandler]). Calls should be quick (the worker applies messages in order
 // behind them).
 type Handler interface {
 	// InvalidateKeys drops the local copies of keys (namespace not
@@ -37,6 +37,18 @@ type Handler interface {
 	// InvalidateAll drops every local copy: some invalidation may have been
 	// lost, or another instance cleared the namespace.
 	InvalidateAll(cause Cause)
+}
+
+// OwnHandler is implemented by a Handler that also wants the bus's own
+// messages (same origin id), from the same goroutine: a writer whose write
+// timed out does not know whether its script ran, and may run later, after
+// the writer refilled the old value; its own message is then the only thing
+// that can tell it. Messages from other instances never reach these methods.
+type OwnHandler interface {
+	// OwnKeys reports an own delete message's keys (valid during the call).
+	OwnKeys(keys []string)
+	// OwnClear reports an own clear-all message.
+	OwnClear()
 }
 
 // publishScript increments the partition's sequence key and publishes the
@@ -57,6 +69,7 @@ type Bus struct {
 	cluster  *redis.ClusterClient // non-nil when client is a cluster client
 	cfg      Config
 	h        Handler
+	own      OwnHandler // h, if it wants own messages; else nil
 	log      *zap.Logger
 	channel  string
 	epochKey string
@@ -196,6 +209,7 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 		topoPoke:  make(chan struct{}, 1),
 		subs:      make(map[string]*sub),
 	}
+	b.own, _ = h.(OwnHandler)
 	b.cluster, _ = client.(*redis.ClusterClient)
 	b.multiPath = b.cluster != nil
 	if _, ok := client.(*redis.Client); ok {
@@ -708,18 +722,23 @@ func (b *Bus) handle(it item) {
 	b.deliver(m)
 }
 
-// deliver passes a tracked message to the Handler. Own messages are applied
-// too: the writer has invalidated its copies already when its write
-// returned, but a write whose outcome was in doubt (a timeout) may run in
-// Redis later, after a read refilled the old value; only its own message
-// can then tell this instance.
+// deliver passes a tracked message to the Handler; an own message only to
+// an OwnHandler.
 func (b *Bus) deliver(m message) {
 	b.applyPending()
 	if m.origin == b.cfg.InstanceID {
 		b.stats.own.Add(1)
-	} else {
-		b.stats.lag.Record(time.Since(time.Unix(0, m.unixNanos)))
+		if b.own != nil {
+			switch m.op {
+			case OpDelete:
+				b.own.OwnKeys(m.keys)
+			case OpClear:
+				b.own.OwnClear()
+			}
+		}
+		return
 	}
+	b.stats.lag.Record(time.Since(time.Unix(0, m.unixNanos)))
 	switch m.op {
 	case OpDelete:
 		b.h.InvalidateKeys(m.keys)
@@ -727,9 +746,7 @@ func (b *Bus) deliver(m message) {
 		b.stats.invalidateAll[CauseClear].Add(1)
 		b.h.InvalidateAll(CauseClear)
 	}
-	if m.origin != b.cfg.InstanceID {
-		b.stats.applied.Add(1)
-	}
+	b.stats.applied.Add(1)
 }
 
 // reason is a bit set of why the stream is unhealthy.

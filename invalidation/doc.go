@@ -61,9 +61,10 @@
 // The receiving side:
 //
 //   - calls [Handler.InvalidateKeys] for deletes and InvalidateAll(CauseClear)
-//     for clears, its own messages (same origin id) included: a write that
-//     timed out may still run in Redis after the writer refilled the old
-//     value, and its own message is the only thing that tells the writer;
+//     for clears from other instances; its own messages (same origin id)
+//     advance their sequence and go only to an [OwnHandler] (a write that
+//     timed out may run in Redis after the writer refilled the old value,
+//     and its own message is the only thing that tells the writer);
 //   - keeps the last sequence per partition: a gap means lost messages
 //     (CauseGap), a smaller number means the sequence key was reset
 //     (CauseSeqReset) — on a standalone or Sentinel-managed Redis; Redis

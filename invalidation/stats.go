@@ -54,7 +54,7 @@ type Stats struct {
 	Published     uint64 // messages published by [Bus.Publish] and [Bus.PublishClear]
 	Received      uint64 // payloads read from the subscription
 	Applied       uint64 // messages from other instances passed to the Handler
-	Own           uint64 // own messages seen (applied too: see Bus.deliver; not counted in Applied)
+	Own           uint64 // own messages seen (sequence advanced; passed only to an OwnHandler)
 	Duplicates    uint64 // Redis Cluster: further copies of a message already seen (one per master subscription)
 	Dropped       uint64 // messages dropped because the receive queue was full
 	Gaps          uint64 // sequence gaps detected (one per gap, however long)

@@ -58,6 +58,10 @@
 // and refuses a write whose version is not above it (ErrStale, with a
 // *StaleError naming the keys; nothing is written or published for them).
 // SetIf never replaces a versioned value: a load has no version to offer.
+// An unversioned write run by the script (any write with Notify, Delete with
+// Tombstone) keeps the stored version in its envelope, so Redis remembers the
+// highest version of a key while the key lives; a plain SET (SetMany
+// without Notify, Delete without Tombstone) forgets it.
 //
 // # Errors
 //

@@ -95,7 +95,11 @@ func applyWrite(opts []WriteOption) writeOptions {
 //
 // "cas" never replaces a versioned value (a load carries no version), and
 // "vset"/"vtomb" refuse a versioned write whose version is not above the
-// stored one (an unversioned write always goes through). These modes
+// stored one. An unversioned write ("set", "tomb", or an unversioned key of
+// "vset") always goes through but keeps the stored version, inserted into
+// the new envelope (inherit): Redis remembers the highest version of a key
+// while the key lives, so a delete without a version cannot let an older
+// versioned write back in. These modes
 // publish only if they wrote at least one key. "cas" returns one 0/1 flag
 // per key; "vset" and "vtomb" return per key 1 (written) or the stored
 // version (8 bytes) that refused it; the other modes return a count (keys
@@ -137,6 +141,19 @@ local function newer(a, b)
   end
   return false
 end
+local function inherit(v, ver)
+  local flags = string.byte(v, 3)
+  if flags % 64 >= 32 then return v end
+  local off = 4
+  if flags % 8 >= 4 then off = off + 8 end
+  if flags % 16 >= 8 then off = off + 8 end
+  return string.sub(v, 1, 2) .. string.char(flags + 32) .. string.sub(v, 4, off - 1) .. ver .. string.sub(v, off)
+end
+local function keep(k, v)
+  local stored = version(redis.pcall('GET', k))
+  if stored then return inherit(v, stored) end
+  return v
+end
 local function put(k, v, ttl)
   if ttl == '0' then
     redis.call('SET', k, v)
@@ -147,12 +164,12 @@ end
 local res = 0
 local mode = ARGV[3]
 if mode == 'set' then
-  for i = 1, n do put(KEYS[i], ARGV[2 + 2*i], ARGV[3 + 2*i]) end
+  for i = 1, n do put(KEYS[i], keep(KEYS[i], ARGV[2 + 2*i]), ARGV[3 + 2*i]) end
   res = n
 elseif mode == 'tomb' then
   for i = 1, n do
     res = res + redis.call('EXISTS', KEYS[i])
-    put(KEYS[i], ARGV[2 + 2*i], ARGV[3 + 2*i])
+    put(KEYS[i], keep(KEYS[i], ARGV[2 + 2*i]), ARGV[3 + 2*i])
   end
 elseif mode == 'del' then
   for i = 1, n do res = res + redis.call('UNLINK', KEYS[i]) end
@@ -186,7 +203,9 @@ elseif mode == 'vset' or mode == 'vtomb' then
     if stored and not newer(ver, stored) then
       res[i] = stored
     else
-      put(KEYS[i], ARGV[1 + 3*i], ARGV[2 + 3*i])
+      local val = ARGV[1 + 3*i]
+      if ver == '' then val = keep(KEYS[i], val) end
+      put(KEYS[i], val, ARGV[2 + 3*i])
       res[i] = 1
       wrote = true
     end

@@ -133,3 +133,53 @@ func TestVersionedWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestUnversionedWritesKeepVersion: an unversioned Set or Delete over a
+// versioned value keeps the version (Redis remembers the highest version of
+// a key while it lives), so a late write with an older version is still
+// refused.
+func TestUnversionedWritesKeepVersion(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			s, _ := b.open(t, Config{KeyPrefix: "app:"})
+			ctx := context.Background()
+			nf := Notify(testNotify("inv"))
+			for _, tc := range []struct {
+				name  string
+				write func(key string) error
+			}{
+				{"delete", func(k string) error { _, err := s.Delete(ctx, k, nf, Tombstone(time.Minute)); return err }},
+				{"set", func(k string) error { return s.Set(ctx, k, Entry{Value: []byte("plain"), TTL: time.Minute}, nf) }},
+				{"set-no-notify", func(k string) error { return s.Set(ctx, k, Entry{Value: []byte("plain"), TTL: time.Minute}) }},
+				{"mixed-batch", func(k string) error {
+					return s.SetMany(ctx, map[string]Entry{k: {Value: []byte("plain")}, k + "-other": {Value: []byte("o"), Version: 1}}, nf)
+				}},
+			} {
+				k := "k-" + tc.name
+				if err := s.Set(ctx, k, Entry{Value: []byte("v5"), Version: 5, TTL: time.Minute}, nf); err != nil {
+					t.Fatal(err)
+				}
+				if err := tc.write(k); err != nil {
+					t.Fatalf("%s: unversioned write: %v", tc.name, err)
+				}
+				e, err := s.Read(ctx, k)
+				if tc.name == "set-no-notify" {
+					// A plain SET, no script: documented as forgetting the version.
+					if err != nil || e.Version != 0 {
+						t.Fatalf("%s: %+v %v, want an unversioned value", tc.name, e, err)
+					}
+					continue
+				}
+				if err != nil || e.Version != 5 {
+					t.Fatalf("%s: after the unversioned write: %+v %v, want version 5 kept", tc.name, e, err)
+				}
+				if err := s.Set(ctx, k, Entry{Value: []byte("v4"), Version: 4}, nf); !errors.Is(err, ErrStale) {
+					t.Errorf("%s: versioned write 4 after an unversioned write over 5: %v, want ErrStale", tc.name, err)
+				}
+				if err := s.Set(ctx, k, Entry{Value: []byte("v6"), Version: 6}, nf); err != nil {
+					t.Errorf("%s: versioned write 6: %v", tc.name, err)
+				}
+			}
+		})
+	}
+}

@@ -84,10 +84,11 @@ type (
 )
 
 var (
-	_ localTier[int]       = (*l1.Cache[int])(nil)
-	_ remoteTier           = (*l2.Store)(nil)
-	_ invalidationBus      = (*invalidation.Bus)(nil)
-	_ invalidation.Handler = handler[int]{}
+	_ localTier[int]          = (*l1.Cache[int])(nil)
+	_ remoteTier              = (*l2.Store)(nil)
+	_ invalidationBus         = (*invalidation.Bus)(nil)
+	_ invalidation.Handler    = handler[int]{}
+	_ invalidation.OwnHandler = handler[int]{}
 )
 
 // item is what L1 holds: a value or a cached "not found", and in L1-only
@@ -119,6 +120,7 @@ type Cache[V any] struct {
 	cancel context.CancelFunc
 
 	verMu sync.Mutex // L1-only mode: serialises versioned writes (see setLocal)
+	doubt doubts     // keys of writes that ended in doubt
 
 	flightMu sync.Mutex // guards flights, gets and closed; held across DoChan
 	// flights maps a key to its running load, from the moment a caller
@@ -361,6 +363,21 @@ func (h handler[V]) InvalidateKeys(keys []string) { h.c.invalidateLocal(keys...)
 
 // InvalidateAll implements invalidation.Handler.
 func (h handler[V]) InvalidateAll(invalidation.Cause) { h.c.dropAll() }
+
+// OwnKeys implements invalidation.OwnHandler: an own message drops only the
+// keys whose write ended in doubt (see doubts).
+func (h handler[V]) OwnKeys(keys []string) {
+	if ks := h.c.doubt.match(keys, time.Now()); len(ks) > 0 {
+		h.c.invalidateLocal(ks...)
+	}
+}
+
+// OwnClear implements invalidation.OwnHandler.
+func (h handler[V]) OwnClear() {
+	if h.c.doubt.all(time.Now()) {
+		h.c.dropAll()
+	}
+}
 
 // dropAll makes every L1 entry unreachable (an epoch bump) and forgets every
 // running flight.

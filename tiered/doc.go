@@ -68,10 +68,13 @@
 //
 // A write that fails without an answer from Redis (RedisTimeout, a broken
 // connection, the caller's ctx ending mid-call) is in doubt: its script may
-// still run later. The writer applies its own invalidations as every other
-// instance does, so a copy it refilled meanwhile is dropped when the late
-// script publishes; Clear removes each batch of keys in a script that
-// publishes the batch's invalidation, so a late batch is heard too.
+// still run later. The writer remembers the write's keys for a minute and
+// applies its own invalidation messages for them (it ignores its own
+// messages otherwise), so a copy it refilled meanwhile is dropped when the
+// late script publishes; Clear removes each batch of keys in a script that
+// publishes the batch's invalidation, so a late batch is heard too. A script
+// held up longer than that means a stalled server, which the invalidation
+// stream reports by itself.
 //
 // A write (Set, SetMany, Delete, DeleteMany, Clear) whose ctx has already
 // ended does nothing and returns an error that errors.Is the ctx's error. A

@@ -117,31 +117,41 @@ func TestInDoubtWriteReachesWriter(t *testing.T) {
 	})
 }
 
-// TestOwnInvalidationApplied: an own message (as a delayed script of this
-// instance would publish) for a key that L1 holds drops it.
-func TestOwnInvalidationApplied(t *testing.T) {
+// TestOwnInvalidationOnlyInDoubt: an own message (as a delayed script of
+// this instance would publish) drops a key only while the key's write is in
+// doubt; a successful write's own message leaves the writer's fresh copy
+// alone.
+func TestOwnInvalidationOnlyInDoubt(t *testing.T) {
 	mr := miniredis.RunT(t)
 	ctx := context.Background()
 	c := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "own"})
 	if err := c.Set(ctx, "k", "v1"); err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, "the Set's own message", func() bool { return c.bus.Stats().Own >= 1 })
 	if v, err := c.Get(ctx, "k"); err != nil || v != "v1" {
 		t.Fatalf("Get: %q %v", v, err)
 	}
-	own := c.bus.Stats().Own
-	// Another program writes the key with this instance's own message body,
-	// as a delayed script of this instance would.
-	if err := c.bus.(interface {
-		Publish(context.Context, int, []byte) error
-	}).Publish(ctx, 0, c.bus.EncodeDelete(0, []string{"k"})); err != nil {
-		t.Fatal(err)
+	publishOwn := func() {
+		t.Helper()
+		own := c.bus.Stats().Own
+		bus := c.bus.(interface {
+			Publish(context.Context, int, []byte) error
+		})
+		if err := bus.Publish(ctx, 0, c.bus.EncodeDelete(0, []string{"k"})); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the own message", func() bool { return c.bus.Stats().Own > own })
 	}
-	eventually(t, "the own message", func() bool { return c.bus.Stats().Own > own })
-	eventually(t, "L1 to drop the key", func() bool {
-		_, ok := c.local.Get("k")
-		return !ok
-	})
+	publishOwn()
+	if _, ok := c.local.Get("k"); !ok {
+		t.Fatalf("an own message for a key not in doubt dropped the writer's copy")
+	}
+	c.doubt.add([]string{"k"}, false, time.Now())
+	publishOwn()
+	if _, ok := c.local.Get("k"); ok {
+		t.Fatalf("an own message for a key in doubt left the copy")
+	}
 }
 
 // TestNamespaceAliasing: a namespace with ':' would share Redis keys with

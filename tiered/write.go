@@ -164,6 +164,9 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
+		if inDoubt(err) {
+			c.doubt.add(nil, true, time.Now())
+		}
 		return c.writeErr(ctx, "clear", "(namespace)", err)
 	}
 	return nil
@@ -178,6 +181,9 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(context.Context) error) error {
 	defer c.invalidateLocal(keys...)
 	if err := c.callerOp(ctx, true, fn); err != nil {
+		if inDoubt(err) {
+			c.doubt.add(keys, false, time.Now())
+		}
 		return c.writeErr(ctx, op, keysLabel(keys), err)
 	}
 	return nil
