@@ -632,7 +632,10 @@ func (b *Bus) worker(ctx context.Context) {
 	defer b.wg.Done()
 	gapTimer := time.NewTimer(time.Hour)
 	gapTimer.Stop()
-	var armed time.Time // when gapTimer fires; zero when stopped
+	var (
+		armed time.Time // when gapTimer fires; zero when stopped
+		keys  []string  // decode buffer, reused: no allocation per message
+	)
 	for {
 		b.applyPending()
 		if due := b.gapDue; !due.IsZero() {
@@ -652,7 +655,7 @@ func (b *Bus) worker(ctx context.Context) {
 			b.expireHoles(time.Now())
 		case it := <-b.queue:
 			b.applyPending()
-			b.handle(it)
+			keys = b.handle(it, keys)
 			b.processed.Add(1)
 		}
 	}
@@ -674,8 +677,18 @@ func (b *Bus) applyPending() {
 	}
 }
 
-func (b *Bus) handle(it item) {
-	m, err := decode(it.payload, b.cfg.HMACKey)
+// handle decodes, tracks and delivers one message. keys is a decode buffer
+// (may be nil); handle returns it for the next message.
+func (b *Bus) handle(it item, keys []string) []string {
+	m, err := decode(it.payload, b.cfg.HMACKey, keys[:0])
+	if cap(m.keys) <= maxKeptKeys {
+		keys = m.keys[:0]
+	}
+	b.handleDecoded(it, m, err)
+	return keys
+}
+
+func (b *Bus) handleDecoded(it item, m message, err error) {
 	if err != nil {
 		if errors.Is(err, errAuth) {
 			b.stats.authRejects.Add(1)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strconv"
 
 	"github.com/nearcache/nearcache/internal/hashslot"
@@ -111,13 +112,19 @@ func uvarintLen(x uint64) int {
 	return n
 }
 
+// maxKeptKeys bounds the decode buffer a goroutine of the bus keeps between
+// messages: a rare huge message does not pin its keys slice.
+const maxKeptKeys = 1024
+
 // decode parses a payload: a body followed by the decimal sequence number
 // that the publishing script appended. With a non-nil macKey every payload
 // without a valid signature fails with errAuth (garbage included, so that
 // unauthenticated bytes can never force an invalidation); otherwise malformed
-// payloads fail with errDecode. decode never panics and allocates only the
-// keys slice, bounded by the payload length.
-func decode(p string, macKey []byte) (message, error) {
+// payloads fail with errDecode. decode never panics. The keys are appended
+// to keys (pass a reused buffer, length 0, to decode without allocating; the
+// result's keys then alias it); it grows by at most the number of keys,
+// bounded by the payload length. The signature check allocates.
+func decode(p string, macKey []byte, keys []string) (message, error) {
 	var m message
 	bad := errDecode
 	if macKey != nil {
@@ -176,7 +183,10 @@ func decode(p string, macKey []byte) (message, error) {
 		if uint64(n) > uint64(end-off) {
 			return m, errDecode
 		}
-		m.keys = make([]string, 0, n)
+		m.keys = slices.Grow(keys[:0], int(n))
+		if m.keys == nil {
+			m.keys = []string{} // no keys: still a delete, never confused with a clear
+		}
 		for i := uint32(0); i < n; i++ {
 			l, w := uvarint(p[off:end])
 			if w <= 0 || l > uint64(end-off-w) {

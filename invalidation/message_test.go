@@ -40,7 +40,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := time.Now().UnixNano()
 			body := encode(testOrigin, tc.partition, tc.op, ts, tc.keys, tc.key)
-			m, err := decode(string(body)+tc.seq, tc.key)
+			m, err := decode(string(body)+tc.seq, tc.key, nil)
 			if err != nil {
 				t.Fatalf("decode: %v", err)
 			}
@@ -96,7 +96,7 @@ func TestDecodeRejects(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := decode(tc.payload, tc.key)
+			_, err := decode(tc.payload, tc.key, nil)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("decode: got %v, want %v", err, tc.want)
 			}
@@ -106,7 +106,7 @@ func TestDecodeRejects(t *testing.T) {
 
 func TestSignedAcceptedWithoutKey(t *testing.T) {
 	signed := encode(testOrigin, 1, OpDelete, 1, []string{"a"}, []byte("secret"))
-	m, err := decode(string(signed)+"3", nil)
+	m, err := decode(string(signed)+"3", nil, nil)
 	if err != nil || len(m.keys) != 1 || m.keys[0] != "a" || m.seq != 3 {
 		t.Fatalf("decode signed without key: got %+v, %v; want key a, seq 3", m, err)
 	}
@@ -115,7 +115,7 @@ func TestSignedAcceptedWithoutKey(t *testing.T) {
 func TestEncodeOversizeBecomesClear(t *testing.T) {
 	keys := []string{strings.Repeat("x", MaxBodySize)}
 	body := encode(testOrigin, 0, OpDelete, 1, keys, nil)
-	m, err := decode(string(body)+"1", nil)
+	m, err := decode(string(body)+"1", nil, nil)
 	if err != nil {
 		t.Fatalf("decode: %v", err)
 	}
@@ -136,7 +136,7 @@ func FuzzDecode(f *testing.F) {
 		if signed {
 			k = key
 		}
-		m, err := decode(payload, k)
+		m, err := decode(payload, k, nil)
 		if err != nil {
 			if !errors.Is(err, errDecode) && !errors.Is(err, errAuth) {
 				t.Fatalf("unexpected error %v", err)
@@ -152,7 +152,7 @@ func FuzzDecode(f *testing.F) {
 		if k != nil && re != payload {
 			t.Fatalf("re-encoding differs:\n got %q\nwant %q", re, payload)
 		}
-		if m2, err := decode(re, k); err != nil || m2.seq != m.seq || len(m2.keys) != len(m.keys) {
+		if m2, err := decode(re, k, nil); err != nil || m2.seq != m.seq || len(m2.keys) != len(m.keys) {
 			t.Fatalf("re-encoded message does not decode the same: %+v, %v", m2, err)
 		}
 	})

@@ -37,7 +37,7 @@ func TestSequenceTracking(t *testing.T) {
 	feed := func(p int, seq uint64) {
 		t.Helper()
 		body := encode(other, p, OpDelete, time.Now().UnixNano(), []string{"k"}, nil)
-		b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10)})
+		b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10)}, nil)
 	}
 	steps := []struct {
 		name      string
@@ -157,7 +157,7 @@ func TestMultiPathHandle(t *testing.T) {
 		t.Helper()
 		for i := 0; i < len(pathSeqs); i += 2 {
 			body := encode(other, p, OpDelete, time.Now().UnixNano(), []string{"k"}, nil)
-			b.handle(item{payload: string(body) + strconv.FormatUint(pathSeqs[i+1], 10), path: int(pathSeqs[i])})
+			b.handle(item{payload: string(body) + strconv.FormatUint(pathSeqs[i+1], 10), path: int(pathSeqs[i])}, nil)
 		}
 		b.applyPending()
 	}
@@ -201,5 +201,29 @@ func TestMultiPathHandle(t *testing.T) {
 	b.trackMu.Unlock()
 	if !tr.suspect || !tr.touched || tr.anomalies != 2 || tr.last != 9 {
 		t.Fatalf("track %+v: want suspect, touched, 2 anomalies, last 9", tr)
+	}
+}
+
+// TestHandleDoesNotAllocate: the worker applies a delete message from
+// another instance without allocating (the decoded keys reuse one buffer),
+// so that a burst of invalidations adds no garbage on a loaded service.
+func TestHandleDoesNotAllocate(t *testing.T) {
+	b, h := newUnstartedBus(t)
+	body := string(encode(InstanceID{9}, 0, OpDelete, time.Now().UnixNano(), []string{"user:1", "user:2", "cart:7"}, nil))
+	payloads := make([]string, 200)
+	for i := range payloads {
+		payloads[i] = body + strconv.Itoa(i+1)
+	}
+	var keys []string
+	i := 0
+	allocs := testing.AllocsPerRun(100, func() {
+		keys = b.handle(item{payload: payloads[i]}, keys)
+		i++
+	})
+	if allocs != 0 {
+		t.Errorf("handle: %v allocations per message, want 0", allocs)
+	}
+	if s := b.Stats(); s.Applied != uint64(i) || s.Gaps != 0 || h.keys != 3*i {
+		t.Errorf("applied %d, gaps %d, keys %d; want %d, 0, %d", s.Applied, s.Gaps, h.keys, i, 3*i)
 	}
 }
