@@ -36,7 +36,7 @@ func TestReviewClusterResetAfterRepair(t *testing.T) {
 	feed := func(path int, seq uint64, key string) {
 		t.Helper()
 		body := encode(other, 0, OpDelete, time.Now().UnixNano(), []string{key}, nil)
-		b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10), recv: time.Now(), path: path})
+		b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10), recv: time.Now(), path: path}, nil)
 	}
 	// Ten messages, each copy arriving on both subscriptions.
 	for s := uint64(1); s <= 10; s++ {
