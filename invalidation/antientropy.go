@@ -379,7 +379,10 @@ func (b *Bus) compareSequences(ctx context.Context, st *aeState, parts []int) er
 			if cur.last == snap[i].last {
 				// Track from Redis's value; a message published before
 				// the read and still in flight is covered by the repair.
-				b.last[p] = track{last: vals[i], touched: cur.touched}
+				// Each path keeps its memory, lowered to Redis's value:
+				// a later reset must still go backwards on it (see
+				// clampPaths).
+				b.last[p] = track{last: vals[i], touched: cur.touched, paths: clampPaths(cur.paths, vals[i])}
 			}
 			b.stats.seqResets.Add(1)
 			b.requestInvalidateAll(CauseSeqReset)
@@ -390,8 +393,10 @@ func (b *Bus) compareSequences(ctx context.Context, st *aeState, parts []int) er
 			// replayed message, or a slot migration. The messages of the
 			// old and the new numbering were applied, but a loss among
 			// them could not be seen as a gap: repair.
+			// Each path keeps its memory: a reset after this repair, before
+			// the next message on a path, must still go backwards on it.
 			if cur.anomalies == snap[i].anomalies {
-				cur.suspect, cur.paths = false, nil
+				cur.suspect = false
 				b.last[p] = cur
 			}
 			b.stats.seqResets.Add(1)
@@ -458,4 +463,20 @@ func (b *Bus) drain(ctx context.Context) bool {
 		}
 	}
 	return true
+}
+
+// clampPaths lowers every path's memory of a partition to v, the value of
+// its sequence key that anti-entropy read below what was applied (a
+// reset). Forgetting the paths would blind the bus to the next reset: its
+// first message, at or below the partition's last, would find no path
+// memory and be dropped as a copy. Keeping the old numbering's values
+// would make every message of the new one below them go backwards.
+// Lowered to v, a path still goes backwards on a reset to v or below; a
+// copy of a message published before the read that arrives afterwards
+// also does, and costs one more repair (applying it is safe).
+func clampPaths(paths []pathSeq, v uint64) []pathSeq {
+	for i := range paths {
+		paths[i].last = min(paths[i].last, v)
+	}
+	return paths
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,10 +76,13 @@ type Bus struct {
 	channel  string
 	epochKey string
 	// routeChannel is subscribed beside channel on a standalone or
-	// Sentinel-managed Redis and never published to: PUBSUB NUMSUB of it
-	// through the command client tells whether the subscription is on the
-	// server the commands go to (see route.go). "" when not checked.
+	// Sentinel-managed Redis, with the route check on, and never published
+	// to: PUBSUB NUMSUB of it through the command client tells whether the
+	// subscription is on the server the commands go to (see route.go). ""
+	// when not checked. routeOn turns false for good when Redis refuses
+	// the route channel (ACL): the route check is then off.
 	routeChannel string
+	routeOn      atomic.Bool
 
 	stats  counters
 	health healthState
@@ -159,12 +164,20 @@ type sub struct {
 	stopped bool          // guarded by Bus.lifeMu
 	initial bool          // guarded by Bus.lifeMu: counted in Bus.awaiting
 
-	// live is true from a confirmation of the subscription until the
-	// reader or the route check sees it fail; confirms counts the
-	// confirmations. The reader writes both, the route check reads them
-	// to know that a PUBSUB NUMSUB it sent saw one settled subscription.
+	// live is true from a confirmation of the route channel's
+	// subscription until the reader or the route check sees the
+	// connection fail; confirms counts those confirmations. The reader
+	// writes both, the route check reads them to know that a PUBSUB NUMSUB
+	// it sent saw one settled subscription. Unused without a route
+	// channel.
 	live     atomic.Bool
 	confirms atomic.Uint64
+	// pingSent numbers the route check's PINGs on the subscription (the
+	// number is the PING's payload); pong is the highest number the reader
+	// got back, and pongCh (cap 1) wakes the route check when it does.
+	pingSent atomic.Uint64
+	pong     atomic.Uint64
+	pongCh   chan struct{}
 	// replace is set (with lifeMu held, before ps is closed) when the
 	// route check wants the subscription replaced: the reader, woken by
 	// the closed PubSub, subscribes again instead of waiting for go-redis.
@@ -212,8 +225,9 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 	b.own, _ = h.(OwnHandler)
 	b.cluster, _ = client.(*redis.ClusterClient)
 	b.multiPath = b.cluster != nil
-	if _, ok := client.(*redis.Client); ok {
+	if _, ok := client.(*redis.Client); ok && cfg.RouteCheckInterval > 0 {
 		b.routeChannel = b.channel + ":route:" + hex.EncodeToString(cfg.InstanceID[:])
+		b.routeOn.Store(true)
 	}
 	b.gapGrace = gapGrace(cfg.AntiEntropyInterval)
 	b.health.set(busWide, reasonNotSubscribed)
@@ -321,7 +335,7 @@ func (b *Bus) Start(ctx context.Context) error {
 		b.wg.Add(1)
 		go b.antiEntropy(runCtx)
 	}
-	if b.routeChannel != "" && b.cfg.RouteCheckInterval > 0 {
+	if b.routeChannel != "" {
 		b.wg.Add(1)
 		go b.routeWatch(runCtx)
 	}
@@ -386,7 +400,7 @@ func (b *Bus) requestInvalidateAll(c Cause) {
 func (b *Bus) newSubLocked(addr string, client subscriber) *sub {
 	b.nextSub++
 	sctx, cancel := context.WithCancel(b.runCtx)
-	s := &sub{id: b.nextSub, addr: addr, client: client, cancel: cancel, done: make(chan struct{})}
+	s := &sub{id: b.nextSub, addr: addr, client: client, cancel: cancel, done: make(chan struct{}), pongCh: make(chan struct{}, 1)}
 	b.health.set(s.id, reasonNotSubscribed)
 	if !b.confirmedClosed {
 		s.initial = true
@@ -455,6 +469,13 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 		lastHeard   time.Time // last reply of any kind
 		backoff     time.Duration
 		stalledOnce bool // the current silence was already reported
+		// The route channel is subscribed by its own SUBSCRIBE once the
+		// invalidation channel is confirmed, so that Redis refusing it
+		// (ACL) never costs the invalidation channel. routeSent: it is
+		// among ps's channels (go-redis resubscribes them all in one
+		// command after a reconnect); routePending: that SUBSCRIBE has not
+		// been answered yet.
+		routeSent, routePending bool
 	)
 	if ps == nil {
 		return
@@ -476,6 +497,27 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 				return
 			}
 			failing, pingOut, lastHeard, stalledOnce, backoff = true, false, now, false, 0
+			routeSent, routePending = false, false
+			continue
+		}
+		if err != nil && routeSent && isNoPerm(err) {
+			// Redis refused a SUBSCRIBE naming the route channel: the
+			// user may not use it. Drop it from ps's channels (go-redis
+			// would resend it after every reconnect) and turn the route
+			// check off. If the refused SUBSCRIBE was go-redis's
+			// resubscription after a reconnect, it named the invalidation
+			// channel too: subscribe that again (its confirmation repairs).
+			b.routeRefused(err)
+			uerr := ps.Unsubscribe(ctx, b.routeChannel)
+			if !routePending && uerr == nil {
+				uerr = ps.Subscribe(ctx, b.channel)
+			}
+			routeSent, routePending = false, false
+			lastHeard, pingOut = now, false
+			if uerr != nil && !failing {
+				failing = true
+				b.lost(s, CauseDisconnect, reasonDisconnected, uerr)
+			}
 			continue
 		}
 		if err != nil {
@@ -502,6 +544,7 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 						return
 					}
 					failing, pingOut, lastHeard, stalledOnce = true, false, now, false
+					routeSent, routePending = false, false
 				}
 				continue
 			}
@@ -543,8 +586,27 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 				b.requestInvalidateAll(CauseOverflow)
 			}
 			b.stats.received.Add(1)
+		case *redis.Pong:
+			// The answer to a route check's PING (see checkRoute); the
+			// reader's own PINGs carry no payload.
+			if n, err := strconv.ParseUint(m.Payload, 10, 64); err == nil && n > s.pong.Load() {
+				s.pong.Store(n)
+				select {
+				case s.pongCh <- struct{}{}:
+				default:
+				}
+			}
 		case *redis.Subscription:
-			if m.Kind != "subscribe" || m.Channel != b.channel {
+			if m.Kind != "subscribe" {
+				continue
+			}
+			if b.routeChannel != "" && m.Channel == b.routeChannel {
+				routePending = false
+				s.confirms.Add(1)
+				s.live.Store(true)
+				continue
+			}
+			if m.Channel != b.channel {
 				continue
 			}
 			if everOK || failing || b.startReturned.Load() {
@@ -557,11 +619,26 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 				b.confirm(s)
 			}
 			failing = false
-			s.confirms.Add(1)
-			s.live.Store(true)
 			b.health.clear(s.id, reasonNotSubscribed|reasonDisconnected|reasonStalled|reasonRerouted)
+			if b.routeOn.Load() && !routeSent {
+				routeSent, routePending = true, true
+				if err := ps.Subscribe(ctx, b.routeChannel); err != nil {
+					// go-redis reconnected (or will) and resubscribes
+					// both channels in one command.
+					routePending = false
+					failing = true
+					b.lost(s, CauseDisconnect, reasonDisconnected, err)
+				}
+			}
 		}
 	}
+}
+
+// isNoPerm reports whether err is Redis refusing a command for the user's
+// ACL permissions.
+func isNoPerm(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "NOPERM")
 }
 
 // lost records a detected failure of the stream: unhealthy now, invalidate all.
@@ -595,14 +672,12 @@ func (b *Bus) rejectOversized(s *sub, n int) {
 // subscribe creates the subscription (the SUBSCRIBE confirmation arrives
 // through ReceiveTimeout). It returns nil when the bus is closing or s was
 // stopped.
+//
+// It names the invalidation channel only: the reader subscribes the route
+// channel once this one is confirmed, by its own SUBSCRIBE, so that a user
+// whose ACL refuses the route channel still gets the invalidations.
 func (b *Bus) subscribe(ctx context.Context, s *sub) *redis.PubSub {
-	channels := []string{b.channel}
-	if b.routeChannel != "" {
-		// One SUBSCRIBE: both channels are registered before either
-		// confirmation is sent.
-		channels = append(channels, b.routeChannel)
-	}
-	ps := s.client.Subscribe(ctx, channels...)
+	ps := s.client.Subscribe(ctx, b.channel)
 	b.lifeMu.Lock()
 	defer b.lifeMu.Unlock()
 	if b.closed || s.stopped {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/internal/hashslot"
 	"github.com/nearcache/nearcache/internal/redistest"
@@ -165,4 +169,69 @@ func BenchmarkClusterAERoundAllSlots(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(len(st.partitions)), "keys/round")
+}
+
+// TestClusterResetAfterResetRepair: anti-entropy repairs a reset (Redis
+// below what was applied) and tracks from Redis's value; the paths keep
+// their memory, lowered to that value. A second reset before the next
+// message on each path still goes backwards and is applied; messages of
+// the new numbering pass as usual (first copy applied, the other a
+// duplicate, no suspicion).
+func TestClusterResetAfterResetRepair(t *testing.T) {
+	// setup: ten messages on two paths, then the key is reset and three
+	// messages of the new numbering are in flight: anti-entropy reads 3.
+	setup := func(t *testing.T) (*Bus, *countingHandler, *miniredis.Miniredis, func(path int, seq uint64, key string)) {
+		mr := miniredis.RunT(t)
+		c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		t.Cleanup(func() { _ = c.Close() })
+		h := &countingHandler{}
+		b, err := New(c, Config{}, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.multiPath = true
+		other := InstanceID{7}
+		feed := func(path int, seq uint64, key string) {
+			t.Helper()
+			body := encode(other, 0, OpDelete, time.Now().UnixNano(), []string{key}, nil)
+			b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10), recv: time.Now(), path: path}, nil)
+		}
+		for s := uint64(1); s <= 10; s++ {
+			feed(1, s, "k")
+			feed(2, s, "k")
+		}
+		mr.Set(b.SeqKey(0), "3")
+		var st aeState
+		if err := b.checkSequences(context.Background(), &st); err != nil {
+			t.Fatal(err)
+		}
+		if n := b.Stats().SeqResets; n != 1 {
+			t.Fatalf("SeqResets %d after the reset, want 1", n)
+		}
+		return b, h, mr, feed
+	}
+	t.Run("second reset", func(t *testing.T) {
+		b, h, mr, feed := setup(t)
+		mr.Del(b.SeqKey(0))
+		before := h.keys
+		feed(1, 1, "fresh")
+		feed(2, 1, "fresh")
+		if h.keys == before {
+			t.Errorf("the first invalidation after a second reset (seq 1, last 3) was dropped as a copy (Duplicates %d)", b.Stats().Duplicates)
+		}
+	})
+	t.Run("new numbering", func(t *testing.T) {
+		b, h, _, feed := setup(t)
+		for s := uint64(4); s <= 5; s++ {
+			before, dups := h.keys, b.Stats().Duplicates
+			feed(1, s, "n")
+			feed(2, s, "n")
+			if h.keys != before+1 || b.Stats().Duplicates != dups+1 {
+				t.Fatalf("seq %d after the repair: %d applied, %d duplicates; want 1 and 1", s, h.keys-before, b.Stats().Duplicates-dups)
+			}
+		}
+		if tr := b.last[0]; tr.suspect {
+			t.Fatalf("suspect after the new numbering passed the repaired value: %+v", tr)
+		}
+	})
 }

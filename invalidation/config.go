@@ -23,6 +23,13 @@ type Config struct {
 	// Namespace prefixes the channel and every key the bus uses. It must be
 	// the namespace l2 uses, so that l2's scripts and the bus agree.
 	// If empty, DefaultNamespace is used.
+	//
+	// A namespace must not be another one used on the same Redis followed
+	// by ':' and more ("a" and "a:b"): the Redis key of "a" with key "b:c"
+	// is then that of "a:b" with key "c", but their invalidation channels
+	// differ, so neither hears the other's writes. Package tiered refuses
+	// ':' in namespaces; when using this package directly, choose the
+	// namespaces accordingly.
 	Namespace string
 
 	// InstanceID identifies this bus in the messages it publishes; messages
@@ -49,8 +56,16 @@ type Config struct {
 	// but leaves the subscription on the old master. Only for a
 	// *redis.Client (plain or from NewFailoverClient); Redis Cluster
 	// follows its masters otherwise. If zero, DefaultRouteCheckInterval
-	// (250ms) is used; if negative, the check is off and only
-	// anti-entropy's run id check moves the subscription.
+	// (250ms) is used; if negative, the check is off (the route channel
+	// is not subscribed) and only anti-entropy's run id check moves the
+	// subscription.
+	//
+	// The check subscribes a route channel, "NS:inv:route:<instance id>",
+	// beside the invalidation channel: an ACL user needs &NS:inv:route:*
+	// (besides &NS:inv) for it. Without that grant the invalidation
+	// subscription is unaffected, the check turns itself off and one Warn
+	// names the grant; a failover is then followed about one
+	// AntiEntropyInterval later.
 	RouteCheckInterval time.Duration
 
 	// BufferSize is the capacity of the queue between the connection reader

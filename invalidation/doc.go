@@ -111,28 +111,53 @@
 // own). So the subscription also holds a route channel,
 // "NS:inv:route:<instance id>", never published to, and every
 // RouteCheckInterval (250 ms) the bus sends PUBSUB NUMSUB of it through the
-// command client. Zero, while one confirmation of the subscription stood
-// from before the question to after the answer, proves the subscription is
-// on another server: the bus invalidates everything (CauseServerChanged),
-// turns unhealthy (short L1 copies), closes the PubSub and subscribes again,
-// which dials the master the client resolves now; the confirmation repairs
-// again (CauseResubscribe) and makes the stream healthy. Stats.Reroutes
-// counts the replacements. A failover is so followed within one interval
-// plus a round trip, without waiting for the 1 s anti-entropy round (whose
-// run id check replaces the subscription as well, as a fallback).
+// command client. Zero, while one confirmation of the route channel stood
+// from before the question to after the answer, means the subscription is on
+// another server, or that its connection has just died (a server drops a
+// closed connection's subscriptions at once: CLIENT KILL,
+// client-output-buffer-limit pubsub) and the reader has not noticed yet. The
+// bus then sends a PING with a fresh payload on the subscription: its pong
+// coming back, with the same confirmation standing, proves the connection
+// alive after the answer, hence on another server (one more round trip); a
+// dead connection never answers, and the reader repairs it as a disconnect
+// (Stats.Disconnects, not Reroutes). When moved, the bus invalidates
+// everything (CauseServerChanged), turns unhealthy (short L1 copies), closes
+// the PubSub and subscribes again, which dials the master the client
+// resolves now; the confirmation repairs again (CauseResubscribe) and makes
+// the stream healthy. Stats.Reroutes counts the replacements. A failover is
+// so followed within one interval plus two round trips, without waiting for the
+// 1 s anti-entropy round (whose run id check replaces the subscription as
+// well, as a fallback).
 //
 // Why NUMSUB rather than an echo (a probe published through the command
 // client that must come back on the subscription): the answer is exact and
-// immediate, needs no timing bound that a loaded machine could break, and
-// no message ever reaches the reader. Both channels are subscribed by one
-// SUBSCRIBE, so Redis has registered both before it confirms either. The
-// check costs one small command per interval; an error (a proxy or ACL
-// that refuses PUBSUB) is logged once per run of failures and leaves
+// immediate, needs no timing bound that a loaded machine could break, and no
+// message ever reaches the reader. The route channel is subscribed by its
+// own SUBSCRIBE, sent once the invalidation channel is confirmed, on the
+// same connection (go-redis resubscribes both in one command after a
+// reconnect); the check starts from the route channel's confirmation. The
+// check costs one small command per interval; an error (a proxy or ACL that
+// refuses PUBSUB) is logged once per run of failures and leaves
 // anti-entropy's run id check to follow the server. A client whose commands
 // and subscriptions keep landing on different servers (commands sent to
 // replicas, a proxy) would be repaired every interval: after replacements in
-// a row that no passing check separates, the checks back off, doubling up
-// to 30 s.
+// a row that no passing check separates, the checks back off, doubling up to
+// 30 s. With RouteCheckInterval negative the route channel is not subscribed
+// at all.
+//
+// ACL: the bus's user needs the channel "NS:inv" (&NS:inv) and its keys
+// "{<tag>}NS:inv:seq" and "{<tag>}NS:inv:epoch" (a pattern such as
+// ~*NS:inv:* covers them), with the commands it sends: EVALSHA/EVAL
+// (Publish), GET, SET, INFO, SUBSCRIBE, UNSUBSCRIBE, PING and PUBSUB (and
+// CLUSTER SLOTS on Redis Cluster). For the route check it also needs the
+// route channels: &NS:inv:route:* . Without that grant Redis refuses the
+// route channel's SUBSCRIBE (NOPERM); the invalidation channel stays
+// subscribed, the bus unsubscribes the route channel (so that no reconnect
+// resends it), turns the route check off and logs one Warn naming the grant;
+// a failover is then followed by anti-entropy's run id check, about one
+// AntiEntropyInterval later. If the grant is revoked later, Redis closes the
+// subscription and refuses go-redis's resubscription of both channels; the
+// bus subscribes the invalidation channel again alone, the same way.
 //
 // # Redis Cluster: one subscription per master
 //
@@ -173,7 +198,15 @@
 // applied (counted as Applied, not Duplicates) until the next anti-entropy
 // round reads its sequence key, invalidates everything (CauseSeqReset:
 // losses in the mixed numbering could not be seen as gaps) and tracks from
-// Redis's value (with anti-entropy off, it stays suspect). So a reset never
+// Redis's value (with anti-entropy off, it stays suspect). The per-path
+// memory survives these repairs, so a reset that comes after a repair,
+// before the next message on a path, still goes backwards on it: a repair
+// that only clears the suspicion keeps it as it is; one that finds Redis
+// below what was applied lowers every path's value to Redis's (a copy
+// published before that read and arriving after it then goes backwards too
+// and costs one more repair; so does a path whose value still comes from
+// the old numbering, after a reset that new traffic overtook, when the new
+// numbering reaches it). So a reset never
 // makes the bus drop a real invalidation as a copy, even when new traffic
 // climbs past the old number before a round could see the key go
 // backwards; the repair follows at the next round, within about one
@@ -247,7 +280,7 @@
 // connection and never blocks on anything but Redis (it hands payloads to a
 // bounded queue), a worker that decodes, tracks sequences and is the only
 // caller of the [Handler], the anti-entropy loop, and (on a
-// *redis.Client) the route check. On Redis Cluster
+// *redis.Client, until Redis refuses the route channel) the route check. On Redis Cluster
 // there is one reader per master, all feeding the same queue, and a
 // watcher that keeps the readers in step with the masters. The reader uses
 // ReceiveTimeout rather than go-redis's Channel, so it sees every error and

@@ -2,6 +2,7 @@ package invalidation
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,9 +16,15 @@ import (
 // 10 s later). Meanwhile the bus would hear nothing of the writes on the
 // new master. The route check asks the server behind the command client,
 // with PUBSUB NUMSUB, whether it holds this bus's route channel (subscribed
-// beside the invalidation channel, never published to). Zero subscribers
-// while the subscription is confirmed means the subscription is on another
-// server: the bus replaces it at once.
+// on the same connection as the invalidation channel, never published to).
+// Zero subscribers while the subscription is confirmed, and a PING sent on
+// the subscription after that answer coming back on it, mean the
+// subscription is alive on another server: the bus replaces it at once.
+//
+// The route channel is subscribed by its own SUBSCRIBE after the
+// invalidation channel is confirmed: a user whose ACL grants the
+// invalidation channel only (&NS:inv) keeps its subscription, and the
+// refusal turns the route check off (routeRefused).
 
 // routeWatch runs the route check every RouteCheckInterval. After a
 // replacement that the next check does not vindicate (the new subscription
@@ -43,7 +50,7 @@ func (b *Bus) routeWatch(ctx context.Context) {
 	for {
 		res, err := b.checkRoute(ctx)
 		switch {
-		case ctx.Err() != nil:
+		case ctx.Err() != nil || !b.routeOn.Load():
 			return
 		case err != nil:
 			if !failing {
@@ -87,12 +94,23 @@ const (
 )
 
 // checkRoute sends PUBSUB NUMSUB of the route channel through the command
-// client. If the answer is zero while one confirmation of the subscription
-// stood from before the question to after the answer, the subscription is
-// on another server than the commands, and checkRoute replaces it. A
-// subscription that is not confirmed is being re-established by go-redis,
-// whose dialer resolves the server anew, and is left alone.
+// client. If the answer is zero while one confirmation of the route
+// channel's subscription stood from before the question to after the
+// answer, either the subscription is on another server than the commands,
+// or its connection has just died (a server drops a closed connection's
+// subscriptions at once; CLIENT KILL, or client-output-buffer-limit
+// pubsub) and the reader has not noticed yet. To tell them apart it sends
+// a PING on the subscription: a pong coming back on it, with the same
+// confirmation still standing, proves the connection alive after the
+// answer, so the subscription is elsewhere and checkRoute replaces it. A
+// dead connection never answers; the reader sees it fail and repairs it as
+// a disconnect. A subscription that is not confirmed is being
+// re-established by go-redis, whose dialer resolves the server anew, and
+// is left alone.
 func (b *Bus) checkRoute(ctx context.Context) (routeResult, error) {
+	if !b.routeOn.Load() {
+		return routeSkipped, nil
+	}
 	b.lifeMu.Lock()
 	s := b.subs[""]
 	b.lifeMu.Unlock()
@@ -101,8 +119,8 @@ func (b *Bus) checkRoute(ctx context.Context) (routeResult, error) {
 	}
 	gen := s.confirms.Load()
 	rctx, cancel := context.WithTimeout(ctx, max(2*b.cfg.RouteCheckInterval, time.Second))
+	defer cancel()
 	n, err := b.client.PubSubNumSub(rctx, b.routeChannel).Result()
-	cancel()
 	switch {
 	case err != nil:
 		return routeSkipped, err
@@ -111,8 +129,54 @@ func (b *Bus) checkRoute(ctx context.Context) (routeResult, error) {
 	case n[b.routeChannel] > 0:
 		return routeOK, nil
 	}
+	if !b.pingSub(rctx, s) || !s.live.Load() || s.confirms.Load() != gen {
+		return routeSkipped, nil
+	}
 	b.reroute(s, "the subscription is on another server than the commands")
 	return routeMoved, nil
+}
+
+// pingSub sends a PING with a fresh number as payload on s's subscription
+// and waits until the reader gets that pong back. It reports false when
+// the PING cannot be sent, the subscription fails meanwhile, or ctx ends.
+func (b *Bus) pingSub(ctx context.Context, s *sub) bool {
+	b.lifeMu.Lock()
+	ps := s.ps
+	b.lifeMu.Unlock()
+	if ps == nil {
+		return false
+	}
+	tok := s.pingSent.Add(1)
+	if err := ps.Ping(ctx, strconv.FormatUint(tok, 10)); err != nil {
+		return false
+	}
+	// The reader wakes us on the pong; a failure it sees only clears live,
+	// so look at that every few milliseconds.
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
+	for s.pong.Load() < tok {
+		if !s.live.Load() {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-s.pongCh:
+		case <-poll.C:
+		}
+	}
+	return true
+}
+
+// routeRefused turns the route check off for good when Redis refuses the
+// route channel (an ACL user without the channel), and says once what to
+// grant. The invalidation subscription is unaffected.
+func (b *Bus) routeRefused(err error) {
+	if !b.routeOn.CompareAndSwap(true, false) {
+		return
+	}
+	b.log.Warn("Redis refused the route channel; the route check is off, so after a Sentinel failover the subscription follows the new master only at anti-entropy's run id check (about one AntiEntropyInterval) instead of within RouteCheckInterval: for fast failover detection grant the user the channel pattern",
+		zap.String("grant", "&"+b.channel+":route:*"), zap.String("channel", b.routeChannel), zap.Error(err))
 }
 
 // followServer is anti-entropy's reaction to a changed run id on a
@@ -126,7 +190,7 @@ func (b *Bus) followServer(ctx context.Context) {
 	if s == nil {
 		return
 	}
-	if b.routeChannel != "" {
+	if b.routeOn.Load() {
 		if _, err := b.checkRoute(ctx); err == nil || ctx.Err() != nil {
 			return // proven, replaced, or being re-established already
 		}
