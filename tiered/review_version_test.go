@@ -1,0 +1,88 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+)
+
+// TestReviewVersionedTombstoneOutlivesValue: WithVersion promises that a
+// versioned Delete keeps the version "with a tombstone that lives as long as
+// a value would". With FailSafeMaxStale a value lives TTL+FailSafeMaxStale
+// in Redis, so until then an older versioned Set is refused; after a
+// versioned Delete the tombstone must keep refusing it as long.
+func TestReviewVersionedTombstoneOutlivesValue(t *testing.T) {
+	srv := redistest.StartServer(t)
+	rc := newClient(t, srv.Addr())
+	ctx := context.Background()
+	c := newCache(t, Config[string]{Redis: rc, Namespace: "vtomb", TTL: 20 * time.Second, FailSafeMaxStale: time.Minute})
+	if err := c.Set(ctx, "k", "v5", WithVersion(5)); err != nil {
+		t.Fatal(err)
+	}
+	valueLife := rc.PTTL(ctx, "vtomb:k").Val()
+	if err := c.DeleteMany(ctx, []string{"k"}, WithVersion(6)); err != nil {
+		t.Fatal(err)
+	}
+	tombLife := rc.PTTL(ctx, "vtomb:k").Val()
+	if tombLife < valueLife-5*time.Second {
+		t.Fatalf("versioned tombstone lives %v, a value lives %v: an older versioned Set landing between the two "+
+			"is accepted after the delete although it would have been refused without it", tombLife, valueLife)
+	}
+}
+
+// TestReviewL1OnlyVersionedDelete: in L1-only mode "the version is compared
+// with the entry L1 holds", and DeleteMany with WithVersion leaves "a key
+// whose stored version is as new or newer" alone (ErrStale). A delete older
+// than the held version must not remove the newer value.
+func TestReviewL1OnlyVersionedDelete(t *testing.T) {
+	ctx := context.Background()
+	c := newCache(t, Config[string]{})
+	if err := c.Set(ctx, "k", "v5", WithVersion(5)); err != nil {
+		t.Fatal(err)
+	}
+	c.local.(interface{ Wait() }).Wait()
+	err := c.DeleteMany(ctx, []string{"k"}, WithVersion(3))
+	v, gerr := c.Get(ctx, "k")
+	if !errors.Is(err, ErrStale) || gerr != nil || v != "v5" {
+		t.Fatalf("L1-only DeleteMany version 3 over version 5: %v, then Get %q %v; want ErrStale and v5 kept", err, v, gerr)
+	}
+}
+
+// TestReviewInDoubtDelete: a Delete whose script is held back past
+// RedisTimeout is in doubt; the writer refills the old value meanwhile, and
+// when the held script runs its own invalidation must drop that copy.
+func TestReviewInDoubtDelete(t *testing.T) {
+	srv := redistest.StartServer(t)
+	px := redistest.StartProxy(t, srv.Addr())
+	ctx := context.Background()
+	w := newCache(t, Config[string]{Redis: newClient(t, px.Addr()), Namespace: "ddoubt", RedisTimeout: 100 * time.Millisecond})
+	o := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "ddoubt"})
+	if err := w.Set(ctx, "k", "v1", WithVersion(1)); err != nil {
+		t.Fatal(err)
+	}
+	const hold = 2 * time.Second
+	px.Delay(hold, "evalsha")
+	start := time.Now()
+	if err := w.DeleteMany(ctx, []string{"k"}, WithVersion(2)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("DeleteMany with its script held back: %v, want ErrUnavailable", err)
+	}
+	px.Delay(0)
+	v, err := w.Get(ctx, "k")
+	if time.Since(start) >= hold {
+		t.Skipf("machine too slow: read %v after the write", time.Since(start))
+	}
+	if err != nil || v != "v1" {
+		t.Fatalf("writer's read while the delete is in doubt: %q %v, want v1", v, err)
+	}
+	eventually(t, "the held delete to run", func() bool {
+		_, err := o.Get(ctx, "k")
+		return errors.Is(err, ErrNotFound)
+	})
+	eventually(t, "the writer to drop its old copy", func() bool {
+		_, err := w.Get(ctx, "k")
+		return errors.Is(err, ErrNotFound)
+	})
+}
