@@ -86,3 +86,37 @@ func TestReviewInDoubtDelete(t *testing.T) {
 		return errors.Is(err, ErrNotFound)
 	})
 }
+
+// TestReviewUnversionedDeleteKeepsVersion: l2's script keeps the stored
+// version in an unversioned tombstone "so a delete without a version cannot
+// let an older versioned write back in", and README calls Delete after the
+// write "always safe". But the unversioned tombstone lives only
+// LoadTimeout+2×RedisTimeout+1s, while the versioned value it replaced had
+// the whole TTL: once it expires, a late Set with an older version than the
+// one Redis had lands and lives for the TTL.
+func TestReviewUnversionedDeleteKeepsVersion(t *testing.T) {
+	srv := redistest.StartServer(t)
+	rc := newClient(t, srv.Addr())
+	ctx := context.Background()
+	cfg := Config[string]{Redis: rc, Namespace: "udel", TTL: time.Minute, LoadTimeout: 200 * time.Millisecond, RedisTimeout: 100 * time.Millisecond}
+	a := newCache(t, cfg)
+	b := newCache(t, cfg)
+	if err := a.Set(ctx, "k", "v5", WithVersion(5)); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	if err := a.Delete(ctx, "k"); err != nil { // the row is deleted
+		t.Fatal(err)
+	}
+	// The tombstone (with version 5) expires long before the value would have.
+	redistest.WaitFor(t, 10*time.Second, "the unversioned tombstone to expire", func() bool {
+		return rc.Exists(ctx, "udel:k").Val() == 0
+	})
+	// A writer that committed version 4 before version 5 calls Set late.
+	err := b.Set(ctx, "k", "v4", WithVersion(4))
+	if !errors.Is(err, ErrStale) {
+		v, _ := a.Get(ctx, "k")
+		t.Fatalf("late Set of version 4 after version 5 and a Delete, %v into the value's 1m TTL: %v (readers now get %q), want ErrStale",
+			time.Since(written).Round(time.Millisecond), err, v)
+	}
+}
