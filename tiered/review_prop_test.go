@@ -135,4 +135,3 @@ func TestReviewVersionedInterleavingsFailSafeNegativeBatch(t *testing.T) {
 		})
 	}
 }
-
