@@ -3,6 +3,7 @@ package tiered
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,5 +119,36 @@ func TestReviewUnversionedDeleteKeepsVersion(t *testing.T) {
 		v, _ := a.Get(ctx, "k")
 		t.Fatalf("late Set of version 4 after version 5 and a Delete, %v into the value's 1m TTL: %v (readers now get %q), want ErrStale",
 			time.Since(written).Round(time.Millisecond), err, v)
+	}
+}
+
+// TestReviewVersionedDeleteBlocksWriteBack: README recommends DeleteMany
+// with WithVersion "after deleting the row (or, simplest of all, after any
+// write)" and says a Delete after the write "costs one load per write". A
+// versioned tombstone lives for the TTL and no load may replace it, so after
+// the row is written again every instance loads it itself, again at every
+// L1 expiry, for the whole TTL: Redis stops sharing the value.
+func TestReviewVersionedDeleteBlocksWriteBack(t *testing.T) {
+	srv := redistest.StartServer(t)
+	rc := newClient(t, srv.Addr())
+	ctx := context.Background()
+	var caches []*Cache[string]
+	for range 3 {
+		caches = append(caches, newCache(t, Config[string]{Redis: rc, Namespace: "vdel"}))
+	}
+	var loads atomic.Int64
+	load := func(context.Context, string) (string, error) { loads.Add(1); return "row@7", nil }
+	// The row is updated to version 7; the writer deletes the cache entry.
+	if err := caches[0].DeleteMany(ctx, []string{"k"}, WithVersion(7)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range caches {
+		if v, err := c.GetOrLoad(ctx, "k", load); err != nil || v != "row@7" {
+			t.Fatalf("GetOrLoad: %q %v", v, err)
+		}
+	}
+	if n := loads.Load(); n != 1 {
+		t.Fatalf("3 instances read the key once each after one versioned delete: %d loads, want 1 (the first load's "+
+			"write-back shared through Redis)", n)
 	}
 }
