@@ -152,3 +152,35 @@ func TestReviewVersionedDeleteBlocksWriteBack(t *testing.T) {
 			"write-back shared through Redis)", n)
 	}
 }
+
+// TestReviewPartialRefusalPublishesRefusedKey: WithVersion says a refused
+// key gets "nothing written and nothing published for it". In a SetMany
+// where one key is refused and another written, the one message of the
+// partition still names the refused key, so every other instance drops its
+// current copy of it.
+func TestReviewPartialRefusalPublishesRefusedKey(t *testing.T) {
+	srv := redistest.StartServer(t)
+	ctx := context.Background()
+	cfg := Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "partial"}
+	w := newCache(t, cfg)
+	r := newCache(t, cfg)
+	if err := w.Set(ctx, "old", "v9", WithVersion(9)); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := r.Get(ctx, "old"); err != nil || v != "v9" {
+		t.Fatalf("reader Get: %q %v", v, err)
+	}
+	r.local.(interface{ Wait() }).Wait()
+	if _, ok := r.local.Get("old"); !ok {
+		t.Fatalf("the reader holds no copy to begin with")
+	}
+	before := r.bus.Stats().Applied
+	err := w.SetMany(ctx, map[string]string{"old": "v5", "new": "v5"}, WithVersion(5))
+	if !errors.Is(err, ErrStale) {
+		t.Fatalf("SetMany: %v, want ErrStale for old", err)
+	}
+	eventually(t, "the reader to receive the message for new", func() bool { return r.bus.Stats().Applied > before })
+	if _, ok := r.local.Get("old"); !ok {
+		t.Fatalf("the reader dropped its copy of the refused key: the message named it")
+	}
+}
