@@ -198,3 +198,24 @@ func splitKeys(m string) []string {
 	}
 	return keys
 }
+
+// TestReviewVersionedDeleteCount: Delete "reports whether it existed" and
+// DeleteMany "returns how many existed", as the unversioned tombstone path
+// does; a versioned delete reports every key it tombstoned instead.
+func TestReviewVersionedDeleteCount(t *testing.T) {
+	srv := redistest.StartServer(t)
+	s := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: "app:"})
+	ctx := context.Background()
+	if ok, err := s.Delete(ctx, "absent", Tombstone(time.Minute)); ok || err != nil {
+		t.Fatalf("unversioned Delete of an absent key: %v %v, want false", ok, err)
+	}
+	if ok, err := s.Delete(ctx, "absent2", Tombstone(time.Minute), Version(3)); ok || err != nil {
+		t.Errorf("versioned Delete of an absent key: %v %v, want false (it did not exist)", ok, err)
+	}
+	if err := s.Set(ctx, "here", Entry{Value: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.DeleteMany(ctx, []string{"here", "absent3"}, Tombstone(time.Minute), Version(4)); n != 1 || err != nil {
+		t.Errorf("versioned DeleteMany of one present and one absent key: %d %v, want 1", n, err)
+	}
+}
