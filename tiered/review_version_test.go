@@ -1,0 +1,186 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+)
+
+// TestReviewVersionedTombstoneOutlivesValue: WithVersion promises that a
+// versioned Delete keeps the version "with a tombstone that lives as long as
+// a value would". With FailSafeMaxStale a value lives TTL+FailSafeMaxStale
+// in Redis, so until then an older versioned Set is refused; after a
+// versioned Delete the tombstone must keep refusing it as long.
+func TestReviewVersionedTombstoneOutlivesValue(t *testing.T) {
+	srv := redistest.StartServer(t)
+	rc := newClient(t, srv.Addr())
+	ctx := context.Background()
+	c := newCache(t, Config[string]{Redis: rc, Namespace: "vtomb", TTL: 20 * time.Second, FailSafeMaxStale: time.Minute})
+	if err := c.Set(ctx, "k", "v5", WithVersion(5)); err != nil {
+		t.Fatal(err)
+	}
+	valueLife := rc.PTTL(ctx, "vtomb:k").Val()
+	if err := c.DeleteMany(ctx, []string{"k"}, WithVersion(6)); err != nil {
+		t.Fatal(err)
+	}
+	tombLife := rc.PTTL(ctx, "vtomb:k").Val()
+	if tombLife < valueLife-5*time.Second {
+		t.Fatalf("versioned tombstone lives %v, a value lives %v: an older versioned Set landing between the two "+
+			"is accepted after the delete although it would have been refused without it", tombLife, valueLife)
+	}
+}
+
+// TestReviewL1OnlyVersionedDelete: in L1-only mode "the version is compared
+// with the entry L1 holds", and DeleteMany with WithVersion leaves "a key
+// whose stored version is as new or newer" alone (ErrStale). A delete older
+// than the held version must not remove the newer value.
+func TestReviewL1OnlyVersionedDelete(t *testing.T) {
+	ctx := context.Background()
+	c := newCache(t, Config[string]{})
+	if err := c.Set(ctx, "k", "v5", WithVersion(5)); err != nil {
+		t.Fatal(err)
+	}
+	c.local.(interface{ Wait() }).Wait()
+	err := c.DeleteMany(ctx, []string{"k"}, WithVersion(3))
+	v, gerr := c.Get(ctx, "k")
+	if !errors.Is(err, ErrStale) || gerr != nil || v != "v5" {
+		t.Fatalf("L1-only DeleteMany version 3 over version 5: %v, then Get %q %v; want ErrStale and v5 kept", err, v, gerr)
+	}
+}
+
+// TestReviewInDoubtDelete: a Delete whose script is held back past
+// RedisTimeout is in doubt; the writer refills the old value meanwhile, and
+// when the held script runs its own invalidation must drop that copy.
+func TestReviewInDoubtDelete(t *testing.T) {
+	srv := redistest.StartServer(t)
+	px := redistest.StartProxy(t, srv.Addr())
+	ctx := context.Background()
+	w := newCache(t, Config[string]{Redis: newClient(t, px.Addr()), Namespace: "ddoubt", RedisTimeout: 100 * time.Millisecond})
+	o := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "ddoubt"})
+	if err := w.Set(ctx, "k", "v1", WithVersion(1)); err != nil {
+		t.Fatal(err)
+	}
+	const hold = 2 * time.Second
+	px.Delay(hold, "evalsha")
+	start := time.Now()
+	if err := w.DeleteMany(ctx, []string{"k"}, WithVersion(2)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("DeleteMany with its script held back: %v, want ErrUnavailable", err)
+	}
+	px.Delay(0)
+	v, err := w.Get(ctx, "k")
+	if time.Since(start) >= hold {
+		t.Skipf("machine too slow: read %v after the write", time.Since(start))
+	}
+	if err != nil || v != "v1" {
+		t.Fatalf("writer's read while the delete is in doubt: %q %v, want v1", v, err)
+	}
+	eventually(t, "the held delete to run", func() bool {
+		_, err := o.Get(ctx, "k")
+		return errors.Is(err, ErrNotFound)
+	})
+	eventually(t, "the writer to drop its old copy", func() bool {
+		_, err := w.Get(ctx, "k")
+		return errors.Is(err, ErrNotFound)
+	})
+}
+
+// TestReviewUnversionedDeleteKeepsVersion: l2's script keeps the stored
+// version in an unversioned tombstone "so a delete without a version cannot
+// let an older versioned write back in", and README calls Delete after the
+// write "always safe". But the unversioned tombstone lives only
+// LoadTimeout+2×RedisTimeout+1s, while the versioned value it replaced had
+// the whole TTL: once it expires, a late Set with an older version than the
+// one Redis had lands and lives for the TTL.
+func TestReviewUnversionedDeleteKeepsVersion(t *testing.T) {
+	srv := redistest.StartServer(t)
+	rc := newClient(t, srv.Addr())
+	ctx := context.Background()
+	cfg := Config[string]{Redis: rc, Namespace: "udel", TTL: time.Minute, LoadTimeout: 200 * time.Millisecond, RedisTimeout: 100 * time.Millisecond}
+	a := newCache(t, cfg)
+	b := newCache(t, cfg)
+	if err := a.Set(ctx, "k", "v5", WithVersion(5)); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	if err := a.Delete(ctx, "k"); err != nil { // the row is deleted
+		t.Fatal(err)
+	}
+	// The tombstone (with version 5) expires long before the value would have.
+	redistest.WaitFor(t, 10*time.Second, "the unversioned tombstone to expire", func() bool {
+		return rc.Exists(ctx, "udel:k").Val() == 0
+	})
+	// A writer that committed version 4 before version 5 calls Set late.
+	err := b.Set(ctx, "k", "v4", WithVersion(4))
+	if !errors.Is(err, ErrStale) {
+		v, _ := a.Get(ctx, "k")
+		t.Fatalf("late Set of version 4 after version 5 and a Delete, %v into the value's 1m TTL: %v (readers now get %q), want ErrStale",
+			time.Since(written).Round(time.Millisecond), err, v)
+	}
+}
+
+// TestReviewVersionedDeleteBlocksWriteBack: README recommends DeleteMany
+// with WithVersion "after deleting the row (or, simplest of all, after any
+// write)" and says a Delete after the write "costs one load per write". A
+// versioned tombstone lives for the TTL and no load may replace it, so after
+// the row is written again every instance loads it itself, again at every
+// L1 expiry, for the whole TTL: Redis stops sharing the value.
+func TestReviewVersionedDeleteBlocksWriteBack(t *testing.T) {
+	srv := redistest.StartServer(t)
+	rc := newClient(t, srv.Addr())
+	ctx := context.Background()
+	var caches []*Cache[string]
+	for range 3 {
+		caches = append(caches, newCache(t, Config[string]{Redis: rc, Namespace: "vdel"}))
+	}
+	var loads atomic.Int64
+	load := func(context.Context, string) (string, error) { loads.Add(1); return "row@7", nil }
+	// The row is updated to version 7; the writer deletes the cache entry.
+	if err := caches[0].DeleteMany(ctx, []string{"k"}, WithVersion(7)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range caches {
+		if v, err := c.GetOrLoad(ctx, "k", load); err != nil || v != "row@7" {
+			t.Fatalf("GetOrLoad: %q %v", v, err)
+		}
+	}
+	if n := loads.Load(); n != 1 {
+		t.Fatalf("3 instances read the key once each after one versioned delete: %d loads, want 1 (the first load's "+
+			"write-back shared through Redis)", n)
+	}
+}
+
+// TestReviewPartialRefusalPublishesRefusedKey: WithVersion says a refused
+// key gets "nothing written and nothing published for it". In a SetMany
+// where one key is refused and another written, the one message of the
+// partition still names the refused key, so every other instance drops its
+// current copy of it.
+func TestReviewPartialRefusalPublishesRefusedKey(t *testing.T) {
+	srv := redistest.StartServer(t)
+	ctx := context.Background()
+	cfg := Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "partial"}
+	w := newCache(t, cfg)
+	r := newCache(t, cfg)
+	if err := w.Set(ctx, "old", "v9", WithVersion(9)); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := r.Get(ctx, "old"); err != nil || v != "v9" {
+		t.Fatalf("reader Get: %q %v", v, err)
+	}
+	r.local.(interface{ Wait() }).Wait()
+	if _, ok := r.local.Get("old"); !ok {
+		t.Fatalf("the reader holds no copy to begin with")
+	}
+	before := r.bus.Stats().Applied
+	err := w.SetMany(ctx, map[string]string{"old": "v5", "new": "v5"}, WithVersion(5))
+	if !errors.Is(err, ErrStale) {
+		t.Fatalf("SetMany: %v, want ErrStale for old", err)
+	}
+	eventually(t, "the reader to receive the message for new", func() bool { return r.bus.Stats().Applied > before })
+	if _, ok := r.local.Get("old"); !ok {
+		t.Fatalf("the reader dropped its copy of the refused key: the message named it")
+	}
+}
