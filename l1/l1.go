@@ -572,8 +572,10 @@ func (c *Cache[V]) InvalidateAll() {
 }
 
 // Wait hands every staged fill to ristretto and blocks until every set
-// handed to it so far has been applied (admitted or rejected). Meant for
-// tests; a no-op after Close.
+// handed to it so far has been applied (admitted or rejected), so that Get
+// sees them. It costs a round trip to ristretto's goroutine: for tests, and
+// for callers that must read back what they just filled. A no-op after
+// Close.
 func (c *Cache[V]) Wait() {
 	c.flushStages()
 	s := &c.shards[0]

@@ -20,11 +20,11 @@
 // # The envelope
 //
 // Each key holds one Redis string: a magic byte (0xC7), a format version,
-// flags (negative entry, metadata, soft and hard expiry), the soft expiry used
-// by fail-safe, the hard expiry (so readers can bound their local copies
-// without a PTTL round trip), optional metadata (stored inline, so TTL, MGET
-// and atomicity work on one key; the seed used a second ":meta" key), then the
-// payload. Decoding checks every length against the input before allocating
+// flags (negative entry, metadata, soft and hard expiry, tombstone, version),
+// the soft expiry used by fail-safe, the hard expiry (so readers can bound
+// their local copies without a PTTL round trip), the 8-byte version (see
+// Versions), optional metadata (stored inline, so TTL, MGET and atomicity
+// work on one key; the seed used a second ":meta" key), then the payload. Decoding checks every length against the input before allocating
 // and is fuzzed (FuzzDecode). Bytes that are not an envelope, such as a value
 // written by another program, are an *Error wrapping ErrCorrupt, counted in
 // Stats, never a panic.
@@ -57,11 +57,14 @@
 // Tombstone) is written by a script that reads the stored envelope's version
 // and refuses a write whose version is not above it (ErrStale, with a
 // *StaleError naming the keys; nothing is written or published for them).
-// SetIf never replaces a versioned value: a load has no version to offer.
-// An unversioned write run by the script (any write with Notify, Delete with
-// Tombstone) keeps the stored version in its envelope, so Redis remembers the
-// highest version of a key while the key lives; a plain SET (SetMany
-// without Notify, Delete without Tombstone) forgets it.
+// Every other write run by the script (an unversioned write with Notify,
+// Delete with Tombstone, SetIf) keeps the stored version in its envelope, so
+// Redis remembers the highest version of a key while the key lives, and a
+// tombstone over a versioned value lives at least as long as that value
+// would have; a plain SET (SetMany without Notify, Delete without
+// Tombstone) forgets it. Config.MaxValueSize leaves 8 bytes free in every
+// unversioned value for that. In a batch, the notification is built before
+// the script runs, so it names refused keys too.
 //
 // # Errors
 //

@@ -93,16 +93,19 @@ func applyWrite(opts []WriteOption) writeOptions {
 // anything is written, and nothing after the first write can fail, so the
 // writes, the new sequence and the PUBLISH happen together or not at all.
 //
-// "cas" never replaces a versioned value (a load carries no version), and
 // "vset"/"vtomb" refuse a versioned write whose version is not above the
-// stored one. An unversioned write ("set", "tomb", or an unversioned key of
-// "vset") always goes through but keeps the stored version, inserted into
-// the new envelope (inherit): Redis remembers the highest version of a key
-// while the key lives, so a delete without a version cannot let an older
-// versioned write back in. These modes
+// stored one. Every other write ("set", "tomb", "cas", an unversioned key of
+// "vset") goes through but keeps the stored version, inserted into the new
+// envelope (inherit): Redis remembers the highest version of a key while the
+// key lives. A tombstone over a versioned value ("vtomb", or "tomb" over a
+// versioned value) lives at least as long as the value would have (outlive),
+// so a delete cannot shorten that memory. A "cas" write-back is safe to
+// label with the version it replaces: it read exactly those bytes before its
+// loader read the database. These modes
 // publish only if they wrote at least one key. "cas" returns one 0/1 flag
-// per key; "vset" and "vtomb" return per key 1 (written) or the stored
-// version (8 bytes) that refused it; the other modes return a count (keys
+// per key; "vset" returns per key 1 (written) or the stored version (8
+// bytes) that refused it, and "vtomb" the same with 2 for a key that was
+// absent; the other modes return a count (keys
 // written, or keys that existed). The stored version is read from the
 // envelope (see envelope.go): magic 0xC7, format 1, flags, then the soft and
 // hard expiries when flagged, then the version when flag 0x20 is set.
@@ -154,6 +157,11 @@ local function keep(k, v)
   if stored then return inherit(v, stored) end
   return v
 end
+local function outlive(k, ttl)
+  local left = redis.call('PTTL', k)
+  if left > tonumber(ttl) then return tostring(left) end
+  return ttl
+end
 local function put(k, v, ttl)
   if ttl == '0' then
     redis.call('SET', k, v)
@@ -168,8 +176,14 @@ if mode == 'set' then
   res = n
 elseif mode == 'tomb' then
   for i = 1, n do
-    res = res + redis.call('EXISTS', KEYS[i])
-    put(KEYS[i], keep(KEYS[i], ARGV[2 + 2*i]), ARGV[3 + 2*i])
+    local have = redis.pcall('GET', KEYS[i])
+    if have ~= false then res = res + 1 end
+    local val, ttl = ARGV[2 + 2*i], ARGV[3 + 2*i]
+    local stored = version(have)
+    if stored then
+      val, ttl = inherit(val, stored), outlive(KEYS[i], ttl)
+    end
+    put(KEYS[i], val, ttl)
   end
 elseif mode == 'del' then
   for i = 1, n do res = res + redis.call('UNLINK', KEYS[i]) end
@@ -181,10 +195,11 @@ elseif mode == 'cas' then
     local want = ARGV[3 + 3*i]
     if type(have) == 'table' and have.err then
       res[i] = 0
-    elseif have ~= false and version(have) then
-      res[i] = 0
     elseif (have == false and want == '') or (have ~= false and have == want) then
-      put(KEYS[i], ARGV[1 + 3*i], ARGV[2 + 3*i])
+      local val = ARGV[1 + 3*i]
+      local stored = version(have)
+      if stored then val = inherit(val, stored) end
+      put(KEYS[i], val, ARGV[2 + 3*i])
       res[i] = 1
       wrote = true
     else
@@ -203,10 +218,15 @@ elseif mode == 'vset' or mode == 'vtomb' then
     if stored and not newer(ver, stored) then
       res[i] = stored
     else
-      local val = ARGV[1 + 3*i]
-      if ver == '' then val = keep(KEYS[i], val) end
-      put(KEYS[i], val, ARGV[2 + 3*i])
+      local val, ttl = ARGV[1 + 3*i], ARGV[2 + 3*i]
+      if ver == '' then
+        val = keep(KEYS[i], val)
+      elseif mode == 'vtomb' then
+        ttl = outlive(KEYS[i], ttl)
+      end
+      put(KEYS[i], val, ttl)
       res[i] = 1
+      if mode == 'vtomb' and have == false then res[i] = 2 end
       wrote = true
     end
   end
@@ -227,7 +247,7 @@ func published(reply any) bool {
 		return true // a count: the script always publishes
 	}
 	for _, f := range flags {
-		if n, _ := f.(int64); n == 1 {
+		if n, _ := f.(int64); n == 1 || n == 2 {
 			return true
 		}
 	}

@@ -435,10 +435,12 @@ func (s *Store) CheckSize(key string, e Entry) error {
 // checkSize returns e's encoded size, or the ErrTooLarge error (counted).
 func (s *Store) checkSize(key string, e *Entry) (int, error) {
 	n := encodedLen(e)
-	if s.cfg.MaxValueSize > 0 && n > s.cfg.MaxValueSize {
+	// An unversioned write may be given the stored version by the write
+	// script (8 bytes): the limit must hold for that form too.
+	if limit := s.cfg.MaxValueSize; limit > 0 && n+versionRoom(e) > limit {
 		s.large.Add(1)
 		return n, &Error{Op: "set", Key: key, Kind: ErrOperation,
-			Err: fmt.Errorf("%w: encoded %d bytes, limit %d (Config.MaxValueSize)", ErrTooLarge, n, s.cfg.MaxValueSize)}
+			Err: fmt.Errorf("%w: encoded %d bytes%s, limit %d (Config.MaxValueSize)", ErrTooLarge, n, roomNote(e), s.cfg.MaxValueSize)}
 	}
 	return n, nil
 }
@@ -620,6 +622,22 @@ func (s *Store) prepare(entries map[string]Entry) (keys []string, vals [][]byte,
 	return keys, vals, op, errKey, nil
 }
 
+// versionRoom is what the write script may add to e's envelope: the 8-byte
+// version it keeps from the stored value (see notifyScript).
+func versionRoom(e *Entry) int {
+	if e.Version != 0 {
+		return 0
+	}
+	return 8
+}
+
+func roomNote(e *Entry) string {
+	if versionRoom(e) == 0 {
+		return ""
+	}
+	return " (+8 kept free for a version)"
+}
+
 // versionArg renders a version for the write script: 8 big-endian bytes,
 // or "" for an unversioned write.
 func versionArg(v uint64) string {
@@ -737,11 +755,19 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 			binary.BigEndian.PutUint64(nonce[:], rand.Uint64())
 			e := Entry{Tombstone: true, TTL: wo.tombstone, Value: nonce[:], Version: wo.version}
 			return append(argv, encode(nil, &e, now), ttl, versionArg(wo.version))
-		}, func(g slotGroup, v any) { refused.collect(keys, g, v, func(string) uint64 { return wo.version }) })
+		}, func(g slotGroup, v any) {
+			refused.collect(keys, g, v, func(string) uint64 { return wo.version })
+			flags, _ := v.([]any)
+			for _, f := range flags {
+				if x, _ := f.(int64); x == 1 {
+					n++ // tombstoned a key that existed
+				}
+			}
+		})
 		if err == nil {
 			s.latency.Record(time.Since(start))
 			s.deletes.Add(uint64(len(keys)))
-			return int64(len(keys) - refused.count()), refused.err(op, errKey)
+			return n, refused.err(op, errKey)
 		}
 	case wo.tombstone > 0:
 		ttl := ttlArg(wo.tombstone)

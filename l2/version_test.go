@@ -11,7 +11,7 @@ import (
 // TestVersionedWrites: a versioned write replaces only an older version (or
 // an unversioned value); a refused write publishes nothing and says which
 // key and versions; versioned deletes leave versioned tombstones; SetIf (a
-// load's write-back) never replaces a versioned entry.
+// load's write-back) keeps the version it replaces.
 func TestVersionedWrites(t *testing.T) {
 	for _, b := range backends() {
 		t.Run(b.name, func(t *testing.T) {
@@ -74,11 +74,14 @@ func TestVersionedWrites(t *testing.T) {
 				t.Fatalf("Set 2^53+1 over 2^53: %v", err)
 			}
 
-			// A load's write-back never replaces a versioned value, even
-			// one it read.
+			// A load's write-back over the versioned value it read keeps
+			// the version (a later older write is still refused).
 			cur := read()
-			if ok, err := s.SetIf(ctx, "k", Entry{Value: []byte("loaded")}, cur.Raw, nf); ok || err != nil {
-				t.Fatalf("SetIf over a versioned value: %v %v, want not written", ok, err)
+			if ok, err := s.SetIf(ctx, "k", Entry{Value: []byte("loaded")}, cur.Raw, nf); !ok || err != nil {
+				t.Fatalf("SetIf over the versioned value it read: %v %v, want written", ok, err)
+			}
+			if e := read(); string(e.Value) != "loaded" || e.Version != math.MaxUint64 {
+				t.Fatalf("after SetIf: %q version %d, want loaded, version kept", e.Value, e.Version)
 			}
 
 			// Versioned delete: a tombstone with the version; older
@@ -102,8 +105,11 @@ func TestVersionedWrites(t *testing.T) {
 			if err := s.Set(ctx, "d", Entry{Value: []byte("v8"), Version: 8}); !errors.Is(err, ErrStale) {
 				t.Fatalf("Set version 8 over a version-8 tombstone: %v, want ErrStale", err)
 			}
-			if ok, _ := s.SetIf(ctx, "d", Entry{Value: []byte("loaded")}, tomb.Raw); ok {
-				t.Fatalf("SetIf replaced a versioned tombstone")
+			if ok, _ := s.SetIf(ctx, "d", Entry{Value: []byte("loaded")}, tomb.Raw); !ok {
+				t.Fatalf("SetIf over the versioned tombstone it read: not written")
+			}
+			if e, _ := s.Read(ctx, "d"); e.Version != 8 {
+				t.Fatalf("SetIf over a versioned tombstone: version %d, want 8 kept", e.Version)
 			}
 			if err := s.Set(ctx, "d", Entry{Value: []byte("v9"), Version: 9}); err != nil {
 				t.Fatalf("Set version 9 over the tombstone: %v", err)

@@ -322,8 +322,8 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		}
 		ttls[i] = ttl
 		lk := st.looks[i]
-		if !lk.reachable || lk.versioned {
-			continue // L2 unreadable, or versioned (see storeLoaded): keep locally only
+		if !lk.reachable {
+			continue // L2 unreadable: keep locally only
 		}
 		e, err := c.entry(k, it, ttl)
 		if err != nil {

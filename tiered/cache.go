@@ -91,11 +91,9 @@ var (
 	_ invalidation.OwnHandler = handler[int]{}
 )
 
-// item is what L1 holds: a value or a cached "not found", and in L1-only
-// mode the version a versioned write gave it.
+// item is what L1 holds: a value or a cached "not found".
 type item[V any] struct {
 	v   V
-	ver uint64
 	neg bool
 }
 
@@ -119,8 +117,9 @@ type Cache[V any] struct {
 	base   context.Context
 	cancel context.CancelFunc
 
-	verMu sync.Mutex // L1-only mode: serialises versioned writes (see setLocal)
-	doubt doubts     // keys of writes that ended in doubt
+	verMu     sync.Mutex        // L1-only mode: serialises versioned writes (see setLocal)
+	localVers map[string]uint64 // guarded by verMu: L1-only mode, the versions written
+	doubt     doubts            // keys of writes that ended in doubt
 
 	flightMu sync.Mutex // guards flights, gets and closed; held across DoChan
 	// flights maps a key to its running load, from the moment a caller
@@ -372,9 +371,11 @@ func (h handler[V]) OwnKeys(keys []string) {
 	}
 }
 
-// OwnClear implements invalidation.OwnHandler.
+// OwnClear implements invalidation.OwnHandler. An own clear-all is a Clear,
+// or a write whose keys did not fit in one message: it is applied while any
+// write is in doubt.
 func (h handler[V]) OwnClear() {
-	if h.c.doubt.all(time.Now()) {
+	if h.c.doubt.any(time.Now()) {
 		h.c.dropAll()
 	}
 }
@@ -838,7 +839,6 @@ type lookup[V any] struct {
 	raw       []byte    // the bytes read (nil: absent), for SetIf
 	announce  bool      // raw is a value (stale, expired, corrupt) that others may hold a copy of
 	reachable bool      // L2 answered: a loaded value may be written back
-	versioned bool      // raw carries a version (WithVersion): no load may replace it
 	err       error     // why L2 could not answer (wraps ErrUnavailable)
 }
 
@@ -868,7 +868,7 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 // classify turns an entry read from L2 (possibly a tombstone or corrupt
 // bytes) into a lookup.
 func (c *Cache[V]) classify(key string, e l2.Entry, now time.Time) lookup[V] {
-	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now, versioned: e.Version != 0}
+	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
 	if e.Corrupt {
 		c.st.decodeErrors.Add(1)
 		c.log.Warn("nearcache: unreadable value in Redis; reloading", zap.String("key", key))
@@ -998,12 +998,6 @@ func (c *Cache[V]) entry(key string, it item[V], ttl time.Duration) (l2.Entry, e
 // read (raw), publishing its invalidation; it reports whether the item may
 // be kept in L1.
 func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, look lookup[V]) bool {
-	if look.versioned {
-		// A load carries no version, so Redis would refuse it (see
-		// WithVersion). L1 may keep it: the fill ticket refuses it if a
-		// write landed since the read.
-		return true
-	}
 	e, err := c.entry(key, it, ttl)
 	if err != nil {
 		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", key), zap.Error(err))

@@ -6,7 +6,7 @@
 //	u, err := c.GetOrLoad(ctx, "42", func(ctx context.Context, id string) (User, error) {
 //		return db.LoadUser(ctx, id) // return tiered.ErrNotFound for a missing row
 //	})
-//	err = c.Set(ctx, "42", u) // after updating the database
+//	err = c.Set(ctx, "42", u, tiered.WithVersion(u.Version)) // after updating the database
 //	err = c.Delete(ctx, "42") // after deleting the row
 //
 // # Read path
@@ -55,16 +55,20 @@
 // without its invalidation, and never published without the write. The
 // writer then drops its own L1 copies, so it reads its own writes. Delete
 // leaves a short-lived tombstone (Config.LoadTimeout plus a margin) instead
-// of an absent key. SetMany writes all its values or none: one above
-// Config.MaxValueSize fails the call, before any I/O, with an error wrapping
-// l2.ErrTooLarge that names the key and the limit. Clear removes the namespace's keys (SCAN + UNLINK, never
-// FLUSHDB) and makes every instance drop its whole L1.
+// of an absent key. A value above Config.MaxValueSize fails SetMany before
+// any I/O, with an error wrapping l2.ErrTooLarge that names the key and the
+// limit; otherwise each partition's script writes all of its keys (but for
+// those a newer version refuses) or none, and on Redis Cluster one
+// partition's script can fail while another's ran. Clear removes the
+// namespace's keys in batches (SCAN, then a script that unlinks a batch and
+// publishes its invalidation; never FLUSHDB) and makes every instance drop
+// its whole L1.
 //
 // WithVersion makes Set, SetMany and DeleteMany versioned: the script keeps
 // the version in the envelope (a delete, in a tombstone that lives for the
 // TTL) and refuses a write whose version is not newer, with ErrStale and no
 // invalidation, so two writers racing on a key end with the newer version
-// everywhere. A load never replaces a versioned value in Redis.
+// everywhere. A load's write-back over a versioned value keeps its version.
 //
 // A write that fails without an answer from Redis (RedisTimeout, a broken
 // connection, the caller's ctx ending mid-call) is in doubt: its script may

@@ -84,14 +84,24 @@ func (d *doubts) match(keys []string, now time.Time) []string {
 	return out
 }
 
-// all reports whether every key is in doubt (an own clear must be applied).
-func (d *doubts) all(now time.Time) bool {
+// any reports whether any key is in doubt.
+func (d *doubts) any(now time.Time) bool {
 	if !d.active.Load() {
 		return false
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return now.Before(d.allUntil)
+	if now.Before(d.allUntil) {
+		return true
+	}
+	for k, until := range d.keys {
+		if now.Before(until) {
+			return true
+		}
+		delete(d.keys, k)
+	}
+	d.active.Store(false)
+	return false
 }
 
 // inDoubt reports whether a failed write may still happen: Redis gave no

@@ -33,20 +33,25 @@ func WithNegativeTTL(d time.Duration) Option {
 	})
 }
 
-// WithVersion makes a Set, SetMany or Delete versioned: v is the version of
-// the data being written (the database row's version or commit timestamp;
-// any increasing uint64). Redis keeps the version with the value (or, for a
-// Delete, with a tombstone that lives as long as a value would, WithTTL or
-// Config.TTL), and the write script refuses a write whose version is not
-// newer than the stored one: the call returns an error that errors.Is
-// ErrStale, writes nothing for that key and publishes nothing for it. So
-// two writers racing on one key end with the newer version everywhere,
-// whichever call lands last. An unversioned write always goes through; a
-// load's write-back never replaces a versioned value. Zero means
-// unversioned.
+// WithVersion makes a Set, SetMany or DeleteMany versioned: v is the
+// version of the data being written (the database row's version or commit
+// timestamp; any uint64 that grows with each commit). Redis keeps the
+// version with the value (or, for a delete, with a tombstone that lives at
+// least as long as the value it replaces and as a value written now), and
+// the write script refuses a write whose version is not newer than the
+// stored one: the call returns an error that errors.Is ErrStale and writes
+// nothing for that key. So two writers racing on one key end with the newer
+// version everywhere, whichever call lands last. Every other write
+// (unversioned, or a load's write-back) keeps the stored version. Clear
+// removes keys and their versions. Zero means unversioned.
 //
-// Without Redis (L1-only), the version is compared with the entry L1 holds;
-// a key that was deleted or evicted forgets its version.
+// A single-key refused write publishes nothing. In a SetMany or DeleteMany
+// whose other keys were written, the invalidation names the refused keys
+// too, so other instances drop their copies of them and read them again.
+//
+// Without Redis (L1-only), the Cache remembers the versions written (up to
+// about a million keys, then it forgets them all at once); Clear forgets
+// them, as it does in Redis.
 func WithVersion(v uint64) Option { return optionFunc(func(o *callOptions) { o.version = v }) }
 
 func (c *Cache[V]) options(opts []Option) callOptions {

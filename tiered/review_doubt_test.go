@@ -21,7 +21,7 @@ func TestReviewInDoubtLargeSetMany(t *testing.T) {
 	srv := redistest.StartServer(t)
 	px := redistest.StartProxy(t, srv.Addr())
 	ctx := context.Background()
-	w := newCache(t, Config[string]{Redis: newClient(t, px.Addr()), Namespace: "bigdoubt", RedisTimeout: 300 * time.Millisecond})
+	w := newCache(t, Config[string]{Redis: newClient(t, px.Addr()), Namespace: "bigdoubt", RedisTimeout: 2 * time.Second})
 	o := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "bigdoubt"})
 	pad := strings.Repeat("x", 60)
 	items := map[string]string{}
@@ -38,7 +38,7 @@ func TestReviewInDoubtLargeSetMany(t *testing.T) {
 	for k := range items {
 		items[k] = "v2"
 	}
-	const hold = 3 * time.Second
+	const hold = 6 * time.Second
 	px.Delay(hold, "evalsha")
 	start := time.Now()
 	if err := w.SetMany(ctx, items); !errors.Is(err, ErrUnavailable) {

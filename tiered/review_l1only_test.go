@@ -17,9 +17,10 @@ func logf(t *testing.T, n int, format string, args ...any) {
 
 // TestReviewL1OnlyVersionedBackToBack: in L1-only mode, a versioned Set
 // followed at once (no L1 Wait) by an older one is refused, and concurrent
-// versioned writers end with the highest version held. (setLocal compares
-// with l1.Get, which misses while a fill sits in ristretto's buffers after
-// its hand-over, or after ristretto dropped it: the older write then wins.)
+// versioned writers never end with an older version held (a miss is allowed:
+// ristretto may drop a fill). setLocal compared with l1.Get, which misses
+// while a fill sits in ristretto's buffers or after ristretto dropped it, so
+// the older write won; versions are now remembered beside L1.
 func TestReviewL1OnlyVersionedBackToBack(t *testing.T) {
 	ctx := context.Background()
 	c := newCache(t, Config[string]{})
@@ -51,7 +52,11 @@ func TestReviewL1OnlyVersionedBackToBack(t *testing.T) {
 	wg.Wait()
 	bad := 0
 	for i := 0; i < 500; i++ {
-		if v, err := c.Get(ctx, fmt.Sprintf("c%d", i)); err != nil || v != "v4" {
+		// A cache may miss (ristretto drops or has not yet applied a fill);
+		// it must never hold an older version.
+		if v, err := c.Get(ctx, fmt.Sprintf("c%d", i)); errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil || v != "v4" {
 			bad++
 			logf(t, bad, "c%d: Get %q %v, want v4", i, v, err)
 		}

@@ -25,10 +25,10 @@ func (c *Cache[V]) Set(ctx context.Context, key string, value V, opts ...Option)
 }
 
 // SetMany writes several values in one round trip (one script per partition),
-// with the same guarantees as Set. It writes all of them or none: a value
-// whose encoded form exceeds MaxValueSize fails the call before anything is
-// sent, with an error that wraps l2.ErrTooLarge and names the key, the size
-// and the limit.
+// with the same guarantees as Set. A value whose encoded form exceeds
+// MaxValueSize fails the call before anything is sent, with an error that
+// wraps l2.ErrTooLarge and names the key, the size and the limit. With
+// WithVersion each key is judged on its own (see WithVersion).
 func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Option) error {
 	if c.isDone.Load() {
 		return ErrClosed
@@ -88,15 +88,16 @@ func (c *Cache[V]) DeleteMany(ctx context.Context, keys []string, opts ...Option
 	if len(keys) == 0 {
 		return nil
 	}
-	if c.l2 == nil {
-		c.invalidateLocal(keys...)
-		return nil
-	}
 	o := c.options(opts)
+	if c.l2 == nil {
+		return c.deleteLocal(keys, o)
+	}
 	tomb := c.cfg.LoadTimeout + 2*max(c.cfg.RedisTimeout, 0) + time.Second
 	wo := []l2.WriteOption{l2.Notify(c.notifyDelete), nil}
 	if o.version != 0 {
-		tomb = max(tomb, o.ttl)
+		// As long as a value written now would live; the script also keeps
+		// it at least as long as the value it replaces.
+		tomb = max(tomb, o.ttl+c.cfg.FailSafeMaxStale)
 		wo = append(wo, l2.Version(o.version))
 	}
 	wo[1] = l2.Tombstone(tomb)
@@ -106,9 +107,14 @@ func (c *Cache[V]) DeleteMany(ctx context.Context, keys []string, opts ...Option
 	})
 }
 
-// setLocal is SetMany in L1-only mode. A versioned write is compared with
-// the version of the entry L1 holds, under verMu so that two versioned
-// writers of a key cannot interleave between the comparison and the fill.
+// maxLocalVersions bounds the versions remembered in L1-only mode; beyond
+// it they are forgotten all at once.
+const maxLocalVersions = 1 << 20
+
+// setLocal is SetMany in L1-only mode. Versions are remembered beside L1
+// (which may drop or evict a value at any time), under verMu, so that two
+// versioned writers of a key cannot interleave between the comparison and
+// the fill.
 func (c *Cache[V]) setLocal(items map[string]V, o callOptions) error {
 	keys := slices.Collect(maps.Keys(items))
 	if o.version == 0 {
@@ -120,22 +126,56 @@ func (c *Cache[V]) setLocal(items map[string]V, o callOptions) error {
 	}
 	c.verMu.Lock()
 	defer c.verMu.Unlock()
-	var stale *l2.StaleError
+	stale := c.claimLocalVersions(keys, o.version)
 	for _, k := range keys {
-		if cur, ok := c.local.Get(k); ok && cur.ver >= o.version {
-			if stale == nil {
-				stale = &l2.StaleError{Offered: map[string]uint64{}, Stored: map[string]uint64{}}
-			}
-			stale.Offered[k], stale.Stored[k] = o.version, cur.ver
+		if _, refused := stale.Stored[k]; refused {
 			continue
 		}
 		c.invalidateLocal(k)
-		c.local.Fill(c.local.Reserve(k), item[V]{v: items[k], ver: o.version}, c.l1TTL(o))
+		c.local.Fill(c.local.Reserve(k), item[V]{v: items[k]}, c.l1TTL(o))
 	}
-	if stale != nil {
-		return fmt.Errorf("tiered: set: %w: %w", ErrStale, stale)
+	if len(stale.Stored) > 0 {
+		return fmt.Errorf("tiered: set %s: %w: %w", keysLabel(keys), ErrStale, stale)
 	}
 	return nil
+}
+
+// deleteLocal is DeleteMany in L1-only mode: a versioned delete leaves
+// alone the keys whose remembered version is as new or newer.
+func (c *Cache[V]) deleteLocal(keys []string, o callOptions) error {
+	if o.version == 0 {
+		c.invalidateLocal(keys...)
+		return nil
+	}
+	c.verMu.Lock()
+	defer c.verMu.Unlock()
+	stale := c.claimLocalVersions(keys, o.version)
+	for _, k := range keys {
+		if _, refused := stale.Stored[k]; !refused {
+			c.invalidateLocal(k)
+		}
+	}
+	if len(stale.Stored) > 0 {
+		return fmt.Errorf("tiered: delete %s: %w: %w", keysLabel(keys), ErrStale, stale)
+	}
+	return nil
+}
+
+// claimLocalVersions records version v for the keys whose remembered
+// version is older, and returns the others. Called with verMu held.
+func (c *Cache[V]) claimLocalVersions(keys []string, v uint64) *l2.StaleError {
+	stale := &l2.StaleError{Offered: map[string]uint64{}, Stored: map[string]uint64{}}
+	if c.localVers == nil || len(c.localVers)+len(keys) > maxLocalVersions {
+		c.localVers = make(map[string]uint64)
+	}
+	for _, k := range keys {
+		if cur := c.localVers[k]; cur >= v {
+			stale.Offered[k], stale.Stored[k] = v, cur
+			continue
+		}
+		c.localVers[k] = v
+	}
+	return stale
 }
 
 // Clear removes every key of the namespace from Redis (SCAN + UNLINK, never
@@ -148,6 +188,9 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 		return fmt.Errorf("tiered: clear: %w", err)
 	}
 	if c.l2 == nil {
+		c.verMu.Lock()
+		c.localVers = nil
+		c.verMu.Unlock()
 		c.dropAll()
 		return nil
 	}
@@ -175,13 +218,15 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 // write runs one Redis write bounded by RedisTimeout, then invalidates the
 // keys locally whatever the outcome. A write that failed without an answer
 // from Redis (a timeout, a broken connection, the caller's ctx ending
-// mid-call) may still run later; its invalidation then reaches this
-// instance too (the bus applies its own messages), so the local copy that a
-// read refills meanwhile does not outlive it.
+// mid-call) may still run later: its keys are put in doubt, so that its own
+// invalidation, when the script runs, drops the copy a read refilled
+// meanwhile (see doubts).
 func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(context.Context) error) error {
 	defer c.invalidateLocal(keys...)
 	if err := c.callerOp(ctx, true, fn); err != nil {
-		if inDoubt(err) {
+		// A batch over several partitions may have failed in one and run in
+		// another: unless Redis refused all of it, it is in doubt.
+		if inDoubt(err) || (len(keys) > 1 && !errors.Is(err, errBreakerOpen) && !errors.Is(err, l2.ErrStale)) {
 			c.doubt.add(keys, false, time.Now())
 		}
 		return c.writeErr(ctx, op, keysLabel(keys), err)
