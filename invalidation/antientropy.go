@@ -435,22 +435,44 @@ func (b *Bus) compareSequences(ctx context.Context, st *aeState, parts []int) er
 	return nil
 }
 
-// drain waits a grace of half an interval for messages in flight (on Redis
-// Cluster they cross the cluster bus asynchronously), then until the worker
-// has handled everything the reader had queued by then. It reports false if
-// that takes too long.
+// drain makes sure that every message published before the sequence keys
+// were read has been handled, and reports false (decide next round) when it
+// cannot tell in time. On one server (standalone, Sentinel) it is exact: a
+// PING sent on the subscription after the read comes back after every
+// message the server had already pushed to it (pingSub), so once its pong
+// is in, those messages are queued. On Redis Cluster, messages of slots
+// owned by other masters cross the cluster bus asynchronously, so it waits
+// a grace of half an interval instead. Then it waits until the worker has
+// handled everything queued by then. A busy machine can delay the pong or
+// the worker well past a short interval: that makes it report false, never
+// a lost tail that was only late.
 func (b *Bus) drain(ctx context.Context) bool {
 	iv := b.cfg.AntiEntropyInterval
-	grace := min(max(iv/2, 10*time.Millisecond), time.Second)
-	t := time.NewTimer(grace)
+	t := time.NewTimer(time.Hour)
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
+	if b.multiPath {
+		t.Reset(min(max(iv/2, 10*time.Millisecond), time.Second))
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	} else {
+		b.lifeMu.Lock()
+		s := b.subs[""]
+		b.lifeMu.Unlock()
+		if s == nil {
+			return false
+		}
+		fctx, cancel := context.WithTimeout(ctx, max(iv, time.Second))
+		ok := b.pingSub(fctx, s)
+		cancel()
+		if !ok {
+			return false
+		}
 	}
 	target := b.enqueued.Load()
-	deadline := time.Now().Add(max(iv/2, 50*time.Millisecond))
+	deadline := time.Now().Add(max(iv, time.Second))
 	for b.processed.Load() < target {
 		if time.Now().After(deadline) {
 			return false

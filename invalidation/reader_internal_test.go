@@ -59,7 +59,9 @@ func TestReaderDropsOversized(t *testing.T) {
 			if err := c.Publish(ctx, b.Channel(), strings.Repeat("x", maxPayload)).Err(); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, "the second payload", func() bool { return b.processed.Load() == 1 })
+			// The reader counts what it queued after the send, so the worker
+			// may have handled an item before it is counted: wait for both.
+			eventually(t, "the second payload", func() bool { return b.processed.Load() == 1 && b.enqueued.Load() == 1 })
 			if s := b.Stats(); s.DecodeRejects+s.AuthRejects != 2 || b.enqueued.Load() != 1 {
 				t.Errorf("after a payload of the maximum length: rejects %d, queued %d; want 2, 1", s.DecodeRejects+s.AuthRejects, b.enqueued.Load())
 			}
