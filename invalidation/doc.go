@@ -77,10 +77,12 @@
 //   - every [Config.AntiEntropyInterval] reads the sequence keys of every
 //     partition that had traffic since the last round, however many, and of
 //     up to 1024 quiet ones in turn (CauseSeqReset when Redis is below what
-//     was applied; CauseLostTail when Redis is still ahead after half an
-//     interval and the queue drained: a lost tail is repaired within about
-//     1.5 intervals; a message that was only slow arrives later as "late"
-//     and is applied without another repair), the namespace epoch key (one
+//     was applied; CauseLostTail when Redis is still ahead once every
+//     message published before the read has been handled: on one server a
+//     PING on the subscription after the read fences them exactly, on Redis
+//     Cluster a grace of half an interval; a lost tail is repaired within
+//     about one to 1.5 intervals; a message that was only slow arrives later
+//     as "late" and is applied without another repair), the namespace epoch key (one
 //     per master on Redis Cluster), created with SET NX (CauseEpoch when
 //     missing or changed: flush, restart without persistence, eviction),
 //     and the masters' run ids (CauseServerChanged: restart, failover; on a
