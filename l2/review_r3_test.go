@@ -1,0 +1,72 @@
+package l2
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+)
+
+// TestReviewTombstoneOutlivesValueWithoutExpiry: l2/doc.go promises that a
+// tombstone over a versioned value lives at least as long as that value
+// would have. A value stored without a TTL would have lived until replaced,
+// but outlive compares the tombstone TTL with PTTL = -1 and keeps the short
+// tombstone TTL: once the tombstone expires, an older versioned Set lands.
+func TestReviewTombstoneOutlivesValueWithoutExpiry(t *testing.T) {
+	srv := redistest.StartServer(t)
+	s := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: "app:"})
+	ctx := context.Background()
+	nf := Notify(testNotify("inv"))
+	for _, how := range []string{"vtomb", "tomb"} {
+		k := "forever-" + how
+		if err := s.Set(ctx, k, Entry{Value: []byte("v5"), Version: 5}, nf); err != nil {
+			t.Fatalf("%s: Set v5 without TTL: %v", how, err)
+		}
+		opts := []WriteOption{nf, Tombstone(200 * time.Millisecond)}
+		if how == "vtomb" {
+			opts = append(opts, Version(6))
+		}
+		if _, err := s.Delete(ctx, k, opts...); err != nil {
+			t.Fatalf("%s: Delete: %v", how, err)
+		}
+		// The value would never have expired; give the tombstone ample time.
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) && srv.Client().Exists(ctx, "app:"+k).Val() == 1 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		pttl := srv.Client().PTTL(ctx, "app:"+k).Val()
+		err := s.Set(ctx, k, Entry{Value: []byte("v4"), Version: 4}, nf)
+		if !errors.Is(err, ErrStale) {
+			t.Errorf("%s over a versioned value without expiry: an older versioned Set (v4) got %v, want ErrStale (tombstone PTTL after 2s: %v)", how, err, pttl)
+		}
+	}
+}
+
+// TestReviewUnversionedSetRepairsZeroVersionBytes: bytes that look like an
+// envelope with the version flag but a zero version are corrupt (decode
+// refuses them). An unversioned Set over them should leave a readable value;
+// keep/inherit copies the zero version into the new envelope, so the new
+// value is corrupt too and the key can never be repaired by a script write.
+func TestReviewUnversionedSetRepairsZeroVersionBytes(t *testing.T) {
+	srv := redistest.StartServer(t)
+	s := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: "app:"})
+	ctx := context.Background()
+	nf := Notify(testNotify("inv"))
+	bad := append([]byte{0xC7, 1, 0x20}, make([]byte, 8)...)
+	bad = append(bad, 'x')
+	if err := srv.Client().Set(ctx, "app:z", bad, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := s.Read(ctx, "z"); err == nil && !e.Corrupt {
+		t.Fatalf("precondition: zero-version bytes decode: %+v", e)
+	}
+	if err := s.Set(ctx, "z", Entry{Value: []byte("new"), TTL: time.Minute}, nf); err != nil {
+		t.Fatalf("unversioned Set: %v", err)
+	}
+	e, err := s.Read(ctx, "z")
+	if err != nil || e.Corrupt || string(e.Value) != "new" {
+		t.Errorf("after an unversioned Set over zero-version bytes: Read = %q, corrupt %v, err %v; want \"new\"", e.Value, e.Corrupt, err)
+	}
+}
