@@ -185,3 +185,41 @@ func TestReviewPartialRefusalPublishesRefusedKey(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewWriteBackKeepsTombstoneMemory: a versioned DeleteMany leaves a
+// tombstone that refuses an older versioned Set for as long as a value
+// written now would live (TTL here), so "whichever call lands last" the
+// newer version (the delete) wins. Since write-backs may replace a versioned
+// value, another instance's load that finds the row gone writes a negative
+// entry over the tombstone with NegativeTTL as its TTL: the version is
+// forgotten after NegativeTTL, and a delayed older versioned Set that lands
+// then resurrects the deleted row for everyone.
+func TestReviewWriteBackKeepsTombstoneMemory(t *testing.T) {
+	srv := redistest.StartServer(t)
+	ctx := context.Background()
+	cfg := Config[string]{Namespace: "wbtomb", TTL: time.Minute, NegativeTTL: 300 * time.Millisecond}
+	cfg.Redis = newClient(t, srv.Addr())
+	a := newCache(t, cfg)
+	cfg.Redis = newClient(t, srv.Addr())
+	b := newCache(t, cfg)
+	rc := newClient(t, srv.Addr())
+	if err := a.Set(ctx, "k", "v5", WithVersion(5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteMany(ctx, []string{"k"}, WithVersion(7)); err != nil {
+		t.Fatal(err)
+	}
+	gone := func(context.Context, string) (string, error) { return "", ErrNotFound }
+	if _, err := b.GetOrLoad(ctx, "k", gone); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("b's load after the delete: %v, want ErrNotFound", err)
+	}
+	// Well within the tombstone's minute, after NegativeTTL.
+	redistest.WaitFor(t, 10*time.Second, "the key's memory in Redis to end", func() bool {
+		return rc.Exists(ctx, "wbtomb:k").Val() == 0
+	})
+	err := a.Set(ctx, "k", "v6", WithVersion(6)) // an older writer's delayed Set
+	v, gerr := b.GetOrLoad(ctx, "k", gone)
+	if !errors.Is(err, ErrStale) {
+		t.Errorf("versioned Set v6 landing after DeleteMany v7 (and a load on another instance): %v, want ErrStale; then b reads %q %v (the deleted row is back)", err, v, gerr)
+	}
+}
