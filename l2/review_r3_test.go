@@ -70,3 +70,34 @@ func TestReviewUnversionedSetRepairsZeroVersionBytes(t *testing.T) {
 		t.Errorf("after an unversioned Set over zero-version bytes: Read = %q, corrupt %v, err %v; want \"new\"", e.Value, e.Corrupt, err)
 	}
 }
+
+// TestReviewCorruptBytesDoNotHoldAVersion: bytes that decode refuses (here:
+// an unknown flag 0x40 beside the version flag) are corrupt, "never a
+// version". The script's version() only looks at flags%64, so it reads 8
+// bytes of them as a stored version: a versioned Set cannot replace the
+// corrupt value (refused as stale by a version nobody wrote), and an
+// unversioned Set copies that version into the new value.
+func TestReviewCorruptBytesDoNotHoldAVersion(t *testing.T) {
+	srv := redistest.StartServer(t)
+	s := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: "app:"})
+	ctx := context.Background()
+	nf := Notify(testNotify("inv"))
+	bad := []byte{0xC7, 1, 0x60, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 'x'}
+	for _, k := range []string{"v", "u"} {
+		if err := srv.Client().Set(ctx, "app:"+k, bad, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if e, err := s.Read(ctx, k); err == nil && !e.Corrupt {
+			t.Fatalf("precondition: bytes with an unknown flag decode: %+v", e)
+		}
+	}
+	if err := s.Set(ctx, "v", Entry{Value: []byte("v5"), Version: 5, TTL: time.Minute}, nf); err != nil {
+		t.Errorf("versioned Set over corrupt bytes: %v, want it written", err)
+	}
+	if err := s.Set(ctx, "u", Entry{Value: []byte("new"), TTL: time.Minute}, nf); err != nil {
+		t.Fatalf("unversioned Set over corrupt bytes: %v", err)
+	}
+	if e, err := s.Read(ctx, "u"); err != nil || e.Version != 0 {
+		t.Errorf("unversioned Set over corrupt bytes: Read version %#x, err %v; want no version (the corrupt bytes had none)", e.Version, err)
+	}
+}
