@@ -3,6 +3,7 @@ package l2
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -99,5 +100,51 @@ func TestReviewCorruptBytesDoNotHoldAVersion(t *testing.T) {
 	}
 	if e, err := s.Read(ctx, "u"); err != nil || e.Version != 0 {
 		t.Errorf("unversioned Set over corrupt bytes: Read version %#x, err %v; want no version (the corrupt bytes had none)", e.Version, err)
+	}
+}
+
+// TestReviewCasInheritEveryFlagCombination: a load's write-back (SetIf, the
+// script's "cas", announced or quiet) over a versioned value keeps the
+// stored version for every envelope flag combination of old and new, and
+// with MaxValueSize set to exactly the size the unversioned write may have,
+// the inherited form still decodes within the limit (the old value is
+// written by a store without the limit).
+func TestReviewCasInheritEveryFlagCombination(t *testing.T) {
+	srv := redistest.StartServer(t)
+	ctx := context.Background()
+	const stored = uint64(1)<<50 + 3
+	for nw := 0; nw < 32; nw++ {
+		want := flagEntry(nw, "new", 0)
+		limit := encodedLen(&want) + 8
+		s := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: fmt.Sprintf("cas%d:", nw), MaxValueSize: limit})
+		w := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: fmt.Sprintf("cas%d:", nw), MaxValueSize: -1})
+		if err := s.CheckSize("x", want); err != nil {
+			t.Fatalf("new %d: CheckSize at the limit: %v", nw, err)
+		}
+		for old := 0; old < 32; old++ {
+			for _, loud := range []bool{false, true} {
+				k := fmt.Sprintf("k-%d-%v", old, loud)
+				if err := w.Set(ctx, k, flagEntry(old, "o", stored), Notify(testNotify("inv"))); err != nil {
+					t.Fatalf("%d/%s: versioned Set: %v", nw, k, err)
+				}
+				raw, err := srv.Client().Get(ctx, fmt.Sprintf("cas%d:", nw)+k).Bytes()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var opts []WriteOption
+				if loud {
+					opts = append(opts, Notify(testNotify("inv")))
+				}
+				ok, err := s.SetIf(ctx, k, want, raw, opts...)
+				if err != nil || !ok {
+					t.Fatalf("%d/%s: SetIf over the bytes read: %v %v", nw, k, ok, err)
+				}
+				e, err := s.Read(ctx, k)
+				if err != nil || e.Corrupt || e.Version != stored || string(e.Value) != "new" && !want.Tombstone ||
+					e.Negative != want.Negative || e.Tombstone != want.Tombstone || len(e.Metadata) != len(want.Metadata) {
+					t.Fatalf("%d/%s: after the write-back: %+v err %v; want the new fields with version %d", nw, k, e, err, stored)
+				}
+			}
+		}
 	}
 }
