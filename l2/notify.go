@@ -97,9 +97,11 @@ func applyWrite(opts []WriteOption) writeOptions {
 // stored one. Every other write ("set", "tomb", "cas", an unversioned key of
 // "vset") goes through but keeps the stored version, inserted into the new
 // envelope (inherit): Redis remembers the highest version of a key while the
-// key lives. A tombstone over a versioned value ("vtomb", or "tomb" over a
-// versioned value) lives at least as long as the value would have (outlive),
-// so a delete cannot shorten that memory. A "cas" write-back is safe to
+// key lives, and every write over a versioned value ("vtomb", and any write
+// that keeps a version) lives at least as long as that value would have
+// (outlive; forever if it had no expiry), so no write shortens that memory.
+// Bytes that Go's decoder would reject (unknown flags, version 0) carry no
+// version. A "cas" write-back is safe to
 // label with the version it replaces: it read exactly those bytes before its
 // loader read the database. These modes
 // publish only if they wrote at least one key. "cas" returns one 0/1 flag
@@ -130,12 +132,14 @@ local function version(v)
     return nil
   end
   local flags = string.byte(v, 3)
-  if flags % 64 < 32 then return nil end
+  if flags >= 64 or flags < 32 then return nil end
   local off = 4
   if flags % 8 >= 4 then off = off + 8 end
   if flags % 16 >= 8 then off = off + 8 end
   if #v < off + 7 then return nil end
-  return string.sub(v, off, off + 7)
+  local ver = string.sub(v, off, off + 7)
+  if ver == string.char(0, 0, 0, 0, 0, 0, 0, 0) then return nil end
+  return ver
 end
 local function newer(a, b)
   for i = 1, 8 do
@@ -152,15 +156,17 @@ local function inherit(v, ver)
   if flags % 16 >= 8 then off = off + 8 end
   return string.sub(v, 1, 2) .. string.char(flags + 32) .. string.sub(v, 4, off - 1) .. ver .. string.sub(v, off)
 end
-local function keep(k, v)
-  local stored = version(redis.pcall('GET', k))
-  if stored then return inherit(v, stored) end
-  return v
-end
 local function outlive(k, ttl)
+  if ttl == '0' then return ttl end
   local left = redis.call('PTTL', k)
+  if left == -1 then return '0' end
   if left > tonumber(ttl) then return tostring(left) end
   return ttl
+end
+local function keep(k, v, ttl)
+  local stored = version(redis.pcall('GET', k))
+  if stored then return inherit(v, stored), outlive(k, ttl) end
+  return v, ttl
 end
 local function put(k, v, ttl)
   if ttl == '0' then
@@ -172,7 +178,7 @@ end
 local res = 0
 local mode = ARGV[3]
 if mode == 'set' then
-  for i = 1, n do put(KEYS[i], keep(KEYS[i], ARGV[2 + 2*i]), ARGV[3 + 2*i]) end
+  for i = 1, n do put(KEYS[i], keep(KEYS[i], ARGV[2 + 2*i], ARGV[3 + 2*i])) end
   res = n
 elseif mode == 'tomb' then
   for i = 1, n do
@@ -196,10 +202,10 @@ elseif mode == 'cas' then
     if type(have) == 'table' and have.err then
       res[i] = 0
     elseif (have == false and want == '') or (have ~= false and have == want) then
-      local val = ARGV[1 + 3*i]
+      local val, ttl = ARGV[1 + 3*i], ARGV[2 + 3*i]
       local stored = version(have)
-      if stored then val = inherit(val, stored) end
-      put(KEYS[i], val, ARGV[2 + 3*i])
+      if stored then val, ttl = inherit(val, stored), outlive(KEYS[i], ttl) end
+      put(KEYS[i], val, ttl)
       res[i] = 1
       wrote = true
     else
@@ -220,7 +226,7 @@ elseif mode == 'vset' or mode == 'vtomb' then
     else
       local val, ttl = ARGV[1 + 3*i], ARGV[2 + 3*i]
       if ver == '' then
-        val = keep(KEYS[i], val)
+        val, ttl = keep(KEYS[i], val, ttl)
       elseif mode == 'vtomb' then
         ttl = outlive(KEYS[i], ttl)
       end
