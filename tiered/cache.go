@@ -607,14 +607,6 @@ func (c *Cache[V]) join(ctx context.Context, key string, load Loader[V], o callO
 	return waiter[V]{ch: ch, f: f}, false, nil
 }
 
-// loadPanicked counts and logs a panic recovered from the work of key's
-// flight, and returns the error its waiters get.
-func (c *Cache[V]) loadPanicked(key string, r any) error {
-	c.st.panics.Add(1)
-	c.log.Error("nearcache: loader panicked", zap.String("key", key), zap.Any("panic", r))
-	return fmt.Errorf("tiered: load of key %q panicked: %v", key, r)
-}
-
 // leadInline runs flight f of key, registered by join, on the caller's
 // goroutine: the fill ticket and the L2 read (bounded by RedisTimeout), and
 // the L1 fill. When the loader must run, the rest of the work is handed to

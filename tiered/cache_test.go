@@ -388,33 +388,79 @@ func TestCallerContexts(t *testing.T) {
 	}
 }
 
-func TestLoaderPanic(t *testing.T) {
-	for _, lc := range leaderContexts(t) {
-		t.Run(lc.name, func(t *testing.T) { testLoaderPanic(t, lc.ctx) })
+// errBoom is a loader's panic value that is an error.
+var errBoom = errors.New("boom error")
+
+// panicValues are the two kinds of value a loader panics with: a string and
+// an error.
+var panicValues = []struct {
+	name  string
+	value any
+}{{"string", "boom"}, {"error", errBoom}}
+
+// panicker is a loader that panics with value once release is closed; a
+// named method, so that a test can find it in the PanicError's stack.
+type panicker struct {
+	release chan struct{}
+	value   any
+}
+
+func (p *panicker) load(context.Context, string) (string, error) {
+	<-p.release
+	panic(p.value)
+}
+
+func (p *panicker) loadBatch(context.Context, []string) (map[string]string, error) {
+	<-p.release
+	panic(p.value)
+}
+
+// checkPanicError checks that err is the *PanicError of key's load that
+// panicked with value: its value, a stack naming the loader, its message
+// and, for an error value, errors.Is.
+func checkPanicError(t *testing.T, err error, key string, value any, loader string) {
+	t.Helper()
+	var pe *PanicError
+	if !errors.As(err, &pe) {
+		t.Fatalf("error %v (%T) is not a *PanicError", err, err)
+	}
+	if pe.Key != key || pe.Value != value {
+		t.Fatalf("PanicError{Key: %q, Value: %v}, want {%q, %v}", pe.Key, pe.Value, key, value)
+	}
+	if !strings.Contains(string(pe.Stack), loader) {
+		t.Fatalf("PanicError stack does not name %s:\n%s", loader, pe.Stack)
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("panicked: %v", value)) {
+		t.Fatalf("error %q does not say the load panicked with %v", err, value)
+	}
+	if verr, ok := value.(error); ok && !errors.Is(err, verr) {
+		t.Fatalf("errors.Is(%v, %v) is false", err, verr)
 	}
 }
 
-func testLoaderPanic(t *testing.T, ctx context.Context) {
-	c := newCache(t, Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "p"})
-	release := make(chan struct{})
-	load := func(context.Context, string) (string, error) {
-		<-release
-		panic("boom")
+func TestLoaderPanic(t *testing.T) {
+	for _, lc := range leaderContexts(t) {
+		for _, pv := range panicValues {
+			t.Run(lc.name+"/"+pv.name, func(t *testing.T) { testLoaderPanic(t, lc.ctx, pv.value) })
+		}
 	}
+}
+
+func testLoaderPanic(t *testing.T, ctx context.Context, value any) {
+	c := newCache(t, Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "p"})
+	p := &panicker{release: make(chan struct{}), value: value}
 	const n = 10
 	errs := make(chan error, n)
 	for i := 0; i < n; i++ {
 		go func() {
-			_, err := c.GetOrLoad(ctx, "k", load)
+			_, err := c.GetOrLoad(ctx, "k", p.load)
 			errs <- err
 		}()
 	}
 	eventually(t, "callers to join", func() bool { return c.Stats().Loads.Callers == n })
-	close(release)
+	close(p.release)
 	for i := 0; i < n; i++ {
-		if err := <-errs; err == nil || !strings.Contains(err.Error(), "panicked: boom") {
-			t.Fatalf("caller %d: %v, want the panic as an error", i, err)
-		}
+		checkPanicError(t, <-errs, "k", value, "(*panicker).load")
 	}
 	if st := c.Stats(); st.Loads.Panics != 1 {
 		t.Fatalf("panics: %d, want 1", st.Loads.Panics)
@@ -422,6 +468,38 @@ func testLoaderPanic(t *testing.T, ctx context.Context) {
 	// The key is usable again.
 	if v, err := c.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { return "ok", nil }); err != nil || v != "ok" {
 		t.Fatalf("after a panic: %q %v", v, err)
+	}
+}
+
+func TestBatchLoaderPanic(t *testing.T) {
+	for _, lc := range leaderContexts(t) {
+		for _, pv := range panicValues {
+			t.Run(lc.name+"/"+pv.name, func(t *testing.T) { testBatchLoaderPanic(t, lc.ctx, pv.value) })
+		}
+	}
+}
+
+func testBatchLoaderPanic(t *testing.T, ctx context.Context, value any) {
+	c := newCache(t, Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "p"})
+	p := &panicker{release: make(chan struct{}), value: value}
+	batchErr := make(chan error, 1)
+	go func() {
+		_, err := c.GetManyOrLoad(ctx, []string{"a", "b"}, p.loadBatch)
+		batchErr <- err
+	}()
+	// A single-key caller joins the batch's flight for "a".
+	eventually(t, "the batch to start", func() bool { return c.Stats().Loads.Callers == 2 })
+	followerErr := make(chan error, 1)
+	go func() {
+		_, err := c.GetOrLoad(ctx, "a", func(context.Context, string) (string, error) { return "unused", nil })
+		followerErr <- err
+	}()
+	eventually(t, "the follower to join", func() bool { return c.Stats().Loads.Callers == 3 })
+	close(p.release)
+	checkPanicError(t, <-batchErr, "", value, "(*panicker).loadBatch")
+	checkPanicError(t, <-followerErr, "", value, "(*panicker).loadBatch")
+	if st := c.Stats(); st.Loads.Panics != 1 {
+		t.Fatalf("panics: %d, want 1", st.Loads.Panics)
 	}
 }
 

@@ -16,7 +16,9 @@
 // miss, concurrent callers for the key share one flight (x/sync
 // singleflight): each caller waits on its own ctx, while the shared work runs
 // on a context detached from every caller, bounded by Config.LoadTimeout and
-// cancelled by Close. A loader panic becomes an error for every waiter.
+// cancelled by Close. A loader panic becomes a *PanicError for every waiter
+// (errors.As): it keeps the panic value and stack, and unwraps a value that
+// is an error.
 // One exception saves the goroutine hand-off (about a fifth of an L2 hit on
 // a small machine): a caller whose ctx can never end (ctx.Done() is nil, as
 // for context.Background), which has nothing to leave on, runs the flight it

@@ -2,6 +2,7 @@ package tiered_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/alicebob/miniredis/v2"
@@ -76,4 +77,49 @@ func ExampleNew_localOnly() {
 	})
 	fmt.Println(v)
 	// Output: hello
+}
+
+// Reads go through a loader; after a database write, Set the new value with
+// the row's version (WithVersion), so that an older write reaching the cache
+// later is refused (ErrStale) instead of bringing the old row back.
+func ExampleCache_GetOrLoad() {
+	mr, _ := miniredis.Run() // a real service passes its own Redis address
+	defer mr.Close()
+	ctx := context.Background()
+
+	// ContextTimeoutEnabled lets the Cache bound each Redis call (RedisTimeout).
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
+	defer rdb.Close()
+	c, err := tiered.New(tiered.Config[Product]{Redis: rdb, Namespace: "products"})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close() // runs before rdb.Close: a Cache never closes its client
+
+	db := map[string]Product{"sku-1": {SKU: "sku-1", Price: 100}} // the database
+	version := uint64(1)                                          // sku-1's row version
+	load := func(ctx context.Context, sku string) (Product, error) {
+		p, ok := db[sku]
+		if !ok {
+			return Product{}, tiered.ErrNotFound
+		}
+		return p, nil
+	}
+
+	p, _ := c.GetOrLoad(ctx, "sku-1", load)
+	fmt.Println("read:", p.Price)
+
+	db["sku-1"], version = Product{SKU: "sku-1", Price: 120}, 2 // the database write
+	err = c.Set(ctx, "sku-1", db["sku-1"], tiered.WithVersion(version))
+	fmt.Println("set v2:", err)
+	err = c.Set(ctx, "sku-1", Product{SKU: "sku-1", Price: 100}, tiered.WithVersion(1)) // a late, older write
+	fmt.Println("set v1:", errors.Is(err, tiered.ErrStale))
+
+	p, _ = c.GetOrLoad(ctx, "sku-1", load)
+	fmt.Println("read:", p.Price)
+	// Output:
+	// read: 100
+	// set v2: <nil>
+	// set v1: true
+	// read: 120
 }
