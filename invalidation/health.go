@@ -1,0 +1,69 @@
+package invalidation
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// reason is a bit set of why the stream is unhealthy.
+type reason uint32
+
+const (
+	reasonNotSubscribed reason = 1 << iota
+	reasonDisconnected
+	reasonStalled
+	reasonOverflow
+	reasonAntiEntropy
+	reasonRerouted // the subscription is being moved to the server the commands go to
+)
+
+// busWide is the health source of reasons that concern the whole bus
+// (overflow, anti-entropy, no subscription yet); subscriptions use their id.
+const busWide = 0
+
+// healthState keeps the reasons of every source (the bus, each
+// subscription) under a mutex and publishes the derived "unhealthy since"
+// as one atomic, so that Health costs a single load. The stream is healthy
+// when no source has a reason.
+type healthState struct {
+	mu      sync.Mutex
+	reasons map[int]reason // guarded by mu: non-zero reasons by source
+	since   atomic.Int64   // unix nanos when reasons became non-empty; 0 when healthy
+}
+
+func (h *healthState) set(src int, r reason) {
+	h.mu.Lock()
+	if len(h.reasons) == 0 {
+		h.since.Store(time.Now().UnixNano())
+	}
+	if h.reasons == nil {
+		h.reasons = make(map[int]reason)
+	}
+	h.reasons[src] |= r
+	h.mu.Unlock()
+}
+
+func (h *healthState) clear(src int, r reason) {
+	h.mu.Lock()
+	if v := h.reasons[src] &^ r; v != 0 {
+		h.reasons[src] = v
+	} else {
+		delete(h.reasons, src)
+	}
+	if len(h.reasons) == 0 {
+		h.since.Store(0)
+	}
+	h.mu.Unlock()
+}
+
+// drop forgets a source (a subscription that was stopped).
+func (h *healthState) drop(src int) { h.clear(src, ^reason(0)) }
+
+func (h *healthState) get() Health {
+	s := h.since.Load()
+	if s == 0 {
+		return Health{Healthy: true}
+	}
+	return Health{UnhealthySince: time.Unix(0, s)}
+}

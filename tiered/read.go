@@ -1,0 +1,275 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/nearcache/nearcache/l1"
+	"github.com/nearcache/nearcache/l2"
+)
+
+// Get returns the value of key from L1 or L2 without loading it. A key in
+// neither is ErrNotFound; with Redis unreachable the error wraps
+// ErrUnavailable.
+func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
+	if it, ok := c.local.Get(key); ok {
+		return it.result()
+	}
+	return c.miss(ctx, key, nil, nil)
+}
+
+// GetOrLoad returns the value of key from L1, else L2, else load (whose
+// result is written back to L2 and to L1). Concurrent
+// misses for one key share one load; each caller waits on its own ctx. An
+// L1 hit costs one ristretto lookup: no allocation, no lock, no clock read.
+func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], opts ...Option) (V, error) {
+	if it, ok := c.local.Get(key); ok {
+		return it.result()
+	}
+	if load == nil {
+		var zero V
+		return zero, fmt.Errorf("tiered: GetOrLoad %q: nil loader", key)
+	}
+	return c.miss(ctx, key, load, opts)
+}
+
+func (it item[V]) result() (V, error) {
+	if it.neg {
+		var zero V
+		return zero, ErrNotFound
+	}
+	return it.v, nil
+}
+
+func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []Option) (V, error) {
+	var zero V
+	o := c.options(opts)
+	w, lead, err := c.join(ctx, key, load, o)
+	if err != nil {
+		return zero, err
+	}
+	var it item[V]
+	if lead {
+		it, err = c.leadInline(ctx, key, w.f, load, o)
+	} else {
+		it, err = w.wait(ctx)
+	}
+	if err != nil {
+		return zero, err
+	}
+	return it.result()
+}
+
+// fetch is the shared work of one miss: ticket, L2, loader, L2 write, fill.
+func (c *Cache[V]) fetch(ctx context.Context, key string, load Loader[V], o callOptions) (item[V], error) {
+	t, look, it, err, done := c.fetchL2(ctx, key, load, o)
+	if done {
+		return it, err
+	}
+	return c.fetchLoad(ctx, key, load, o, t, look)
+}
+
+// fetchL2 is the first part of a miss: the fill ticket, the L2 read, and on
+// a fresh L2 value the L1 fill. done reports that the miss is settled with
+// it and err: an L2 hit, or a Get (no loader) that missed. Otherwise the
+// miss goes on with fetchLoad.
+func (c *Cache[V]) fetchL2(ctx context.Context, key string, load Loader[V], o callOptions) (t l1.Ticket, look lookup[V], it item[V], err error, done bool) {
+	t = c.local.Reserve(key)
+	look = c.readL2(ctx, key)
+	if look.fresh {
+		c.fill(t, look.it, o.l1TTL, look.until, look.at)
+		return t, look, look.it, nil, true
+	}
+	if load == nil {
+		if look.err != nil {
+			return t, look, item[V]{}, look.err, true
+		}
+		return t, look, item[V]{neg: true}, nil, true
+	}
+	return t, look, item[V]{}, nil, false
+}
+
+// fetchLoad is the rest of a miss that L2 did not answer: the loader, the
+// L2 write-back and the fill, or fail-safe's stale value.
+func (c *Cache[V]) fetchLoad(ctx context.Context, key string, load Loader[V], o callOptions, t l1.Ticket, look lookup[V]) (item[V], error) {
+	now := time.Now()
+	c.st.loaderCalls.Add(1)
+	c.st.loadedKeys.Add(1)
+	v, err := load(ctx, key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		c.st.loaderErrors.Add(1)
+		if look.stale != nil {
+			c.st.staleServed.Add(1)
+			c.log.Warn("nearcache: loader failed; serving a stale value (fail-safe)", zap.String("key", key), zap.Error(err))
+			c.fill(t, *look.stale, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
+			return *look.stale, nil
+		}
+		return item[V]{}, fmt.Errorf("tiered: load %q: %w", key, err)
+	}
+	it := item[V]{v: v, neg: err != nil}
+	ttl := o.ttl
+	if it.neg {
+		if o.negativeTTL <= 0 {
+			return it, nil // not cached
+		}
+		ttl = o.negativeTTL
+		c.st.negativeCached.Add(1)
+	}
+	if !c.local.Valid(t) {
+		// Invalidated while loading: the value may predate that write. Serve
+		// it to the callers who asked before, but do not keep it anywhere.
+		c.st.conflicts.Add(1)
+		return it, nil
+	}
+	if look.reachable {
+		if !c.storeLoaded(ctx, key, it, ttl, look) {
+			return it, nil // a newer write or delete won: serve, do not keep
+		}
+	}
+	c.fill(t, it, min(o.l1TTL, ttl), time.Time{}, time.Now())
+	return it, nil
+}
+
+// lookup is the outcome of reading one key from L2.
+type lookup[V any] struct {
+	it        item[V]
+	fresh     bool      // it can be served and cached
+	until     time.Time // when the L2 value stops being fresh (zero: no bound)
+	at        time.Time // when it was classified (the clock until is compared with)
+	stale     *item[V]  // a soft-expired value for fail-safe
+	raw       []byte    // the bytes read (nil: absent), for SetIf
+	announce  bool      // raw is a value (stale, expired, corrupt) that others may hold a copy of
+	reachable bool      // L2 answered: a loaded value may be written back
+	err       error     // why L2 could not answer (wraps ErrUnavailable)
+}
+
+func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
+	if c.l2 == nil {
+		return lookup[V]{}
+	}
+	var e l2.Entry
+	err := c.redisOp(ctx, func(rctx context.Context) error {
+		var err error
+		e, err = c.l2.Read(rctx, key)
+		c.st.l2Lookups.Add(1)
+		return err
+	})
+	switch {
+	case errors.Is(err, l2.ErrNotFound):
+		return lookup[V]{reachable: true}
+	case errors.Is(err, errBreakerOpen):
+		return lookup[V]{err: fmt.Errorf("tiered: get %q: %w", key, err)}
+	case err != nil && !e.Corrupt:
+		c.st.l2Errors.Add(1)
+		return lookup[V]{err: fmt.Errorf("tiered: get %q: %w: %w", key, ErrUnavailable, err)}
+	}
+	return c.classify(key, e, time.Now())
+}
+
+// classify turns an entry read from L2 (possibly a tombstone or corrupt
+// bytes) into a lookup.
+func (c *Cache[V]) classify(key string, e l2.Entry, now time.Time) lookup[V] {
+	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
+	if e.Corrupt {
+		c.st.decodeErrors.Add(1)
+		c.log.Warn("nearcache: unreadable value in Redis; reloading", zap.String("key", key))
+		return lk
+	}
+	if e.Tombstone || (!e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)) {
+		return lk // deleted, or expired by the writer's clock though Redis still holds it
+	}
+	it, ok := c.decodeEntry(key, &e)
+	if !ok {
+		return lk
+	}
+	if !e.StaleAt.IsZero() && !now.Before(e.StaleAt) {
+		stale := it // a copy of its own, so that it stays off the heap on a hit
+		lk.stale = &stale
+		return lk
+	}
+	c.st.l2Hits.Add(1)
+	lk.it, lk.fresh = it, true
+	lk.until = e.ExpiresAt
+	if !e.StaleAt.IsZero() {
+		lk.until = e.StaleAt
+	}
+	return lk
+}
+
+func (c *Cache[V]) decodeEntry(key string, e *l2.Entry) (item[V], bool) {
+	if e.Negative {
+		return item[V]{neg: true}, true
+	}
+	v, err := safeUnmarshal(c.codec, e.Value)
+	if err != nil {
+		c.st.decodeErrors.Add(1)
+		c.log.Warn("nearcache: value in Redis does not decode; reloading", zap.String("key", key), zap.Error(err))
+		return item[V]{}, false
+	}
+	return item[V]{v: v}, true
+}
+
+// entry builds the L2 envelope of an item with ttl as its freshness.
+func (c *Cache[V]) entry(key string, it item[V], ttl time.Duration) (l2.Entry, error) {
+	if it.neg {
+		return l2.Entry{Negative: true, TTL: ttl}, nil
+	}
+	b, err := safeMarshal(c.codec, it.v)
+	if err != nil {
+		c.st.encodeErrors.Add(1)
+		return l2.Entry{}, fmt.Errorf("tiered: encode %q: %w", key, err)
+	}
+	e := l2.Entry{Value: b, TTL: ttl}
+	if c.cfg.FailSafeMaxStale > 0 {
+		e.TTL, e.FreshFor = ttl+c.cfg.FailSafeMaxStale, ttl
+	}
+	return e, nil
+}
+
+// storeLoaded writes a loaded item to L2 unless the key changed since it was
+// read (raw), publishing its invalidation; it reports whether the item may
+// be kept in L1.
+func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, look lookup[V]) bool {
+	e, err := c.entry(key, it, ttl)
+	if err != nil {
+		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", key), zap.Error(err))
+		return true // this process's value; L1 may keep it
+	}
+	written := c.storeLoadedMany(ctx, map[string]l2.Entry{key: e}, map[string][]byte{key: look.raw}, map[string]bool{key: look.announce})
+	if written != nil && !written[key] {
+		c.st.conflicts.Add(1)
+		return false
+	}
+	return true
+}
+
+// fill stores it in L1 through ticket t, for at most ttl, never past until
+// (the L2 value's freshness), and briefly or not at all while the
+// invalidation stream is unhealthy.
+func (c *Cache[V]) fill(t l1.Ticket, it item[V], ttl time.Duration, until, now time.Time) {
+	if !until.IsZero() {
+		if r := until.Sub(now); r < ttl {
+			ttl = r
+		}
+	}
+	if c.bus != nil {
+		if h := c.bus.Health(); !h.Healthy {
+			if c.cfg.UnhealthyL1TTL < 0 {
+				return
+			}
+			ttl = min(ttl, c.cfg.UnhealthyL1TTL)
+		}
+	}
+	if c.cfg.L1TTLJitter > 0 {
+		ttl -= time.Duration(rand.Float64() * c.cfg.L1TTLJitter * float64(ttl))
+	}
+	if ttl <= 0 {
+		return
+	}
+	c.local.Fill(t, it, ttl)
+}
