@@ -78,8 +78,10 @@ type Config[V any] struct {
 	// tiers). If zero, not-found results are not cached.
 	NegativeTTL time.Duration
 	// FailSafeMaxStale keeps values in Redis this long past TTL; when the
-	// loader or Redis fails, such a stale value is served (and counted)
-	// instead of the error. If zero, fail-safe is off.
+	// loader fails and Redis still holds such a stale value, it is served
+	// (and counted) instead of the error. The stale value lives in Redis:
+	// while Redis is unreachable, nothing stale is served. If zero,
+	// fail-safe is off.
 	FailSafeMaxStale time.Duration
 	// FailSafeRetryAfter is how long a stale value served by fail-safe is
 	// kept locally before the loader is tried again. If zero,
@@ -125,8 +127,11 @@ type Config[V any] struct {
 	// left out of the write-back without holding back the rest of its batch.
 	MaxValueSize int
 
-	// Logger receives degradations (Redis errors, breaker changes, losses),
-	// each logged once. If nil, zap.NewNop().
+	// Logger receives degradations: breaker changes and invalidation-stream
+	// losses once per event; failed Redis writes, stale values served,
+	// unreadable values in Redis and failed anti-entropy rounds once per
+	// call or round (so an outage logs at the rate of those calls). If nil,
+	// zap.NewNop().
 	Logger *zap.Logger
 }
 

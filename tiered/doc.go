@@ -140,7 +140,8 @@
 // serving, misses go to the loader, and writes fail with ErrUnavailable
 // (their invalidation could not be published). With Config.FailSafeMaxStale,
 // values stay in Redis past their TTL and are served (counted in
-// Stats().Loads.StaleServed) when the loader or Redis fails. Corrupt or
+// Stats().Loads.StaleServed) when the loader fails and Redis still holds
+// one; nothing stale is served while Redis is unreachable. Corrupt or
 // undecodable values in Redis are counted and reloaded, never a panic. If
 // Redis is down when New runs, the Cache still works and recovers when Redis
 // returns.
@@ -154,6 +155,13 @@
 //
 // NOTE: a Loader must be safe to call concurrently for different keys, and
 // should honour its ctx: when it does not, Close waits up to LoadTimeout.
+//
+// NOTE: a loader must not call the same Cache for the key it is loading: the
+// call joins the loader's own flight and waits for itself until LoadTimeout.
+//
+// NOTE: per-call options (WithTTL, WithL1TTL, WithNegativeTTL) apply to the
+// flight the call starts; a call that joins another caller's flight gets
+// that flight's result, loaded with that caller's options.
 //
 // NOTE: expiries in Redis envelopes come from the writer's clock;
 // instances' clocks are assumed to agree within a few milliseconds.

@@ -24,7 +24,7 @@ func Example() {
 	ctx := context.Background()
 
 	newInstance := func() (*tiered.Cache[Product], *redis.Client) {
-		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
 		c, err := tiered.New(tiered.Config[Product]{Redis: rdb, Namespace: "products"})
 		if err != nil {
 			panic(err)

@@ -288,7 +288,8 @@ func (c *Cache[V]) l1TTL(o callOptions) time.Duration { return min(o.l1TTL, o.tt
 
 // Close stops the invalidation subscription and every goroutine the Cache
 // started, waits for running loads (they are cancelled; an L2 read that a
-// caller runs inline ends within RedisTimeout), and releases L1. It never
+// caller runs inline ends within RedisTimeout, or with RedisTimeout < 0
+// within the client's own timeouts), and releases L1. It never
 // closes the caller's Redis client. Close is idempotent; afterwards every
 // method returns ErrClosed (reads of L1 miss, then return ErrClosed).
 //
