@@ -22,11 +22,13 @@ type Proxy struct {
 	ln     net.Listener
 	target string
 
-	mu     sync.Mutex // guards match, delay, conns, closed
+	mu     sync.Mutex // guards match, delay, gate, conns, closed
 	match  [][]byte
 	delay  time.Duration
+	gate   chan struct{} // with Hold: matching writes wait until it is closed
 	conns  map[net.Conn]struct{}
 	closed bool
+	done   chan struct{} // closed by Close: held writes give up
 
 	wg sync.WaitGroup // accept loop and every pipe
 }
@@ -39,7 +41,7 @@ func StartProxy(tb testing.TB, target string) *Proxy {
 	if err != nil {
 		tb.Fatalf("redistest: proxy listen: %v", err)
 	}
-	p := &Proxy{tb: tb, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{tb: tb, ln: ln, target: target, conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
 	p.wg.Add(1)
 	go p.accept()
 	tb.Cleanup(p.Close)
@@ -54,26 +56,47 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // match is against each read chunk, case-sensitive: go-redis sends command
 // names in lower case.
 func (p *Proxy) Delay(d time.Duration, match ...string) {
+	p.setRule(d, nil, match)
+}
+
+// Hold holds back every later client write that contains all of match
+// until release is called (or the proxy closes), whatever the time: a test
+// can then order "the write has timed out", "a read came back" and "the
+// write runs" by events. release also stops holding later writes.
+func (p *Proxy) Hold(match ...string) (release func()) {
+	gate := make(chan struct{})
+	p.setRule(0, gate, match)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			p.setRule(0, nil, nil)
+			close(gate)
+		})
+	}
+}
+
+func (p *Proxy) setRule(d time.Duration, gate chan struct{}, match []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.match, p.delay = nil, d
+	p.match, p.delay, p.gate = nil, d, gate
 	for _, m := range match {
 		p.match = append(p.match, []byte(m))
 	}
 }
 
-func (p *Proxy) holdFor(chunk []byte) time.Duration {
+// holdFor returns how a chunk waits: a delay, or a gate to wait on.
+func (p *Proxy) holdFor(chunk []byte) (time.Duration, chan struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.delay <= 0 || len(p.match) == 0 {
-		return 0
+	if (p.delay <= 0 && p.gate == nil) || len(p.match) == 0 {
+		return 0, nil
 	}
 	for _, m := range p.match {
 		if !bytes.Contains(chunk, m) {
-			return 0
+			return 0, nil
 		}
 	}
-	return p.delay
+	return p.delay, p.gate
 }
 
 // Close stops accepting, closes every connection and waits for the pipes.
@@ -85,6 +108,7 @@ func (p *Proxy) Close() {
 		return
 	}
 	p.closed = true
+	close(p.done)
 	for c := range p.conns {
 		_ = c.Close()
 	}
@@ -147,8 +171,15 @@ func (p *Proxy) pipe(client, server net.Conn) {
 	for {
 		n, err := client.Read(buf)
 		if n > 0 {
-			if d := p.holdFor(buf[:n]); d > 0 {
+			d, gate := p.holdFor(buf[:n])
+			if d > 0 {
 				time.Sleep(d)
+			}
+			if gate != nil {
+				select {
+				case <-gate:
+				case <-p.done:
+				}
 			}
 			if _, werr := server.Write(buf[:n]); werr != nil {
 				_ = server.Close()
