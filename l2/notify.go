@@ -127,15 +127,19 @@ if cur then
     return redis.error_reply('ERR nearcache: sequence key holds a non-integer: ' .. seqkey)
   end
 end
+local function verOffset(flags)
+  local off = 4
+  if flags % 8 >= 4 then off = off + 8 end
+  if flags % 16 >= 8 then off = off + 8 end
+  return off
+end
 local function version(v)
   if type(v) ~= 'string' or #v < 3 or string.byte(v, 1) ~= 199 or string.byte(v, 2) ~= 1 then
     return nil
   end
   local flags = string.byte(v, 3)
   if flags >= 64 or flags < 32 then return nil end
-  local off = 4
-  if flags % 8 >= 4 then off = off + 8 end
-  if flags % 16 >= 8 then off = off + 8 end
+  local off = verOffset(flags)
   if #v < off + 7 then return nil end
   local ver = string.sub(v, off, off + 7)
   if ver == string.char(0, 0, 0, 0, 0, 0, 0, 0) then return nil end
@@ -151,9 +155,7 @@ end
 local function inherit(v, ver)
   local flags = string.byte(v, 3)
   if flags % 64 >= 32 then return v end
-  local off = 4
-  if flags % 8 >= 4 then off = off + 8 end
-  if flags % 16 >= 8 then off = off + 8 end
+  local off = verOffset(flags)
   return string.sub(v, 1, 2) .. string.char(flags + 32) .. string.sub(v, 4, off - 1) .. ver .. string.sub(v, off)
 end
 local function outlive(k, ttl)
@@ -163,8 +165,8 @@ local function outlive(k, ttl)
   if left > tonumber(ttl) then return tostring(left) end
   return ttl
 end
-local function keep(k, v, ttl)
-  local stored = version(redis.pcall('GET', k))
+local function keep(k, have, v, ttl)
+  local stored = version(have)
   if stored then return inherit(v, stored), outlive(k, ttl) end
   return v, ttl
 end
@@ -178,18 +180,13 @@ end
 local res = 0
 local mode = ARGV[3]
 if mode == 'set' then
-  for i = 1, n do put(KEYS[i], keep(KEYS[i], ARGV[2 + 2*i], ARGV[3 + 2*i])) end
+  for i = 1, n do put(KEYS[i], keep(KEYS[i], redis.pcall('GET', KEYS[i]), ARGV[2 + 2*i], ARGV[3 + 2*i])) end
   res = n
 elseif mode == 'tomb' then
   for i = 1, n do
     local have = redis.pcall('GET', KEYS[i])
     if have ~= false then res = res + 1 end
-    local val, ttl = ARGV[2 + 2*i], ARGV[3 + 2*i]
-    local stored = version(have)
-    if stored then
-      val, ttl = inherit(val, stored), outlive(KEYS[i], ttl)
-    end
-    put(KEYS[i], val, ttl)
+    put(KEYS[i], keep(KEYS[i], have, ARGV[2 + 2*i], ARGV[3 + 2*i]))
   end
 elseif mode == 'del' then
   for i = 1, n do res = res + redis.call('UNLINK', KEYS[i]) end
@@ -202,10 +199,7 @@ elseif mode == 'cas' then
     if type(have) == 'table' and have.err then
       res[i] = 0
     elseif (have == false and want == '') or (have ~= false and have == want) then
-      local val, ttl = ARGV[1 + 3*i], ARGV[2 + 3*i]
-      local stored = version(have)
-      if stored then val, ttl = inherit(val, stored), outlive(KEYS[i], ttl) end
-      put(KEYS[i], val, ttl)
+      put(KEYS[i], keep(KEYS[i], have, ARGV[1 + 3*i], ARGV[2 + 3*i]))
       res[i] = 1
       wrote = true
     else
@@ -226,7 +220,7 @@ elseif mode == 'vset' or mode == 'vtomb' then
     else
       local val, ttl = ARGV[1 + 3*i], ARGV[2 + 3*i]
       if ver == '' then
-        val, ttl = keep(KEYS[i], val, ttl)
+        val, ttl = keep(KEYS[i], have, val, ttl)
       elseif mode == 'vtomb' then
         ttl = outlive(KEYS[i], ttl)
       end
