@@ -29,9 +29,10 @@ const maxDoubtKeys = 1 << 16
 type doubts struct {
 	active atomic.Bool // anything remembered: the own-message fast path reads only this
 
-	mu       sync.Mutex
-	keys     map[string]time.Time // guarded by mu: until when a key is in doubt
-	allUntil time.Time            // guarded by mu: every key (Clear, or too many keys)
+	mu        sync.Mutex
+	keys      map[string]time.Time // guarded by mu: until when a key is in doubt
+	allUntil  time.Time            // guarded by mu: every key (Clear, or too many keys)
+	nextSweep time.Time            // guarded by mu: when sweepLocked next looks for expired keys
 }
 
 // add puts keys in doubt (all keys when all is true or there are too many).
@@ -42,6 +43,7 @@ func (d *doubts) add(keys []string, all bool, now time.Time) {
 	if d.keys == nil {
 		d.keys = make(map[string]time.Time)
 	}
+	d.sweepLocked(now)
 	if all || len(d.keys)+len(keys) > maxDoubtKeys {
 		d.allUntil = until
 	} else {
@@ -52,35 +54,23 @@ func (d *doubts) add(keys []string, all bool, now time.Time) {
 	d.active.Store(true)
 }
 
-// match returns the keys of an own message that are in doubt, forgetting
-// expired entries.
+// match returns the keys of an own message that are in doubt.
 func (d *doubts) match(keys []string, now time.Time) []string {
 	if !d.active.Load() {
 		return nil
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.sweepLocked(now)
 	if now.Before(d.allUntil) {
 		return keys
 	}
 	var out []string
 	for _, k := range keys {
-		if until, ok := d.keys[k]; ok {
-			if now.Before(until) {
-				out = append(out, k)
-			} else {
-				delete(d.keys, k)
-			}
+		if until, ok := d.keys[k]; ok && now.Before(until) {
+			out = append(out, k)
 		}
 	}
-	if len(d.keys) > 0 && len(out) == 0 {
-		for k, until := range d.keys { // a cheap sweep, bounded by the map
-			if !now.Before(until) {
-				delete(d.keys, k)
-			}
-		}
-	}
-	d.active.Store(len(d.keys) > 0 || now.Before(d.allUntil))
 	return out
 }
 
@@ -91,17 +81,32 @@ func (d *doubts) any(now time.Time) bool {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.sweepLocked(now)
 	if now.Before(d.allUntil) {
 		return true
 	}
-	for k, until := range d.keys {
+	for _, until := range d.keys {
 		if now.Before(until) {
 			return true
 		}
-		delete(d.keys, k)
 	}
-	d.active.Store(false)
 	return false
+}
+
+// sweepLocked forgets expired keys, at most once per eighth of the window
+// (an own message must not cost a scan of the whole map), and clears active
+// once nothing is remembered. Called with mu held.
+func (d *doubts) sweepLocked(now time.Time) {
+	if now.Before(d.nextSweep) {
+		return
+	}
+	d.nextSweep = now.Add(doubtWindow / 8)
+	for k, until := range d.keys {
+		if !now.Before(until) {
+			delete(d.keys, k)
+		}
+	}
+	d.active.Store(len(d.keys) > 0 || now.Before(d.allUntil))
 }
 
 // inDoubt reports whether a failed write may still happen: Redis gave no
