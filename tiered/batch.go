@@ -234,11 +234,7 @@ func (c *Cache[V]) newBatchState(keys []string) *batchState[V] {
 func (c *Cache[V]) protect(st *batchState[V], fn func()) {
 	defer func() {
 		if r := recover(); r != nil {
-			pe := newPanicError("", r)
-			c.st.panics.Add(1)
-			c.log.Error("nearcache: batch loader panicked", zap.Int("keys", len(st.keys)), zap.Any("panic", r),
-				zap.ByteString("stack", pe.Stack))
-			var err error = pe
+			err := c.loadPanicked("", r, zap.Int("batch_keys", len(st.keys)))
 			for i := range st.res {
 				if !st.res[i].ok {
 					st.res[i] = batchResult[V]{err: err, ok: true}

@@ -41,12 +41,13 @@ func newPanicError(key string, r any) *PanicError {
 }
 
 // loadPanicked counts and logs (with its stack) a panic recovered from the
-// work of key's flight, and returns the error its waiters get. It must be
-// called by the deferred function that recovered r.
-func (c *Cache[V]) loadPanicked(key string, r any) error {
+// work of key's flight (key "" for a batch, described by fields), and
+// returns the error its waiters get. It must be called by the deferred
+// function that recovered r.
+func (c *Cache[V]) loadPanicked(key string, r any, fields ...zap.Field) error {
 	pe := newPanicError(key, r)
 	c.st.panics.Add(1)
-	c.log.Error("nearcache: loader panicked", zap.String("key", key), zap.Any("panic", r),
-		zap.ByteString("stack", pe.Stack))
+	c.log.Error("nearcache: loader panicked", append(fields, zap.String("key", key), zap.Any("panic", r),
+		zap.ByteString("stack", pe.Stack))...)
 	return pe
 }

@@ -21,10 +21,8 @@ func honoursDeadlines(r redis.UniversalClient) bool {
 		return r.Options().ContextTimeoutEnabled
 	case *redis.ClusterClient:
 		return r.Options().ContextTimeoutEnabled
-	case *redis.Ring:
-		return r.Options().ContextTimeoutEnabled
 	}
-	return false
+	return false // a Ring is refused by checkRouting
 }
 
 // ErrReplicaRouting reports a Config.Redis that may send reads to replicas.

@@ -33,16 +33,16 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 	if c.isDone.Load() {
 		return ErrClosed
 	}
+	keys := slices.Collect(maps.Keys(items))
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("tiered: set %s: %w", keysLabel(slices.Collect(maps.Keys(items))), err)
+		return fmt.Errorf("tiered: set %s: %w", keysLabel(keys), err)
 	}
 	if len(items) == 0 {
 		return nil
 	}
 	o := c.options(opts)
-	keys := slices.Collect(maps.Keys(items))
 	if c.l2 == nil {
-		return c.setLocal(items, o)
+		return c.setLocal(keys, items, o)
 	}
 	entries := make(map[string]l2.Entry, len(items))
 	for k, v := range items {
@@ -93,14 +93,14 @@ func (c *Cache[V]) DeleteMany(ctx context.Context, keys []string, opts ...Option
 		return c.deleteLocal(keys, o)
 	}
 	tomb := c.cfg.LoadTimeout + 2*max(c.cfg.RedisTimeout, 0) + time.Second
-	wo := []l2.WriteOption{l2.Notify(c.notifyDelete), nil}
+	wo := []l2.WriteOption{l2.Notify(c.notifyDelete)}
 	if o.version != 0 {
 		// As long as a value written now would live; the script also keeps
 		// it at least as long as the value it replaces.
 		tomb = max(tomb, o.ttl+c.cfg.FailSafeMaxStale)
 		wo = append(wo, l2.Version(o.version))
 	}
-	wo[1] = l2.Tombstone(tomb)
+	wo = append(wo, l2.Tombstone(tomb))
 	return c.write(ctx, "delete", keys, func(ctx context.Context) error {
 		_, err := c.l2.DeleteMany(ctx, keys, wo...)
 		return err
@@ -115,8 +115,7 @@ const maxLocalVersions = 1 << 20
 // (which may drop or evict a value at any time), under verMu, so that two
 // versioned writers of a key cannot interleave between the comparison and
 // the fill.
-func (c *Cache[V]) setLocal(items map[string]V, o callOptions) error {
-	keys := slices.Collect(maps.Keys(items))
+func (c *Cache[V]) setLocal(keys []string, items map[string]V, o callOptions) error {
 	if o.version == 0 {
 		c.invalidateLocal(keys...)
 		for k, v := range items {
