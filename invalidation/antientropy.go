@@ -104,16 +104,15 @@ func (b *Bus) checkEpoch(ctx context.Context, st *aeState) error {
 	if b.cluster != nil {
 		return b.checkClusterEpochs(ctx, st)
 	}
-	var raw [16]byte
-	_, _ = rand.Read(raw[:])
-	fresh := hex.EncodeToString(raw[:])
-	created, err := b.client.SetNX(ctx, b.epochKey, fresh, 0).Result()
+	fresh := freshEpoch()
+	key := b.epochKeyFor(0)
+	created, err := b.client.SetNX(ctx, key, fresh, 0).Result()
 	if err != nil {
 		return err
 	}
 	cur := fresh
 	if !created {
-		cur, err = b.client.Get(ctx, b.epochKey).Result()
+		cur, err = b.client.Get(ctx, key).Result()
 		if errors.Is(err, redis.Nil) {
 			cur = "" // deleted between the two commands: changed
 		} else if err != nil {
@@ -182,7 +181,16 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 	return nil
 }
 
-// epochKeyFor is the epoch key hash-tagged to slot.
+// freshEpoch is a random epoch key value.
+func freshEpoch() string {
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	return hex.EncodeToString(raw[:])
+}
+
+// epochKeyFor is the epoch key hash-tagged to slot (slot 0 on a standalone
+// or Sentinel-managed Redis; one per master on Redis Cluster, see
+// checkClusterEpochs).
 func (b *Bus) epochKeyFor(slot int) string {
 	return "{" + hashslot.Tag(slot) + "}" + b.cfg.Namespace + ":inv:epoch"
 }
@@ -211,9 +219,7 @@ func (b *Bus) checkClusterEpochs(ctx context.Context, st *aeState) error {
 	if len(owned) == 0 {
 		return errNoMasters
 	}
-	var raw [16]byte
-	_, _ = rand.Read(raw[:])
-	fresh := hex.EncodeToString(raw[:])
+	fresh := freshEpoch()
 	type read struct {
 		addr string
 		slot int

@@ -65,14 +65,13 @@ return seq
 // pub/sub and detects their loss. Create it with [New], start receiving with
 // [Bus.Start], stop with [Bus.Close]. All methods are safe for concurrent use.
 type Bus struct {
-	client   redis.UniversalClient
-	cluster  *redis.ClusterClient // non-nil when client is a cluster client
-	cfg      Config
-	h        Handler
-	own      OwnHandler // h, if it wants own messages; else nil
-	log      *zap.Logger
-	channel  string
-	epochKey string
+	client  redis.UniversalClient
+	cluster *redis.ClusterClient // non-nil when client is a cluster client
+	cfg     Config
+	h       Handler
+	own     OwnHandler // h, if it wants own messages; else nil
+	log     *zap.Logger
+	channel string
 	// routeChannel is subscribed beside channel on a standalone or
 	// Sentinel-managed Redis, with the route check on, and never published
 	// to: PUBSUB NUMSUB of it through the command client tells whether the
@@ -212,7 +211,6 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 		h:         h,
 		log:       cfg.Logger.Named("invalidation"),
 		channel:   cfg.Namespace + ":inv",
-		epochKey:  "{" + hashslot.Tag(0) + "}" + cfg.Namespace + ":inv:epoch", // standalone and Sentinel; Redis Cluster: one per master (checkClusterEpochs)
 		queue:     make(chan item, cfg.BufferSize),
 		wake:      make(chan struct{}, 1),
 		last:      make(map[int]track),
