@@ -464,9 +464,7 @@ func (b *Bus) drain(ctx context.Context) bool {
 		case <-t.C:
 		}
 	} else {
-		b.lifeMu.Lock()
-		s := b.subs[""]
-		b.lifeMu.Unlock()
+		s := b.singleSub()
 		if s == nil {
 			return false
 		}

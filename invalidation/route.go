@@ -80,6 +80,14 @@ func (b *Bus) routeWatch(ctx context.Context) {
 	}
 }
 
+// singleSub is the subscription on a standalone or Sentinel-managed Redis
+// (nil before Start, after Close, and on Redis Cluster).
+func (b *Bus) singleSub() *sub {
+	b.lifeMu.Lock()
+	defer b.lifeMu.Unlock()
+	return b.subs[""]
+}
+
 // maxRouteBackoff bounds the wait between route checks after replacements
 // in a row.
 const maxRouteBackoff = 30 * time.Second
@@ -111,9 +119,7 @@ func (b *Bus) checkRoute(ctx context.Context) (routeResult, error) {
 	if !b.routeOn.Load() {
 		return routeSkipped, nil
 	}
-	b.lifeMu.Lock()
-	s := b.subs[""]
-	b.lifeMu.Unlock()
+	s := b.singleSub()
 	if s == nil || !s.live.Load() {
 		return routeSkipped, nil
 	}
@@ -184,9 +190,7 @@ func (b *Bus) routeRefused(err error) {
 // subscription already on the server behind the commands (or finds it
 // being re-established by go-redis), replace it.
 func (b *Bus) followServer(ctx context.Context) {
-	b.lifeMu.Lock()
-	s := b.subs[""]
-	b.lifeMu.Unlock()
+	s := b.singleSub()
 	if s == nil {
 		return
 	}
