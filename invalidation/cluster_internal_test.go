@@ -171,6 +171,18 @@ func BenchmarkClusterAERoundAllSlots(b *testing.B) {
 	b.ReportMetric(float64(len(st.partitions)), "keys/round")
 }
 
+// pathFeed returns a function that hands b, as received on subscription
+// path, an OpDelete of key numbered seq on partition 0, published by another
+// instance.
+func pathFeed(t *testing.T, b *Bus) func(path int, seq uint64, key string) {
+	other := InstanceID{7}
+	return func(path int, seq uint64, key string) {
+		t.Helper()
+		body := encode(other, 0, OpDelete, time.Now().UnixNano(), []string{key}, nil)
+		b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10), recv: time.Now(), path: path}, nil)
+	}
+}
+
 // TestClusterResetAfterResetRepair: anti-entropy repairs a reset (Redis
 // below what was applied) and tracks from Redis's value; the paths keep
 // their memory, lowered to that value. A second reset before the next
@@ -190,12 +202,7 @@ func TestClusterResetAfterResetRepair(t *testing.T) {
 			t.Fatal(err)
 		}
 		b.multiPath = true
-		other := InstanceID{7}
-		feed := func(path int, seq uint64, key string) {
-			t.Helper()
-			body := encode(other, 0, OpDelete, time.Now().UnixNano(), []string{key}, nil)
-			b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10), recv: time.Now(), path: path}, nil)
-		}
+		feed := pathFeed(t, b)
 		for s := uint64(1); s <= 10; s++ {
 			feed(1, s, "k")
 			feed(2, s, "k")

@@ -37,6 +37,25 @@ func waitRounds(t *testing.T, b *invalidation.Bus, n uint64) {
 	waitFor(t, 30*time.Second, "anti-entropy rounds", func() bool { return b.Stats().AERounds >= r0+n })
 }
 
+// publishEachApplied publishes a delete of each key of want through a on
+// partition p (one message per key, in order) and waits until rb has been
+// handed every one of them.
+func publishEachApplied(t *testing.T, a *invalidation.Bus, p int, rb *recorder, what string, want []string) {
+	t.Helper()
+	for _, k := range want {
+		publishDelete(t, a, p, k)
+	}
+	waitFor(t, 5*time.Second, what, func() bool {
+		keys := rb.Keys()
+		for _, k := range want {
+			if !slices.Contains(keys, k) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // TestRedisClusterSeqResetAmongAllSlots: with all 16384 slots tracked, the
 // sequence key of one slot is deleted (as an eviction or a flush would) and
 // that slot gets a write. Its invalidation is applied at once (not dropped
@@ -174,18 +193,7 @@ func TestRedisClusterReplayKeepsNothingStale(t *testing.T) {
 	})
 	waitFor(t, 5*time.Second, "the replay's gap repair", func() bool { return rb.HasAll(invalidation.CauseGap) })
 	want := []string{"real-0", "real-1", "real-2"}
-	for _, k := range want {
-		publishDelete(t, a, p, k)
-	}
-	waitFor(t, 5*time.Second, "the genuine writes after the replay", func() bool {
-		keys := rb.Keys()
-		for _, k := range want {
-			if !slices.Contains(keys, k) {
-				return false
-			}
-		}
-		return true
-	})
+	publishEachApplied(t, a, p, rb, "the genuine writes after the replay", want)
 }
 
 // TestRedisClusterSeqResetOvertaken: a slot's sequence key is reset and
@@ -214,18 +222,7 @@ func TestRedisClusterSeqResetOvertaken(t *testing.T) {
 	}
 	start := time.Now()
 	want := []string{"r1", "r2", "r3"} // sequences 1, 2 (at or below the old last) and 3
-	for _, k := range want {
-		publishDelete(t, a, p, k)
-	}
-	waitFor(t, 5*time.Second, "the writes after the reset", func() bool {
-		keys := rb.Keys()
-		for _, k := range want {
-			if !slices.Contains(keys, k) {
-				return false
-			}
-		}
-		return true
-	})
+	publishEachApplied(t, a, p, rb, "the writes after the reset", want)
 	waitFor(t, 30*time.Second, "the reset repair", func() bool { return rb.HasAll(invalidation.CauseSeqReset) })
 	if took := time.Since(start); took > 2*iv {
 		t.Errorf("reset repaired after %v, want within 2 intervals (%v)", took, 2*iv)

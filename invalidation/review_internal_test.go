@@ -2,9 +2,7 @@ package invalidation
 
 import (
 	"context"
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
@@ -32,12 +30,7 @@ func TestReviewClusterResetAfterRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.multiPath = true // as on Redis Cluster: one subscription per master
-	other := InstanceID{7}
-	feed := func(path int, seq uint64, key string) {
-		t.Helper()
-		body := encode(other, 0, OpDelete, time.Now().UnixNano(), []string{key}, nil)
-		b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10), recv: time.Now(), path: path}, nil)
-	}
+	feed := pathFeed(t, b)
 	// Ten messages, each copy arriving on both subscriptions.
 	for s := uint64(1); s <= 10; s++ {
 		feed(1, s, "k")

@@ -2,6 +2,7 @@ package invalidation_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -39,28 +40,22 @@ func TestReviewACLChannelGrant(t *testing.T) {
 	// With the route check on (default) and off (negative: the route
 	// channel is still subscribed).
 	for _, iv := range []time.Duration{0, -1} {
-		b, err := invalidation.New(c, invalidation.Config{Namespace: "acl", RouteCheckInterval: iv}, newRecorder())
-		if err != nil {
-			t.Fatal(err)
-		}
-		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err = b.Start(sctx)
-		cancel()
-		if err != nil {
-			t.Errorf("RouteCheckInterval %v: Start with a user granted &acl:inv: %v", iv, err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			n, err := admin.PubSubNumSub(ctx, "acl:inv").Result()
-			if err == nil && n["acl:inv"] == 1 {
-				break
+		t.Run(fmt.Sprintf("RouteCheckInterval=%v", iv), func(t *testing.T) {
+			b, err := invalidation.New(c, invalidation.Config{Namespace: "acl", RouteCheckInterval: iv}, newRecorder())
+			if err != nil {
+				t.Fatal(err)
 			}
-			if time.Now().After(deadline) {
-				t.Errorf("RouteCheckInterval %v: the bus never subscribed acl:inv with a user granted that channel", iv)
-				break
+			t.Cleanup(func() { _ = b.Close() })
+			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			err = b.Start(sctx)
+			cancel()
+			if err != nil {
+				t.Errorf("RouteCheckInterval %v: Start with a user granted &acl:inv: %v", iv, err)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		_ = b.Close()
+			waitFor(t, 5*time.Second, fmt.Sprintf("RouteCheckInterval %v: the bus to subscribe acl:inv with a user granted that channel", iv), func() bool {
+				n, err := admin.PubSubNumSub(ctx, "acl:inv").Result()
+				return err == nil && n["acl:inv"] == 1
+			})
+		})
 	}
 }
