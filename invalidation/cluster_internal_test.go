@@ -183,6 +183,22 @@ func pathFeed(t *testing.T, b *Bus) func(path int, seq uint64, key string) {
 	}
 }
 
+// multiPathBus is an unstarted bus on miniredis that tracks sequences as on
+// Redis Cluster (one subscription per master, fed by pathFeed).
+func multiPathBus(t *testing.T) (*Bus, *countingHandler, *miniredis.Miniredis) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	h := &countingHandler{}
+	b, err := New(c, Config{}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.multiPath = true
+	return b, h, mr
+}
+
 // TestClusterResetAfterResetRepair: anti-entropy repairs a reset (Redis
 // below what was applied) and tracks from Redis's value; the paths keep
 // their memory, lowered to that value. A second reset before the next
@@ -193,15 +209,7 @@ func TestClusterResetAfterResetRepair(t *testing.T) {
 	// setup: ten messages on two paths, then the key is reset and three
 	// messages of the new numbering are in flight: anti-entropy reads 3.
 	setup := func(t *testing.T) (*Bus, *countingHandler, *miniredis.Miniredis, func(path int, seq uint64, key string)) {
-		mr := miniredis.RunT(t)
-		c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-		t.Cleanup(func() { _ = c.Close() })
-		h := &countingHandler{}
-		b, err := New(c, Config{}, h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.multiPath = true
+		b, h, mr := multiPathBus(t)
 		feed := pathFeed(t, b)
 		for s := uint64(1); s <= 10; s++ {
 			feed(1, s, "k")

@@ -3,12 +3,9 @@ package invalidation
 import (
 	"context"
 	"testing"
-
-	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/go-redis/v9"
 )
 
-// Failing tests from the review of issue 11's fixes.
+// Tests from the review of issue 11's fixes: each failed before its fix.
 
 // TestReviewClusterResetAfterRepair: README says that on Redis Cluster "a
 // reset sequence key (evicted, flushed, a failover to a lagging replica)
@@ -21,15 +18,7 @@ import (
 // copy. (Anti-entropy repairs it with InvalidateAll a round later, but the
 // invalidation itself was skipped.)
 func TestReviewClusterResetAfterRepair(t *testing.T) {
-	mr := miniredis.RunT(t)
-	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { _ = c.Close() })
-	h := &countingHandler{}
-	b, err := New(c, Config{}, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.multiPath = true // as on Redis Cluster: one subscription per master
+	b, h, mr := multiPathBus(t)
 	feed := pathFeed(t, b)
 	// Ten messages, each copy arriving on both subscriptions.
 	for s := uint64(1); s <= 10; s++ {

@@ -12,7 +12,7 @@ import (
 	"github.com/nearcache/nearcache/invalidation"
 )
 
-// Failing tests from the review of issue 11's fixes.
+// Tests from the review of issue 11's fixes: each failed before its fix.
 
 // TestReviewACLChannelGrant: a deployment whose ACL user may use exactly the
 // invalidation channel (&NS:inv; Redis 7 users start with no channels)

@@ -352,11 +352,13 @@ func TestNewerOrEqual(t *testing.T) {
 // fills dropped when the stage is handed over are counted and harmless: every
 // staged fill is either set or dropped, and the cache still holds and serves
 // exactly one entry.
-func TestSetDroppedByFullBuffer(t *testing.T) {
-	c := newTest[int](t, Config{MaxEntries: 1}, nil)
-	fill(t, c, "first", 1, 0)
-
-	blocked, release := make(chan struct{}), make(chan struct{})
+// blockFirstCallback makes the first ristretto callback (an eviction or
+// rejection) close blocked and wait for release, so that the test controls
+// when ristretto's goroutine goes on. Later callbacks pass; the test's end
+// releases a callback still waiting.
+func blockFirstCallback[V any](t *testing.T, c *Cache[V]) (blocked, release chan struct{}) {
+	t.Helper()
+	blocked, release = make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	c.hookCallback = func() {
 		once.Do(func() {
@@ -364,14 +366,22 @@ func TestSetDroppedByFullBuffer(t *testing.T) {
 			<-release
 		})
 	}
-	defer func() {
+	t.Cleanup(func() {
 		once.Do(func() {}) // a late callback must not block
 		select {
 		case <-release:
 		default:
 			close(release)
 		}
-	}()
+	})
+	return blocked, release
+}
+
+func TestSetDroppedByFullBuffer(t *testing.T) {
+	c := newTest[int](t, Config{MaxEntries: 1}, nil)
+	fill(t, c, "first", 1, 0)
+
+	blocked, release := blockFirstCallback(t, c)
 	// A second key in a full cache makes ristretto evict or reject: the
 	// callback blocks its goroutine.
 	before := c.Stats().Fills
@@ -819,22 +829,7 @@ func TestEntriesAfterReapply(t *testing.T) {
 	c := newTest[int](t, Config{MaxBytes: 10_000}, func(v int) int64 { return int64(v) })
 	fill(t, c, "a", 6000, 0)
 
-	blocked, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	c.hookCallback = func() {
-		once.Do(func() {
-			close(blocked)
-			<-release
-		})
-	}
-	defer func() {
-		once.Do(func() {})
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	}()
+	blocked, release := blockFirstCallback(t, c)
 	// "a" and "b" do not fit together: ristretto evicts one or rejects "b",
 	// and the callback blocks its goroutine. Either way about 3.8 kB stay
 	// free, room for "k".
