@@ -15,6 +15,7 @@ import (
 
 	"github.com/nearcache/nearcache/internal/hashslot"
 	"github.com/nearcache/nearcache/internal/redisinfo"
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
 // maxAEKeys bounds the sequence keys of quiet partitions read per
@@ -192,7 +193,7 @@ func freshEpoch() string {
 // or Sentinel-managed Redis; one per master on Redis Cluster, see
 // checkClusterEpochs).
 func (b *Bus) epochKeyFor(slot int) string {
-	return "{" + hashslot.Tag(slot) + "}" + b.cfg.Namespace + ":inv:epoch"
+	return wire.EpochKey(b.cfg.Namespace, slot)
 }
 
 // checkClusterEpochs keeps one epoch key per master of a Redis Cluster, in

@@ -3,7 +3,6 @@ package invalidation
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,8 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/nearcache/nearcache/internal/hashslot"
 	"github.com/nearcache/nearcache/internal/wait"
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
 // Errors returned by the bus.
@@ -50,16 +49,6 @@ type OwnHandler interface {
 	// OwnClear reports an own clear-all message.
 	OwnClear()
 }
-
-// publishScript increments the partition's sequence key and publishes the
-// body followed by the new sequence in decimal, atomically: the same payload
-// contract as l2's write scripts. string.format keeps the number in integer
-// notation (tostring would switch to exponent notation at 1e14).
-var publishScript = redis.NewScript(`
-local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. string.format('%d', seq))
-return seq
-`)
 
 // Bus publishes and receives sequenced invalidation messages over Redis
 // pub/sub and detects their loss. Create it with [New], start receiving with
@@ -210,7 +199,7 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 		cfg:       cfg,
 		h:         h,
 		log:       cfg.Logger.Named("invalidation"),
-		channel:   cfg.Namespace + ":inv",
+		channel:   wire.Channel(cfg.Namespace),
 		queue:     make(chan item, cfg.BufferSize),
 		wake:      make(chan struct{}, 1),
 		last:      make(map[int]track),
@@ -222,7 +211,7 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 	b.cluster, _ = client.(*redis.ClusterClient)
 	b.multiPath = b.cluster != nil
 	if _, ok := client.(*redis.Client); ok && cfg.RouteCheckInterval > 0 {
-		b.routeChannel = b.channel + ":route:" + hex.EncodeToString(cfg.InstanceID[:])
+		b.routeChannel = wire.RouteChannel(cfg.Namespace, cfg.InstanceID)
 		b.routeOn.Store(true)
 	}
 	b.gapGrace = gapGrace(cfg.AntiEntropyInterval)
@@ -241,30 +230,38 @@ func (b *Bus) InstanceID() InstanceID { return b.cfg.InstanceID }
 // single-slot on Redis Cluster. The tag comes first, so braces in the
 // namespace cannot move the key. A partition outside [0, 16384) is reduced
 // modulo 16384.
-func (b *Bus) SeqKey(partition int) string {
-	return "{" + hashslot.Tag(normPartition(partition)) + "}" + b.cfg.Namespace + ":inv:seq"
-}
-
-func normPartition(p int) int {
-	p %= hashslot.Count
-	if p < 0 {
-		p += hashslot.Count
-	}
-	return p
-}
+func (b *Bus) SeqKey(partition int) string { return wire.SeqKey(b.cfg.Namespace, partition) }
 
 // EncodeDelete returns the body of a message that invalidates keys (without
 // the namespace prefix) in partition, to be published with the partition's
 // sequence appended (by l2's scripts or [Bus.Publish]). A body that would
 // exceed MaxBodySize becomes a clear-all.
 func (b *Bus) EncodeDelete(partition int, keys []string) []byte {
-	return encode(b.cfg.InstanceID, normPartition(partition), OpDelete, time.Now().UnixNano(), keys, b.cfg.HMACKey)
+	return encode(b.cfg.InstanceID, wire.Partition(partition), OpDelete, time.Now().UnixNano(), keys, b.cfg.HMACKey)
 }
 
 // EncodeClear returns the body of a message that makes every other instance
 // drop its whole local cache.
 func (b *Bus) EncodeClear(partition int) []byte {
-	return encode(b.cfg.InstanceID, normPartition(partition), OpClear, time.Now().UnixNano(), nil, b.cfg.HMACKey)
+	return encode(b.cfg.InstanceID, wire.Partition(partition), OpClear, time.Now().UnixNano(), nil, b.cfg.HMACKey)
+}
+
+// NotifyDelete is the notification that invalidates keys (without the
+// namespace prefix) of partition: the channel, the partition's sequence key
+// and EncodeDelete's body. It has the shape of l2.NotifyFunc, so l2's write
+// scripts publish it with their writes.
+func (b *Bus) NotifyDelete(partition int, keys []string) wire.Notification {
+	return b.notification(partition, b.EncodeDelete(partition, keys))
+}
+
+// NotifyClear is the notification that makes every other instance drop its
+// whole local cache (keys are ignored), in NotifyDelete's shape.
+func (b *Bus) NotifyClear(partition int, _ []string) wire.Notification {
+	return b.notification(partition, b.EncodeClear(partition))
+}
+
+func (b *Bus) notification(partition int, body []byte) wire.Notification {
+	return wire.Notification{Channel: b.channel, SeqKey: b.SeqKey(partition), Body: body}
 }
 
 // Publish atomically increments the partition's sequence key and publishes
@@ -274,7 +271,7 @@ func (b *Bus) Publish(ctx context.Context, partition int, body []byte) error {
 	if b.isClosed() {
 		return ErrClosed
 	}
-	err := publishScript.Run(ctx, b.client, []string{b.SeqKey(partition)}, b.channel, body).Err()
+	err := wire.Publish(ctx, b.client, b.notification(partition, body))
 	if err != nil {
 		return err
 	}

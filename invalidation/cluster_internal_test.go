@@ -4,7 +4,6 @@ import (
 	"context"
 	"maps"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/nearcache/nearcache/internal/hashslot"
 	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
 type causeLog struct {
@@ -179,7 +179,7 @@ func pathFeed(t *testing.T, b *Bus) func(path int, seq uint64, key string) {
 	return func(path int, seq uint64, key string) {
 		t.Helper()
 		body := encode(other, 0, OpDelete, time.Now().UnixNano(), []string{key}, nil)
-		b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10), recv: time.Now(), path: path}, nil)
+		b.handle(item{payload: string(wire.AppendSeq(body, seq)), recv: time.Now(), path: path}, nil)
 	}
 }
 

@@ -3,6 +3,7 @@ package invalidation
 import (
 	"context"
 
+	"github.com/nearcache/nearcache/internal/wire"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -14,5 +15,7 @@ func SetTestDrop(cfg *Config, f func(partition int, seq uint64) bool) { cfg.test
 // the PUBLISH of body with the new sequence), for tests that publish on
 // thousands of partitions at once.
 func (b *Bus) PublishPipelined(ctx context.Context, pipe redis.Pipeliner, partition int, body []byte) {
-	publishScript.Eval(ctx, pipe, []string{b.SeqKey(partition)}, b.channel, body)
+	n := b.notification(partition, body)
+	keys, argv := wire.Args(nil, &n)
+	wire.PublishScript.Eval(ctx, pipe, keys, argv...)
 }

@@ -6,9 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
-	"strconv"
 
 	"github.com/nearcache/nearcache/internal/hashslot"
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
 // Wire format constants. See the package documentation, "Message format".
@@ -24,12 +24,9 @@ const (
 	// and the decoder rejects anything larger.
 	MaxBodySize = 1 << 20
 
-	// maxSeqDigits bounds the trailing decimal sequence number.
-	maxSeqDigits = 20
-
 	// maxPayload bounds a payload: a body and its sequence. The reader
 	// drops longer ones before queueing them.
-	maxPayload = MaxBodySize + maxSeqDigits
+	maxPayload = MaxBodySize + wire.MaxSeqDigits
 )
 
 // Op is what a message asks receivers to do.
@@ -159,7 +156,7 @@ func decode(p string, macKey []byte, keys []string) (message, error) {
 	if p[1] != version || flags&^flagSigned != 0 {
 		return m, errDecode
 	}
-	seq, ok := parseSeq(p[bodyLen:])
+	seq, ok := wire.ParseSeq(p[bodyLen:])
 	if !ok {
 		return m, errDecode
 	}
@@ -221,19 +218,4 @@ func uvarint(s string) (uint64, int) {
 		shift += 7
 	}
 	return 0, 0
-}
-
-// parseSeq parses the trailing sequence: 1 to 20 ASCII digits, no sign, no
-// leading zero, a value in [1, 2^64).
-func parseSeq(s string) (uint64, bool) {
-	if len(s) == 0 || len(s) > maxSeqDigits || s[0] == '0' {
-		return 0, false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, false
-		}
-	}
-	v, err := strconv.ParseUint(s, 10, 64)
-	return v, err == nil
 }

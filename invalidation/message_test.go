@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
 var testOrigin = InstanceID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
@@ -148,7 +149,7 @@ func FuzzDecode(f *testing.F) {
 		if m.op == OpDelete {
 			keys = m.keys
 		}
-		re := string(encode(m.origin, m.partition, m.op, m.unixNanos, keys, k)) + strconv.FormatUint(m.seq, 10)
+		re := string(wire.AppendSeq(encode(m.origin, m.partition, m.op, m.unixNanos, keys, k), m.seq))
 		if k != nil && re != payload {
 			t.Fatalf("re-encoding differs:\n got %q\nwant %q", re, payload)
 		}

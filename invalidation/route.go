@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nearcache/nearcache/internal/wire"
 	"go.uber.org/zap"
 )
 
@@ -182,7 +183,7 @@ func (b *Bus) routeRefused(err error) {
 		return
 	}
 	b.log.Warn("Redis refused the route channel; the route check is off, so after a Sentinel failover the subscription follows the new master only at anti-entropy's run id check (about one AntiEntropyInterval) instead of within RouteCheckInterval: for fast failover detection grant the user the channel pattern",
-		zap.String("grant", "&"+b.channel+":route:*"), zap.String("channel", b.routeChannel), zap.Error(err))
+		zap.String("grant", "&"+wire.RouteChannels(b.cfg.Namespace)), zap.String("channel", b.routeChannel), zap.Error(err))
 }
 
 // followServer is anti-entropy's reaction to a changed run id on a

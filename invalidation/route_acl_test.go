@@ -2,7 +2,6 @@ package invalidation_test
 
 import (
 	"context"
-	"encoding/hex"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/internal/wire"
 	"github.com/nearcache/nearcache/invalidation"
 )
 
@@ -102,7 +102,7 @@ func TestRouteChannelGrantRevoked(t *testing.T) {
 	rec := newRecorder()
 	b := startBus(t, c, invalidation.Config{Namespace: "acl", RouteCheckInterval: 5 * time.Millisecond}, rec)
 	id := b.InstanceID()
-	route := "acl:inv:route:" + hex.EncodeToString(id[:])
+	route := wire.RouteChannel("acl", id)
 	waitFor(t, 5*time.Second, "both channels subscribed", func() bool {
 		return numSub(t, admin, "acl:inv") == 1 && numSub(t, admin, route) == 1
 	})

@@ -1,10 +1,10 @@
 package invalidation
 
 import (
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/nearcache/nearcache/internal/wire"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -37,7 +37,7 @@ func TestSequenceTracking(t *testing.T) {
 	feed := func(p int, seq uint64) {
 		t.Helper()
 		body := encode(other, p, OpDelete, time.Now().UnixNano(), []string{"k"}, nil)
-		b.handle(item{payload: string(body) + strconv.FormatUint(seq, 10)}, nil)
+		b.handle(item{payload: string(wire.AppendSeq(body, seq))}, nil)
 	}
 	steps := []struct {
 		name      string
@@ -157,7 +157,7 @@ func TestMultiPathHandle(t *testing.T) {
 		t.Helper()
 		for i := 0; i < len(pathSeqs); i += 2 {
 			body := encode(other, p, OpDelete, time.Now().UnixNano(), []string{"k"}, nil)
-			b.handle(item{payload: string(body) + strconv.FormatUint(pathSeqs[i+1], 10), path: int(pathSeqs[i])}, nil)
+			b.handle(item{payload: string(wire.AppendSeq(body, pathSeqs[i+1])), path: int(pathSeqs[i])}, nil)
 		}
 		b.applyPending()
 	}
@@ -212,7 +212,7 @@ func TestHandleDoesNotAllocate(t *testing.T) {
 	body := string(encode(InstanceID{9}, 0, OpDelete, time.Now().UnixNano(), []string{"user:1", "user:2", "cart:7"}, nil))
 	payloads := make([]string, 200)
 	for i := range payloads {
-		payloads[i] = body + strconv.Itoa(i+1)
+		payloads[i] = string(wire.AppendSeq([]byte(body), uint64(i+1)))
 	}
 	var keys []string
 	i := 0

@@ -17,7 +17,7 @@ import (
 //	[8 bytes]   soft expiry, Unix milliseconds (if 0x04)
 //	[8 bytes]   hard expiry, Unix milliseconds (if 0x08)
 //	[8 bytes]   version (if 0x20): the writer's version of the value; the
-//	            write scripts read it here (see notifyScript)
+//	            write scripts read it here (see the write scripts in notify.go)
 //	[metadata]  uvarint pair count, then per pair: uvarint len, key bytes,
 //	            uvarint len, value bytes (if 0x02)
 //	payload     the rest

@@ -6,18 +6,16 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
-// Notification is published atomically with a write. The published payload
-// is Body followed immediately by the partition's new sequence number in
-// ASCII decimal; l2 does not otherwise interpret it.
-type Notification struct {
-	Channel string
-	// SeqKey is the partition's sequence key. On a Cluster it must hash to the
-	// partition's slot (use a hash tag), so the script stays single-slot.
-	SeqKey string
-	Body   []byte
-}
+// Notification is published atomically with a write: Body followed
+// immediately by the partition's new sequence number in ASCII decimal (the
+// wire contract, internal/wire). l2 does not otherwise interpret it. SeqKey
+// must hash to the partition's slot on a Cluster, so the script stays
+// single-slot.
+type Notification = wire.Notification
 
 // NotifyFunc builds the notification for one group of keys written together:
 // partition is their hash slot on a Cluster (0 otherwise), keys are the
@@ -84,49 +82,34 @@ func applyWrite(opts []WriteOption) writeOptions {
 	return o
 }
 
-// notifyScript: KEYS = data keys..., sequence key (last, only when the
-// channel is not empty). ARGV = channel ("" = write without notification),
-// body, mode, then per data key: for "set" and "tomb" (value, ttl ms); for
-// "cas" (value, ttl ms, expected bytes; "" = must be absent); for "vset" and
-// "vtomb" (value, ttl ms, version as 8 big-endian bytes; "" = unversioned);
-// "del" and "none" take nothing. The sequence key is validated before
-// anything is written, and nothing after the first write can fail, so the
-// writes, the new sequence and the PUBLISH happen together or not at all.
+// The write scripts, one per write shape, each framed by wire.NewScript
+// (the sequence check before the write; the new sequence and the PUBLISH
+// after it, unless the write returns early because it wrote nothing). Their
+// own ARGV (after the frame's channel and body), per data key: setScript and
+// tombScript take (value, ttl ms); casScript (value, ttl ms, expected bytes;
+// "" = must be absent); vsetScript and vtombScript (value, ttl ms, version as
+// 8 big-endian bytes; "" = unversioned); delScript and wire's publish-only
+// script take nothing.
 //
-// "vset"/"vtomb" refuse a versioned write whose version is not above the
-// stored one. Every other write ("set", "tomb", "cas", an unversioned key of
-// "vset") goes through but keeps the stored version, inserted into the new
+// vsetScript and vtombScript refuse a versioned write whose version is not
+// above the stored one. Every other write (set, tomb, cas, an unversioned key
+// of vset) goes through but keeps the stored version, inserted into the new
 // envelope (inherit): Redis remembers the highest version of a key while the
-// key lives, and every write over a versioned value ("vtomb", and any write
+// key lives, and every write over a versioned value (vtomb, and any write
 // that keeps a version) lives at least as long as that value would have
 // (outlive; forever if it had no expiry), so no write shortens that memory.
 // Bytes that Go's decoder would reject (unknown flags, version 0) carry no
-// version. A "cas" write-back is safe to
-// label with the version it replaces: it read exactly those bytes before its
-// loader read the database. These modes
-// publish only if they wrote at least one key. "cas" returns one 0/1 flag
-// per key; "vset" returns per key 1 (written) or the stored version (8
-// bytes) that refused it, and "vtomb" the same with 2 for a key that was
-// absent; the other modes return a count (keys
-// written, or keys that existed). The stored version is read from the
-// envelope (see envelope.go): magic 0xC7, format 1, flags, then the soft and
-// hard expiries when flagged, then the version when flag 0x20 is set.
-var notifyScript = redis.NewScript(`
-local notify = ARGV[1] ~= ''
-local n = #KEYS
-local seqkey, cur
-if notify then
-  n = n - 1
-  seqkey = KEYS[#KEYS]
-  cur = redis.call('GET', seqkey)
-end
-local seq = 0
-if cur then
-  seq = tonumber(cur)
-  if seq == nil or seq < 0 or seq ~= math.floor(seq) then
-    return redis.error_reply('ERR nearcache: sequence key holds a non-integer: ' .. seqkey)
-  end
-end
+// version. A cas write-back is safe to label with the version it replaces:
+// it read exactly those bytes before its loader read the database.
+//
+// Replies: casScript returns one 0/1 flag per key; vsetScript per key 1
+// (written) or the stored version (8 bytes) that refused it, and vtombScript
+// the same with 2 for a key that was absent; these publish only if they
+// wrote at least one key. The others return a count (keys written, or keys
+// that existed). The stored version is read from the envelope (see
+// envelope.go): magic 0xC7, format 1, flags, then the soft and hard expiries
+// when flagged, then the version when flag 0x20 is set.
+const luaEnvelope = `
 local function verOffset(flags)
   local off = 4
   if flags % 8 >= 4 then off = off + 8 end
@@ -177,67 +160,71 @@ local function put(k, v, ttl)
     redis.call('SET', k, v, 'PX', ttl)
   end
 end
-local res = 0
-local mode = ARGV[3]
-if mode == 'set' then
-  for i = 1, n do put(KEYS[i], keep(KEYS[i], redis.pcall('GET', KEYS[i]), ARGV[2 + 2*i], ARGV[3 + 2*i])) end
-  res = n
-elseif mode == 'tomb' then
-  for i = 1, n do
-    local have = redis.pcall('GET', KEYS[i])
-    if have ~= false then res = res + 1 end
-    put(KEYS[i], keep(KEYS[i], have, ARGV[2 + 2*i], ARGV[3 + 2*i]))
-  end
-elseif mode == 'del' then
-  for i = 1, n do res = res + redis.call('UNLINK', KEYS[i]) end
-elseif mode == 'cas' then
-  res = {}
-  local wrote = false
-  for i = 1, n do
-    local have = redis.pcall('GET', KEYS[i])
-    local want = ARGV[3 + 3*i]
-    if type(have) == 'table' and have.err then
-      res[i] = 0
-    elseif (have == false and want == '') or (have ~= false and have == want) then
-      put(KEYS[i], keep(KEYS[i], have, ARGV[1 + 3*i], ARGV[2 + 3*i]))
-      res[i] = 1
-      wrote = true
-    else
-      res[i] = 0
+`
+
+// luaVersioned is the body of vsetScript and vtombScript; tomb tells them apart.
+const luaVersioned = `
+res = {}
+local wrote = false
+for i = 1, n do
+  local ver = ARGV[3*i + 2]
+  local have = redis.pcall('GET', KEYS[i])
+  local stored = nil
+  if ver ~= '' and type(have) == 'string' then stored = version(have) end
+  if stored and not newer(ver, stored) then
+    res[i] = stored
+  else
+    local val, ttl = ARGV[3*i], ARGV[3*i + 1]
+    if ver == '' then
+      val, ttl = keep(KEYS[i], have, val, ttl)
+    elseif tomb then
+      ttl = outlive(KEYS[i], ttl)
     end
+    put(KEYS[i], val, ttl)
+    res[i] = 1
+    if tomb and have == false then res[i] = 2 end
+    wrote = true
   end
-  if not wrote then return res end
-elseif mode == 'vset' or mode == 'vtomb' then
-  res = {}
-  local wrote = false
-  for i = 1, n do
-    local ver = ARGV[3 + 3*i]
-    local have = redis.pcall('GET', KEYS[i])
-    local stored = nil
-    if ver ~= '' and type(have) == 'string' then stored = version(have) end
-    if stored and not newer(ver, stored) then
-      res[i] = stored
-    else
-      local val, ttl = ARGV[1 + 3*i], ARGV[2 + 3*i]
-      if ver == '' then
-        val, ttl = keep(KEYS[i], have, val, ttl)
-      elseif mode == 'vtomb' then
-        ttl = outlive(KEYS[i], ttl)
-      end
-      put(KEYS[i], val, ttl)
-      res[i] = 1
-      if mode == 'vtomb' and have == false then res[i] = 2 end
-      wrote = true
-    end
-  end
-  if not wrote then return res end
 end
-if not notify then return res end
-local s = string.format('%d', seq + 1)
-redis.call('SET', seqkey, s)
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. s)
-return res
+if not wrote then return res end
+`
+
+var (
+	setScript = wire.NewScript(luaEnvelope + `
+for i = 1, n do put(KEYS[i], keep(KEYS[i], redis.pcall('GET', KEYS[i]), ARGV[2*i + 1], ARGV[2*i + 2])) end
+res = n
 `)
+	tombScript = wire.NewScript(luaEnvelope + `
+for i = 1, n do
+  local have = redis.pcall('GET', KEYS[i])
+  if have ~= false then res = res + 1 end
+  put(KEYS[i], keep(KEYS[i], have, ARGV[2*i + 1], ARGV[2*i + 2]))
+end
+`)
+	delScript = wire.NewScript(`
+for i = 1, n do res = res + redis.call('UNLINK', KEYS[i]) end
+`)
+	casScript = wire.NewScript(luaEnvelope + `
+res = {}
+local wrote = false
+for i = 1, n do
+  local have = redis.pcall('GET', KEYS[i])
+  local want = ARGV[3*i + 2]
+  if type(have) == 'table' and have.err then
+    res[i] = 0
+  elseif (have == false and want == '') or (have ~= false and have == want) then
+    put(KEYS[i], keep(KEYS[i], have, ARGV[3*i], ARGV[3*i + 1]))
+    res[i] = 1
+    wrote = true
+  else
+    res[i] = 0
+  end
+end
+if not wrote then return res end
+`)
+	vsetScript  = wire.NewScript(luaEnvelope + "local tomb = false\n" + luaVersioned)
+	vtombScript = wire.NewScript(luaEnvelope + "local tomb = true\n" + luaVersioned)
+)
 
 // published reports whether a script with a notification published it: the
 // modes that return a flag per key publish only if they wrote a key.
@@ -254,25 +241,12 @@ func published(reply any) bool {
 	return false
 }
 
-// scriptArgs builds KEYS and ARGV for one script call.
-func scriptArgs(dataKeys []string, n *Notification, mode string, perKey []any) ([]string, []any) {
-	keys := dataKeys
-	argv := make([]any, 0, 3+len(perKey))
-	if n != nil {
-		keys = append(dataKeys[:len(dataKeys):len(dataKeys)], n.SeqKey)
-		argv = append(argv, n.Channel, n.Body, mode)
-	} else {
-		argv = append(argv, "", "", mode)
-	}
-	return keys, append(argv, perKey...)
-}
-
-// runScript runs notifyScript once per partition group of keys (one group on
-// a standalone server): perKey returns ARGV for one key index, fn (nil: no
+// runScript runs sc once per partition group of keys (one group on a
+// standalone server): perKey returns sc's own ARGV for one key index, fn (nil: no
 // notification) builds the group's notification, and reply receives each
 // group's result. A single group uses EVALSHA (falling back to EVAL); several
 // are pipelined with EVAL, so a cold script cache cannot fail half a batch.
-func (s *Store) runScript(ctx context.Context, keys []string, fn NotifyFunc, mode string,
+func (s *Store) runScript(ctx context.Context, keys []string, fn NotifyFunc, sc *redis.Script,
 	perKey func(i int, argv []any) []any, reply func(g slotGroup, v any)) error {
 	groups := s.groups(keys) // a script's keys must share a slot
 	if len(groups) == 0 {
@@ -299,7 +273,7 @@ func (s *Store) runScript(ctx context.Context, keys []string, fn NotifyFunc, mod
 				argv = perKey(i, argv)
 			}
 		}
-		calls[gi].keys, calls[gi].argv = scriptArgs(pick(all, g.idx), n, mode, argv)
+		calls[gi].keys, calls[gi].argv = wire.Args(pick(all, g.idx), n, argv...)
 	}
 	done := func(gi int, v any) {
 		if fn != nil && published(v) {
@@ -310,7 +284,7 @@ func (s *Store) runScript(ctx context.Context, keys []string, fn NotifyFunc, mod
 		}
 	}
 	if len(calls) == 1 {
-		v, err := notifyScript.Run(ctx, s.client, calls[0].keys, calls[0].argv...).Result()
+		v, err := sc.Run(ctx, s.client, calls[0].keys, calls[0].argv...).Result()
 		if err != nil {
 			return err
 		}
@@ -320,7 +294,7 @@ func (s *Store) runScript(ctx context.Context, keys []string, fn NotifyFunc, mod
 	cmds := make([]*redis.Cmd, len(calls))
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, c := range calls {
-			cmds[i] = notifyScript.Eval(ctx, p, c.keys, c.argv...)
+			cmds[i] = sc.Eval(ctx, p, c.keys, c.argv...)
 		}
 		return nil
 	})

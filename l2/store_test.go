@@ -15,8 +15,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
-	"github.com/nearcache/nearcache/internal/hashslot"
 	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -77,7 +77,7 @@ func testNotify(channel string) NotifyFunc {
 	}
 }
 
-func seqKey(p int) string { return "{" + hashslot.Tag(p) + "}test:seq" }
+func seqKey(p int) string { return wire.SeqKey("test", p) }
 
 // subscribe returns a function that waits for the next message on channel.
 func subscribe(t *testing.T, c redis.UniversalClient, channel string) func() (string, bool) {

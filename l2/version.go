@@ -5,7 +5,7 @@ import (
 )
 
 // versionRoom is what the write script may add to e's envelope: the 8-byte
-// version it keeps from the stored value (see notifyScript).
+// version it keeps from the stored value (see the write scripts in notify.go).
 func versionRoom(e *Entry) int {
 	if e.Version != 0 {
 		return 0

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/internal/hashslot"
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
 // ttlArg renders a TTL for SET PX: at least 1 ms, "0" for none.
@@ -87,7 +88,7 @@ func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...W
 	switch {
 	case versioned:
 		refused := s.newRefusals()
-		err = s.runScript(ctx, keys, wo.notify, "vset", func(i int, argv []any) []any {
+		err = s.runScript(ctx, keys, wo.notify, vsetScript, func(i int, argv []any) []any {
 			return append(argv, vals[i], ttlArg(entries[keys[i]].TTL), versionArg(entries[keys[i]].Version))
 		}, func(g slotGroup, v any) {
 			refused.collect(keys, g, v, func(k string) uint64 { return entries[k].Version })
@@ -98,7 +99,7 @@ func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...W
 			return refused.err(op, errKey)
 		}
 	case wo.notify != nil:
-		err = s.runScript(ctx, keys, wo.notify, "set", func(i int, argv []any) []any {
+		err = s.runScript(ctx, keys, wo.notify, setScript, func(i int, argv []any) []any {
 			return append(argv, vals[i], ttlArg(entries[keys[i]].TTL))
 		}, nil)
 	case len(keys) == 1:
@@ -152,7 +153,7 @@ func (s *Store) SetManyIf(ctx context.Context, entries map[string]Entry, old map
 		s.sets.Add(uint64(len(written)))
 		return written, nil
 	}
-	err = s.runScript(ctx, keys, wo.notify, "cas", func(i int, argv []any) []any {
+	err = s.runScript(ctx, keys, wo.notify, casScript, func(i int, argv []any) []any {
 		return append(argv, vals[i], ttlArg(entries[keys[i]].TTL), old[keys[i]])
 	}, func(g slotGroup, v any) {
 		flags, _ := v.([]any)
@@ -280,7 +281,7 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 		ttl := ttlArg(wo.tombstone)
 		now := time.Now()
 		refused := s.newRefusals()
-		err = s.runScript(ctx, keys, wo.notify, "vtomb", func(_ int, argv []any) []any {
+		err = s.runScript(ctx, keys, wo.notify, vtombScript, func(_ int, argv []any) []any {
 			var nonce [8]byte
 			binary.BigEndian.PutUint64(nonce[:], rand.Uint64())
 			e := Entry{Tombstone: true, TTL: wo.tombstone, Value: nonce[:], Version: wo.version}
@@ -302,13 +303,13 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 	case wo.tombstone > 0:
 		ttl := ttlArg(wo.tombstone)
 		now := time.Now()
-		err = s.runScript(ctx, keys, wo.notify, "tomb", func(_ int, argv []any) []any {
+		err = s.runScript(ctx, keys, wo.notify, tombScript, func(_ int, argv []any) []any {
 			var nonce [8]byte
 			binary.BigEndian.PutUint64(nonce[:], rand.Uint64())
 			return append(argv, encode(nil, &Entry{Tombstone: true, TTL: wo.tombstone, Value: nonce[:]}, now), ttl)
 		}, count)
 	case wo.notify != nil:
-		err = s.runScript(ctx, keys, wo.notify, "del", nil, count)
+		err = s.runScript(ctx, keys, wo.notify, delScript, nil, count)
 	default:
 		groups := s.groups(keys)
 		all := s.prefixAll(keys)
@@ -358,7 +359,7 @@ func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
 					keys = append(keys, rest)
 				}
 			}
-			return s.runScript(ctx, keys, wo.notifyKeys, "del", nil, func(_ slotGroup, v any) {
+			return s.runScript(ctx, keys, wo.notifyKeys, delScript, nil, func(_ slotGroup, v any) {
 				n, _ := v.(int64)
 				removed.Add(n)
 			})
@@ -389,7 +390,7 @@ func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
 		return removed.Load(), s.fail("clear", "", err)
 	}
 	if wo.notify != nil {
-		if err := s.runScript(ctx, nil, wo.notify, "none", nil, nil); err != nil {
+		if err := s.runScript(ctx, nil, wo.notify, wire.PublishScript, nil, nil); err != nil {
 			return removed.Load(), s.fail("clear", "", err)
 		}
 	}

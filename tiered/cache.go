@@ -70,10 +70,8 @@ type (
 	}
 	invalidationBus interface {
 		Start(ctx context.Context) error
-		Channel() string
-		SeqKey(partition int) string
-		EncodeDelete(partition int, keys []string) []byte
-		EncodeClear(partition int) []byte
+		NotifyDelete(partition int, keys []string) l2.Notification
+		NotifyClear(partition int, keys []string) l2.Notification
 		PublishClear(ctx context.Context) error
 		Health() invalidation.Health
 		Stats() invalidation.Stats
@@ -206,12 +204,7 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 		return nil, fmt.Errorf("tiered: invalidation: %w", err)
 	}
 	c.l2, c.bus = store, bus
-	c.notifyDelete = func(p int, keys []string) l2.Notification {
-		return l2.Notification{Channel: bus.Channel(), SeqKey: bus.SeqKey(p), Body: bus.EncodeDelete(p, keys)}
-	}
-	c.notifyClear = func(p int, _ []string) l2.Notification {
-		return l2.Notification{Channel: bus.Channel(), SeqKey: bus.SeqKey(p), Body: bus.EncodeClear(p)}
-	}
+	c.notifyDelete, c.notifyClear = bus.NotifyDelete, bus.NotifyClear
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
 	defer cancel()
 	if err := bus.Start(ctx); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/invalidation"
 )
 
 // TestCallerDeadlineDoesNotOpenBreaker: calls whose own ctx has ended (before
@@ -130,10 +131,8 @@ func TestOwnInvalidationOnlyInDoubt(t *testing.T) {
 	publishOwn := func() {
 		t.Helper()
 		own := c.bus.Stats().Own
-		bus := c.bus.(interface {
-			Publish(context.Context, int, []byte) error
-		})
-		if err := bus.Publish(ctx, 0, c.bus.EncodeDelete(0, []string{"k"})); err != nil {
+		bus := c.bus.(*invalidation.Bus)
+		if err := bus.Publish(ctx, 0, bus.EncodeDelete(0, []string{"k"})); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "the own message", func() bool { return c.bus.Stats().Own > own })

@@ -122,6 +122,15 @@ func TestReviewInDoubtClear(t *testing.T) {
 	}
 	// Hold back the removal of the key (the batch's write script names it;
 	// the clear-all before it and the reads after it pass).
+	// Each write shape has its own script: a Clear of another namespace
+	// caches Clear's scripts, so the held EVALSHA runs when released.
+	warm := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "clrwarm"})
+	if err := warm.Set(bg, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := warm.Clear(bg); err != nil {
+		t.Fatal(err)
+	}
 	release := px.Hold("evalsha", "clr:k")
 	ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
 	err := w.Clear(ctx)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nearcache/nearcache/invalidation"
 	"github.com/nearcache/nearcache/l2"
 )
 
@@ -36,7 +37,7 @@ func TestVersionedTwoWriters(t *testing.T) {
 						if err := b.Set(ctx, "k", "v2", WithVersion(2)); err != nil {
 							t.Fatalf("B Set v2: %v", err)
 						}
-						seq := func() string { return rc.Get(ctx, a.bus.SeqKey(0)).Val() }
+						seq := func() string { return rc.Get(ctx, a.bus.(*invalidation.Bus).SeqKey(0)).Val() }
 						before := seq()
 						err := a.Set(ctx, "k", "v1", WithVersion(1))
 						var se *l2.StaleError

@@ -1,0 +1,190 @@
+// Package wire is the one home of the contract between l2, which publishes an
+// invalidation atomically with each write, and invalidation, which receives
+// it: the names of the channel and keys, the layout of a published payload,
+// and the Lua that advances a partition's sequence and publishes.
+//
+// # Names
+//
+// For a namespace NS:
+//
+//   - data keys are "NS:" + key ([KeyPrefix]); messages carry keys without it;
+//   - the channel is "NS:inv" ([Channel]); an instance's route channel,
+//     subscribed and never published to, is "NS:inv:route:<hex id>"
+//     ([RouteChannel]);
+//   - partition p's sequence key is "{tag(p)}NS:inv:seq" ([SeqKey]) and the
+//     epoch key of the master owning slot p is "{tag(p)}NS:inv:epoch"
+//     ([EpochKey]), where tag(p) hashes to Redis Cluster slot p. The tag
+//     comes first, so a script that writes a data key of slot p and its
+//     sequence key stays single-slot, and these keys never start with
+//     "NS:": a SCAN of the namespace's data never sees them.
+//
+// A partition is a hash slot on Redis Cluster and 0 elsewhere.
+//
+// # Payload
+//
+// A published payload is the body (built by invalidation, opaque here)
+// followed immediately by the partition's new sequence number in ASCII
+// decimal: 1 to 20 digits, no sign, no leading zero ([AppendSeq],
+// [ParseSeq]). The receiver finds the end of the body from the body itself.
+//
+// # Scripts
+//
+// [NewScript] wraps a write in the notification: the script validates the
+// sequence key before anything is written, runs the write, then stores the
+// new sequence and PUBLISHes body..seq, so the write and its notification
+// happen together or not at all. [PublishScript] is the frame with no write.
+package wire
+
+import (
+	"context"
+	"encoding/hex"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/hashslot"
+)
+
+// MaxSeqDigits bounds the decimal sequence that ends a payload.
+const MaxSeqDigits = 20
+
+// KeyPrefix is the prefix of the namespace's data keys.
+func KeyPrefix(ns string) string { return ns + ":" }
+
+// Channel is the namespace's invalidation channel.
+func Channel(ns string) string { return ns + ":inv" }
+
+// RouteChannel is the route channel of instance id: subscribed beside
+// Channel and never published to, so that PUBSUB NUMSUB of it on the
+// command connection's server tells whether the subscription is there.
+func RouteChannel(ns string, id [16]byte) string {
+	return Channel(ns) + routeInfix + hex.EncodeToString(id[:])
+}
+
+// RouteChannels is the ACL pattern that grants every route channel of the
+// namespace (&NS:inv:route:*).
+func RouteChannels(ns string) string { return Channel(ns) + routeInfix + "*" }
+
+const routeInfix = ":route:"
+
+// SeqKey is the sequence key of partition p, hash-tagged to slot p. A
+// partition outside [0, 16384) is reduced modulo 16384.
+func SeqKey(ns string, p int) string {
+	return "{" + hashslot.Tag(Partition(p)) + "}" + ns + ":inv:seq"
+}
+
+// EpochKey is the epoch key kept in slot p (0 on a standalone or
+// Sentinel-managed Redis; on Redis Cluster, one slot of each master). A slot
+// outside [0, 16384) is reduced modulo 16384.
+func EpochKey(ns string, p int) string {
+	return "{" + hashslot.Tag(Partition(p)) + "}" + ns + ":inv:epoch"
+}
+
+// Partition reduces p into [0, 16384).
+func Partition(p int) int {
+	p %= hashslot.Count
+	if p < 0 {
+		p += hashslot.Count
+	}
+	return p
+}
+
+// AppendSeq appends seq to body as the scripts do.
+func AppendSeq(body []byte, seq uint64) []byte { return strconv.AppendUint(body, seq, 10) }
+
+// ParseSeq parses the sequence that ends a payload (the bytes after the
+// body): 1 to MaxSeqDigits ASCII digits, no sign, no leading zero, a value
+// in [1, 2^64).
+func ParseSeq(s string) (uint64, bool) {
+	if len(s) == 0 || len(s) > MaxSeqDigits || s[0] == '0' {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return v, true
+}
+
+// Notification is what a write publishes: Body to Channel, followed by the
+// new value of SeqKey.
+type Notification struct {
+	Channel string
+	// SeqKey is the partition's sequence key; on a Cluster it must hash to
+	// the slot of the data keys written with it (SeqKey does).
+	SeqKey string
+	Body   []byte
+}
+
+// Frame of every script. KEYS = the write's data keys, then the sequence key
+// when notifying. ARGV[1] = channel ("" = no notification: no sequence key,
+// nothing published), ARGV[2] = body, ARGV[3:] = the write's own arguments.
+// The write sees n (its number of data keys) and must set res, its reply; it
+// may return early to publish nothing (a write that wrote no key). The
+// sequence key is validated before the write runs, and nothing after the
+// write can fail. string.format keeps the sequence in integer notation
+// (tostring switches to exponent notation at 1e14).
+const (
+	prologue = `
+local notify = ARGV[1] ~= ''
+local n = #KEYS
+local seqkey, cur
+if notify then
+  n = n - 1
+  seqkey = KEYS[#KEYS]
+  cur = redis.call('GET', seqkey)
+end
+local seq = 0
+if cur then
+  seq = tonumber(cur)
+  if seq == nil or seq < 0 or seq ~= math.floor(seq) then
+    return redis.error_reply('ERR nearcache: sequence key holds a non-integer: ' .. seqkey)
+  end
+end
+local res = 0
+`
+	epilogue = `
+if not notify then return res end
+local s = string.format('%d', seq + 1)
+redis.call('SET', seqkey, s)
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. s)
+return res
+`
+)
+
+// NewScript returns the script that runs write (Lua, see the frame above)
+// and publishes its notification.
+func NewScript(write string) *redis.Script {
+	return redis.NewScript(prologue + write + epilogue)
+}
+
+// PublishScript is the frame with no write: it advances the sequence and
+// publishes (a Clear's clear-all, or a notification alone).
+var PublishScript = NewScript("")
+
+// Args builds KEYS and ARGV for a script from NewScript: dataKeys, then n's
+// sequence key and fields (n nil: no notification), then the write's own
+// arguments. dataKeys is not modified.
+func Args(dataKeys []string, n *Notification, own ...any) ([]string, []any) {
+	keys := dataKeys
+	argv := make([]any, 0, 2+len(own))
+	if n != nil {
+		keys = append(dataKeys[:len(dataKeys):len(dataKeys)], n.SeqKey)
+		argv = append(argv, n.Channel, n.Body)
+	} else {
+		argv = append(argv, "", "")
+	}
+	return keys, append(argv, own...)
+}
+
+// Publish advances n's sequence key and publishes n.Body with the new
+// sequence appended, atomically.
+func Publish(ctx context.Context, c redis.Scripter, n Notification) error {
+	keys, argv := Args(nil, &n)
+	return PublishScript.Run(ctx, c, keys, argv...).Err()
+}
