@@ -425,6 +425,14 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			t.Errorf("%d %s violations (bound %v)", verdicts[v], verdictNames[v], bound)
 		}
 	}
+	if verdicts[staleRead]+verdicts[resurrection]+verdicts[lostWrite] > 0 {
+		// Tell a late message (Lag.Max above the bound: delivery or the
+		// reader was slow) from one that arrived in time (a local bug), and
+		// show any gap, repair or resubscription.
+		for i, c := range caches {
+			t.Logf("instance %d invalidation stats: %+v", i, c.Stats().Invalidation)
+		}
+	}
 	if len(fault) > 0 {
 		t.Logf("fault: excused (overtaken by operations acknowledged before %v): stale %d, resurrections %d, lost writes %d",
 			from, excused[staleRead], excused[resurrection], excused[lostWrite])
