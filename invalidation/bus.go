@@ -258,13 +258,13 @@ func normPartition(p int) int {
 // sequence appended (by l2's scripts or [Bus.Publish]). A body that would
 // exceed MaxBodySize becomes a clear-all.
 func (b *Bus) EncodeDelete(partition int, keys []string) []byte {
-	return encode(b.cfg.InstanceID, normPartition(partition), OpDelete, time.Now().UnixNano(), keys, b.cfg.HMACKey)
+	return encode(b.cfg.InstanceID, normPartition(partition), opDelete, time.Now().UnixNano(), keys, b.cfg.HMACKey)
 }
 
 // EncodeClear returns the body of a message that makes every other instance
 // drop its whole local cache.
 func (b *Bus) EncodeClear(partition int) []byte {
-	return encode(b.cfg.InstanceID, normPartition(partition), OpClear, time.Now().UnixNano(), nil, b.cfg.HMACKey)
+	return encode(b.cfg.InstanceID, normPartition(partition), opClear, time.Now().UnixNano(), nil, b.cfg.HMACKey)
 }
 
 // Publish atomically increments the partition's sequence key and publishes
@@ -515,9 +515,9 @@ func (b *Bus) deliver(m message) {
 		b.stats.own.Add(1)
 		if b.own != nil {
 			switch m.op {
-			case OpDelete:
+			case opDelete:
 				b.own.OwnKeys(m.keys)
-			case OpClear:
+			case opClear:
 				b.own.OwnClear()
 			}
 		}
@@ -525,9 +525,9 @@ func (b *Bus) deliver(m message) {
 	}
 	b.stats.lag.Record(time.Since(time.Unix(0, m.unixNanos)))
 	switch m.op {
-	case OpDelete:
+	case opDelete:
 		b.h.InvalidateKeys(m.keys)
-	case OpClear:
+	case opClear:
 		b.stats.invalidateAll[CauseClear].Add(1)
 		b.h.InvalidateAll(CauseClear)
 	}
