@@ -237,13 +237,13 @@ func (b *Bus) SeqKey(partition int) string { return wire.SeqKey(b.cfg.Namespace,
 // sequence appended (by l2's scripts or [Bus.Publish]). A body that would
 // exceed MaxBodySize becomes a clear-all.
 func (b *Bus) EncodeDelete(partition int, keys []string) []byte {
-	return encode(b.cfg.InstanceID, wire.Partition(partition), OpDelete, time.Now().UnixNano(), keys, b.cfg.HMACKey)
+	return encode(b.cfg.InstanceID, wire.Partition(partition), opDelete, time.Now().UnixNano(), keys, b.cfg.HMACKey)
 }
 
 // EncodeClear returns the body of a message that makes every other instance
 // drop its whole local cache.
 func (b *Bus) EncodeClear(partition int) []byte {
-	return encode(b.cfg.InstanceID, wire.Partition(partition), OpClear, time.Now().UnixNano(), nil, b.cfg.HMACKey)
+	return encode(b.cfg.InstanceID, wire.Partition(partition), opClear, time.Now().UnixNano(), nil, b.cfg.HMACKey)
 }
 
 // NotifyDelete is the notification that invalidates keys (without the
@@ -512,9 +512,9 @@ func (b *Bus) deliver(m message) {
 		b.stats.own.Add(1)
 		if b.own != nil {
 			switch m.op {
-			case OpDelete:
+			case opDelete:
 				b.own.OwnKeys(m.keys)
-			case OpClear:
+			case opClear:
 				b.own.OwnClear()
 			}
 		}
@@ -522,9 +522,9 @@ func (b *Bus) deliver(m message) {
 	}
 	b.stats.lag.Record(time.Since(time.Unix(0, m.unixNanos)))
 	switch m.op {
-	case OpDelete:
+	case opDelete:
 		b.h.InvalidateKeys(m.keys)
-	case OpClear:
+	case opClear:
 		b.stats.invalidateAll[CauseClear].Add(1)
 		b.h.InvalidateAll(CauseClear)
 	}

@@ -327,15 +327,17 @@ func (b *Bus) syncSubs(nodes map[string]*redis.Client) {
 		}
 	}
 	first := !b.subsKnown
+	if first {
+		// Under lifeMu, so before Start may return; each new subscription
+		// keeps the stream unhealthy until it is confirmed.
+		b.health.clear(busWide, reasonNotSubscribed)
+	}
 	b.subsKnown = true
 	if first && b.awaiting == 0 && !b.confirmedClosed { // unreachable: nodes is never empty
 		b.confirmedClosed = true
 		close(b.confirmed)
 	}
 	b.lifeMu.Unlock()
-	if first {
-		b.health.clear(busWide, reasonNotSubscribed)
-	}
 	ids := make([]int, 0, len(gone))
 	for _, s := range gone {
 		b.stopSub(s)

@@ -172,13 +172,13 @@ func BenchmarkClusterAERoundAllSlots(b *testing.B) {
 }
 
 // pathFeed returns a function that hands b, as received on subscription
-// path, an OpDelete of key numbered seq on partition 0, published by another
+// path, an opDelete of key numbered seq on partition 0, published by another
 // instance.
 func pathFeed(t *testing.T, b *Bus) func(path int, seq uint64, key string) {
 	other := InstanceID{7}
 	return func(path int, seq uint64, key string) {
 		t.Helper()
-		body := encode(other, 0, OpDelete, time.Now().UnixNano(), []string{key}, nil)
+		body := encode(other, 0, opDelete, time.Now().UnixNano(), []string{key}, nil)
 		b.handle(item{payload: string(wire.AppendSeq(body, seq)), recv: time.Now(), path: path}, nil)
 	}
 }

@@ -40,7 +40,7 @@ type Config struct {
 	// AntiEntropyInterval is how often the bus reads the tracked sequence
 	// keys, the namespace epoch key and the server run ids to find losses
 	// that the stream itself cannot show. If zero, DefaultAntiEntropyInterval
-	// (1s) is used; if negative, anti-entropy is off (not recommended).
+	// (1s). Negative: anti-entropy is off (not recommended).
 	AntiEntropyInterval time.Duration
 
 	// PingInterval is how long the subscription may stay silent before the
@@ -56,8 +56,8 @@ type Config struct {
 	// but leaves the subscription on the old master. Only for a
 	// *redis.Client (plain or from NewFailoverClient); Redis Cluster
 	// follows its masters otherwise. If zero, DefaultRouteCheckInterval
-	// (250ms) is used; if negative, the check is off (the route channel
-	// is not subscribed) and only anti-entropy's run id check moves the
+	// (250ms). Negative: the check is off (the route channel is not
+	// subscribed) and only anti-entropy's run id check moves the
 	// subscription.
 	//
 	// The check subscribes a route channel, "NS:inv:route:<instance id>",

@@ -29,13 +29,13 @@ const (
 	maxPayload = MaxBodySize + wire.MaxSeqDigits
 )
 
-// Op is what a message asks receivers to do.
-type Op uint8
+// opcode is what a message asks receivers to do.
+type opcode uint8
 
 // Operations.
 const (
-	OpDelete Op = 1 // drop the listed keys
-	OpClear  Op = 2 // drop everything (Clear on some instance)
+	opDelete opcode = 1 // drop the listed keys
+	opClear  opcode = 2 // drop everything (Clear on some instance)
 )
 
 // InstanceID identifies a bus (an instance) in the messages it publishes.
@@ -53,20 +53,20 @@ type message struct {
 	origin    InstanceID
 	partition int
 	seq       uint64
-	op        Op
+	op        opcode
 	unixNanos int64
 	keys      []string
 }
 
 // encode builds a message body (everything but the trailing sequence).
 // Keys that do not fit in MaxBodySize turn the message into a clear-all.
-func encode(origin InstanceID, partition int, op Op, unixNanos int64, keys []string, macKey []byte) []byte {
+func encode(origin InstanceID, partition int, op opcode, unixNanos int64, keys []string, macKey []byte) []byte {
 	size := headerLen
-	if op == OpDelete {
+	if op == opDelete {
 		for _, k := range keys {
 			size += uvarintLen(uint64(len(k))) + len(k)
 			if size > MaxBodySize-macLen {
-				op, keys, size = OpClear, nil, headerLen
+				op, keys, size = opClear, nil, headerLen
 				break
 			}
 		}
@@ -161,7 +161,7 @@ func decode(p string, macKey []byte, keys []string) (message, error) {
 		return m, errDecode
 	}
 	m.seq = seq
-	m.op = Op(p[2])
+	m.op = opcode(p[2])
 	copy(m.origin[:], p[4:20])
 	m.partition = int(binary.BigEndian.Uint16([]byte(p[20:22])))
 	if m.partition >= hashslot.Count {
@@ -171,11 +171,11 @@ func decode(p string, macKey []byte, keys []string) (message, error) {
 	n := binary.BigEndian.Uint32([]byte(p[34:38]))
 	off := headerLen
 	switch m.op {
-	case OpClear:
+	case opClear:
 		if n != 0 {
 			return m, errDecode
 		}
-	case OpDelete:
+	case opDelete:
 		// Every key takes at least one byte, which bounds the allocation.
 		if uint64(n) > uint64(end-off) {
 			return m, errDecode

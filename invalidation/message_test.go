@@ -23,19 +23,19 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	cases := []struct {
 		name      string
 		partition int
-		op        Op
+		op        opcode
 		keys      []string
 		key       []byte
 		seq       string
 		wantSeq   uint64
 	}{
-		{"delete one", 0, OpDelete, []string{"user:1"}, nil, "1", 1},
-		{"delete with empty key", 7, OpDelete, []string{"", "a"}, nil, "42", 42},
-		{"delete many", 16383, OpDelete, many, nil, "18446744073709551615", 1<<64 - 1},
-		{"delete none", 3, OpDelete, nil, nil, "9", 9},
-		{"clear", 0, OpClear, nil, nil, "123", 123},
-		{"signed delete", 12, OpDelete, []string{"a", "b{x}"}, []byte("secret"), "5", 5},
-		{"signed clear", 0, OpClear, nil, []byte("secret"), "6", 6},
+		{"delete one", 0, opDelete, []string{"user:1"}, nil, "1", 1},
+		{"delete with empty key", 7, opDelete, []string{"", "a"}, nil, "42", 42},
+		{"delete many", 16383, opDelete, many, nil, "18446744073709551615", 1<<64 - 1},
+		{"delete none", 3, opDelete, nil, nil, "9", 9},
+		{"clear", 0, opClear, nil, nil, "123", 123},
+		{"signed delete", 12, opDelete, []string{"a", "b{x}"}, []byte("secret"), "5", 5},
+		{"signed clear", 0, opClear, nil, []byte("secret"), "6", 6},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,7 +46,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 				t.Fatalf("decode: %v", err)
 			}
 			wantKeys := tc.keys
-			if tc.op == OpDelete && wantKeys == nil {
+			if tc.op == opDelete && wantKeys == nil {
 				wantKeys = []string{}
 			}
 			want := message{origin: testOrigin, partition: tc.partition, seq: tc.wantSeq, op: tc.op, unixNanos: ts, keys: wantKeys}
@@ -59,11 +59,11 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 
 func TestDecodeRejects(t *testing.T) {
 	key := []byte("secret")
-	body := string(encode(testOrigin, 1, OpDelete, 1, []string{"a", "bb"}, nil))
-	signed := string(encode(testOrigin, 1, OpDelete, 1, []string{"a", "bb"}, key))
+	body := string(encode(testOrigin, 1, opDelete, 1, []string{"a", "bb"}, nil))
+	signed := string(encode(testOrigin, 1, opDelete, 1, []string{"a", "bb"}, key))
 	forged := []byte(signed)
 	forged[headerLen+1] = 'z' // change a key, keep the old signature
-	otherKey := string(encode(testOrigin, 1, OpDelete, 1, []string{"a"}, []byte("other")))
+	otherKey := string(encode(testOrigin, 1, opDelete, 1, []string{"a"}, []byte("other")))
 	patch := func(s string, off int, b byte) string { x := []byte(s); x[off] = b; return string(x) }
 	cases := []struct {
 		name    string
@@ -106,7 +106,7 @@ func TestDecodeRejects(t *testing.T) {
 }
 
 func TestSignedAcceptedWithoutKey(t *testing.T) {
-	signed := encode(testOrigin, 1, OpDelete, 1, []string{"a"}, []byte("secret"))
+	signed := encode(testOrigin, 1, opDelete, 1, []string{"a"}, []byte("secret"))
 	m, err := decode(string(signed)+"3", nil, nil)
 	if err != nil || len(m.keys) != 1 || m.keys[0] != "a" || m.seq != 3 {
 		t.Fatalf("decode signed without key: got %+v, %v; want key a, seq 3", m, err)
@@ -115,21 +115,21 @@ func TestSignedAcceptedWithoutKey(t *testing.T) {
 
 func TestEncodeOversizeBecomesClear(t *testing.T) {
 	keys := []string{strings.Repeat("x", MaxBodySize)}
-	body := encode(testOrigin, 0, OpDelete, 1, keys, nil)
+	body := encode(testOrigin, 0, opDelete, 1, keys, nil)
 	m, err := decode(string(body)+"1", nil, nil)
 	if err != nil {
 		t.Fatalf("decode: %v", err)
 	}
-	if m.op != OpClear || len(m.keys) != 0 {
+	if m.op != opClear || len(m.keys) != 0 {
 		t.Fatalf("oversize delete: got op %d with %d keys, want a clear", m.op, len(m.keys))
 	}
 }
 
 func FuzzDecode(f *testing.F) {
 	key := []byte("k")
-	f.Add(string(encode(testOrigin, 5, OpDelete, 1, []string{"a", "bc"}, nil))+"17", false)
-	f.Add(string(encode(testOrigin, 0, OpClear, 1, nil, nil))+"1", false)
-	f.Add(string(encode(testOrigin, 9, OpDelete, 1, []string{"x"}, key))+"2", true)
+	f.Add(string(encode(testOrigin, 5, opDelete, 1, []string{"a", "bc"}, nil))+"17", false)
+	f.Add(string(encode(testOrigin, 0, opClear, 1, nil, nil))+"1", false)
+	f.Add(string(encode(testOrigin, 9, opDelete, 1, []string{"x"}, key))+"2", true)
 	f.Add("", false)
 	f.Add("\xce\x01", true)
 	f.Fuzz(func(t *testing.T, payload string, signed bool) {
@@ -146,7 +146,7 @@ func FuzzDecode(f *testing.F) {
 		}
 		// Whatever decodes must re-encode to the same payload.
 		var keys []string
-		if m.op == OpDelete {
+		if m.op == opDelete {
 			keys = m.keys
 		}
 		re := string(wire.AppendSeq(encode(m.origin, m.partition, m.op, m.unixNanos, keys, k), m.seq))

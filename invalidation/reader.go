@@ -230,12 +230,14 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 				b.requestInvalidateAll(CauseResubscribe)
 				b.log.Info("subscription confirmed again", zap.String("channel", b.channel), zap.String("node", s.addr))
 			}
+			failing = false
+			// Healthy before Start may return (confirm), so that nothing
+			// filled after Start sees the stream unhealthy.
+			b.health.clear(s.id, reasonNotSubscribed|reasonDisconnected|reasonStalled|reasonRerouted)
 			if !everOK {
 				everOK = true
 				b.confirm(s)
 			}
-			failing = false
-			b.health.clear(s.id, reasonNotSubscribed|reasonDisconnected|reasonStalled|reasonRerouted)
 			if b.routeOn.Load() && !routeSent {
 				routeSent, routePending = true, true
 				if err := ps.Subscribe(ctx, b.routeChannel); err != nil {

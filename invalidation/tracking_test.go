@@ -36,7 +36,7 @@ func TestSequenceTracking(t *testing.T) {
 	other := InstanceID{9}
 	feed := func(p int, seq uint64) {
 		t.Helper()
-		body := encode(other, p, OpDelete, time.Now().UnixNano(), []string{"k"}, nil)
+		body := encode(other, p, opDelete, time.Now().UnixNano(), []string{"k"}, nil)
 		b.handle(item{payload: string(wire.AppendSeq(body, seq))}, nil)
 	}
 	steps := []struct {
@@ -156,7 +156,7 @@ func TestMultiPathHandle(t *testing.T) {
 	feed := func(p int, pathSeqs ...uint64) {
 		t.Helper()
 		for i := 0; i < len(pathSeqs); i += 2 {
-			body := encode(other, p, OpDelete, time.Now().UnixNano(), []string{"k"}, nil)
+			body := encode(other, p, opDelete, time.Now().UnixNano(), []string{"k"}, nil)
 			b.handle(item{payload: string(wire.AppendSeq(body, pathSeqs[i+1])), path: int(pathSeqs[i])}, nil)
 		}
 		b.applyPending()
@@ -209,7 +209,7 @@ func TestMultiPathHandle(t *testing.T) {
 // so that a burst of invalidations adds no garbage on a loaded service.
 func TestHandleDoesNotAllocate(t *testing.T) {
 	b, h := newUnstartedBus(t)
-	body := string(encode(InstanceID{9}, 0, OpDelete, time.Now().UnixNano(), []string{"user:1", "user:2", "cart:7"}, nil))
+	body := string(encode(InstanceID{9}, 0, opDelete, time.Now().UnixNano(), []string{"user:1", "user:2", "cart:7"}, nil))
 	payloads := make([]string, 200)
 	for i := range payloads {
 		payloads[i] = string(wire.AppendSeq([]byte(body), uint64(i+1)))

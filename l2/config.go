@@ -17,6 +17,17 @@ const (
 	DefaultScanCount     = 1000
 )
 
+// Settings that turn a Config feature off, for the fields whose zero value
+// means their default. Any negative value does the same; these name it.
+const (
+	// NoRetries, as Config.MaxRetries, sends each command once (go-redis's
+	// MaxRetries -1).
+	NoRetries = -1
+	// NoValueSizeLimit, as Config.MaxValueSize, lifts the bound on encoded
+	// values.
+	NoValueSizeLimit = -1
+)
+
 // Config describes how a Store reaches Redis. It is the Go counterpart of the
 // seed's RedisConfig; every zero field has a documented default, and the zero
 // Config works against a Redis on localhost:6379.
@@ -45,14 +56,15 @@ type Config struct {
 	KeyPrefix string
 
 	// SocketTimeout is the read and write timeout of one command (the seed's
-	// socket_timeout). If zero, DefaultSocketTimeout; negative disables it.
-	// Context deadlines are honoured too (go-redis ContextTimeoutEnabled).
+	// socket_timeout). Context deadlines are honoured too (go-redis
+	// ContextTimeoutEnabled). If zero, DefaultSocketTimeout. Negative: no
+	// socket timeout; only the ctx bounds a command.
 	SocketTimeout time.Duration
 	// DialTimeout bounds establishing a connection. If zero, DefaultDialTimeout.
 	DialTimeout time.Duration
-	// MaxRetries is the number of retries of a failed command. If zero, 1;
-	// negative disables retries. Values above 1 are capped at 1 so a dead
-	// server fails fast.
+	// MaxRetries is the number of retries of a failed command, at most 1 so
+	// that a dead server fails fast (larger values count as 1). If zero, 1.
+	// NoRetries (or any negative value): no retry.
 	MaxRetries int
 	// PoolSize is the maximum number of connections per node (the seed's
 	// max_connections). If zero, go-redis's default (10 per GOMAXPROCS).
@@ -61,7 +73,8 @@ type Config struct {
 	TLS *tls.Config
 
 	// MaxValueSize bounds an encoded value, on write and on read. If zero,
-	// DefaultMaxValueSize; negative disables the bound.
+	// DefaultMaxValueSize. NoValueSizeLimit (or any negative value): no
+	// bound.
 	MaxValueSize int
 	// ScanCount is the COUNT hint of SCAN in Keys and Clear. If zero,
 	// DefaultScanCount.
@@ -94,7 +107,7 @@ func (c Config) withDefaults() Config {
 	case c.MaxRetries == 0 || c.MaxRetries > 1:
 		c.MaxRetries = 1
 	case c.MaxRetries < 0:
-		c.MaxRetries = -1
+		c.MaxRetries = NoRetries
 	}
 	if c.MaxValueSize == 0 {
 		c.MaxValueSize = DefaultMaxValueSize

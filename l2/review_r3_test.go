@@ -118,7 +118,7 @@ func TestReviewCasInheritEveryFlagCombination(t *testing.T) {
 		want := flagEntry(nw, "new", 0)
 		limit := encodedLen(&want) + 8
 		s := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: fmt.Sprintf("cas%d:", nw), MaxValueSize: limit})
-		w := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: fmt.Sprintf("cas%d:", nw), MaxValueSize: -1})
+		w := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: fmt.Sprintf("cas%d:", nw), MaxValueSize: NoValueSizeLimit})
 		if err := s.CheckSize("x", want); err != nil {
 			t.Fatalf("new %d: CheckSize at the limit: %v", nw, err)
 		}

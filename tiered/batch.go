@@ -24,9 +24,11 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 // GetManyOrLoad returns the values of keys: L1 first; all L1 misses in one
 // L2 round trip (MGET, or one per node on a Cluster); all L2 misses in one
 // call of load; loaded values written back to L2 in one round trip (each
-// only if its key still holds what was read); then guarded L1 fills. A key already being loaded by
-// another call is joined, not fetched twice. Keys that do not exist are
-// absent from the map. A non-nil error comes with the values that were found.
+// only if its key still holds what was read); then guarded L1 fills. A key
+// already being loaded by another call is joined, not fetched twice: that
+// call's loader and options apply to it (see Option). Keys that do not exist
+// are absent from the map. A non-nil error comes with the values that were
+// found.
 func (c *Cache[V]) GetManyOrLoad(ctx context.Context, keys []string, load BatchLoader[V], opts ...Option) (map[string]V, error) {
 	if load == nil {
 		return nil, errors.New("tiered: GetManyOrLoad: nil loader")

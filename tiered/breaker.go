@@ -6,22 +6,22 @@ import (
 	"time"
 )
 
-// BreakerState is the circuit breaker's state.
-type BreakerState int
+// breakerState is the circuit breaker's state.
+type breakerState int
 
 // Breaker states.
 const (
-	BreakerClosed   BreakerState = iota // Redis is used
-	BreakerOpen                         // Redis is skipped until the cooldown ends
-	BreakerHalfOpen                     // one probe is in progress
+	breakerClosed   breakerState = iota // Redis is used
+	breakerOpen                         // Redis is skipped until the cooldown ends
+	breakerHalfOpen                     // one probe is in progress
 )
 
 // String returns "closed", "open" or "half-open".
-func (s BreakerState) String() string {
+func (s breakerState) String() string {
 	switch s {
-	case BreakerOpen:
+	case breakerOpen:
 		return "open"
-	case BreakerHalfOpen:
+	case breakerHalfOpen:
 		return "half-open"
 	}
 	return "closed"
@@ -40,7 +40,7 @@ type breaker struct {
 	healthy atomic.Bool
 
 	mu        sync.Mutex // guards the fields below
-	state     BreakerState
+	state     breakerState
 	failures  int
 	openUntil time.Time
 	opened    uint64 // times the breaker opened
@@ -54,13 +54,13 @@ func (b *breaker) allow() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch b.state {
-	case BreakerClosed:
+	case breakerClosed:
 		return true
-	case BreakerOpen:
+	case breakerOpen:
 		if b.now().Before(b.openUntil) {
 			return false
 		}
-		b.state = BreakerHalfOpen
+		b.state = breakerHalfOpen
 		b.openUntil = b.now().Add(b.cooldown) // the probe's own deadline
 		return true
 	default: // half-open: one probe at a time, and another if it never reported
@@ -74,24 +74,24 @@ func (b *breaker) allow() bool {
 
 // record reports the outcome of a call allow let through; it returns true
 // when the state changed (for logging).
-func (b *breaker) record(connFailure bool) (changed bool, state BreakerState) {
+func (b *breaker) record(connFailure bool) (changed bool, state breakerState) {
 	if b.threshold <= 0 || (!connFailure && b.healthy.Load()) {
-		return false, BreakerClosed
+		return false, breakerClosed
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	defer func() { b.healthy.Store(b.state == BreakerClosed && b.failures == 0) }()
+	defer func() { b.healthy.Store(b.state == breakerClosed && b.failures == 0) }()
 	prev := b.state
 	if !connFailure {
 		b.failures = 0
-		b.state = BreakerClosed
+		b.state = breakerClosed
 	} else {
 		b.failures++
-		if b.state == BreakerHalfOpen || b.failures >= b.threshold {
-			if b.state != BreakerOpen {
+		if b.state == breakerHalfOpen || b.failures >= b.threshold {
+			if b.state != breakerOpen {
 				b.opened++
 			}
-			b.state = BreakerOpen
+			b.state = breakerOpen
 			b.openUntil = b.now().Add(b.cooldown)
 		}
 	}
@@ -107,12 +107,12 @@ func (b *breaker) release() {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state == BreakerHalfOpen {
+	if b.state == breakerHalfOpen {
 		b.openUntil = b.now()
 	}
 }
 
-func (b *breaker) snapshot() (BreakerState, uint64) {
+func (b *breaker) snapshot() (breakerState, uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.state, b.opened

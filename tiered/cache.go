@@ -146,7 +146,11 @@ type loadCounters struct {
 // New builds a Cache. With cfg.Redis set it subscribes to the namespace's
 // invalidation channel and waits up to cfg.StartTimeout for the confirmation;
 // if Redis is down it still returns a working Cache (see Config.StartTimeout).
-func New[V any](cfg Config[V]) (*Cache[V], error) {
+func New[V any](cfg Config[V]) (*Cache[V], error) { return build(cfg, nil) }
+
+// build is New. wrapL1, if not nil, wraps the L1 before anything uses it
+// (tests observe the fills with it).
+func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[V]]) (*Cache[V], error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -176,6 +180,9 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
 	c.local = local
+	if wrapL1 != nil {
+		c.local = wrapL1(local)
+	}
 	if cfg.Redis != nil {
 		if err := checkRouting(cfg.Redis, cfg.StartTimeout); err != nil {
 			_ = local.Close()

@@ -11,19 +11,39 @@ import (
 
 // Defaults for zero Config fields.
 const (
-	DefaultNamespace        = "nearcache"
-	DefaultTTL              = 5 * time.Minute
-	DefaultMaxL1TTL         = 30 * time.Second
-	DefaultL1TTLJitter      = 0.1
-	DefaultL1MaxEntries     = 100_000
-	DefaultRedisTimeout     = 250 * time.Millisecond
-	DefaultLoadTimeout      = 10 * time.Second
-	DefaultUnhealthyL1TTL   = time.Second
-	DefaultFailSafeRetry    = time.Second
-	DefaultBreakerFailures  = 5
-	DefaultBreakerCooldown  = 2 * time.Second
-	DefaultStartTimeout     = 2 * time.Second
-	DefaultAntiEntropyEvery = time.Second
+	DefaultNamespace           = "nearcache"
+	DefaultTTL                 = 5 * time.Minute
+	DefaultMaxL1TTL            = 30 * time.Second
+	DefaultL1TTLJitter         = 0.1
+	DefaultL1MaxEntries        = 100_000
+	DefaultRedisTimeout        = 250 * time.Millisecond
+	DefaultLoadTimeout         = 10 * time.Second
+	DefaultUnhealthyL1TTL      = time.Second
+	DefaultFailSafeRetryAfter  = time.Second
+	DefaultBreakerFailures     = 5
+	DefaultBreakerCooldown     = 2 * time.Second
+	DefaultStartTimeout        = 2 * time.Second
+	DefaultAntiEntropyInterval = time.Second
+	DefaultMaxValueSize        = 4 << 20 // 4 MiB
+)
+
+// Settings that turn a Config feature off, for the fields whose zero value
+// means their default. Any negative value does the same; these name it.
+const (
+	// NoJitter, as Config.L1TTLJitter, turns jitter off: every local copy
+	// gets exactly the TTL its bounds allow (MaxL1TTL, WithL1TTL, the
+	// value's TTL or remaining freshness in Redis, and so on), unshortened.
+	NoJitter = -1.0
+	// NoBreaker, as Config.BreakerFailures, disables the circuit breaker:
+	// every operation goes to Redis, however many failed before it.
+	NoBreaker = -1
+	// NoL1WhileUnhealthy, as Config.UnhealthyL1TTL, fills nothing into L1
+	// while the invalidation stream is unhealthy, so that reads go to Redis
+	// until it recovers.
+	NoL1WhileUnhealthy time.Duration = -1
+	// NoValueSizeLimit, as Config.MaxValueSize, lifts the bound on encoded
+	// values.
+	NoValueSizeLimit = -1
 )
 
 // Config configures a Cache. Every zero field has the documented default.
@@ -57,9 +77,10 @@ type Config[V any] struct {
 	// outlives the value's remaining Redis TTL either. If zero,
 	// DefaultMaxL1TTL.
 	MaxL1TTL time.Duration
-	// L1TTLJitter shortens each local TTL by a random fraction up to this
-	// value, so copies filled together do not expire together. If zero,
-	// DefaultL1TTLJitter; negative disables jitter.
+	// L1TTLJitter shortens each local TTL by a random fraction of it, up to
+	// this value (which must be below 1), so that copies filled together do
+	// not expire together. If zero, DefaultL1TTLJitter. NoJitter (or any
+	// negative value): no jitter, each local TTL is exactly its bound.
 	L1TTLJitter float64
 	// L1MaxEntries is the local capacity in entries. If zero (and
 	// L1MaxBytes is zero), DefaultL1MaxEntries.
@@ -85,11 +106,13 @@ type Config[V any] struct {
 	FailSafeMaxStale time.Duration
 	// FailSafeRetryAfter is how long a stale value served by fail-safe is
 	// kept locally before the loader is tried again. If zero,
-	// DefaultFailSafeRetry.
+	// DefaultFailSafeRetryAfter.
 	FailSafeRetryAfter time.Duration
 
 	// RedisTimeout bounds each Redis operation. If zero,
-	// DefaultRedisTimeout; negative means only the caller's ctx bounds it.
+	// DefaultRedisTimeout. Negative: the Cache sets no bound of its own, so
+	// an operation is bounded by its ctx (the caller's for a write,
+	// LoadTimeout for a load's) and by the client's own timeouts.
 	RedisTimeout time.Duration
 	// LoadTimeout bounds a shared load (L2 read, loader, L2 write), which
 	// runs detached from any single caller's context. If zero,
@@ -103,28 +126,33 @@ type Config[V any] struct {
 
 	// BreakerFailures is the number of consecutive Redis connection failures
 	// that opens the circuit breaker; while open, reads skip Redis. If zero,
-	// DefaultBreakerFailures; negative disables the breaker.
+	// DefaultBreakerFailures. NoBreaker (or any negative value): no breaker.
 	BreakerFailures int
 	// BreakerCooldown is how long the breaker stays open before one probe
 	// is let through. If zero, DefaultBreakerCooldown.
 	BreakerCooldown time.Duration
 
-	// UnhealthyL1TTL caps local copies while the invalidation stream is
-	// unhealthy (disconnected, or a loss not yet repaired). If zero,
-	// DefaultUnhealthyL1TTL; negative skips local fills while unhealthy.
+	// UnhealthyL1TTL caps local copies filled while the invalidation stream
+	// is unhealthy (disconnected, or a loss not yet repaired). If zero,
+	// DefaultUnhealthyL1TTL. NoL1WhileUnhealthy (or any negative value):
+	// nothing is filled into L1 while the stream is unhealthy.
 	UnhealthyL1TTL time.Duration
 	// AntiEntropyInterval is how often the invalidation bus compares
 	// Redis's sequence numbers, epoch key and run ids with what it received.
-	// If zero, DefaultAntiEntropyEvery.
+	// If zero, DefaultAntiEntropyInterval. Negative: anti-entropy is off (not
+	// recommended): a loss the stream cannot show by itself, such as its
+	// last messages or a Redis restart, then lasts until the local copies
+	// expire (MaxL1TTL).
 	AntiEntropyInterval time.Duration
 	// HMACKey, when set, signs invalidation messages and rejects unsigned
 	// ones. All instances of a namespace must share it. Never printed.
 	HMACKey []byte
-	// MaxValueSize bounds an encoded value in Redis. If zero, l2's default
-	// (4 MiB); negative disables the bound. A larger value passed to Set or
-	// SetMany fails the call (l2.ErrTooLarge) and nothing is written; a
-	// larger loaded value is returned and kept in this instance's L1 only,
-	// left out of the write-back without holding back the rest of its batch.
+	// MaxValueSize bounds an encoded value in Redis. A larger value passed
+	// to Set or SetMany fails the call (l2.ErrTooLarge) and nothing is
+	// written; a larger loaded value is returned and kept in this
+	// instance's L1 only, left out of the write-back without holding back
+	// the rest of its batch. If zero, DefaultMaxValueSize. NoValueSizeLimit
+	// (or any negative value): no bound.
 	MaxValueSize int
 
 	// Logger receives degradations: breaker changes and invalidation-stream
@@ -151,8 +179,8 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 	def(&c.StartTimeout, DefaultStartTimeout)
 	def(&c.BreakerCooldown, DefaultBreakerCooldown)
 	def(&c.UnhealthyL1TTL, DefaultUnhealthyL1TTL)
-	def(&c.FailSafeRetryAfter, DefaultFailSafeRetry)
-	def(&c.AntiEntropyInterval, DefaultAntiEntropyEvery)
+	def(&c.FailSafeRetryAfter, DefaultFailSafeRetryAfter)
+	def(&c.AntiEntropyInterval, DefaultAntiEntropyInterval)
 	if c.L1TTLJitter == 0 {
 		c.L1TTLJitter = DefaultL1TTLJitter
 	}
@@ -161,6 +189,9 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 	}
 	if c.BreakerFailures == 0 {
 		c.BreakerFailures = DefaultBreakerFailures
+	}
+	if c.MaxValueSize == 0 {
+		c.MaxValueSize = DefaultMaxValueSize
 	}
 	if c.L1MaxEntries == 0 && c.L1MaxBytes == 0 {
 		c.L1MaxEntries = DefaultL1MaxEntries
@@ -182,7 +213,7 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: NegativeTTL %v is negative", c.NegativeTTL)
 	case c.FailSafeMaxStale < 0:
 		return c, fmt.Errorf("tiered: FailSafeMaxStale %v is negative", c.FailSafeMaxStale)
-	case c.L1TTLJitter >= 1:
+	case !(c.L1TTLJitter < 1): // also NaN
 		return c, fmt.Errorf("tiered: L1TTLJitter %v must be below 1", c.L1TTLJitter)
 	}
 	return c, nil

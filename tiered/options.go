@@ -3,6 +3,18 @@ package tiered
 import "time"
 
 // Option overrides a Config setting for one call.
+//
+// Options shape what the call itself stores: the values it writes to Redis
+// and the local copies it fills. A GetOrLoad or GetManyOrLoad stores only
+// for the keys whose load it leads. A key it finds in L1, or whose load
+// another call is already running (a GetOrLoad or GetManyOrLoad on the same
+// Cache), it does not store: it returns that load's result, loaded with the
+// leading call's loader and stored with the leading call's options, and
+// uses neither its own options nor its own loader for that key. A key has
+// one load, one value in Redis and one local copy at a time, so only one
+// call's settings can apply to them; a caller that needs its own settings
+// applied writes the value with Set. A GetManyOrLoad leads the keys no
+// other call is loading and joins the others, key by key.
 type Option interface{ apply(*callOptions) }
 
 type callOptions struct {
@@ -16,15 +28,25 @@ type optionFunc func(*callOptions)
 
 func (f optionFunc) apply(o *callOptions) { f(o) }
 
-// WithTTL sets the Redis freshness TTL of values written by this call.
+// WithTTL sets the Redis freshness TTL of the values this call writes
+// (by Set and SetMany, and by the loads a GetOrLoad or GetManyOrLoad leads),
+// which also bounds their local copies, and the least lifetime of a
+// versioned DeleteMany's tombstones. If d <= 0, Config.TTL. A key whose load
+// the call joins keeps the leading call's TTL (see Option).
 func WithTTL(d time.Duration) Option { return optionFunc(func(o *callOptions) { o.ttl = d }) }
 
-// WithL1TTL caps the local TTL of values filled by this call (it never
-// exceeds Config.MaxL1TTL or the value's remaining Redis TTL).
+// WithL1TTL caps the local TTL of the copies this call fills: by the loads
+// a GetOrLoad or GetManyOrLoad leads (from Redis or from the loader), and by
+// Set and SetMany without Redis. The TTL never exceeds Config.MaxL1TTL or
+// the value's remaining Redis TTL. If d <= 0, Config.MaxL1TTL. A copy
+// already in L1, or filled by a load the call joins, keeps the TTL it was
+// filled with (see Option).
 func WithL1TTL(d time.Duration) Option { return optionFunc(func(o *callOptions) { o.l1TTL = d }) }
 
-// WithNegativeTTL caches a not-found result of this call's loader for d
-// (zero: use Config.NegativeTTL; negative: do not cache it).
+// WithNegativeTTL caches a not-found result of the loads this call leads
+// for d, in Redis and in L1. If d is zero, Config.NegativeTTL; negative: the
+// result is not cached. A key whose load the call joins is cached, or not,
+// as the leading call says (see Option).
 func WithNegativeTTL(d time.Duration) Option {
 	return optionFunc(func(o *callOptions) {
 		if d != 0 {
@@ -52,6 +74,10 @@ func WithNegativeTTL(d time.Duration) Option {
 // Without Redis (L1-only), the Cache remembers the versions written (up to
 // about a million keys, then it forgets them all at once); Clear forgets
 // them, as it does in Redis.
+//
+// GetOrLoad and GetManyOrLoad ignore it, whether they lead a load or join
+// one: a loader reports no version, and a load's write-back keeps the
+// stored one.
 func WithVersion(v uint64) Option { return optionFunc(func(o *callOptions) { o.version = v }) }
 
 func (c *Cache[V]) options(opts []Option) callOptions {

@@ -24,9 +24,10 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 }
 
 // GetOrLoad returns the value of key from L1, else L2, else load (whose
-// result is written back to L2 and to L1). Concurrent
-// misses for one key share one load; each caller waits on its own ctx. An
-// L1 hit costs one ristretto lookup: no allocation, no lock, no clock read.
+// result is written back to L2 and to L1). Concurrent misses for one key
+// share one load, run with the loader and options of the call that started
+// it (see Option); each caller waits on its own ctx. An L1 hit costs one
+// ristretto lookup: no allocation, no lock, no clock read.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], opts ...Option) (V, error) {
 	if it, ok := c.local.Get(key); ok {
 		return it.result()

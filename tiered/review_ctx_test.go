@@ -46,7 +46,7 @@ func TestReviewDeadCtxContract(t *testing.T) {
 // names how many keys and the first ones (it said `set "":` before).
 func TestReviewBatchErrorNamesKeys(t *testing.T) {
 	mr := miniredis.RunT(t)
-	c := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "msg", BreakerFailures: -1})
+	c := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "msg", BreakerFailures: NoBreaker})
 	mr.Close()
 	bg := context.Background()
 	err := c.SetMany(bg, map[string]string{"alpha": "1", "beta": "2"})

@@ -25,7 +25,7 @@ type L2Stats struct {
 	Hits          uint64   // of which found fresh and decodable
 	Errors        uint64   // Redis operations this Cache saw fail (reads and writes)
 	Skipped       uint64   // operations skipped because the breaker was open
-	Breaker       string   // closed, open or half-open
+	Breaker       string   // the circuit breaker's state: "closed", "open" or "half-open"
 	BreakerOpened uint64   // times the breaker opened
 }
 
