@@ -604,15 +604,24 @@ func TestCloseAndClient(t *testing.T) {
 }
 
 func TestConfigErrors(t *testing.T) {
-	for _, cfg := range []Config[string]{
-		{TTL: -1},
-		{MaxL1TTL: -time.Second},
-		{L1TTLJitter: 1.5},
-		{NegativeTTL: -1},
-		{L1MaxBytes: 1 << 20}, // no L1Cost
+	for _, tc := range []struct {
+		cfg   Config[string]
+		field string // the error names the field
+	}{
+		{Config[string]{TTL: -1}, "TTL"},
+		{Config[string]{MaxL1TTL: -time.Second}, "MaxL1TTL"},
+		{Config[string]{L1TTLJitter: 1.5}, "L1TTLJitter"},
+		{Config[string]{NegativeTTL: -1}, "NegativeTTL"},
+		{Config[string]{LoadTimeout: -1}, "LoadTimeout"},
+		{Config[string]{FailSafeMaxStale: -1}, "FailSafeMaxStale"},
+		{Config[string]{FailSafeRetryAfter: -1}, "FailSafeRetryAfter"},
+		{Config[string]{StartTimeout: -1}, "StartTimeout"},
+		{Config[string]{BreakerCooldown: -1}, "BreakerCooldown"},
+		{Config[string]{L1MaxBytes: 1 << 20}, "L1Cost"}, // no L1Cost
 	} {
-		if _, err := New(cfg); err == nil {
-			t.Errorf("New(%+v): want an error", cfg)
+		_, err := New(tc.cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("New(%+v) = %v, want an error naming %s", tc.cfg, err, tc.field)
 		}
 	}
 }

@@ -47,6 +47,7 @@ const (
 )
 
 // Config configures a Cache. Every zero field has the documented default.
+// New refuses a negative duration unless its field says what negative means.
 type Config[V any] struct {
 	// Redis is the shared tier and the invalidation transport. If nil, the
 	// Cache runs L1-only, for one process: loaders fill L1 and writes act on
@@ -213,6 +214,12 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: NegativeTTL %v is negative", c.NegativeTTL)
 	case c.FailSafeMaxStale < 0:
 		return c, fmt.Errorf("tiered: FailSafeMaxStale %v is negative", c.FailSafeMaxStale)
+	case c.FailSafeRetryAfter < 0:
+		return c, fmt.Errorf("tiered: FailSafeRetryAfter %v is negative", c.FailSafeRetryAfter)
+	case c.StartTimeout < 0:
+		return c, fmt.Errorf("tiered: StartTimeout %v is negative", c.StartTimeout)
+	case c.BreakerCooldown < 0:
+		return c, fmt.Errorf("tiered: BreakerCooldown %v is negative", c.BreakerCooldown)
 	case !(c.L1TTLJitter < 1): // also NaN
 		return c, fmt.Errorf("tiered: L1TTLJitter %v must be below 1", c.L1TTLJitter)
 	}
