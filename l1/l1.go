@@ -145,17 +145,16 @@ type Cache[V any] struct {
 	gens     []atomic.Uint32 // per-slot generations; bumped by Invalidate
 	genMask  uint64
 	cost     func(V) int64 // nil in entries mode
-	base     time.Time     // origin of the coarse clock
 	maxCost  int64
-	stop     chan struct{} // closed by Close to stop the ticker
-	tickDone chan struct{} // closed by the ticker goroutine when it exits
+	clk      *clock     // the process's shared coarse clock for this resolution
+	clkUser  *clockUser // this cache's registration with clk; released by Close
 
 	epoch  atomic.Uint64 // starts at 1; bumped by InvalidateAll
 	closed atomic.Bool   // set first thing in Close; gates every ristretto call
 
-	_   [64]byte
-	now atomic.Int64 // coarse clock: ns since base; written by the ticker only
-	_   [56]byte
+	_       [64]byte
+	pending atomic.Bool // a fill was staged since the last flush (set by Fill, cleared by flushStages)
+	_       [63]byte
 
 	shards [numShards]shard
 	stages [numShards]stage[V]
@@ -182,8 +181,10 @@ type Cache[V any] struct {
 
 // New returns a Cache sized by cfg. cost gives the size of a value in bytes;
 // it is required when cfg.MaxBytes is set and ignored otherwise (may be nil).
-// New starts two goroutines in ristretto and one coarse-clock ticker; Close
-// stops them all.
+// New starts two goroutines in ristretto and registers with the process's
+// coarse clock (one ticker per resolution, shared by every Cache, started by
+// the first and stopped by the last Close, idle while nothing reads it);
+// Close stops them.
 func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 	switch {
 	case cfg.MaxEntries < 0:
@@ -235,8 +236,6 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 		genMask:  1<<genBits - 1,
 		cost:     cost,
 		maxCost:  maxCost,
-		stop:     make(chan struct{}),
-		tickDone: make(chan struct{}),
 	}
 	c.epoch.Store(1)
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry[V]]{
@@ -271,8 +270,7 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	c.rc = rc
-	c.base = time.Now()
-	go c.tick(cfg.ClockResolution)
+	c.clk, c.clkUser = acquireClock(cfg.ClockResolution, c.flushStages)
 	return c, nil
 }
 
@@ -314,22 +312,6 @@ func newerOrEqual[V any](cur, prev *entry[V]) bool {
 		return cur.epoch > prev.epoch
 	}
 	return cur.gen >= prev.gen
-}
-
-// tick runs the coarse clock until Close.
-func (c *Cache[V]) tick(res time.Duration) {
-	defer close(c.tickDone)
-	t := time.NewTicker(res)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			c.now.Store(int64(time.Since(c.base)))
-			c.flushStages()
-		case <-c.stop:
-			return
-		}
-	}
 }
 
 func (c *Cache[V]) hash(key string) uint64 { return maphash.String(c.seed, key) }
@@ -387,7 +369,7 @@ func (c *Cache[V]) Get(key string) (V, bool) {
 // key, current stamps, not expired.
 func (c *Cache[V]) usable(e *entry[V], h uint64, key string) bool {
 	return e.key == key && e.epoch == c.epoch.Load() &&
-		e.gen == c.gens[h&c.genMask].Load() && e.exp > c.now.Load()
+		e.gen == c.gens[h&c.genMask].Load() && e.exp > c.clk.read()
 }
 
 // stagedEntry returns the usable staged fill of key, if any.
@@ -470,7 +452,7 @@ func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 		// From the coarse clock, which lags real time by up to a tick, as
 		// it does when Get compares: the bound "served at most one tick
 		// past the TTL" holds as with the wall clock, without reading it.
-		e.exp = c.now.Load() + int64(ttl)
+		e.exp = c.clk.read() + int64(ttl)
 		if e.exp < 0 { // overflow: ttl beyond ~290 years
 			e.exp = noExpiry
 		}
@@ -499,6 +481,9 @@ func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 	}
 	st.hash[n], st.ents[n], st.costs[n] = t.hash, e, cost
 	st.n.Store(int32(n + 1))
+	if !c.pending.Load() {
+		c.pending.Store(true)
+	}
 	return true
 }
 
@@ -528,8 +513,13 @@ func (c *Cache[V]) handOverLocked(st *stage[V]) {
 	st.n.Store(0)
 }
 
-// flushStages hands every stripe's staged fills to ristretto.
+// flushStages hands every stripe's staged fills to ristretto. The clock
+// calls it on every tick; it returns at once when nothing was staged since
+// the last call.
 func (c *Cache[V]) flushStages() {
+	if !c.pending.Swap(false) {
+		return
+	}
 	for i := range c.stages {
 		st := &c.stages[i]
 		if st.n.Load() == 0 {
@@ -609,8 +599,7 @@ func (c *Cache[V]) Close() error {
 			}
 		}
 	}
-	close(c.stop)
-	<-c.tickDone
+	releaseClock(c.clk, c.clkUser)
 	c.rc.Close()
 	c.closeDone = true
 	return nil

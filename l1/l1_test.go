@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"runtime"
 	"strconv"
 	"sync"
@@ -680,7 +681,7 @@ func TestStage(t *testing.T) {
 		c.Invalidate("gone")
 		wantHit(t, c, short, 1)
 		wantMiss(t, c, "gone")
-		c.now.Store(int64(2 * time.Minute)) // the coarse clock passes short's expiry
+		c.clk.now.Store(int64(2 * time.Minute)) // the coarse clock passes short's expiry
 		wantMiss(t, c, short)
 		wantHit(t, c, all, 3)
 		c.InvalidateAll()
@@ -862,5 +863,113 @@ func TestEntriesAfterReapply(t *testing.T) {
 	if st := c.Stats(); st.Entries != present {
 		t.Errorf("Stats.Entries = %d, want %d (entries present; Fills %d, SetsRejected %d, Evictions %d)",
 			st.Entries, present, st.Fills, st.SetsRejected, st.Evictions)
+	}
+}
+
+// TestClockShared: caches with the same resolution share one clock, which
+// the last Close removes (goleak checks its goroutine is gone).
+func TestClockShared(t *testing.T) {
+	a := newTest[int](t, Config{MaxEntries: 100, ClockResolution: 3 * time.Millisecond}, nil)
+	b := newTest[int](t, Config{MaxEntries: 100, ClockResolution: 3 * time.Millisecond}, nil)
+	o := newTest[int](t, Config{MaxEntries: 100, ClockResolution: 7 * time.Millisecond}, nil)
+	if a.clk != b.clk {
+		t.Fatalf("two caches with one resolution have two clocks")
+	}
+	if a.clk == o.clk {
+		t.Fatalf("caches with different resolutions share a clock")
+	}
+	registered := func(res time.Duration) bool {
+		clocks.Lock()
+		defer clocks.Unlock()
+		return clocks.byRes[res] != nil
+	}
+	a.Close()
+	if !registered(3 * time.Millisecond) {
+		t.Fatalf("the clock was removed while b still uses it")
+	}
+	fill(t, b, "k", 1, time.Hour)
+	wantHit(t, b, "k", 1)
+	b.Close()
+	o.Close()
+	if registered(3*time.Millisecond) || registered(7*time.Millisecond) {
+		t.Fatalf("a clock outlived its last cache")
+	}
+}
+
+// TestClockIdle: with no reads the clock stops ticking, and the first read
+// after that sees the wall clock, so an entry that expired meanwhile is
+// not served.
+func TestClockIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const res = 10 * time.Millisecond
+		c := newTest[string](t, Config{MaxEntries: 100, ClockResolution: res}, nil)
+		fill(t, c, "k", "v", time.Second)
+		wantHit(t, c, "k", "v")
+		time.Sleep(clockIdleFor + 5*res)
+		synctest.Wait()
+		if got := c.clk.state.Load(); got != clockStopped {
+			t.Fatalf("clock state %d after %v without reads, want stopped (%d)", got, clockIdleFor+5*res, clockStopped)
+		}
+		stoppedAt := c.clk.now.Load()
+		time.Sleep(2 * time.Second) // the entry expires while the clock is stopped
+		synctest.Wait()
+		if c.clk.now.Load() != stoppedAt {
+			t.Fatalf("a stopped clock ticked")
+		}
+		wantMiss(t, c, "k")
+		if got := c.Stats().Expired; got != 1 {
+			t.Errorf("Expired = %d, want 1", got)
+		}
+		if got := c.clk.state.Load(); got != clockUsed {
+			t.Fatalf("clock state %d after a read, want used (%d)", got, clockUsed)
+		}
+		before := c.clk.now.Load()
+		time.Sleep(3 * res)
+		synctest.Wait()
+		if c.clk.now.Load() <= before {
+			t.Fatalf("the clock did not tick again after the read woke it")
+		}
+		c.Close()
+	})
+}
+
+// TestClockWakeRace: readers racing with a clock that stops after every
+// unread tick never read a time older than the wall clock just before they
+// found it stopped.
+func TestClockWakeRace(t *testing.T) {
+	k := newClock(time.Millisecond, 1)
+	u := &clockUser{flush: func() {}}
+	k.mu.Lock()
+	k.users[u] = struct{}{}
+	k.mu.Unlock()
+	defer func() {
+		k.mu.Lock()
+		delete(k.users, u)
+		close(k.quit)
+		k.mu.Unlock()
+		<-k.done
+	}()
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 300; i++ {
+				wall := int64(time.Since(k.base)) // before the clock is seen stopped
+				if k.state.Load() == clockStopped {
+					if got := k.read(); got < wall {
+						bad.Add(1)
+					}
+				} else {
+					k.read()
+				}
+				time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := bad.Load(); n > 0 {
+		t.Fatalf("%d reads of a woken clock returned a time before the wake", n)
 	}
 }
