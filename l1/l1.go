@@ -140,14 +140,14 @@ func (t Ticket) Key() string { return t.key }
 // contract. All methods are safe for concurrent use.
 type Cache[V any] struct {
 	// Read-mostly fields, set by New.
-	rc       *ristretto.Cache[uint64, *entry[V]]
-	seed     maphash.Seed
-	gens     []atomic.Uint32 // per-slot generations; bumped by Invalidate
-	genMask  uint64
-	cost     func(V) int64 // nil in entries mode
-	maxCost  int64
-	clk      *clock     // the process's shared coarse clock for this resolution
-	clkUser  *clockUser // this cache's registration with clk; released by Close
+	rc      *ristretto.Cache[uint64, *entry[V]]
+	seed    maphash.Seed
+	gens    []atomic.Uint32 // per-slot generations; bumped by Invalidate
+	genMask uint64
+	cost    func(V) int64 // nil in entries mode
+	maxCost int64
+	clk     *clock     // the process's shared coarse clock for this resolution
+	clkUser *clockUser // this cache's registration with clk; released by Close
 
 	epoch  atomic.Uint64 // starts at 1; bumped by InvalidateAll
 	closed atomic.Bool   // set first thing in Close; gates every ristretto call
@@ -231,11 +231,11 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 	genBits := max(bits.Len(uint(cfg.GenerationSlots-1)), minGenBits)
 
 	c := &Cache[V]{
-		seed:     maphash.MakeSeed(),
-		gens:     make([]atomic.Uint32, 1<<genBits),
-		genMask:  1<<genBits - 1,
-		cost:     cost,
-		maxCost:  maxCost,
+		seed:    maphash.MakeSeed(),
+		gens:    make([]atomic.Uint32, 1<<genBits),
+		genMask: 1<<genBits - 1,
+		cost:    cost,
+		maxCost: maxCost,
 	}
 	c.epoch.Store(1)
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry[V]]{
