@@ -154,7 +154,14 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 		info, err := b.client.Info(ctx, "server").Result()
 		var rerr redis.Error
 		if errors.As(err, &rerr) {
-			st.noRunID = true // e.g. miniredis: no server section
+			// miniredis has no server section; an ACL user may be refused
+			// INFO. Either way restarts are then found by the epoch key
+			// alone: say so once when it is a refusal.
+			st.noRunID = true
+			if strings.HasPrefix(rerr.Error(), "NOPERM") {
+				b.log.Warn("invalidation: INFO refused; restarts without persistence are detected by the epoch key only (grant +info to check run ids)",
+					zap.String("namespace", b.cfg.Namespace), zap.Error(err))
+			}
 			return nil
 		}
 		if err != nil {

@@ -45,8 +45,8 @@ type Config struct {
 
 	// PingInterval is how long the subscription may stay silent before the
 	// bus pings it; a ping unanswered for another PingInterval marks the
-	// stream unhealthy (a stall), and after three intervals the connection
-	// is replaced. If zero or negative, DefaultPingInterval (1s) is used.
+	// stream unhealthy (a stall), and after four intervals of silence the
+	// connection is replaced. If zero or negative, DefaultPingInterval (1s) is used.
 	PingInterval time.Duration
 
 	// RouteCheckInterval is how often the bus asks the server behind the

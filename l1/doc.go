@@ -30,9 +30,12 @@
 // # Concurrency
 //
 // All methods are safe for concurrent use. A Get that hits does not allocate,
-// read the wall clock or take a lock beyond ristretto's shard read lock. The
-// cache owns three goroutines (a coarse-clock ticker and ristretto's two
-// workers); [Cache.Close] stops them and waits, is idempotent, and is safe while
+// read the wall clock or take a lock beyond ristretto's shard read lock (the
+// first read after the clock has idled reads it once, see below). The cache
+// owns ristretto's two workers and shares the process's coarse-clock ticker
+// (one per [Config.ClockResolution], started by the first Cache, stopped by
+// the last Close, and idle after 100 ms without reads); [Cache.Close] stops
+// them and waits, is idempotent, and is safe while
 // other goroutines use the cache: afterwards Get misses, Fill returns false and
 // the other methods do nothing.
 //

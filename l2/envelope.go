@@ -60,8 +60,10 @@ type Entry struct {
 	Tombstone bool
 	// Version, if not zero, is the writer's version of the value (a database
 	// row version or commit timestamp). SetMany refuses to replace a stored
-	// version with one that is not newer (ErrStale), and SetIf never replaces
-	// a versioned entry. Zero means unversioned.
+	// version with one that is not newer (ErrStale); an unversioned write
+	// over a versioned value (Set, SetIf whose expected bytes match, a
+	// tombstone) goes through and keeps the stored version. Zero means
+	// unversioned.
 	Version uint64
 
 	// Raw is the whole stored envelope as read (aliasing Value); pass it to

@@ -56,8 +56,9 @@
 // A Cache is safe for concurrent use. Build Config.Redis with
 // ContextTimeoutEnabled; New refuses one that may read from a replica
 // ([ErrReplicaRouting]) and a redis.Ring, and succeeds while Redis is down.
-// Close is idempotent, never closes Config.Redis, and waits at most LoadTimeout
-// (plus a grace) for running loads, returning an error if any outlive it.
+// Close is idempotent, never closes Config.Redis, and returns within
+// invalidation.CloseWait (2 s) for the bus plus LoadTimeout (and a grace) for
+// running loads, with an error naming whatever outlived its bound.
 //
 // NOTE: a loader may run concurrently with itself and should honour its ctx. It
 // must not call GetOrLoad or GetManyOrLoad of the same Cache for a key it is
