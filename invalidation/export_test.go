@@ -2,8 +2,11 @@ package invalidation
 
 import (
 	"context"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/episode"
 )
 
 // SetTestDrop installs the drop hook: f is asked about every decoded
@@ -16,3 +19,20 @@ func SetTestDrop(cfg *Config, f func(partition int, seq uint64) bool) { cfg.test
 func (b *Bus) PublishPipelined(ctx context.Context, pipe redis.Pipeliner, partition int, body []byte) {
 	publishScript.Eval(ctx, pipe, []string{b.SeqKey(partition)}, b.channel, body)
 }
+
+// Messages of the bus's episodes (see Config.Logger).
+const (
+	MsgAEFails   = msgAEFails
+	MsgTopoFails = msgTopoFails
+)
+
+// SetEpisodeQuiet makes the bus's episodes end after d without a failure
+// instead of the default; call it before Start.
+func SetEpisodeQuiet(b *Bus, d time.Duration) {
+	b.aeFails = episode.New(b.log, msgAEFails, d)
+	b.topoFails = episode.New(b.log, msgTopoFails, d)
+}
+
+// TopoFailures returns how many failed listings of the cluster's masters
+// the running episode has counted.
+func TopoFailures(b *Bus) uint64 { return b.topoFails.Failures() }

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/nearcache/nearcache/internal/episode"
 	"github.com/nearcache/nearcache/invalidation"
 	"github.com/nearcache/nearcache/l1"
 	"github.com/nearcache/nearcache/l2"
@@ -137,7 +138,21 @@ type Cache[V any] struct {
 	inlineOK bool // Redis calls are bounded by ctx deadlines (see canLeadInline); read-only after New
 
 	st loadCounters
+
+	// Degradations logged once per episode (see Config.Logger); closed by
+	// Close.
+	writeFails  *episode.Tracker // Redis writes that failed: callers' writes and write-backs
+	staleServes *episode.Tracker // stale values served by fail-safe
+	unreadable  *episode.Tracker // values read from Redis that were corrupt or did not decode
 }
+
+// Messages of the episodes (see Config.Logger); an episode's end is logged
+// with the same message followed by episode.EndSuffix.
+const (
+	msgWriteFails  = "nearcache: redis writes failing"
+	msgStaleServes = "nearcache: loader failing; serving stale values (fail-safe)"
+	msgUnreadable  = "nearcache: unreadable values in Redis; reloading them"
+)
 
 type loadCounters struct {
 	callers, flights, loaderCalls, loadedKeys, loaderErrors, panics atomic.Uint64
@@ -160,6 +175,10 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 		flights: map[string]*flight[V]{},
 		gets:    map[string]*flight[V]{},
 		brk:     breaker{threshold: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown, now: time.Now},
+
+		writeFails:  episode.New(cfg.Logger, msgWriteFails, episode.DefaultQuiet),
+		staleServes: episode.New(cfg.Logger, msgStaleServes, episode.DefaultQuiet),
+		unreadable:  episode.New(cfg.Logger, msgUnreadable, episode.DefaultQuiet),
 	}
 	if c.codec == nil {
 		c.codec = defaultCodec[V]()
@@ -175,7 +194,7 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 	}
 	local, err := l1.New[item[V]](l1.Config{MaxEntries: cfg.L1MaxEntries, MaxBytes: cfg.L1MaxBytes}, cost)
 	if err != nil {
-		return nil, fmt.Errorf("tiered: L1: %w", err)
+		return nil, fmt.Errorf("tiered: %w", err) // l1's errors name their package
 	}
 	c.local = local
 	if cfg.Redis != nil {
@@ -193,7 +212,7 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 	store, err := l2.New(cfg.Redis, l2.Config{KeyPrefix: cfg.Namespace + ":", MaxValueSize: cfg.MaxValueSize})
 	if err != nil {
 		_ = local.Close()
-		return nil, fmt.Errorf("tiered: L2: %w", err)
+		return nil, fmt.Errorf("tiered: %w", err)
 	}
 	bus, err := invalidation.New(cfg.Redis, invalidation.Config{
 		Namespace:           cfg.Namespace,
@@ -203,7 +222,7 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 	}, handler[V]{c})
 	if err != nil {
 		_ = local.Close()
-		return nil, fmt.Errorf("tiered: invalidation: %w", err)
+		return nil, fmt.Errorf("tiered: %w", err)
 	}
 	c.l2, c.bus = store, bus
 	c.notifyDelete = func(p int, keys []string) l2.Notification {
@@ -217,7 +236,7 @@ func New[V any](cfg Config[V]) (*Cache[V], error) {
 	if err := bus.Start(ctx); err != nil {
 		if errors.Is(err, invalidation.ErrClosed) {
 			_ = local.Close()
-			return nil, fmt.Errorf("tiered: invalidation: %w", err)
+			return nil, fmt.Errorf("tiered: %w", err)
 		}
 		c.log.Warn("nearcache: invalidation subscription not confirmed; serving degraded (short L1 TTLs) until Redis answers",
 			zap.String("namespace", cfg.Namespace), zap.Error(err))
