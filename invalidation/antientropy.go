@@ -50,6 +50,14 @@ type aeSnap struct {
 	suspect   bool
 }
 
+// Messages of the episodes of failed rounds (see Config.Logger); an
+// episode's end is logged with the same message followed by
+// episode.EndSuffix.
+const (
+	msgAEFails   = "anti-entropy rounds failing"
+	msgTopoFails = "cannot list the cluster's masters"
+)
+
 // antiEntropy finds the losses the stream cannot show: a lost last message
 // (sequence key ahead of what arrived), a flushed or restarted server (epoch
 // key missing or changed, run id changed), a failover (master set changed).
@@ -74,7 +82,7 @@ func (b *Bus) antiEntropy(ctx context.Context) {
 		case err != nil:
 			b.stats.aeErrors.Add(1)
 			b.health.set(busWide, reasonAntiEntropy)
-			b.log.Warn("anti-entropy round failed", zap.Error(err))
+			b.aeFails.Fail("", err)
 		default:
 			b.stats.aeRounds.Add(1)
 			b.health.clear(busWide, reasonAntiEntropy)

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/nearcache/nearcache/internal/episode"
 	"github.com/nearcache/nearcache/internal/wait"
 	"github.com/nearcache/nearcache/internal/wire"
 )
@@ -72,6 +73,11 @@ type Bus struct {
 
 	stats  counters
 	health healthState
+
+	// Failures logged once per episode (see Config.Logger), reported by
+	// their goroutines and closed by Close.
+	aeFails   *episode.Tracker // anti-entropy rounds that failed
+	topoFails *episode.Tracker // Redis Cluster: failed listings of the masters
 
 	queue chan item
 	// pending holds 1<<Cause bits of InvalidateAll requests not yet applied;
@@ -215,6 +221,9 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 		b.routeOn.Store(true)
 	}
 	b.gapGrace = gapGrace(cfg.AntiEntropyInterval)
+	quiet := max(episode.DefaultQuiet, 3*cfg.AntiEntropyInterval)
+	b.aeFails = episode.New(b.log, msgAEFails, quiet)
+	b.topoFails = episode.New(b.log, msgTopoFails, quiet)
 	b.health.set(busWide, reasonNotSubscribed)
 	return b, nil
 }
@@ -273,7 +282,7 @@ func (b *Bus) Publish(ctx context.Context, partition int, body []byte) error {
 	}
 	err := wire.Publish(ctx, b.client, b.notification(partition, body))
 	if err != nil {
-		return err
+		return fmt.Errorf("invalidation: publish: %w", err)
 	}
 	b.stats.published.Add(1)
 	return nil
@@ -370,6 +379,8 @@ func (b *Bus) Close() error {
 		}
 	}
 	b.lifeMu.Unlock()
+	defer b.topoFails.Close()
+	defer b.aeFails.Close() // after the goroutines that report to it
 	if !wait.Within(&b.wg, CloseWait) {
 		return fmt.Errorf("invalidation: Close: a subscription is still blocked in the Redis client after %v (no read timeout, and a server that does not answer?); it ends when the client gives up", CloseWait)
 	}

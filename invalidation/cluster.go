@@ -275,7 +275,7 @@ func (b *Bus) watchMasters(ctx context.Context) {
 		case err != nil:
 			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
 			wait = backoff
-			b.log.Warn("cannot list the cluster's masters", zap.Error(err))
+			b.topoFails.Fail("", err)
 		default:
 			backoff = 0
 			b.syncSubs(nodes)

@@ -2,9 +2,12 @@ package invalidation
 
 import (
 	"context"
+	"time"
 
 	"github.com/nearcache/nearcache/internal/wire"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/episode"
 )
 
 // SetTestDrop installs the drop hook: f is asked about every decoded
@@ -19,3 +22,20 @@ func (b *Bus) PublishPipelined(ctx context.Context, pipe redis.Pipeliner, partit
 	keys, argv := wire.Args(nil, &n)
 	wire.PublishScript.Eval(ctx, pipe, keys, argv...)
 }
+
+// Messages of the bus's episodes (see Config.Logger).
+const (
+	MsgAEFails   = msgAEFails
+	MsgTopoFails = msgTopoFails
+)
+
+// SetEpisodeQuiet makes the bus's episodes end after d without a failure
+// instead of the default; call it before Start.
+func SetEpisodeQuiet(b *Bus, d time.Duration) {
+	b.aeFails = episode.New(b.log, msgAEFails, d)
+	b.topoFails = episode.New(b.log, msgTopoFails, d)
+}
+
+// TopoFailures returns how many failed listings of the cluster's masters
+// the running episode has counted.
+func TopoFailures(b *Bus) uint64 { return b.topoFails.Failures() }

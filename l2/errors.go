@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/errfmt"
 )
 
 // Sentinel errors. Every error a Store returns (other than a plain
@@ -50,7 +52,13 @@ type StaleError struct {
 	Stored  map[string]uint64
 }
 
-// Error names one refused key with its versions, and how many were refused.
+// Error names the first refused key (in sorted order) with its versions,
+// and how many more were refused:
+//
+//	stale version: key "k": version 3 is not newer than the stored version 5
+//
+// It carries no package prefix: it is the detail of the error that wraps
+// it, which names the package and the operation.
 func (e *StaleError) Error() string {
 	keys := make([]string, 0, len(e.Stored))
 	for k := range e.Stored {
@@ -58,9 +66,13 @@ func (e *StaleError) Error() string {
 	}
 	slices.Sort(keys)
 	k := keys[0]
-	msg := fmt.Sprintf("%v: key %s: version %d is not newer than the stored version %d", ErrStale, quoteKey(k), e.Offered[k], e.Stored[k])
-	if len(keys) > 1 {
-		msg += fmt.Sprintf(" (and %d more keys refused)", len(keys)-1)
+	msg := fmt.Sprintf("stale version: key %s: version %d is not newer than the stored version %d", errfmt.Key(k), e.Offered[k], e.Stored[k])
+	switch n := len(keys) - 1; n {
+	case 0:
+	case 1:
+		msg += " (and 1 more key refused)"
+	default:
+		msg += fmt.Sprintf(" (and %d more keys refused)", n)
 	}
 	return msg
 }
@@ -68,44 +80,68 @@ func (e *StaleError) Error() string {
 // Unwrap makes errors.Is(err, ErrStale) true.
 func (e *StaleError) Unwrap() error { return ErrStale }
 
-// Error carries the operation and key of a failure, like *net.OpError.
+// Error carries the operation and key(s) of a failure, like *net.OpError.
 type Error struct {
-	Op   string // "get", "set", "mget", ...
-	Key  string // the caller's key (without prefix); empty for batch or server ops
-	Kind error  // ErrConnection or ErrOperation
-	Err  error  // the cause
+	Op   string   // "get", "set", "mget", ...
+	Key  string   // the caller's key (without prefix) of a single-key operation
+	Keys []string // the caller's keys of a batch operation (Key is then empty); nil for server ops
+	Kind error    // ErrConnection or ErrOperation
+	Err  error    // the cause
 }
 
-// Error formats the failure as "l2: OP \"KEY\": [connection error: ]cause".
+// Error formats the failure as
+//
+//	l2: OP KEYS: [connection error: ]CAUSE
+//
+// where KEYS is the quoted key, or for a batch its size and its first three
+// keys in sorted order (`2 keys ("a", "b")`), and CAUSE is Err's message
+// without a leading "l2: " (the package's own sentinels carry one), so the
+// prefix appears once. A *StaleError cause names the keys it refused, and
+// KEYS is left out.
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("l2: ")
 	b.WriteString(e.Op)
-	if e.Key != "" {
-		b.WriteString(" ")
-		b.WriteString(quoteKey(e.Key))
+	var stale *StaleError
+	if !errors.As(e.Err, &stale) {
+		label := errfmt.Keys(e.Keys)
+		if e.Key != "" {
+			label = errfmt.Key(e.Key)
+		}
+		if label != "" {
+			b.WriteString(" ")
+			b.WriteString(label)
+		}
 	}
 	b.WriteString(": ")
 	if e.Kind == ErrConnection {
 		b.WriteString("connection error: ")
 	}
-	b.WriteString(e.Err.Error())
+	if e.Err != nil {
+		b.WriteString(strings.TrimPrefix(e.Err.Error(), "l2: "))
+	}
 	return b.String()
 }
 
 // Unwrap exposes both the kind and the cause to errors.Is and errors.As.
 func (e *Error) Unwrap() []error { return []error{e.Kind, e.Err} }
 
-func quoteKey(k string) string {
-	const max = 128
-	if len(k) > max {
-		return `"` + k[:max] + `"...`
+// newError builds an *Error for an operation on keys: Key for one key, a
+// copy of keys in Keys for several (the caller may reuse its slice).
+func newError(op string, keys []string, kind, err error) *Error {
+	e := &Error{Op: op, Kind: kind, Err: err}
+	switch len(keys) {
+	case 0:
+	case 1:
+		e.Key = keys[0]
+	default:
+		e.Keys = slices.Clone(keys)
 	}
-	return `"` + k + `"`
+	return e
 }
 
 // classify wraps a go-redis error into an *Error of the right kind.
-func classify(op, key string, err error) error {
+func classify(op string, keys []string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -117,7 +153,7 @@ func classify(op, key string, err error) error {
 	case isConnErr(err):
 		kind = ErrConnection
 	}
-	return &Error{Op: op, Key: key, Kind: kind, Err: err}
+	return newError(op, keys, kind, err)
 }
 
 type timeoutErr struct{ error }

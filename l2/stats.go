@@ -53,7 +53,7 @@ type ServerInfo struct {
 // ServerStats reads INFO from the server, or from every master of a Cluster.
 func (s *Store) ServerStats(ctx context.Context) ([]ServerInfo, error) {
 	if s.closed.Load() {
-		return nil, s.closedErr("info", "")
+		return nil, s.closedErr("info")
 	}
 	var mu sync.Mutex
 	var out []ServerInfo
@@ -83,7 +83,7 @@ func (s *Store) ServerStats(ctx context.Context) ([]ServerInfo, error) {
 		}
 	}
 	if err != nil {
-		return nil, s.fail("info", "", err)
+		return nil, s.fail("info", err)
 	}
 	return out, nil
 }

@@ -123,12 +123,12 @@ func (s *Store) ConfigureServer(ctx context.Context) error {
 	set := func(ctx context.Context, c redis.Cmdable) error {
 		if s.cfg.MaxMemory != "" {
 			if err := c.ConfigSet(ctx, "maxmemory", s.cfg.MaxMemory).Err(); err != nil {
-				return fmt.Errorf("CONFIG SET maxmemory %s refused (managed Redis often disables CONFIG; unset ApplyServerConfig): %w", s.cfg.MaxMemory, err)
+				return fmt.Errorf("maxmemory %s refused (managed Redis often disables CONFIG; unset ApplyServerConfig): %w", s.cfg.MaxMemory, err)
 			}
 		}
 		if s.cfg.EvictionPolicy != "" {
 			if err := c.ConfigSet(ctx, "maxmemory-policy", s.cfg.EvictionPolicy).Err(); err != nil {
-				return fmt.Errorf("CONFIG SET maxmemory-policy %s refused (managed Redis often disables CONFIG; unset ApplyServerConfig): %w", s.cfg.EvictionPolicy, err)
+				return fmt.Errorf("maxmemory-policy %s refused (managed Redis often disables CONFIG; unset ApplyServerConfig): %w", s.cfg.EvictionPolicy, err)
 			}
 		}
 		return nil
@@ -140,7 +140,7 @@ func (s *Store) ConfigureServer(ctx context.Context) error {
 		err = set(ctx, s.client)
 	}
 	if err != nil {
-		return s.fail("config set", "", err)
+		return s.fail("config set", err)
 	}
 	return nil
 }
@@ -148,7 +148,7 @@ func (s *Store) ConfigureServer(ctx context.Context) error {
 // Ping checks that Redis answers (every master of a Cluster).
 func (s *Store) Ping(ctx context.Context) error {
 	if s.closed.Load() {
-		return s.closedErr("ping", "")
+		return s.closedErr("ping")
 	}
 	var err error
 	if s.cluster != nil {
@@ -158,7 +158,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	} else {
 		err = s.client.Ping(ctx).Err()
 	}
-	return s.fail("ping", "", err)
+	return s.fail("ping", err)
 }
 
 // IsConnected reports whether a Ping succeeds.
@@ -205,7 +205,7 @@ func (s *Store) Read(ctx context.Context, key string) (Entry, error) {
 			s.misses.Add(1)
 			return Entry{}, ErrNotFound
 		}
-		return Entry{}, s.fail("get", key, err)
+		return Entry{}, s.fail("get", err, key)
 	}
 	return s.decode(key, b)
 }
@@ -282,7 +282,7 @@ func (s *Store) GetMany(ctx context.Context, keys []string) (map[string]Entry, e
 // alias the bytes Redis returned, which nobody else holds.
 func (s *Store) ReadMany(ctx context.Context, keys []string) ([]Entry, error) {
 	if s.closed.Load() {
-		return nil, s.closedErr("mget", "")
+		return nil, s.closedErr("mget", keys...)
 	}
 	if len(keys) == 0 {
 		return []Entry{}, nil
@@ -293,10 +293,10 @@ func (s *Store) ReadMany(ctx context.Context, keys []string) ([]Entry, error) {
 		res, err := s.client.MGet(ctx, s.prefixAll(keys)...).Result()
 		s.latency.Record(time.Since(start))
 		if err != nil {
-			return nil, s.fail("mget", "", err)
+			return nil, s.fail("mget", err, keys...)
 		}
 		if len(res) != len(keys) {
-			return nil, s.fail("mget", "", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(keys)))
+			return nil, s.fail("mget", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(keys)), keys...)
 		}
 		vals = res
 	} else {
@@ -312,12 +312,12 @@ func (s *Store) ReadMany(ctx context.Context, keys []string) ([]Entry, error) {
 		})
 		s.latency.Record(time.Since(start))
 		if err != nil {
-			return nil, s.fail("mget", "", err)
+			return nil, s.fail("mget", err, keys...)
 		}
 		for gi, g := range groups {
 			res := cmds[gi].Val()
 			if len(res) != len(g.idx) {
-				return nil, s.fail("mget", "", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(g.idx)))
+				return nil, s.fail("mget", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(g.idx)), keys...)
 			}
 			for j, i := range g.idx {
 				vals[i] = res[j]
@@ -400,7 +400,7 @@ func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
 	}
 	n, err := s.client.Exists(ctx, s.prefix+key).Result()
 	if err != nil {
-		return false, s.fail("exists", key, err)
+		return false, s.fail("exists", err, key)
 	}
 	return n == 1, nil
 }
@@ -412,7 +412,7 @@ func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
 // tombstones expire.
 func (s *Store) Keys(ctx context.Context, pattern string) ([]string, error) {
 	if s.closed.Load() {
-		return nil, s.closedErr("keys", "")
+		return nil, s.closedErr("keys")
 	}
 	if pattern == "" {
 		pattern = "*"
@@ -431,7 +431,7 @@ func (s *Store) Keys(ctx context.Context, pattern string) ([]string, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, s.fail("keys", "", err)
+		return nil, s.fail("keys", err)
 	}
 	return out, nil
 }
@@ -479,16 +479,17 @@ func globEscape(s string) string {
 	return b.String()
 }
 
-func (s *Store) closedErr(op, key string) error {
-	return &Error{Op: op, Key: key, Kind: ErrOperation, Err: ErrClosed}
+func (s *Store) closedErr(op string, keys ...string) error {
+	return newError(op, keys, ErrOperation, ErrClosed)
 }
 
-// fail counts and classifies an error from go-redis.
-func (s *Store) fail(op, key string, err error) error {
+// fail counts and classifies an error from go-redis of operation op on
+// keys (none for a server operation).
+func (s *Store) fail(op string, err error, keys ...string) error {
 	if err == nil {
 		return nil
 	}
-	e := classify(op, key, err)
+	e := classify(op, keys, err)
 	s.errs.Add(1)
 	if errors.Is(e, ErrTimeout) {
 		s.timeouts.Add(1)

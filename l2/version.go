@@ -67,17 +67,13 @@ func (r *refusals) count() int {
 	return len(r.stale.Stored)
 }
 
-// err is the refusal as an *Error (nil if nothing was refused), counted in
-// Stats.StaleRefused.
-func (r *refusals) err(op, key string) error {
+// err is the refusal of an operation on keys as an *Error (nil if nothing
+// was refused), counted in Stats.StaleRefused. Its message names the
+// refused keys (the StaleError's), not all of keys.
+func (r *refusals) err(op string, keys []string) error {
 	if r.stale == nil {
 		return nil
 	}
 	r.s.stale.Add(uint64(len(r.stale.Stored)))
-	if key == "" && len(r.stale.Stored) == 1 {
-		for k := range r.stale.Stored {
-			key = k
-		}
-	}
-	return &Error{Op: op, Key: key, Kind: ErrOperation, Err: r.stale}
+	return newError(op, keys, ErrOperation, r.stale)
 }

@@ -75,7 +75,7 @@ func (s *Store) Set(ctx context.Context, key string, e Entry, opts ...WriteOptio
 // encoded before anything is sent: if one exceeds Config.MaxValueSize,
 // SetMany writes nothing and returns its ErrTooLarge error (see CheckSize).
 func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...WriteOption) error {
-	keys, vals, op, errKey, err := s.prepare(entries)
+	keys, vals, op, err := s.prepare(entries)
 	if err != nil || len(keys) == 0 {
 		return err
 	}
@@ -96,7 +96,7 @@ func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...W
 		if err == nil {
 			s.latency.Record(time.Since(start))
 			s.sets.Add(uint64(len(keys) - refused.count()))
-			return refused.err(op, errKey)
+			return refused.err(op, keys)
 		}
 	case wo.notify != nil:
 		err = s.runScript(ctx, keys, wo.notify, setScript, func(i int, argv []any) []any {
@@ -114,7 +114,7 @@ func (s *Store) SetMany(ctx context.Context, entries map[string]Entry, opts ...W
 	}
 	s.latency.Record(time.Since(start))
 	if err != nil {
-		return s.fail(op, errKey, err)
+		return s.fail(op, err, keys...)
 	}
 	s.sets.Add(uint64(len(keys)))
 	return nil
@@ -136,7 +136,7 @@ func (s *Store) SetIf(ctx context.Context, key string, e Entry, old []byte, opts
 // were written. Like SetMany, it writes nothing if one entry exceeds
 // Config.MaxValueSize.
 func (s *Store) SetManyIf(ctx context.Context, entries map[string]Entry, old map[string][]byte, opts ...WriteOption) (map[string]bool, error) {
-	keys, vals, op, errKey, err := s.prepare(entries)
+	keys, vals, op, err := s.prepare(entries)
 	if err != nil || len(keys) == 0 {
 		return nil, err
 	}
@@ -148,7 +148,7 @@ func (s *Store) SetManyIf(ctx context.Context, entries map[string]Entry, old map
 		err = s.setNX(ctx, keys, vals, entries, written)
 		s.latency.Record(time.Since(start))
 		if err != nil {
-			return written, s.fail(op, errKey, err)
+			return written, s.fail(op, err, keys...)
 		}
 		s.sets.Add(uint64(len(written)))
 		return written, nil
@@ -167,7 +167,7 @@ func (s *Store) SetManyIf(ctx context.Context, entries map[string]Entry, old map
 	})
 	s.latency.Record(time.Since(start))
 	if err != nil {
-		return written, s.fail(op, errKey, err)
+		return written, s.fail(op, err, keys...)
 	}
 	s.sets.Add(uint64(len(written)))
 	return written, nil
@@ -206,13 +206,18 @@ func (s *Store) setNX(ctx context.Context, keys []string, vals [][]byte, entries
 }
 
 // prepare encodes entries (checking MaxValueSize) in a fixed key order.
-func (s *Store) prepare(entries map[string]Entry) (keys []string, vals [][]byte, op, errKey string, err error) {
+func (s *Store) prepare(entries map[string]Entry) (keys []string, vals [][]byte, op string, err error) {
 	op = "set"
 	if len(entries) > 1 {
 		op = "mset"
 	}
 	if s.closed.Load() {
-		return nil, nil, op, "", s.closedErr(op, "")
+		if len(entries) == 1 {
+			for k := range entries {
+				return nil, nil, op, s.closedErr(op, k)
+			}
+		}
+		return nil, nil, op, s.closedErr(op)
 	}
 	now := time.Now()
 	keys = make([]string, 0, len(entries))
@@ -220,15 +225,12 @@ func (s *Store) prepare(entries map[string]Entry) (keys []string, vals [][]byte,
 	for k, e := range entries {
 		b, err := s.encodeChecked(k, &e, now)
 		if err != nil {
-			return nil, nil, op, k, err
+			return nil, nil, op, err
 		}
 		keys = append(keys, k)
 		vals = append(vals, b)
 	}
-	if len(keys) == 1 {
-		errKey = keys[0]
-	}
-	return keys, vals, op, errKey, nil
+	return keys, vals, op, nil
 }
 
 func nonNeg(d time.Duration) time.Duration {
@@ -251,16 +253,16 @@ func (s *Store) Delete(ctx context.Context, key string, opts ...WriteOption) (bo
 
 // DeleteMany removes keys in one round trip and returns how many existed.
 func (s *Store) DeleteMany(ctx context.Context, keys []string, opts ...WriteOption) (int64, error) {
-	return s.deleteMany(ctx, "mdel", keys, opts)
+	op := "mdel"
+	if len(keys) == 1 {
+		op = "del" // as SetMany of one entry is a "set"
+	}
+	return s.deleteMany(ctx, op, keys, opts)
 }
 
 func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts []WriteOption) (int64, error) {
-	errKey := ""
-	if len(keys) == 1 {
-		errKey = keys[0]
-	}
 	if s.closed.Load() {
-		return 0, s.closedErr(op, errKey)
+		return 0, s.closedErr(op, keys...)
 	}
 	if len(keys) == 0 {
 		return 0, nil
@@ -275,8 +277,8 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 	var err error
 	switch {
 	case wo.version != 0 && wo.tombstone <= 0:
-		return 0, &Error{Op: op, Key: errKey, Kind: ErrOperation,
-			Err: errors.New("a versioned delete needs a tombstone (WithVersion with Tombstone(ttl)) to keep the version")}
+		return 0, newError(op, keys, ErrOperation,
+			errors.New("a versioned delete needs a tombstone (WithVersion with Tombstone(ttl)) to keep the version"))
 	case wo.version != 0:
 		ttl := ttlArg(wo.tombstone)
 		now := time.Now()
@@ -298,7 +300,7 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 		if err == nil {
 			s.latency.Record(time.Since(start))
 			s.deletes.Add(uint64(len(keys)))
-			return n, refused.err(op, errKey)
+			return n, refused.err(op, keys)
 		}
 	case wo.tombstone > 0:
 		ttl := ttlArg(wo.tombstone)
@@ -326,7 +328,7 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 	}
 	s.latency.Record(time.Since(start))
 	if err != nil {
-		return n, s.fail(op, errKey, err)
+		return n, s.fail(op, err, keys...)
 	}
 	s.deletes.Add(uint64(len(keys)))
 	return n, nil
@@ -343,7 +345,7 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 // with respect to concurrent writers: a key written while it runs may stay.
 func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
 	if s.closed.Load() {
-		return 0, s.closedErr("clear", "")
+		return 0, s.closedErr("clear")
 	}
 	if s.prefix == "" {
 		return 0, &Error{Op: "clear", Kind: ErrOperation,
@@ -387,11 +389,11 @@ func (s *Store) Clear(ctx context.Context, opts ...WriteOption) (int64, error) {
 		return err
 	})
 	if err != nil {
-		return removed.Load(), s.fail("clear", "", err)
+		return removed.Load(), s.fail("clear", err)
 	}
 	if wo.notify != nil {
 		if err := s.runScript(ctx, nil, wo.notify, wire.PublishScript, nil, nil); err != nil {
-			return removed.Load(), s.fail("clear", "", err)
+			return removed.Load(), s.fail("clear", err)
 		}
 	}
 	return removed.Load(), nil

@@ -3,7 +3,6 @@ package tiered
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"time"
 
@@ -78,7 +77,9 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		case err != nil && err == ctx.Err():
 			return out, err
 		case err != nil:
-			if !slices.Contains(failed, w.f) {
+			// So does an error that several flights share (a batch's
+			// loader or L2 read).
+			if !slices.Contains(failed, w.f) && !slices.Contains(errs, err) {
 				failed = append(failed, w.f)
 				errs = append(errs, err)
 			}
@@ -287,10 +288,11 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	now := time.Now()
 	if err != nil {
 		c.st.loaderErrors.Add(1)
-		lerr := fmt.Errorf("tiered: batch load of %d keys: %w", len(need), err)
+		lerr := &opError{op: "load", keys: need, err: err}
 		for _, i := range st.need {
 			if stale := st.looks[i].stale; stale != nil {
 				c.st.staleServed.Add(1)
+				c.staleServes.Fail(st.keys[i], lerr)
 				c.fill(st.tickets[i], *stale, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
 				st.res[i] = batchResult[V]{it: *stale, ok: true}
 			} else {
@@ -303,6 +305,9 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	old := make(map[string][]byte, len(need))
 	announce := make(map[string]bool)
 	ttls := make(map[int]time.Duration, len(need))
+	var unencoded int // values the codec could not encode: one log line for all
+	var firstKey string
+	var firstErr error
 	for _, i := range st.need {
 		k := st.keys[i]
 		v, ok := loaded[k]
@@ -325,15 +330,22 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		if !lk.reachable {
 			continue // L2 unreadable: keep locally only
 		}
-		e, err := c.entry(k, it, ttl)
+		e, err := c.entry(it, ttl)
 		if err != nil {
-			c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", k), zap.Error(err))
+			if unencoded == 0 {
+				firstKey, firstErr = k, err
+			}
+			unencoded++
 			continue
 		}
 		entries[k], old[k] = e, lk.raw
 		if lk.announce {
 			announce[k] = true
 		}
+	}
+	if unencoded > 0 {
+		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", firstKey), zap.Error(firstErr),
+			zap.Int("left_out", unencoded), zap.Int("keys", len(need)))
 	}
 	written := c.storeLoadedMany(ctx, entries, old, announce)
 	now = time.Now()
@@ -363,21 +375,37 @@ func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) ([]lookup[V], 
 		return err // with entries != nil: unreadable values, which are misses
 	})
 	if entries == nil && err != nil {
-		if !errors.Is(err, errBreakerOpen) {
-			c.st.l2Errors.Add(1)
-			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		if errors.Is(err, errBreakerOpen) {
+			return looks, &opError{op: "get", keys: keys, err: err}
 		}
-		return looks, fmt.Errorf("tiered: get %d keys: %w", len(keys), err)
+		c.st.l2Errors.Add(1)
+		return looks, remoteError("get", keys, ErrUnavailable, err)
 	}
 	now := time.Now()
 	for i, e := range entries {
 		if e.Raw == nil && !e.Corrupt {
 			looks[i] = lookup[V]{reachable: true} // absent
 		} else {
-			looks[i] = c.classify(keys[i], e, now)
+			looks[i] = c.classify(keys[i], e, decodeErrOf(err, keys[i], e), now)
 		}
 	}
 	return looks, nil
+}
+
+// decodeErrOf returns the error that ReadMany joined in err for the corrupt
+// entry e of key (nil for any other entry).
+func decodeErrOf(err error, key string, e l2.Entry) error {
+	if !e.Corrupt {
+		return nil
+	}
+	if errs, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, err := range errs.Unwrap() {
+			if le, ok := err.(*l2.Error); ok && le.Key == key {
+				return le
+			}
+		}
+	}
+	return err
 }
 
 // storeLoadedMany writes loaded entries back with SetManyIf, each only if
@@ -432,13 +460,24 @@ func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.En
 		return nil
 	})
 	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return nil // Close cancelled the flight: nothing to say about Redis
+		}
 		if !errors.Is(err, errBreakerOpen) {
 			c.st.l2Errors.Add(1)
-			c.log.Warn("nearcache: writing loaded values to redis failed", zap.Int("keys", len(entries)), zap.Error(err))
 		}
+		c.writeFails.Fail(anyKey(entries), err)
 		return nil
 	}
 	return written
+}
+
+// anyKey returns a key of entries, for a log line.
+func anyKey(entries map[string]l2.Entry) string {
+	for k := range entries {
+		return k
+	}
+	return ""
 }
 
 // leaveOutOversized removes from entries the values whose encoded form

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/nearcache/nearcache/internal/episode"
 	"github.com/nearcache/nearcache/invalidation"
 	"github.com/nearcache/nearcache/l1"
 	"github.com/nearcache/nearcache/l2"
@@ -135,7 +136,21 @@ type Cache[V any] struct {
 	inlineOK bool // Redis calls are bounded by ctx deadlines (see canLeadInline); read-only after New
 
 	st loadCounters
+
+	// Degradations logged once per episode (see Config.Logger); closed by
+	// Close.
+	writeFails  *episode.Tracker // Redis writes that failed: callers' writes and write-backs
+	staleServes *episode.Tracker // stale values served by fail-safe
+	unreadable  *episode.Tracker // values read from Redis that were corrupt or did not decode
 }
+
+// Messages of the episodes (see Config.Logger); an episode's end is logged
+// with the same message followed by episode.EndSuffix.
+const (
+	msgWriteFails  = "nearcache: redis writes failing"
+	msgStaleServes = "nearcache: loader failing; serving stale values (fail-safe)"
+	msgUnreadable  = "nearcache: unreadable values in Redis; reloading them"
+)
 
 type loadCounters struct {
 	callers, flights, loaderCalls, loadedKeys, loaderErrors, panics atomic.Uint64
@@ -162,6 +177,10 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		flights: map[string]*flight[V]{},
 		gets:    map[string]*flight[V]{},
 		brk:     breaker{threshold: cfg.BreakerFailures, cooldown: cfg.BreakerCooldown, now: time.Now},
+
+		writeFails:  episode.New(cfg.Logger, msgWriteFails, episode.DefaultQuiet),
+		staleServes: episode.New(cfg.Logger, msgStaleServes, episode.DefaultQuiet),
+		unreadable:  episode.New(cfg.Logger, msgUnreadable, episode.DefaultQuiet),
 	}
 	if c.codec == nil {
 		c.codec = defaultCodec[V]()
@@ -177,7 +196,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	}
 	local, err := l1.New[item[V]](l1.Config{MaxEntries: cfg.L1MaxEntries, MaxBytes: cfg.L1MaxBytes}, cost)
 	if err != nil {
-		return nil, fmt.Errorf("tiered: L1: %w", err)
+		return nil, fmt.Errorf("tiered: %w", err) // l1's errors name their package
 	}
 	c.local = local
 	if wrapL1 != nil {
@@ -198,7 +217,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	store, err := l2.New(cfg.Redis, l2.Config{KeyPrefix: cfg.Namespace + ":", MaxValueSize: cfg.MaxValueSize})
 	if err != nil {
 		_ = local.Close()
-		return nil, fmt.Errorf("tiered: L2: %w", err)
+		return nil, fmt.Errorf("tiered: %w", err)
 	}
 	bus, err := invalidation.New(cfg.Redis, invalidation.Config{
 		Namespace:           cfg.Namespace,
@@ -208,7 +227,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	}, handler[V]{c})
 	if err != nil {
 		_ = local.Close()
-		return nil, fmt.Errorf("tiered: invalidation: %w", err)
+		return nil, fmt.Errorf("tiered: %w", err)
 	}
 	c.l2, c.bus = store, bus
 	c.notifyDelete, c.notifyClear = bus.NotifyDelete, bus.NotifyClear
@@ -217,7 +236,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	if err := bus.Start(ctx); err != nil {
 		if errors.Is(err, invalidation.ErrClosed) {
 			_ = local.Close()
-			return nil, fmt.Errorf("tiered: invalidation: %w", err)
+			return nil, fmt.Errorf("tiered: %w", err)
 		}
 		c.log.Warn("nearcache: invalidation subscription not confirmed; serving degraded (short L1 TTLs) until Redis answers",
 			zap.String("namespace", cfg.Namespace), zap.Error(err))

@@ -1,9 +1,6 @@
 package tiered
 
-import (
-	"encoding/json"
-	"fmt"
-)
+import "encoding/json"
 
 // Codec turns values into bytes for Redis and back. Unmarshal receives bytes
 // from a shared server: it must reject what it cannot parse with an error,
@@ -57,20 +54,27 @@ func defaultCodec[V any]() Codec[V] {
 	return JSONCodec[V]{}
 }
 
-// safeUnmarshal turns a panicking codec into an error.
+// safeUnmarshal runs the codec's Unmarshal: its error comes back as a
+// *codecError ("decode: ..."), a panic in it as a *PanicError (with the
+// panic value and stack).
 func safeUnmarshal[V any](c Codec[V], b []byte) (v V, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("codec panicked: %v", r)
+			err = newPanicError("decode", "", r)
+		} else if err != nil {
+			err = &codecError{op: "decode", err: err}
 		}
 	}()
 	return c.Unmarshal(b)
 }
 
+// safeMarshal is safeUnmarshal for Marshal.
 func safeMarshal[V any](c Codec[V], v V) (b []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("codec panicked: %v", r)
+			err = newPanicError("encode", "", r)
+		} else if err != nil {
+			err = &codecError{op: "encode", err: err}
 		}
 	}()
 	return c.Marshal(v)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nearcache/nearcache/internal/errfmt"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -206,7 +207,7 @@ func (c *Cache[V]) join(ctx context.Context, key string, load Loader[V], o callO
 		defer func() {
 			overrun.Stop()
 			if !returned && !panicked { // runtime.Goexit: x/sync sends no result
-				f.abortWith(fmt.Errorf("tiered: load of key %q aborted (runtime.Goexit in the loader)", key))
+				f.abortWith(fmt.Errorf("tiered: load %s aborted (runtime.Goexit in the loader)", errfmt.Key(key)))
 			}
 		}()
 		defer c.work.Done()
@@ -243,7 +244,7 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 			it, err, settled = item[V]{}, c.loadPanicked(key, r), true
 		}
 		if !settled { // runtime.Goexit in a codec: followers must not hang
-			err = fmt.Errorf("tiered: load of key %q aborted (runtime.Goexit)", key)
+			err = fmt.Errorf("tiered: load %s aborted (runtime.Goexit)", errfmt.Key(key))
 		}
 		c.finish(table, key, f, it, err)
 		c.work.Done()
@@ -271,7 +272,7 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 		func() { c.finish(table, key, f, item[V]{}, errLoadOverran) }, // later callers start afresh
 		func(completed bool) {
 			if !completed {
-				lerr = fmt.Errorf("tiered: load of key %q aborted (runtime.Goexit in the loader)", key)
+				lerr = fmt.Errorf("tiered: load %s aborted (runtime.Goexit in the loader)", errfmt.Key(key))
 			}
 			c.finish(table, key, f, lit, lerr)
 		})

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/nearcache/nearcache/internal/errfmt"
 	"github.com/nearcache/nearcache/l1"
 	"github.com/nearcache/nearcache/l2"
 )
@@ -34,7 +35,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], op
 	}
 	if load == nil {
 		var zero V
-		return zero, fmt.Errorf("tiered: GetOrLoad %q: nil loader", key)
+		return zero, fmt.Errorf("tiered: GetOrLoad %s: nil loader", errfmt.Key(key))
 	}
 	return c.miss(ctx, key, load, opts)
 }
@@ -104,13 +105,14 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, load Loader[V], o 
 	v, err := load(ctx, key)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		c.st.loaderErrors.Add(1)
+		lerr := &opError{op: "load", keys: []string{key}, err: err}
 		if look.stale != nil {
 			c.st.staleServed.Add(1)
-			c.log.Warn("nearcache: loader failed; serving a stale value (fail-safe)", zap.String("key", key), zap.Error(err))
+			c.staleServes.Fail(key, lerr)
 			c.fill(t, *look.stale, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
 			return *look.stale, nil
 		}
-		return item[V]{}, fmt.Errorf("tiered: load %q: %w", key, err)
+		return item[V]{}, lerr
 	}
 	it := item[V]{v: v, neg: err != nil}
 	ttl := o.ttl
@@ -164,21 +166,21 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 	case errors.Is(err, l2.ErrNotFound):
 		return lookup[V]{reachable: true}
 	case errors.Is(err, errBreakerOpen):
-		return lookup[V]{err: fmt.Errorf("tiered: get %q: %w", key, err)}
+		return lookup[V]{err: &opError{op: "get", keys: []string{key}, err: err}}
 	case err != nil && !e.Corrupt:
 		c.st.l2Errors.Add(1)
-		return lookup[V]{err: fmt.Errorf("tiered: get %q: %w: %w", key, ErrUnavailable, err)}
+		return lookup[V]{err: remoteError("get", []string{key}, ErrUnavailable, err)}
 	}
-	return c.classify(key, e, time.Now())
+	return c.classify(key, e, err, time.Now())
 }
 
 // classify turns an entry read from L2 (possibly a tombstone or corrupt
-// bytes) into a lookup.
-func (c *Cache[V]) classify(key string, e l2.Entry, now time.Time) lookup[V] {
+// bytes, with derr the error that says why) into a lookup.
+func (c *Cache[V]) classify(key string, e l2.Entry, derr error, now time.Time) lookup[V] {
 	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
 	if e.Corrupt {
 		c.st.decodeErrors.Add(1)
-		c.log.Warn("nearcache: unreadable value in Redis; reloading", zap.String("key", key))
+		c.unreadable.Fail(key, derr)
 		return lk
 	}
 	if e.Tombstone || (!e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)) {
@@ -209,21 +211,23 @@ func (c *Cache[V]) decodeEntry(key string, e *l2.Entry) (item[V], bool) {
 	v, err := safeUnmarshal(c.codec, e.Value)
 	if err != nil {
 		c.st.decodeErrors.Add(1)
-		c.log.Warn("nearcache: value in Redis does not decode; reloading", zap.String("key", key), zap.Error(err))
+		c.unreadable.Fail(key, err)
 		return item[V]{}, false
 	}
 	return item[V]{v: v}, true
 }
 
-// entry builds the L2 envelope of an item with ttl as its freshness.
-func (c *Cache[V]) entry(key string, it item[V], ttl time.Duration) (l2.Entry, error) {
+// entry builds the L2 envelope of an item with ttl as its freshness. A
+// codec failure is counted and returned as safeMarshal returns it (the
+// caller names the key).
+func (c *Cache[V]) entry(it item[V], ttl time.Duration) (l2.Entry, error) {
 	if it.neg {
 		return l2.Entry{Negative: true, TTL: ttl}, nil
 	}
 	b, err := safeMarshal(c.codec, it.v)
 	if err != nil {
 		c.st.encodeErrors.Add(1)
-		return l2.Entry{}, fmt.Errorf("tiered: encode %q: %w", key, err)
+		return l2.Entry{}, err
 	}
 	e := l2.Entry{Value: b, TTL: ttl}
 	if c.cfg.FailSafeMaxStale > 0 {
@@ -236,7 +240,7 @@ func (c *Cache[V]) entry(key string, it item[V], ttl time.Duration) (l2.Entry, e
 // read (raw), publishing its invalidation; it reports whether the item may
 // be kept in L1.
 func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, look lookup[V]) bool {
-	e, err := c.entry(key, it, ttl)
+	e, err := c.entry(it, ttl)
 	if err != nil {
 		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", key), zap.Error(err))
 		return true // this process's value; L1 may keep it

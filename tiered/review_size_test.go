@@ -30,7 +30,7 @@ func TestReviewInheritedVersionOverflowsMaxValueSize(t *testing.T) {
 	var big string
 	for n := limit; n > 0; n-- {
 		big = strings.Repeat("x", n)
-		e, err := w.entry("k", item[string]{v: big}, w.cfg.TTL)
+		e, err := w.entry(item[string]{v: big}, w.cfg.TTL)
 		if err == nil && w.l2.CheckSize("k", e) == nil {
 			break
 		}

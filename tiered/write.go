@@ -6,11 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/nearcache/nearcache/internal/wait"
 	"github.com/nearcache/nearcache/l2"
@@ -35,7 +31,7 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 	}
 	keys := slices.Collect(maps.Keys(items))
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("tiered: set %s: %w", keysLabel(keys), err)
+		return &opError{op: "set", keys: keys, err: err}
 	}
 	if len(items) == 0 {
 		return nil
@@ -46,15 +42,15 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 	}
 	entries := make(map[string]l2.Entry, len(items))
 	for k, v := range items {
-		e, err := c.entry(k, item[V]{v: v}, o.ttl)
+		e, err := c.entry(item[V]{v: v}, o.ttl)
 		if err != nil {
-			return err
+			return &opError{op: "set", keys: []string{k}, err: err}
 		}
 		e.Version = o.version
 		// The caller's mistake, found before any I/O: nothing is written,
 		// and neither the breaker nor Stats.L2.Errors counts it.
 		if err := c.l2.CheckSize(k, e); err != nil {
-			return fmt.Errorf("tiered: set: %w", err)
+			return remoteError("set", []string{k}, nil, err)
 		}
 		entries[k] = e
 	}
@@ -83,7 +79,7 @@ func (c *Cache[V]) DeleteMany(ctx context.Context, keys []string, opts ...Option
 		return ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("tiered: delete %s: %w", keysLabel(keys), err)
+		return &opError{op: "delete", keys: keys, err: err}
 	}
 	if len(keys) == 0 {
 		return nil
@@ -134,7 +130,7 @@ func (c *Cache[V]) setLocal(keys []string, items map[string]V, o callOptions) er
 		c.local.Fill(c.local.Reserve(k), item[V]{v: items[k]}, c.l1TTL(o))
 	}
 	if len(stale.Stored) > 0 {
-		return fmt.Errorf("tiered: set %s: %w: %w", keysLabel(keys), ErrStale, stale)
+		return &opError{op: "set", class: ErrStale, err: stale} // stale names the keys
 	}
 	return nil
 }
@@ -155,7 +151,7 @@ func (c *Cache[V]) deleteLocal(keys []string, o callOptions) error {
 		}
 	}
 	if len(stale.Stored) > 0 {
-		return fmt.Errorf("tiered: delete %s: %w: %w", keysLabel(keys), ErrStale, stale)
+		return &opError{op: "delete", class: ErrStale, err: stale} // stale names the keys
 	}
 	return nil
 }
@@ -184,7 +180,7 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 		return ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("tiered: clear: %w", err)
+		return &opError{op: "clear", err: err}
 	}
 	if c.l2 == nil {
 		c.verMu.Lock()
@@ -209,7 +205,7 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 		if inDoubt(err) {
 			c.doubt.add(nil, true, time.Now())
 		}
-		return c.writeErr(ctx, "clear", "(namespace)", err)
+		return c.writeErr(ctx, "clear", nil, err)
 	}
 	return nil
 }
@@ -228,58 +224,46 @@ func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(
 		if inDoubt(err) || (len(keys) > 1 && !errors.Is(err, errBreakerOpen) && !errors.Is(err, l2.ErrStale)) {
 			c.doubt.add(keys, false, time.Now())
 		}
-		return c.writeErr(ctx, op, keysLabel(keys), err)
+		return c.writeErr(ctx, op, keys, err)
 	}
 	return nil
 }
 
-// keysLabel names the keys of a write in its errors: the key, quoted, or
-// how many and the first few.
-func keysLabel(keys []string) string {
-	switch len(keys) {
-	case 0:
-		return "(no keys)"
-	case 1:
-		return strconv.Quote(keys[0])
-	}
-	const show = 3
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d keys (", len(keys))
-	for i, k := range keys[:min(len(keys), show)] {
-		if i > 0 {
-			b.WriteString(", ")
+// writeErr wraps the error of a failed write of keys (nil: the namespace)
+// and, when it says something about Redis, counts it and reports it to the
+// writeFails episode (see Config.Logger): a failure of Redis, a refusal by
+// Redis, or a skip by the open breaker. A refused version is an answer, not
+// a failure; a write cut short by the caller's own ctx says nothing about
+// Redis either.
+func (c *Cache[V]) writeErr(ctx context.Context, op string, keys []string, err error) error {
+	var e *opError
+	switch cerr := ctx.Err(); {
+	case errors.Is(err, errBreakerOpen):
+		e = &opError{op: op, keys: keys, err: err}
+	case errors.Is(err, l2.ErrStale): // an answer: a newer version won
+		return remoteError(op, keys, ErrStale, err)
+	case cerr != nil:
+		if errors.Is(err, cerr) {
+			return remoteError(op, keys, nil, err)
 		}
-		b.WriteString(strconv.Quote(k))
+		return remoteError(op, keys, cerr, err)
+	case errors.Is(err, l2.ErrOperation): // an answer from Redis, or unusable data
+		c.st.l2Errors.Add(1)
+		e = remoteError(op, keys, nil, err)
+	default: // unreachable or too slow
+		c.st.l2Errors.Add(1)
+		e = remoteError(op, keys, ErrUnavailable, err)
 	}
-	if len(keys) > show {
-		b.WriteString(", ...")
-	}
-	b.WriteString(")")
-	return b.String()
+	c.writeFails.Fail(firstKey(keys), e)
+	return e
 }
 
-// writeErr counts, logs and wraps a failed write. A skip by the open
-// breaker is neither an error of Redis nor worth a log line per call; nor is
-// a write cut short by the caller's own ctx, whose error it wraps.
-func (c *Cache[V]) writeErr(ctx context.Context, op, what string, err error) error {
-	if errors.Is(err, errBreakerOpen) {
-		return fmt.Errorf("tiered: %s %s: %w", op, what, err)
+// firstKey is the key an episode's log names for an operation on keys.
+func firstKey(keys []string) string {
+	if len(keys) == 0 {
+		return ""
 	}
-	if errors.Is(err, l2.ErrStale) { // an answer: a newer version won
-		return fmt.Errorf("tiered: %s %s: %w: %w", op, what, ErrStale, err)
-	}
-	if cerr := ctx.Err(); cerr != nil {
-		if errors.Is(err, cerr) {
-			return fmt.Errorf("tiered: %s %s: %w", op, what, err)
-		}
-		return fmt.Errorf("tiered: %s %s: %w (%w)", op, what, cerr, err)
-	}
-	c.st.l2Errors.Add(1)
-	c.log.Warn("nearcache: redis write failed", zap.String("op", op), zap.String("keys", what), zap.Error(err))
-	if !errors.Is(err, l2.ErrOperation) { // unreachable or too slow, not an answer from Redis
-		return fmt.Errorf("tiered: %s %s: %w: %w", op, what, ErrUnavailable, err)
-	}
-	return fmt.Errorf("tiered: %s %s: %w", op, what, err)
+	return keys[0]
 }
 
 // l1TTL is the local TTL of a value written in L1-only mode.
@@ -318,5 +302,10 @@ func (c *Cache[V]) Close() error {
 	if c.l2 != nil {
 		errs = append(errs, c.l2.Close())
 	}
+	// After the work: a failure of a load still running is counted in its
+	// episode, whose end is logged now.
+	c.writeFails.Close()
+	c.staleServes.Close()
+	c.unreadable.Close()
 	return errors.Join(errs...)
 }
