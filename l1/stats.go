@@ -43,7 +43,7 @@ func (c *Cache[V]) Stats() Stats {
 	s := &c.shards[0]
 	if c.enter(s) {
 		st.Cost = c.maxCost - c.rc.RemainingCost()
-		s.active.Add(-1)
+		s.leave()
 		// Every accepted set either adds a value or replaces one, and every
 		// value that leaves (evicted, rejected, replaced, deleted) passes
 		// OnExit once.
