@@ -53,7 +53,7 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		if _, dup := out[k]; dup {
 			continue
 		}
-		if it, ok := c.local.Get(k); ok {
+		if it, ok := c.hot.Get(k); ok {
 			if !it.neg {
 				out[k] = it.v
 			}

@@ -103,9 +103,12 @@ type Cache[V any] struct {
 	codec Codec[V]
 	log   *zap.Logger
 	local localTier[item[V]]
-	l2    remoteTier      // nil in L1-only mode
-	bus   invalidationBus // nil in L1-only mode
-	brk   breaker
+	// hot is local's concrete L1, for the hit path only: an interface call
+	// there would cost a dynamic dispatch and block inlining.
+	hot *l1.Cache[item[V]]
+	l2  remoteTier      // nil in L1-only mode
+	bus invalidationBus // nil in L1-only mode
+	brk breaker
 
 	notifyDelete l2.NotifyFunc // invalidation for written or deleted keys
 	notifyClear  l2.NotifyFunc // invalidation that drops every L1
@@ -198,7 +201,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	if err != nil {
 		return nil, fmt.Errorf("tiered: %w", err) // l1's errors name their package
 	}
-	c.local = local
+	c.local, c.hot = local, local
 	if wrapL1 != nil {
 		c.local = wrapL1(local)
 	}

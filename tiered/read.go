@@ -18,7 +18,7 @@ import (
 // neither is ErrNotFound; with Redis unreachable the error wraps
 // ErrUnavailable.
 func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
-	if it, ok := c.local.Get(key); ok {
+	if it, ok := c.hot.Get(key); ok {
 		return it.result()
 	}
 	return c.miss(ctx, key, nil, nil)
@@ -30,7 +30,7 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 // it (see Option); each caller waits on its own ctx. An L1 hit costs one
 // ristretto lookup: no allocation, no lock, no clock read.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], opts ...Option) (V, error) {
-	if it, ok := c.local.Get(key); ok {
+	if it, ok := c.hot.Get(key); ok {
 		return it.result()
 	}
 	if load == nil {
