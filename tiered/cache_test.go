@@ -615,7 +615,6 @@ func TestConfigErrors(t *testing.T) {
 		{Config[string]{LoadTimeout: -1}, "LoadTimeout"},
 		{Config[string]{FailSafeMaxStale: -1}, "FailSafeMaxStale"},
 		{Config[string]{FailSafeRetryAfter: -1}, "FailSafeRetryAfter"},
-		{Config[string]{StartTimeout: -1}, "StartTimeout"},
 		{Config[string]{BreakerCooldown: -1}, "BreakerCooldown"},
 		{Config[string]{L1MaxBytes: 1 << 20}, "L1Cost"}, // no L1Cost
 	} {

@@ -122,7 +122,9 @@ type Config[V any] struct {
 	// StartTimeout bounds how long New waits for the invalidation
 	// subscription to be confirmed. If Redis is down, New still succeeds:
 	// the Cache serves from L1 and loaders, keeps local copies short, and
-	// recovers when Redis returns. If zero, DefaultStartTimeout.
+	// recovers when Redis returns. If zero, DefaultStartTimeout. Negative:
+	// New does not wait (the routing check still runs, bounded by
+	// DefaultStartTimeout).
 	StartTimeout time.Duration
 
 	// BreakerFailures is the number of consecutive Redis connection failures
@@ -238,8 +240,6 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: L1MaxBytes %d needs L1Cost (the size of a value)", c.L1MaxBytes)
 	case c.FailSafeRetryAfter < 0:
 		return c, fmt.Errorf("tiered: FailSafeRetryAfter %v is negative", c.FailSafeRetryAfter)
-	case c.StartTimeout < 0:
-		return c, fmt.Errorf("tiered: StartTimeout %v is negative", c.StartTimeout)
 	case c.BreakerCooldown < 0:
 		return c, fmt.Errorf("tiered: BreakerCooldown %v is negative", c.BreakerCooldown)
 	case !(c.L1TTLJitter < 1): // also NaN
