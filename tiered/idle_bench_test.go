@@ -1,0 +1,97 @@
+package tiered
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+)
+
+// BenchmarkIdleCaches measures what Caches cost while nothing uses them:
+// this process's CPU (getrusage) over idleWindow, as a percentage of one
+// core, the commands they send Redis per second (INFO commandstats of a
+// server the benchmark starts), and the subscriber connections they hold.
+// Run with -benchtime 1x: each sub-benchmark is one measurement.
+func BenchmarkIdleCaches(b *testing.B) {
+	const idleWindow = 5 * time.Second
+	for _, n := range []int{1, 50} {
+		b.Run(fmt.Sprintf("caches=%d", n), func(b *testing.B) {
+			srv := redistest.StartServer(b)
+			rc := newClient(b, srv.Addr())
+			admin := srv.Client()
+			ctx := context.Background()
+			for i := range n {
+				c := newCache(b, Config[string]{Redis: rc, Namespace: "idle" + strconv.Itoa(i)})
+				if err := c.Set(ctx, "k", "v"); err != nil { // one write, then nothing
+					b.Fatal(err)
+				}
+				if _, err := c.Get(ctx, "k"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			time.Sleep(time.Second) // let start-up work settle
+			for b.Loop() {
+				cpu0, calls0, t0 := processCPU(b), commandCalls(b, admin), time.Now()
+				time.Sleep(idleWindow)
+				cpu1, calls1, wall := processCPU(b), commandCalls(b, admin), time.Since(t0)
+				// The two INFO calls are the benchmark's own.
+				b.ReportMetric(100*float64(cpu1-cpu0)/float64(wall), "cpu%")
+				b.ReportMetric(float64(calls1-calls0-1)/wall.Seconds(), "cmds/s")
+				b.ReportMetric(float64(subscribers(b, admin)), "subconns")
+			}
+		})
+	}
+}
+
+// processCPU is this process's user+system CPU time.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// commandCalls sums the calls of every command in INFO commandstats.
+func commandCalls(b *testing.B, c *redis.Client) int64 {
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total int64
+	for _, line := range strings.Split(info, "\n") {
+		_, rest, ok := strings.Cut(line, ":calls=")
+		if !ok {
+			continue
+		}
+		n, _, _ := strings.Cut(rest, ",")
+		v, err := strconv.ParseInt(n, 10, 64)
+		if err != nil {
+			b.Fatalf("commandstats line %q: %v", line, err)
+		}
+		total += v
+	}
+	return total
+}
+
+// subscribers counts the server's pub/sub connections.
+func subscribers(b *testing.B, c *redis.Client) int {
+	list, err := c.ClientList(context.Background()).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(list, "\n") {
+		if strings.Contains(line, " flags=P ") || (strings.Contains(line, " sub=") && !strings.Contains(line, " sub=0 ")) {
+			n++
+		}
+	}
+	return n
+}
