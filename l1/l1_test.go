@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"runtime"
 	"strconv"
 	"sync"
@@ -933,9 +932,9 @@ func TestClockIdle(t *testing.T) {
 	})
 }
 
-// TestClockWakeRace: readers racing with a clock that stops after every
-// unread tick never read a time older than the wall clock just before they
-// found it stopped.
+// TestClockWakeRace: readers released together onto a stopped clock race
+// to wake it; every one of them reads a time no older than the wall clock
+// just before their release (a stopped clock's time is never read).
 func TestClockWakeRace(t *testing.T) {
 	k := newClock(time.Millisecond, 1)
 	u := &clockUser{flush: func() {}}
@@ -949,27 +948,31 @@ func TestClockWakeRace(t *testing.T) {
 		k.mu.Unlock()
 		<-k.done
 	}()
-	var wg sync.WaitGroup
-	var bad atomic.Int64
-	for g := 0; g < 4; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 300; i++ {
-				wall := int64(time.Since(k.base)) // before the clock is seen stopped
-				if k.state.Load() == clockStopped {
-					if got := k.read(); got < wall {
-						bad.Add(1)
-					}
-				} else {
-					k.read()
-				}
-				time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+	const readers = 4
+	for round := 0; round < 50; round++ {
+		deadline := time.Now().Add(10 * time.Second)
+		for k.state.Load() != clockStopped {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the clock did not stop within 10s without reads", round)
 			}
-		}()
-	}
-	wg.Wait()
-	if n := bad.Load(); n > 0 {
-		t.Fatalf("%d reads of a woken clock returned a time before the wake", n)
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(2 * time.Millisecond) // real time moves on; the stopped clock does not
+		wall := int64(time.Since(k.base))
+		start := make(chan struct{})
+		got := make(chan int64, readers)
+		for range readers {
+			go func() {
+				<-start
+				got <- k.read()
+			}()
+		}
+		close(start)
+		for range readers {
+			if v := <-got; v < wall {
+				t.Fatalf("round %d: a read released onto the stopped clock returned %v, before the wall clock at its release %v",
+					round, time.Duration(v), time.Duration(wall))
+			}
+		}
 	}
 }
