@@ -14,8 +14,8 @@ import (
 // message; true drops it as if the network had lost it.
 func SetTestDrop(cfg *Config, f func(partition int, seq uint64) bool) { cfg.testDrop = f }
 
-// PublishPipelined queues on pipe what Publish does (the sequence INCR and
-// the PUBLISH of body with the new sequence), for tests that publish on
+// PublishPipelined queues on pipe what Publish does (the script that stores
+// the next sequence and PUBLISHes body with it), for tests that publish on
 // thousands of partitions at once.
 func (b *Bus) PublishPipelined(ctx context.Context, pipe redis.Pipeliner, partition int, body []byte) {
 	n := b.notification(partition, body)
