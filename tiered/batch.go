@@ -71,11 +71,16 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 	}
 	var errs []error
 	var failed []*flight[V] // a repeated key's flight reports its error once
+	var overran []string
 	for i, w := range waiters {
 		it, err := w.wait(ctx)
 		switch {
 		case err != nil && err == ctx.Err():
-			return out, err
+			return out, readErr(ctx, load != nil, missing, err)
+		case err == errLoadOverran:
+			if !slices.Contains(overran, missing[i]) {
+				overran = append(overran, missing[i])
+			}
 		case err != nil:
 			// So does an error that several flights share (a batch's
 			// loader or L2 read).
@@ -86,6 +91,9 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		case !it.neg:
 			out[missing[i]] = it.v
 		}
+	}
+	if overran != nil {
+		errs = append(errs, readErr(ctx, load != nil, overran, errLoadOverran))
 	}
 	return out, errors.Join(errs...)
 }

@@ -62,9 +62,23 @@ func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []
 		it, err = w.wait(ctx)
 	}
 	if err != nil {
-		return zero, err
+		return zero, readErr(ctx, load != nil, []string{key}, err)
 	}
 	return it.result()
+}
+
+// readErr names the call and keys in a read's error that does not name
+// them itself: the caller's ctx error (the caller left) and errLoadOverran.
+// Every other error of a flight already does.
+func readErr(ctx context.Context, load bool, keys []string, err error) error {
+	if err != errLoadOverran && err != ctx.Err() {
+		return err
+	}
+	op := "get"
+	if load {
+		op = "load"
+	}
+	return &opError{op: op, keys: keys, err: err}
 }
 
 // fetch is the shared work of one miss: ticket, L2, loader, L2 write, fill.
