@@ -25,8 +25,9 @@ func (b *Bus) PublishPipelined(ctx context.Context, pipe redis.Pipeliner, partit
 
 // Messages of the bus's episodes (see Config.Logger).
 const (
-	MsgAEFails   = msgAEFails
-	MsgTopoFails = msgTopoFails
+	MsgAEFails     = msgAEFails
+	MsgTopoFails   = msgTopoFails
+	MsgDecodeFails = msgDecodeFails
 )
 
 // SetEpisodeQuiet makes the bus's episodes end after d without a failure
@@ -34,6 +35,7 @@ const (
 func SetEpisodeQuiet(b *Bus, d time.Duration) {
 	b.aeFails = episode.New(b.log, msgAEFails, d)
 	b.topoFails = episode.New(b.log, msgTopoFails, d)
+	b.decodeFails = episode.New(b.log, msgDecodeFails, d)
 }
 
 // TopoFailures returns how many failed listings of the cluster's masters

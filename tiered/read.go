@@ -7,8 +7,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/nearcache/nearcache/internal/errfmt"
 	"github.com/nearcache/nearcache/l1"
 	"github.com/nearcache/nearcache/l2"
@@ -256,7 +254,7 @@ func (c *Cache[V]) entry(it item[V], ttl time.Duration) (l2.Entry, error) {
 func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, look lookup[V]) bool {
 	e, err := c.entry(it, ttl)
 	if err != nil {
-		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", key), zap.Error(err))
+		c.unstored.Fail(key, err)
 		return true // this process's value; L1 may keep it
 	}
 	written := c.storeLoadedMany(ctx, map[string]l2.Entry{key: e}, map[string][]byte{key: look.raw}, map[string]bool{key: look.announce})

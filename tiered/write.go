@@ -307,5 +307,6 @@ func (c *Cache[V]) Close() error {
 	c.writeFails.Close()
 	c.staleServes.Close()
 	c.unreadable.Close()
+	c.unstored.Close()
 	return errors.Join(errs...)
 }
