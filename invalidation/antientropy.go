@@ -54,8 +54,9 @@ type aeSnap struct {
 // episode's end is logged with the same message followed by
 // episode.EndSuffix.
 const (
-	msgAEFails   = "anti-entropy rounds failing"
-	msgTopoFails = "cannot list the cluster's masters"
+	msgAEFails     = "anti-entropy rounds failing"
+	msgTopoFails   = "cannot list the cluster's masters"
+	msgDecodeFails = "undecodable invalidation messages; invalidating everything"
 )
 
 // antiEntropy finds the losses the stream cannot show: a lost last message

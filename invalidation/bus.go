@@ -78,6 +78,9 @@ type Bus struct {
 	// their goroutines and closed by Close.
 	aeFails   *episode.Tracker // anti-entropy rounds that failed
 	topoFails *episode.Tracker // Redis Cluster: failed listings of the masters
+	// decodeFails: payloads that did not decode, or were too large, without
+	// an HMAC key (each invalidates everything).
+	decodeFails *episode.Tracker
 
 	queue chan item
 	// pending holds 1<<Cause bits of InvalidateAll requests not yet applied;
@@ -224,6 +227,7 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 	quiet := max(episode.DefaultQuiet, 3*cfg.AntiEntropyInterval)
 	b.aeFails = episode.New(b.log, msgAEFails, quiet)
 	b.topoFails = episode.New(b.log, msgTopoFails, quiet)
+	b.decodeFails = episode.New(b.log, msgDecodeFails, quiet)
 	b.health.set(busWide, reasonNotSubscribed)
 	return b, nil
 }
@@ -380,6 +384,7 @@ func (b *Bus) Close() error {
 	}
 	b.lifeMu.Unlock()
 	defer b.topoFails.Close()
+	defer b.decodeFails.Close()
 	defer b.aeFails.Close() // after the goroutines that report to it
 	if !wait.Within(&b.wg, CloseWait) {
 		return fmt.Errorf("invalidation: Close: a subscription is still blocked in the Redis client after %v (no read timeout, and a server that does not answer?); it ends when the client gives up", CloseWait)
@@ -476,7 +481,7 @@ func (b *Bus) handleDecoded(it item, m message, err error) {
 			return
 		}
 		b.stats.decodeRejects.Add(1)
-		b.log.Warn("undecodable invalidation message", zap.Int("bytes", len(it.payload)))
+		b.decodeFails.Fail("", fmt.Errorf("%w (%d bytes)", err, len(it.payload)))
 		b.requestInvalidateAll(CauseDecode)
 		b.applyPending()
 		return

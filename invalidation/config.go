@@ -82,23 +82,24 @@ type Config struct {
 	// nil, zap.NewNop() is used.
 	//
 	// Once per event: a Warn when the stream is interrupted (a disconnect
-	// or a stall), when a message is undecodable or oversized, when the
-	// namespace epoch key or a server's run id changes, when the
-	// subscription is moved to the server the commands go to, when Redis
-	// Cluster's masters change, and when Redis refuses the route channel;
-	// an Info when a subscription is confirmed again, and for a sequence
-	// gap, a sequence key reset or gone backwards, and a lost tail. One Warn
-	// when the route check starts failing (none while it keeps failing).
-	// Rejected unsigned messages are logged at Debug.
+	// or a stall), when the namespace epoch key or a server's run id
+	// changes, when the subscription is moved to the server the commands go
+	// to, when Redis Cluster's masters change, and when Redis refuses the
+	// route channel; an Info when a subscription is confirmed again, and for
+	// a sequence gap, a sequence key reset or gone backwards, and a lost
+	// tail. One Warn when the route check starts failing (none while it
+	// keeps failing). Rejected unsigned messages are logged at Debug.
 	//
-	// Once per episode: failed anti-entropy rounds, and on Redis Cluster
-	// failed listings of the masters. The first failure logs a Warn with
-	// its error ("anti-entropy rounds failing", "cannot list the cluster's
-	// masters"); later ones are only counted; once the larger of 10s and
-	// three AntiEntropyIntervals passes without another, or at Close, an
-	// Info with the same message followed by ": episode ended" gives the
-	// count, the time from the first failure to the last, and the last
-	// error.
+	// Once per episode: failed anti-entropy rounds, messages that do not
+	// decode or are oversized (without an HMAC key; each invalidates
+	// everything), and on Redis Cluster failed listings of the masters. The
+	// first failure logs a Warn with its error ("anti-entropy rounds
+	// failing", "undecodable invalidation messages; invalidating
+	// everything", "cannot list the cluster's masters"); later ones are only
+	// counted; once the larger of 10s and three AntiEntropyIntervals passes
+	// without another, or at Close, an Info with the same message followed
+	// by ": episode ended" gives the count, the time from the first failure
+	// to the last, and the last error.
 	Logger *zap.Logger
 
 	// testDrop, when set (tests only, via export_test.go), is asked about

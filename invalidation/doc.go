@@ -42,7 +42,7 @@
 // master), which begin with a hash tag, so they never fall under the data prefix
 // "NS:", and carry no TTL, and the route channels NS:inv:route:<instance id>.
 // An ACL user needs &NS:inv, the keys (~*NS:inv:* covers them) and EVALSHA,
-// EVAL, INCR, PUBLISH, GET, SET, INFO, SUBSCRIBE, UNSUBSCRIBE, PING and PUBSUB
+// EVAL, PUBLISH, GET, SET, INFO, SUBSCRIBE, UNSUBSCRIBE, PING and PUBSUB
 // (CLUSTER SLOTS on Redis Cluster); the route check also needs &NS:inv:route:*.
 // Without that grant the subscription still works, the route check turns itself
 // off with one warning, and anti-entropy's run id check follows a failover.

@@ -14,8 +14,8 @@ import (
 // message; true drops it as if the network had lost it.
 func SetTestDrop(cfg *Config, f func(partition int, seq uint64) bool) { cfg.testDrop = f }
 
-// PublishPipelined queues on pipe what Publish does (the sequence INCR and
-// the PUBLISH of body with the new sequence), for tests that publish on
+// PublishPipelined queues on pipe what Publish does (the script that stores
+// the next sequence and PUBLISHes body with it), for tests that publish on
 // thousands of partitions at once.
 func (b *Bus) PublishPipelined(ctx context.Context, pipe redis.Pipeliner, partition int, body []byte) {
 	n := b.notification(partition, body)
@@ -25,8 +25,9 @@ func (b *Bus) PublishPipelined(ctx context.Context, pipe redis.Pipeliner, partit
 
 // Messages of the bus's episodes (see Config.Logger).
 const (
-	MsgAEFails   = msgAEFails
-	MsgTopoFails = msgTopoFails
+	MsgAEFails     = msgAEFails
+	MsgTopoFails   = msgTopoFails
+	MsgDecodeFails = msgDecodeFails
 )
 
 // SetEpisodeQuiet makes the bus's episodes end after d without a failure
@@ -34,6 +35,7 @@ const (
 func SetEpisodeQuiet(b *Bus, d time.Duration) {
 	b.aeFails = episode.New(b.log, msgAEFails, d)
 	b.topoFails = episode.New(b.log, msgTopoFails, d)
+	b.decodeFails = episode.New(b.log, msgDecodeFails, d)
 }
 
 // TopoFailures returns how many failed listings of the cluster's masters

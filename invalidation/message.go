@@ -11,7 +11,7 @@ import (
 	"github.com/nearcache/nearcache/internal/wire"
 )
 
-// Wire format constants. See the package documentation, "Message format".
+// Body format constants; the layout is described at encode.
 const (
 	magic      = 0xCE
 	version    = 1
@@ -58,8 +58,18 @@ type message struct {
 	keys      []string
 }
 
-// encode builds a message body (everything but the trailing sequence).
-// Keys that do not fit in MaxBodySize turn the message into a clear-all.
+// encode builds a message body (everything but the trailing sequence,
+// which the publishing script appends: see internal/wire). Keys that do not
+// fit in MaxBodySize turn the message into a clear-all. The layout, all
+// integers big-endian:
+//
+//	magic 0xCE | version 1 | op (1 delete, 2 clear) | flags (bit 0: signed)
+//	origin instance id (16 bytes) | partition (uint16)
+//	publish time, Unix ns (int64) | body length incl. the MAC (uint32)
+//	key count (uint32) | per key: uvarint length, bytes
+//	[signed: HMAC-SHA256 of every byte before it]
+//
+// TestBodyFormat pins it.
 func encode(origin InstanceID, partition int, op opcode, unixNanos int64, keys []string, macKey []byte) []byte {
 	size := headerLen
 	if op == opDelete {

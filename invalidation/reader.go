@@ -3,6 +3,7 @@ package invalidation
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"time"
@@ -276,7 +277,7 @@ func (b *Bus) rejectOversized(s *sub, n int) {
 		return
 	}
 	b.stats.decodeRejects.Add(1)
-	b.log.Warn("oversized invalidation message dropped", zap.Int("bytes", n), zap.Int("max", maxPayload), zap.String("node", s.addr))
+	b.decodeFails.Fail("", fmt.Errorf("invalidation: oversized message dropped: %d bytes, at most %d (node %s)", n, maxPayload, s.addr))
 	b.requestInvalidateAll(CauseDecode)
 }
 

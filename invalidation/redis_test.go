@@ -308,7 +308,7 @@ func BenchmarkPropagation(b *testing.B) {
 	b.ReportMetric(float64(lag.P999.Microseconds()), "p99.9-µs")
 }
 
-// BenchmarkPublish measures the publish round trip (script: INCR + PUBLISH),
+// BenchmarkPublish measures the publish round trip (the wire script: sequence GET and SET, PUBLISH),
 // next to a plain PUBLISH as the baseline.
 func BenchmarkPublish(b *testing.B) {
 	s := redistest.StartServer(b)

@@ -71,11 +71,16 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 	}
 	var errs []error
 	var failed []*flight[V] // a repeated key's flight reports its error once
+	var overran []string
 	for i, w := range waiters {
 		it, err := w.wait(ctx)
 		switch {
 		case err != nil && err == ctx.Err():
-			return out, err
+			return out, readErr(ctx, load != nil, missing, err)
+		case err == errLoadOverran:
+			if !slices.Contains(overran, missing[i]) {
+				overran = append(overran, missing[i])
+			}
 		case err != nil:
 			// So does an error that several flights share (a batch's
 			// loader or L2 read).
@@ -86,6 +91,9 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		case !it.neg:
 			out[missing[i]] = it.v
 		}
+	}
+	if overran != nil {
+		errs = append(errs, readErr(ctx, load != nil, overran, errLoadOverran))
 	}
 	return out, errors.Join(errs...)
 }
@@ -305,9 +313,6 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	old := make(map[string][]byte, len(need))
 	announce := make(map[string]bool)
 	ttls := make(map[int]time.Duration, len(need))
-	var unencoded int // values the codec could not encode: one log line for all
-	var firstKey string
-	var firstErr error
 	for _, i := range st.need {
 		k := st.keys[i]
 		v, ok := loaded[k]
@@ -332,20 +337,13 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		}
 		e, err := c.entry(it, ttl)
 		if err != nil {
-			if unencoded == 0 {
-				firstKey, firstErr = k, err
-			}
-			unencoded++
+			c.unstored.Fail(k, err) // kept in L1 only
 			continue
 		}
 		entries[k], old[k] = e, lk.raw
 		if lk.announce {
 			announce[k] = true
 		}
-	}
-	if unencoded > 0 {
-		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", firstKey), zap.Error(firstErr),
-			zap.Int("left_out", unencoded), zap.Int("keys", len(need)))
 	}
 	written := c.storeLoadedMany(ctx, entries, old, announce)
 	now = time.Now()
@@ -486,25 +484,13 @@ func anyKey(entries map[string]l2.Entry) string {
 // in this instance's L1 through its ticket: it is not in Redis, so no other
 // instance can hold a copy that a later write would have to reach, and a
 // write by anyone still invalidates this one. Each is counted in
-// Stats.L2.Store.TooLarge (by CheckSize); one Warn line per write-back names
-// the first key, its size and the limit, and how many were left out.
+// Stats.L2.Store.TooLarge (by CheckSize) and reported to the unstored
+// episode (see Config.Logger).
 func (c *Cache[V]) leaveOutOversized(entries map[string]l2.Entry) {
-	n, total := 0, len(entries)
-	var firstKey string
-	var firstErr error
 	for k, e := range entries {
-		err := c.l2.CheckSize(k, e)
-		if err == nil {
-			continue
+		if err := c.l2.CheckSize(k, e); err != nil {
+			delete(entries, k)
+			c.unstored.Fail(k, err)
 		}
-		delete(entries, k)
-		if n == 0 {
-			firstKey, firstErr = k, err
-		}
-		n++
-	}
-	if n > 0 {
-		c.log.Warn("nearcache: loaded values too large for Redis left out of the write-back (kept in this instance's L1 only)",
-			zap.String("key", firstKey), zap.Int("left_out", n), zap.Int("keys", total), zap.Error(firstErr))
 	}
 }

@@ -72,8 +72,9 @@ func (b *breaker) allow() bool {
 	}
 }
 
-// record reports the outcome of a call allow let through; it returns true
-// when the state changed (for logging).
+// record reports the outcome of a call allow let through; changed is true
+// when the breaker opened from closed or closed again (for logging): a
+// failed half-open probe reopens it, which is no news during an outage.
 func (b *breaker) record(connFailure bool) (changed bool, state breakerState) {
 	if b.threshold <= 0 || (!connFailure && b.healthy.Load()) {
 		return false, breakerClosed
@@ -95,7 +96,7 @@ func (b *breaker) record(connFailure bool) (changed bool, state breakerState) {
 			b.openUntil = b.now().Add(b.cooldown)
 		}
 	}
-	return prev != b.state, b.state
+	return prev != b.state && !(prev == breakerHalfOpen && b.state == breakerOpen), b.state
 }
 
 // release gives back a call that allow let through but that ended without

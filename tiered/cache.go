@@ -145,6 +145,7 @@ type Cache[V any] struct {
 	writeFails  *episode.Tracker // Redis writes that failed: callers' writes and write-backs
 	staleServes *episode.Tracker // stale values served by fail-safe
 	unreadable  *episode.Tracker // values read from Redis that were corrupt or did not decode
+	unstored    *episode.Tracker // loaded values left out of Redis: unencodable, or above MaxValueSize
 }
 
 // Messages of the episodes (see Config.Logger); an episode's end is logged
@@ -153,6 +154,7 @@ const (
 	msgWriteFails  = "nearcache: redis writes failing"
 	msgStaleServes = "nearcache: loader failing; serving stale values (fail-safe)"
 	msgUnreadable  = "nearcache: unreadable values in Redis; reloading them"
+	msgUnstored    = "nearcache: loaded values not stored in Redis (kept in this instance's L1 only)"
 )
 
 type loadCounters struct {
@@ -184,6 +186,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		writeFails:  episode.New(cfg.Logger, msgWriteFails, episode.DefaultQuiet),
 		staleServes: episode.New(cfg.Logger, msgStaleServes, episode.DefaultQuiet),
 		unreadable:  episode.New(cfg.Logger, msgUnreadable, episode.DefaultQuiet),
+		unstored:    episode.New(cfg.Logger, msgUnstored, episode.DefaultQuiet),
 	}
 	if c.codec == nil {
 		c.codec = defaultCodec[V]()

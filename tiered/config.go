@@ -161,21 +161,23 @@ type Config[V any] struct {
 	// Logger receives degradations and faults; the L1-hit path never logs.
 	// If nil, zap.NewNop().
 	//
-	// Once per event: a Warn when the circuit breaker changes state, and
-	// when New cannot confirm the invalidation subscription; an Error, with
-	// the stack, when a loader panics; a Warn per write-back that leaves a
-	// loaded value out of Redis because the Codec cannot encode it or it
-	// exceeds MaxValueSize.
+	// Once per event: a Warn when the circuit breaker opens and when it
+	// closes again (a failed probe that reopens it logs nothing), and when
+	// New cannot confirm the invalidation subscription; an Error, with
+	// the stack, when a loader panics.
 	//
 	// Once per episode, so that an outage does not log at request rate:
 	// Redis writes that fail (one per call of Set, SetMany, Delete,
 	// DeleteMany and Clear, and per write-back of loaded values; skips by
 	// the open breaker included), stale values served by fail-safe (one per
-	// value), and values read from Redis that are corrupt or do not decode
-	// (one per value). The first failure of a kind logs a Warn with its key
-	// and error ("nearcache: redis writes failing", "nearcache: loader
-	// failing; serving stale values (fail-safe)", "nearcache: unreadable
-	// values in Redis; reloading them"); later ones are only counted; once
+	// value), values read from Redis that are corrupt or do not decode (one
+	// per value), and loaded values left out of Redis because the Codec
+	// cannot encode them or they exceed MaxValueSize (one per value). The
+	// first failure of a kind logs a Warn with its key and error
+	// ("nearcache: redis writes failing", "nearcache: loader failing;
+	// serving stale values (fail-safe)", "nearcache: unreadable values in
+	// Redis; reloading them", "nearcache: loaded values not stored in Redis
+	// (kept in this instance's L1 only)"); later ones are only counted; once
 	// 10s pass without another, or at Close, an Info with the same message
 	// followed by ": episode ended" gives the count, the time from the
 	// first failure to the last, and the last key and error.

@@ -85,8 +85,9 @@ func (f *flight[V]) doneLocked() chan struct{} {
 // own error first.
 const abortGrace = 100 * time.Millisecond
 
-// errLoadOverran is what waiters get from a load that ignored its context.
-var errLoadOverran = errors.New("tiered: load did not return within LoadTimeout (does the loader honour its ctx?)")
+// errLoadOverran is what waiters get from a load that ignored its context
+// (readErr names the call and keys).
+var errLoadOverran = errors.New("tiered: did not finish within LoadTimeout (a loader, or a Redis client without deadlines, ignores its ctx)")
 
 // waiter is one caller's handle on a flight.
 type waiter[V any] struct {

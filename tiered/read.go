@@ -7,8 +7,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/nearcache/nearcache/internal/errfmt"
 	"github.com/nearcache/nearcache/l1"
 	"github.com/nearcache/nearcache/l2"
@@ -62,9 +60,23 @@ func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []
 		it, err = w.wait(ctx)
 	}
 	if err != nil {
-		return zero, err
+		return zero, readErr(ctx, load != nil, []string{key}, err)
 	}
 	return it.result()
+}
+
+// readErr names the call and keys in a read's error that does not name
+// them itself: the caller's ctx error (the caller left) and errLoadOverran.
+// Every other error of a flight already does.
+func readErr(ctx context.Context, load bool, keys []string, err error) error {
+	if err != errLoadOverran && err != ctx.Err() {
+		return err
+	}
+	op := "get"
+	if load {
+		op = "load"
+	}
+	return &opError{op: op, keys: keys, err: err}
 }
 
 // fetch is the shared work of one miss: ticket, L2, loader, L2 write, fill.
@@ -242,7 +254,7 @@ func (c *Cache[V]) entry(it item[V], ttl time.Duration) (l2.Entry, error) {
 func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl time.Duration, look lookup[V]) bool {
 	e, err := c.entry(it, ttl)
 	if err != nil {
-		c.log.Warn("nearcache: loaded value not stored in Redis", zap.String("key", key), zap.Error(err))
+		c.unstored.Fail(key, err)
 		return true // this process's value; L1 may keep it
 	}
 	written := c.storeLoadedMany(ctx, map[string]l2.Entry{key: e}, map[string][]byte{key: look.raw}, map[string]bool{key: look.announce})

@@ -39,7 +39,8 @@ var ErrReplicaRouting = errors.New("tiered: the Redis client may read from repli
 // RouteBy*), Ring clients (whose shards share no sequence keys or
 // channel), and a plain or failover client whose server reports the replica
 // role (an address of a replica, FailoverOptions.ReplicaOnly). The role is
-// asked once, within timeout (StartTimeout, at most 2 s), or the client's
+// asked once, within timeout (StartTimeout, at least minRoleWait, at most
+// 2 s), or the client's
 // ReadTimeout for a client without ContextTimeoutEnabled; a client with
 // neither bound is not asked (the question could hang New on a server that
 // never answers). A server that cannot answer is not refused: New must work
@@ -61,7 +62,7 @@ func checkRouting(r redis.UniversalClient, timeout time.Duration) error {
 		}
 		wait := 2 * time.Second
 		if timeout > 0 {
-			wait = min(timeout, wait)
+			wait = max(min(timeout, wait), minRoleWait)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
@@ -76,6 +77,11 @@ func checkRouting(r redis.UniversalClient, timeout time.Duration) error {
 	}
 	return nil
 }
+
+// minRoleWait is the least time the ROLE question gets, however short
+// StartTimeout is: a deadline shorter than a round trip would let a replica
+// through. It costs nothing unless the server does not answer.
+const minRoleWait = 100 * time.Millisecond
 
 // redisCtx bounds one Redis operation by RedisTimeout.
 func (c *Cache[V]) redisCtx(ctx context.Context) (context.Context, context.CancelFunc) {

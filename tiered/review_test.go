@@ -82,9 +82,10 @@ func TestReviewReplicaDefaultOptions(t *testing.T) {
 	}
 }
 
-// TestReviewReplicaNoStartWait: a negative StartTimeout (do not wait for the
-// subscription) must not turn the ROLE question into one asked with an
-// expired ctx, which would let a replica through.
+// TestReviewReplicaNoStartWait: a StartTimeout too short for a round trip
+// (New waits for the subscription hardly at all; New refuses a negative
+// one) must not turn the ROLE question into one asked with an expired ctx,
+// which would let a replica through.
 func TestReviewReplicaNoStartWait(t *testing.T) {
 	master := redistest.StartServer(t)
 	replica := redistest.StartServer(t, redistest.WithArgs("--replicaof", "127.0.0.1", strconv.Itoa(master.Port())))
@@ -92,12 +93,12 @@ func TestReviewReplicaNoStartWait(t *testing.T) {
 	if r, err := rc.Do(context.Background(), "ROLE").Slice(); err != nil || len(r) == 0 || r[0] != "slave" {
 		t.Fatalf("ROLE of the replica: %v %v", r, err)
 	}
-	c, err := New(Config[string]{Redis: rc, Namespace: "rep", StartTimeout: -1})
+	c, err := New(Config[string]{Redis: rc, Namespace: "rep", StartTimeout: time.Nanosecond})
 	if err == nil {
 		_ = c.Close()
 	}
 	if !errors.Is(err, ErrReplicaRouting) {
-		t.Errorf("New(StartTimeout -1) with a ContextTimeoutEnabled client of a replica: got %v, want ErrReplicaRouting", err)
+		t.Errorf("New(StartTimeout 1ns) with a ContextTimeoutEnabled client of a replica: got %v, want ErrReplicaRouting", err)
 	}
 }
 

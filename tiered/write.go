@@ -247,7 +247,7 @@ func (c *Cache[V]) writeErr(ctx context.Context, op string, keys []string, err e
 			return remoteError(op, keys, nil, err)
 		}
 		return remoteError(op, keys, cerr, err)
-	case errors.Is(err, l2.ErrOperation): // an answer from Redis, or unusable data
+	case errors.Is(err, l2.ErrOperation) || isReply(err): // an answer from Redis (through l2 or the bus), or unusable data
 		c.st.l2Errors.Add(1)
 		e = remoteError(op, keys, nil, err)
 	default: // unreachable or too slow
@@ -307,5 +307,6 @@ func (c *Cache[V]) Close() error {
 	c.writeFails.Close()
 	c.staleServes.Close()
 	c.unreadable.Close()
+	c.unstored.Close()
 	return errors.Join(errs...)
 }
