@@ -93,12 +93,14 @@ func TestReviewReplicaNoStartWait(t *testing.T) {
 	if r, err := rc.Do(context.Background(), "ROLE").Slice(); err != nil || len(r) == 0 || r[0] != "slave" {
 		t.Fatalf("ROLE of the replica: %v %v", r, err)
 	}
-	c, err := New(Config[string]{Redis: rc, Namespace: "rep", StartTimeout: time.Nanosecond})
-	if err == nil {
-		_ = c.Close()
-	}
-	if !errors.Is(err, ErrReplicaRouting) {
-		t.Errorf("New(StartTimeout 1ns) with a ContextTimeoutEnabled client of a replica: got %v, want ErrReplicaRouting", err)
+	for _, st := range []time.Duration{time.Nanosecond, -1} { // shortest wait, and no wait
+		c, err := New(Config[string]{Redis: rc, Namespace: "rep", StartTimeout: st})
+		if err == nil {
+			_ = c.Close()
+		}
+		if !errors.Is(err, ErrReplicaRouting) {
+			t.Errorf("New(StartTimeout %v) with a ContextTimeoutEnabled client of a replica: got %v, want ErrReplicaRouting", st, err)
+		}
 	}
 }
 
