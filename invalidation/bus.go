@@ -259,17 +259,21 @@ func (b *Bus) EncodeClear(partition int) []byte {
 	return encode(b.cfg.InstanceID, wire.Partition(partition), opClear, time.Now().UnixNano(), nil, b.cfg.HMACKey)
 }
 
+// Notification is what a write publishes with it: see [Bus.NotifyDelete].
+// It is the same type as l2.Notification.
+type Notification = wire.Notification
+
 // NotifyDelete is the notification that invalidates keys (without the
 // namespace prefix) of partition: the channel, the partition's sequence key
 // and EncodeDelete's body. It has the shape of l2.NotifyFunc, so l2's write
 // scripts publish it with their writes.
-func (b *Bus) NotifyDelete(partition int, keys []string) wire.Notification {
+func (b *Bus) NotifyDelete(partition int, keys []string) Notification {
 	return b.notification(partition, b.EncodeDelete(partition, keys))
 }
 
 // NotifyClear is the notification that makes every other instance drop its
 // whole local cache (keys are ignored), in NotifyDelete's shape.
-func (b *Bus) NotifyClear(partition int, _ []string) wire.Notification {
+func (b *Bus) NotifyClear(partition int, _ []string) Notification {
 	return b.notification(partition, b.EncodeClear(partition))
 }
 

@@ -20,8 +20,13 @@ type Stats struct {
 	Corrupt       uint64           // values that were not a valid envelope
 	TooLarge      uint64           // values refused (writes, CheckSize) or skipped (reads) for exceeding MaxValueSize
 	StaleRefused  uint64           // keys of versioned writes refused because Redis held a version as new or newer
-	Latency       hist.Percentiles // per round trip (one per operation or batch)
+	Latency       LatencyStats     // per round trip (one per operation or batch)
 }
+
+// LatencyStats summarises round-trip times. Percentiles are upper bounds of
+// log-linear histogram buckets (at most 12.5% above the true value, never
+// above Max). It is the same type as invalidation.LagStats.
+type LatencyStats = hist.Percentiles
 
 // Stats returns the Store's counters and latency percentiles.
 func (s *Store) Stats() Stats {

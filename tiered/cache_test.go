@@ -617,6 +617,8 @@ func TestConfigErrors(t *testing.T) {
 		{Config[string]{FailSafeRetryAfter: -1}, "FailSafeRetryAfter"},
 		{Config[string]{BreakerCooldown: -1}, "BreakerCooldown"},
 		{Config[string]{L1MaxBytes: 1 << 20}, "L1Cost"}, // no L1Cost
+		{Config[string]{L1MaxEntries: -5}, "L1MaxEntries"},
+		{Config[string]{L1MaxBytes: -5, L1Cost: func(string) int64 { return 1 }}, "L1MaxBytes"},
 	} {
 		_, err := New(tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.field) {

@@ -238,6 +238,10 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: NegativeTTL %v is negative", c.NegativeTTL)
 	case c.FailSafeMaxStale < 0:
 		return c, fmt.Errorf("tiered: FailSafeMaxStale %v is negative", c.FailSafeMaxStale)
+	case c.L1MaxEntries < 0:
+		return c, fmt.Errorf("tiered: L1MaxEntries %d is negative", c.L1MaxEntries)
+	case c.L1MaxBytes < 0:
+		return c, fmt.Errorf("tiered: L1MaxBytes %d is negative", c.L1MaxBytes)
 	case c.L1MaxBytes > 0 && c.L1Cost == nil:
 		return c, fmt.Errorf("tiered: L1MaxBytes %d needs L1Cost (the size of a value)", c.L1MaxBytes)
 	case c.FailSafeRetryAfter < 0:
