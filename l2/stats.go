@@ -12,15 +12,15 @@ import (
 
 // Stats are a Store's own counters since New. Reading them does no I/O.
 type Stats struct {
-	Hits, Misses  uint64           // Get/GetMany keys found / not found (corrupt counts as a miss)
-	Sets, Deletes uint64           // keys written / deletes requested
-	Notifications uint64           // notifications published (at most one per partition group and write)
-	Errors        uint64           // failed operations (all kinds)
-	Timeouts      uint64           // of which timed out
-	Corrupt       uint64           // values that were not a valid envelope
-	TooLarge      uint64           // values refused (writes, CheckSize) or skipped (reads) for exceeding MaxValueSize
-	StaleRefused  uint64           // keys of versioned writes refused because Redis held a version as new or newer
-	Latency       LatencyStats     // per round trip (one per operation or batch)
+	Hits, Misses  uint64       // Get/GetMany keys found / not found (corrupt counts as a miss)
+	Sets, Deletes uint64       // keys written / deletes requested
+	Notifications uint64       // notifications published (at most one per partition group and write)
+	Errors        uint64       // failed operations (all kinds)
+	Timeouts      uint64       // of which timed out
+	Corrupt       uint64       // values that were not a valid envelope
+	TooLarge      uint64       // values refused (writes, CheckSize) or skipped (reads) for exceeding MaxValueSize
+	StaleRefused  uint64       // keys of versioned writes refused because Redis held a version as new or newer
+	Latency       LatencyStats // per round trip (one per operation or batch)
 }
 
 // LatencyStats summarises round-trip times. Percentiles are upper bounds of
