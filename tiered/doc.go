@@ -8,9 +8,10 @@
 //
 // # Reads and writes
 //
-// An L1 hit is one ristretto lookup (no allocation, clock read, lock of its own
-// or Redis call; ctx is not looked at). Misses of a key share one flight: fill
-// ticket, L2 read, [Loader], compare-and-set write-back, L1 fill. Each caller
+// An L1 hit is one ristretto lookup (no allocation, lock of its own or Redis
+// call; no clock read but after 100 ms without reads; ctx is not looked at).
+// Misses of a key share one flight: fill ticket, L2 read, [Loader],
+// compare-and-set write-back, L1 fill. Each caller
 // waits on its own ctx; the loader runs detached from them, bounded by
 // Config.LoadTimeout and cancelled by Close, and its panic is a [*PanicError]
 // for every waiter. GetMany and GetManyOrLoad batch this (one L2 round trip, one
