@@ -54,6 +54,10 @@
 // NOTE: an entry may be served up to one [Config.ClockResolution] (plus the
 // ticker's scheduling delay) after its TTL.
 //
+// NOTE: the coarse clock is shared by the process. Under testing/synctest,
+// every Cache that uses a clock must be created and closed inside one bubble
+// (or all outside bubbles): a clock started in one bubble cannot serve another.
+//
 // NOTE: invalidating a key also misses the keys sharing its generation slot
 // ([Config.GenerationSlots]). Each entry keeps its key string (raw ristretto
 // keeps only hashes), so memory per entry includes the key's bytes.
