@@ -81,10 +81,17 @@ func WithNegativeTTL(d time.Duration) Option {
 func WithVersion(v uint64) Option { return optionFunc(func(o *callOptions) { o.version = v }) }
 
 func (c *Cache[V]) options(opts []Option) callOptions {
-	o := callOptions{ttl: c.cfg.TTL, l1TTL: c.cfg.MaxL1TTL, negativeTTL: c.cfg.NegativeTTL}
-	if len(opts) == 0 {
-		return o // withDefaults made these valid; and o does not escape
+	if len(opts) == 0 { // withDefaults made these valid
+		return callOptions{ttl: c.cfg.TTL, l1TTL: c.cfg.MaxL1TTL, negativeTTL: c.cfg.NegativeTTL}
 	}
+	return c.applyOptions(opts)
+}
+
+// applyOptions is options with options given. It is apart because opt.apply
+// takes its callOptions by pointer through an interface, which moves it to
+// the heap: a call without options then allocates nothing.
+func (c *Cache[V]) applyOptions(opts []Option) callOptions {
+	o := callOptions{ttl: c.cfg.TTL, l1TTL: c.cfg.MaxL1TTL, negativeTTL: c.cfg.NegativeTTL}
 	for _, opt := range opts {
 		if opt != nil {
 			opt.apply(&o)
