@@ -460,8 +460,8 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 	t.Logf("checker ran %v on %d instances, %d keys: %d reads (%d GetOrLoad, per instance %v), %d writes, %d deletes; violations: stale %d, resurrections %d, lost writes %d, phantoms %d",
 		d, instances, numKeys, total, loads, perInstReads, writes.Load(), deletes.Load(),
 		verdicts[staleRead], verdicts[resurrection], verdicts[lostWrite], verdicts[phantom])
-	t.Logf("reads that returned an overtaken value: %d; their staleness p99 %v, max %v (instance %d, %s version %d)",
-		len(staleSeen), p99, worst, worstRead.inst, keys[worstRead.key], worstRead.ver)
+	t.Logf("reads that returned an overtaken value: %d; their staleness p99 %v, max %v (instance %d, %s version %d); longest scheduling stall of the run %v",
+		len(staleSeen), p99, worst, worstRead.inst, keys[worstRead.key], worstRead.ver, probe.worst)
 	if total == 0 || writes.Load() == 0 || deletes.Load() == 0 {
 		t.Fatalf("the run did nothing: %d reads, %d writes, %d deletes", total, writes.Load(), deletes.Load())
 	}
