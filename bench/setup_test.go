@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -232,4 +233,13 @@ func populate(b *testing.B, rdb *redis.Client, plain []string, nc *tiered.Cache[
 			b.Fatal(err)
 		}
 	}
+}
+
+// processCPU is this process's user and system CPU time (getrusage).
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
