@@ -32,6 +32,8 @@ type clock struct {
 	quit  chan struct{}           // guarded by mu: closed when the last user leaves
 	done  chan struct{}           // guarded by mu: closed by the ticker goroutine when it exits
 	start chan struct{}           // buffered (1): wakes a stopped ticker
+
+	hookWake func() // tests: runs in wake on a stopped clock, before mu
 }
 
 const (
@@ -129,6 +131,9 @@ func (k *clock) wake() {
 				return
 			}
 		case clockStopped:
+			if h := k.hookWake; h != nil {
+				h()
+			}
 			k.mu.Lock()
 			if k.state.Load() == clockStopped {
 				k.now.Store(int64(time.Since(k.base)))

@@ -389,10 +389,14 @@ func (c *Cache[V]) usable(e *entry[V], h uint64, key string) bool {
 
 // stagedEntry returns the usable staged fill of key, if any.
 func (c *Cache[V]) stagedEntry(st *stage[V], h uint64, key string) *entry[V] {
+	// The clock is read before st.mu is taken: waking a stopped clock takes
+	// its mu, which the ticker holds while its flush takes st.mu.
+	now := c.clk.read()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for j := range int(st.n.Load()) {
-		if st.hash[j] == h && c.usable(st.ents[j], h, key) {
+		if e := st.ents[j]; st.hash[j] == h && e.key == key && e.epoch == c.epoch.Load() &&
+			e.gen == c.gens[h&c.genMask].Load() && e.exp > now {
 			return st.ents[j]
 		}
 	}
@@ -477,6 +481,11 @@ func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 		cost = max(c.cost(v), 0) + int64(len(t.key)) + EntryOverhead
 	}
 	st := c.stageOf(t.hash)
+	// Once the fill is staged (this runs after st.mu's Unlock, deferred
+	// below; waking the clock under st.mu could deadlock with its flush),
+	// read the clock so that it runs and its next tick hands the fill over:
+	// a stopped clock would leave it staged until some Get read the clock.
+	defer c.clk.read()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	n := int(st.n.Load())
@@ -532,9 +541,14 @@ func (c *Cache[V]) handOverLocked(st *stage[V]) {
 // calls it on every tick; it returns at once when nothing was staged since
 // the last call.
 func (c *Cache[V]) flushStages() {
-	if !c.pending.Swap(false) {
-		return
+	if c.pending.Swap(false) {
+		c.handOverAll()
 	}
+}
+
+// handOverAll hands every stripe's staged fills to ristretto. A stripe that
+// another flush is handing over is waited for (st.mu).
+func (c *Cache[V]) handOverAll() {
 	for i := range c.stages {
 		st := &c.stages[i]
 		if st.n.Load() == 0 {
@@ -582,7 +596,9 @@ func (c *Cache[V]) InvalidateAll() {
 // for callers that must read back what they just filled. A no-op after
 // Close.
 func (c *Cache[V]) Wait() {
-	c.flushStages()
+	// Not flushStages: a tick that has cleared pending may still be
+	// handing stripes over.
+	c.handOverAll()
 	s := &c.shards[0]
 	if !c.enter(s) {
 		return
