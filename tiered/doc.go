@@ -51,8 +51,8 @@
 // misses go to the loader, writes fail with [ErrUnavailable]. Fail-safe serves a
 // stale value read from Redis when the loader fails; while Redis is down the
 // loader's error is returned. Corrupt values in Redis are reloaded. Config.Logger
-// gets degradations once per episode: when one starts and when it ends, with
-// counts.
+// gets repeated failures once per episode (when it starts and ends, with counts),
+// breaker changes and loader panics once per event.
 //
 // A Cache is safe for concurrent use. Build Config.Redis with
 // ContextTimeoutEnabled; New refuses one that may read from a replica
