@@ -11,12 +11,13 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/internal/redisinfo"
 	"github.com/nearcache/nearcache/internal/redistest"
 )
 
 // BenchmarkIdleCaches measures what Caches cost while nothing uses them:
 // this process's CPU (getrusage) over idleWindow, as a percentage of one
-// core, the commands they send Redis per second (INFO commandstats of a
+// core, the commands they send Redis per second (INFO stats of a
 // server the benchmark starts), and the subscriber connections they hold.
 // Run with -benchtime 1x: each sub-benchmark is one measurement.
 func BenchmarkIdleCaches(b *testing.B) {
@@ -59,26 +60,17 @@ func processCPU(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// commandCalls sums the calls of every command in INFO commandstats.
+// commandCalls is the server's total_commands_processed.
 func commandCalls(b *testing.B, c *redis.Client) int64 {
-	info, err := c.Info(context.Background(), "commandstats").Result()
+	info, err := c.Info(context.Background(), "stats").Result()
 	if err != nil {
 		b.Fatal(err)
 	}
-	var total int64
-	for _, line := range strings.Split(info, "\n") {
-		_, rest, ok := strings.Cut(line, ":calls=")
-		if !ok {
-			continue
-		}
-		n, _, _ := strings.Cut(rest, ",")
-		v, err := strconv.ParseInt(n, 10, 64)
-		if err != nil {
-			b.Fatalf("commandstats line %q: %v", line, err)
-		}
-		total += v
+	n, err := strconv.ParseInt(redisinfo.Field(info, "total_commands_processed"), 10, 64)
+	if err != nil {
+		b.Fatalf("INFO stats total_commands_processed: %v", err)
 	}
-	return total
+	return n
 }
 
 // subscribers counts the server's pub/sub connections.
