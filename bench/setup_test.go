@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -235,11 +234,11 @@ func populate(b *testing.B, rdb *redis.Client, plain []string, nc *tiered.Cache[
 	}
 }
 
-// processCPU is this process's user and system CPU time (getrusage).
+// processCPU is benchvalue.ProcessCPU, failing b on an error.
 func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := benchvalue.ProcessCPU()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }

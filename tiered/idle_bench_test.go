@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/internal/benchvalue"
 	"github.com/nearcache/nearcache/internal/redisinfo"
 	"github.com/nearcache/nearcache/internal/redistest"
 )
@@ -51,13 +51,13 @@ func BenchmarkIdleCaches(b *testing.B) {
 	}
 }
 
-// processCPU is this process's user+system CPU time.
+// processCPU is benchvalue.ProcessCPU, failing b on an error.
 func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := benchvalue.ProcessCPU()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }
 
 // commandCalls is the server's total_commands_processed.
