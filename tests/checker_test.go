@@ -16,6 +16,7 @@ import (
 
 	"github.com/nearcache/nearcache/internal/hashslot"
 	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/internal/wire"
 	"github.com/nearcache/nearcache/tiered"
 )
 
@@ -54,7 +55,7 @@ func TestConsistencyCluster(t *testing.T) {
 	masters := map[string]bool{}
 	distinct := map[int]bool{}
 	for _, k := range checkerKeys() {
-		slot := hashslot.Slot(ns + ":" + k)
+		slot := hashslot.Slot(wire.KeyPrefix(ns) + k)
 		distinct[slot] = true
 		for _, r := range slots {
 			if slot >= r.Start && slot <= r.End {

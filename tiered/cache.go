@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/nearcache/nearcache/internal/episode"
+	"github.com/nearcache/nearcache/internal/wire"
 	"github.com/nearcache/nearcache/invalidation"
 	"github.com/nearcache/nearcache/l1"
 	"github.com/nearcache/nearcache/l2"
@@ -220,7 +221,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		return c, nil
 	}
 
-	store, err := l2.New(cfg.Redis, l2.Config{KeyPrefix: cfg.Namespace + ":", MaxValueSize: cfg.MaxValueSize})
+	store, err := l2.New(cfg.Redis, l2.Config{KeyPrefix: wire.KeyPrefix(cfg.Namespace), MaxValueSize: cfg.MaxValueSize})
 	if err != nil {
 		_ = local.Close()
 		return nil, fmt.Errorf("tiered: %w", err)
