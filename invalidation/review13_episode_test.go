@@ -26,7 +26,7 @@ func TestUndecodableLoggedPerEpisode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	invalidation.SetEpisodeQuiet(b, 200*time.Millisecond)
+	invalidation.SetEpisodeQuiet(b, 2*time.Second) // outlasts a scheduling stall between publishes
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := b.Start(ctx); err != nil {

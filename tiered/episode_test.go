@@ -103,12 +103,12 @@ func TestEpisodeStale(t *testing.T) {
 	mr := miniredis.RunT(t)
 	c, logs := observedCache(t, mr, Config[string]{Namespace: "es", FailSafeMaxStale: time.Hour}, episodeQuiet)
 	const n = 10
-	written := time.Now()
 	for i := range n {
 		if err := c.Set(ctx, fmt.Sprintf("k%d", i), "old", WithTTL(time.Millisecond)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	written := time.Now() // after the last Set: every value's freshness counts from before it
 	for time.Since(written) < 3*time.Millisecond { // let the 1 ms freshness pass
 		time.Sleep(time.Millisecond)
 	}
