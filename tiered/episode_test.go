@@ -108,7 +108,7 @@ func TestEpisodeStale(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	written := time.Now() // after the last Set: every value's freshness counts from before it
+	written := time.Now()                          // after the last Set: every value's freshness counts from before it
 	for time.Since(written) < 3*time.Millisecond { // let the 1 ms freshness pass
 		time.Sleep(time.Millisecond)
 	}
