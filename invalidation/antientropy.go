@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,16 +26,23 @@ import (
 // read every round, however many.
 const maxAEKeys = 1024
 
-// aeState belongs to the anti-entropy goroutine.
+// aeState belongs to the hub's anti-entropy goroutine.
 type aeState struct {
+	runIDs     string         // sorted "addr=run_id" of the masters; "" before the first round
+	noRunID    bool           // the server has no INFO server section (miniredis)
+	epochSlots map[string]int // Redis Cluster: the slot of each master's epoch keys
+}
+
+// memberAE is one member's anti-entropy state, used by the hub's
+// anti-entropy goroutine only.
+type memberAE struct {
 	epoch      string                 // last epoch key value seen; "" before the first round
 	epochs     map[string]masterEpoch // Redis Cluster: by master address
-	runIDs     string                 // sorted "addr=run_id" of the masters; "" before the first round
-	noRunID    bool                   // the server has no INFO server section (miniredis)
 	cursor     int                    // where the next round starts among the quiet partitions
 	hot, cold  []int                  // scratch
-	partitions []int                  // scratch
+	partitions []int                  // scratch: the partitions of this round
 	snap       []aeSnap               // scratch
+	vals       []uint64               // scratch: their sequence keys' values
 }
 
 // masterEpoch is the epoch key of one Redis Cluster master: the slot it is
@@ -62,90 +71,160 @@ const (
 // antiEntropy finds the losses the stream cannot show: a lost last message
 // (sequence key ahead of what arrived), a flushed or restarted server (epoch
 // key missing or changed, run id changed), a failover (master set changed).
-func (b *Bus) antiEntropy(ctx context.Context) {
-	defer b.wg.Done()
+// One loop serves every member: each round reads every member's epoch and
+// sequence keys in one command per slot (MGET), so its commands do not grow
+// with the number of members. A round runs every AntiEntropyInterval, and
+// soon after a member's Start is confirmed, so that its first view of the
+// epoch key is taken before it fills anything it could lose.
+func (h *hub) antiEntropy(ctx context.Context) {
+	defer h.wg.Done()
 	select {
-	case <-b.confirmed:
+	case <-h.aePoke:
 	case <-ctx.Done():
 		return
 	}
-	iv := b.cfg.AntiEntropyInterval
+	iv := h.cfg.AntiEntropyInterval
 	t := time.NewTicker(iv)
 	defer t.Stop()
 	var st aeState
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
-		err := b.aeRound(rctx, &st)
+		err := h.aeRound(rctx, &st)
 		cancel()
+		ms := h.everyone()
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			b.stats.aeErrors.Add(1)
-			b.health.set(busWide, reasonAntiEntropy)
-			b.aeFails.Fail("", err)
+			for _, m := range ms {
+				m.stats.aeErrors.Add(1)
+				m.health.set(busWide, reasonAntiEntropy)
+			}
+			h.aeFails.Fail("", err)
 		default:
-			b.stats.aeRounds.Add(1)
-			b.health.clear(busWide, reasonAntiEntropy)
+			for _, m := range ms {
+				m.stats.aeRounds.Add(1)
+				m.health.clear(busWide, reasonAntiEntropy)
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-h.aePoke:
 		}
 	}
 }
 
-func (b *Bus) aeRound(ctx context.Context, st *aeState) error {
-	if err := b.checkEpoch(ctx, st); err != nil {
+func (h *hub) aeRound(ctx context.Context, st *aeState) error {
+	ms := h.everyone()
+	if err := h.checkEpochs(ctx, st, ms); err != nil {
 		return err
 	}
-	if err := b.checkRunIDs(ctx, st); err != nil {
+	if err := h.checkRunIDs(ctx, st); err != nil {
 		return err
 	}
-	return b.checkSequences(ctx, st)
+	_, err := checkSequences(ctx, h.client, ms, h.drain)
+	return err
 }
 
-// checkEpoch creates the namespace epoch key if missing (SET NX of a random
-// value) and reads it; a value different from the last one seen means the
-// key was lost (flush, restart without persistence, eviction, failover to a
-// replica that never had it).
-func (b *Bus) checkEpoch(ctx context.Context, st *aeState) error {
-	if b.cluster != nil {
-		return b.checkClusterEpochs(ctx, st)
+// epochKeys lists the distinct epoch keys of ms's namespaces in slot.
+func epochKeys(ms []*Bus, slot int) []string {
+	keys := make([]string, 0, len(ms))
+	for _, m := range ms {
+		k := wire.EpochKey(m.cfg.Namespace, slot)
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// readEpochs reads the epoch keys of each group (keys of one slot) with one
+// MGET per group, creates the missing ones (SET NX of one random value)
+// and reads them again: a key deleted between the two reads is "". The
+// result maps each key to its value.
+func readEpochs(ctx context.Context, c redis.UniversalClient, groups [][]string) (map[string]string, error) {
+	pipe := c.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(groups))
+	for i, g := range groups {
+		cmds[i] = pipe.MGet(ctx, g...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, err
+	}
+	vals := make(map[string]string)
+	var missing []string
+	for i, g := range groups {
+		for j, v := range cmds[i].Val() {
+			if s, ok := v.(string); ok {
+				vals[g[j]] = s
+			} else {
+				missing = append(missing, g[j])
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return vals, nil
 	}
 	fresh := freshEpoch()
-	key := b.epochKeyFor(0)
-	created, err := b.client.SetNX(ctx, key, fresh, 0).Result()
+	pipe = c.Pipeline()
+	gets := make([]*redis.StringCmd, len(missing))
+	for i, k := range missing {
+		pipe.SetNX(ctx, k, fresh, 0)
+		gets[i] = pipe.Get(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	for i, k := range missing {
+		v, err := gets[i].Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			v = "" // deleted between the two commands: changed
+		case err != nil:
+			return nil, err
+		}
+		vals[k] = v
+	}
+	return vals, nil
+}
+
+// checkEpochs reads each member's namespace epoch key, creating it if
+// missing; a value different from the last one the member saw means the
+// key was lost (flush, restart without persistence, eviction, failover to
+// a replica that never had it).
+func (h *hub) checkEpochs(ctx context.Context, st *aeState, ms []*Bus) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	if h.cluster != nil {
+		return h.checkClusterEpochs(ctx, st, ms)
+	}
+	vals, err := readEpochs(ctx, h.client, [][]string{epochKeys(ms, 0)})
 	if err != nil {
 		return err
 	}
-	cur := fresh
-	if !created {
-		cur, err = b.client.Get(ctx, key).Result()
-		if errors.Is(err, redis.Nil) {
-			cur = "" // deleted between the two commands: changed
-		} else if err != nil {
-			return err
+	for _, m := range ms {
+		cur := vals[wire.EpochKey(m.cfg.Namespace, 0)]
+		if m.ae.epoch != "" && cur != m.ae.epoch {
+			m.log.Warn("namespace epoch key changed", zap.String("was", m.ae.epoch), zap.String("now", cur))
+			m.requestInvalidateAll(CauseEpoch)
 		}
+		m.ae.epoch = cur
 	}
-	if st.epoch != "" && cur != st.epoch {
-		b.log.Warn("namespace epoch key changed", zap.String("was", st.epoch), zap.String("now", cur))
-		b.requestInvalidateAll(CauseEpoch)
-	}
-	st.epoch = cur
 	return nil
 }
 
 // checkRunIDs compares the masters' run ids with the last round's.
-func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
+func (h *hub) checkRunIDs(ctx context.Context, st *aeState) error {
 	if st.noRunID {
 		return nil
 	}
 	var ids []string
-	if b.cluster != nil {
+	if h.cluster != nil {
 		var mu sync.Mutex
-		err := b.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		err := h.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
 			info, err := c.Info(ctx, "server").Result()
 			if err != nil {
 				return err
@@ -160,7 +239,7 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 		}
 		slices.Sort(ids)
 	} else {
-		info, err := b.client.Info(ctx, "server").Result()
+		info, err := h.client.Info(ctx, "server").Result()
 		var rerr redis.Error
 		if errors.As(err, &rerr) {
 			// miniredis has no server section; an ACL user may be refused
@@ -168,8 +247,8 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 			// alone: say so once when it is a refusal.
 			st.noRunID = true
 			if strings.HasPrefix(rerr.Error(), "NOPERM") {
-				b.log.Warn("invalidation: INFO refused; restarts without persistence are detected by the epoch key only (grant +info to check run ids)",
-					zap.String("namespace", b.cfg.Namespace), zap.Error(err))
+				h.log.Warn("invalidation: INFO refused; restarts without persistence are detected by the epoch key only (grant +info to check run ids)",
+					zap.String("namespace", h.cfg.Namespace), zap.Error(err))
 			}
 			return nil
 		}
@@ -180,18 +259,18 @@ func (b *Bus) checkRunIDs(ctx context.Context, st *aeState) error {
 	}
 	cur := strings.Join(ids, ",")
 	if st.runIDs != "" && cur != st.runIDs {
-		b.log.Warn("redis server changed", zap.String("was", st.runIDs), zap.String("now", cur))
-		b.requestInvalidateAll(CauseServerChanged)
-		if b.cluster != nil {
+		h.log.Warn("redis server changed", zap.String("was", st.runIDs), zap.String("now", cur))
+		h.invalidateAll(CauseServerChanged)
+		if h.cluster != nil {
 			// Follow a new master set now rather than at the next look.
 			select {
-			case b.topoPoke <- struct{}{}:
+			case h.topoPoke <- struct{}{}:
 			default:
 			}
 		} else {
 			// A failover client moved its commands to a new master;
 			// move the subscription too (see route.go).
-			b.followServer(ctx)
+			h.followServer(ctx)
 		}
 	}
 	st.runIDs = cur
@@ -205,24 +284,18 @@ func freshEpoch() string {
 	return hex.EncodeToString(raw[:])
 }
 
-// epochKeyFor is the epoch key hash-tagged to slot (slot 0 on a standalone
-// or Sentinel-managed Redis; one per master on Redis Cluster, see
-// checkClusterEpochs).
-func (b *Bus) epochKeyFor(slot int) string {
-	return wire.EpochKey(b.cfg.Namespace, slot)
-}
-
-// checkClusterEpochs keeps one epoch key per master of a Redis Cluster, in
-// a slot that master owns (the one used before while the master still owns
-// it, else its lowest), so that a flush or a restart without persistence of
-// any master is seen, not only of the master holding slot 0. It creates
-// each with SET NX and reads it in one pipeline (split per master). A value
-// that changed for the same master and slot invalidates everything and
-// makes this round read the sequence keys of every tracked partition that
-// master owns. A master seen for the first time, or whose slot moved away
-// (resharding), starts from what is read now.
-func (b *Bus) checkClusterEpochs(ctx context.Context, st *aeState) error {
-	ranges, err := b.cluster.ClusterSlots(ctx).Result()
+// checkClusterEpochs keeps one epoch key per namespace and master of a
+// Redis Cluster, in a slot that master owns (the one used before while the
+// master still owns it, else its lowest), so that a flush or a restart
+// without persistence of any master is seen, not only of the master
+// holding slot 0. The keys of one master share that slot, so one MGET per
+// master reads every member's; missing ones are created with SET NX. A
+// value that changed for the same master and slot invalidates the member's
+// copies and makes its next sequence check read every tracked partition
+// that master owns. A master seen for the first time, or whose slot moved
+// away (resharding), starts from what is read now.
+func (h *hub) checkClusterEpochs(ctx context.Context, st *aeState, ms []*Bus) error {
+	ranges, err := h.cluster.ClusterSlots(ctx).Result()
 	if err != nil {
 		return err
 	}
@@ -236,18 +309,13 @@ func (b *Bus) checkClusterEpochs(ctx context.Context, st *aeState) error {
 	if len(owned) == 0 {
 		return errNoMasters
 	}
-	fresh := freshEpoch()
-	type read struct {
-		addr string
-		slot int
-		get  *redis.StringCmd
-	}
-	reads := make([]read, 0, len(owned))
-	pipe := b.cluster.Pipeline()
+	slots := make(map[string]int, len(owned))
+	addrs := make([]string, 0, len(owned))
+	groups := make([][]string, 0, len(owned))
 	for addr, rs := range owned {
 		slot := -1
-		if prev, ok := st.epochs[addr]; ok && inRanges(prev.slot, rs) {
-			slot = prev.slot
+		if prev, ok := st.epochSlots[addr]; ok && inRanges(prev, rs) {
+			slot = prev
 		} else {
 			for _, r := range rs {
 				if slot < 0 || r.Start < slot {
@@ -255,29 +323,29 @@ func (b *Bus) checkClusterEpochs(ctx context.Context, st *aeState) error {
 				}
 			}
 		}
-		key := b.epochKeyFor(slot)
-		pipe.SetNX(ctx, key, fresh, 0)
-		reads = append(reads, read{addr: addr, slot: slot, get: pipe.Get(ctx, key)})
+		slots[addr] = slot
+		addrs = append(addrs, addr)
+		groups = append(groups, epochKeys(ms, slot))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	vals, err := readEpochs(ctx, h.cluster, groups)
+	if err != nil {
 		return err
 	}
-	next := make(map[string]masterEpoch, len(reads))
-	for _, r := range reads {
-		cur, err := r.get.Result()
-		if errors.Is(err, redis.Nil) {
-			cur = "" // deleted between the two commands: changed
-		} else if err != nil {
-			return err
+	for _, m := range ms {
+		next := make(map[string]masterEpoch, len(addrs))
+		for _, addr := range addrs {
+			slot := slots[addr]
+			cur := vals[wire.EpochKey(m.cfg.Namespace, slot)]
+			if prev, ok := m.ae.epochs[addr]; ok && prev.slot == slot && prev.value != cur {
+				m.log.Warn("namespace epoch key changed", zap.String("node", addr), zap.String("was", prev.value), zap.String("now", cur))
+				m.requestInvalidateAll(CauseEpoch)
+				m.touchSlots(owned[addr])
+			}
+			next[addr] = masterEpoch{slot: slot, value: cur}
 		}
-		if prev, ok := st.epochs[r.addr]; ok && prev.slot == r.slot && prev.value != cur {
-			b.log.Warn("namespace epoch key changed", zap.String("node", r.addr), zap.String("was", prev.value), zap.String("now", cur))
-			b.requestInvalidateAll(CauseEpoch)
-			b.touchSlots(owned[r.addr])
-		}
-		next[r.addr] = masterEpoch{slot: r.slot, value: cur}
+		m.ae.epochs = next
 	}
-	st.epochs = next
+	st.epochSlots = slots
 	return nil
 }
 
@@ -302,17 +370,96 @@ func (b *Bus) touchSlots(rs []redis.ClusterSlot) {
 	}
 }
 
-// checkSequences reads the sequence keys of every partition with traffic
-// since the last round (or suspect, see trackMulti) and of up to maxAEKeys
-// quiet ones, in turns. Anything this bus applied was published before the
-// read, so a Redis value below it means the key was reset. A Redis value
-// above what has been applied once the messages in flight had time to
-// arrive (a short grace, then the queue drained) means the tail was lost.
+// checkSequences reads, for each member, the sequence keys of every
+// partition with traffic since the last round (or suspect, see trackMulti)
+// and of up to maxAEKeys quiet ones, in turns: one MGET per slot (the keys
+// of a partition share its slot whatever the namespace). Anything a member
+// applied was published before the read, so a Redis value below it means
+// the key was reset. A Redis value above what has been applied once the
+// messages in flight had time to arrive (drain) means the tail was lost.
+// It returns how many keys it read.
 //
 // A reset of a quiet partition drops nothing until a message arrives there;
 // that message touches the partition (and, on Redis Cluster, is applied and
 // makes it suspect), so the next round reads it.
-func (b *Bus) checkSequences(ctx context.Context, st *aeState) error {
+func checkSequences(ctx context.Context, c redis.UniversalClient, ms []*Bus, drain func(context.Context) bool) (int, error) {
+	type slotKeys struct {
+		keys []string
+		cmd  *redis.SliceCmd
+	}
+	bySlot := make(map[int]*slotKeys)
+	var order []int
+	_, cluster := c.(*redis.ClusterClient)
+	for _, m := range ms {
+		for _, p := range m.aeCollect() {
+			slot := 0 // one server: one MGET for everything
+			if cluster {
+				slot = wire.Partition(p)
+			}
+			g := bySlot[slot]
+			if g == nil {
+				g = &slotKeys{}
+				bySlot[slot] = g
+				order = append(order, slot)
+			}
+			if k := wire.SeqKey(m.cfg.Namespace, p); !slices.Contains(g.keys, k) {
+				g.keys = append(g.keys, k)
+			}
+		}
+	}
+	if len(order) == 0 {
+		return 0, nil
+	}
+	read := 0
+	pipe := c.Pipeline()
+	for _, slot := range order {
+		g := bySlot[slot]
+		g.cmd = pipe.MGet(ctx, g.keys...)
+		read += len(g.keys)
+	}
+	_, err := pipe.Exec(ctx)
+	vals := make(map[string]uint64, read)
+	for _, slot := range order {
+		if err != nil {
+			break
+		}
+		g := bySlot[slot]
+		for i, v := range g.cmd.Val() {
+			var n uint64
+			if s, ok := v.(string); ok {
+				if n, err = strconv.ParseUint(s, 10, 64); err != nil {
+					err = fmt.Errorf("invalidation: sequence key %q holds %q, not a sequence: %w", g.keys[i], s, err)
+					break
+				}
+			}
+			vals[g.keys[i]] = n
+		}
+	}
+	if err != nil {
+		for _, m := range ms {
+			m.retouch(m.ae.hot) // read them again next round
+		}
+		return read, err
+	}
+	behind := false
+	for _, m := range ms {
+		if m.aeBackwards(vals) {
+			behind = true
+		}
+	}
+	if !behind || !drain(ctx) {
+		return read, nil // nothing ahead, or the worker is busy: decide next round
+	}
+	for _, m := range ms {
+		m.aeLostTails()
+	}
+	return read, nil
+}
+
+// aeCollect picks the member's partitions of this round (see
+// checkSequences) and snapshots what was applied to them.
+func (b *Bus) aeCollect() []int {
+	st := &b.ae
 	b.trackMu.Lock()
 	hot, cold := st.hot[:0], st.cold[:0]
 	for p, tr := range b.last {
@@ -336,14 +483,15 @@ func (b *Bus) checkSequences(ctx context.Context, st *aeState) error {
 	}
 	parts := append(append(st.partitions[:0], hot...), cold...)
 	st.partitions = parts
-	if len(parts) == 0 {
-		return nil
+	snap := slices.Grow(st.snap[:0], len(parts))[:len(parts)]
+	st.snap = snap
+	b.trackMu.Lock()
+	for i, p := range parts {
+		tr := b.last[p]
+		snap[i] = aeSnap{last: tr.last, anomalies: tr.anomalies, suspect: tr.suspect}
 	}
-	err := b.compareSequences(ctx, st, parts)
-	if err != nil {
-		b.retouch(hot) // read them again next round
-	}
-	return err
+	b.trackMu.Unlock()
+	return parts
 }
 
 // retouch marks partitions for the next round again.
@@ -358,58 +506,41 @@ func (b *Bus) retouch(parts []int) {
 	}
 }
 
-// compareSequences reads the sequence keys of parts (one pipeline, split per
-// master on Redis Cluster) and compares them with what was applied.
-func (b *Bus) compareSequences(ctx context.Context, st *aeState, parts []int) error {
-	// Snapshot what was applied, then read Redis.
-	snap := slices.Grow(st.snap[:0], len(parts))[:len(parts)]
-	st.snap = snap
+// aeBackwards compares the member's partitions of this round with the
+// values read (vals, by sequence key), repairs those Redis holds below what
+// was applied (decided at once against the snapshot), and reports whether
+// Redis is ahead on any.
+func (b *Bus) aeBackwards(vals map[string]uint64) (ahead bool) {
+	st := &b.ae
+	parts, snap := st.partitions, st.snap
+	st.vals = slices.Grow(st.vals[:0], len(parts))[:len(parts)]
+	for i, p := range parts {
+		st.vals[i] = vals[wire.SeqKey(b.cfg.Namespace, p)]
+	}
 	b.trackMu.Lock()
+	defer b.trackMu.Unlock()
 	for i, p := range parts {
-		tr := b.last[p]
-		snap[i] = aeSnap{last: tr.last, anomalies: tr.anomalies, suspect: tr.suspect}
-	}
-	b.trackMu.Unlock()
-	pipe := b.client.Pipeline()
-	cmds := make([]*redis.StringCmd, len(parts))
-	for i, p := range parts {
-		cmds[i] = pipe.Get(ctx, b.SeqKey(p))
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return err
-	}
-	vals := make([]uint64, len(parts))
-	for i, c := range cmds {
-		v, err := c.Uint64()
-		switch {
-		case errors.Is(err, redis.Nil):
-			v = 0
-		case err != nil:
-			return err
+		v := st.vals[i]
+		if v > snap[i].last {
+			ahead = true
 		}
-		vals[i] = v
-	}
-
-	// Backwards: decided at once against the snapshot.
-	b.trackMu.Lock()
-	for i, p := range parts {
 		cur, ok := b.last[p]
 		if !ok {
 			continue
 		}
 		switch {
-		case vals[i] < snap[i].last:
+		case v < snap[i].last:
 			if cur.last == snap[i].last {
 				// Track from Redis's value; a message published before
 				// the read and still in flight is covered by the repair.
 				// Each path keeps its memory, lowered to Redis's value:
 				// a later reset must still go backwards on it (see
 				// clampPaths).
-				b.last[p] = track{last: vals[i], touched: cur.touched, paths: clampPaths(cur.paths, vals[i])}
+				b.last[p] = track{last: v, touched: cur.touched, paths: clampPaths(cur.paths, v)}
 			}
 			b.stats.seqResets.Add(1)
 			b.requestInvalidateAll(CauseSeqReset)
-			b.log.Info("sequence key reset", zap.Int("partition", p), zap.Uint64("applied", snap[i].last), zap.Uint64("redis", vals[i]))
+			b.log.Info("sequence key reset", zap.Int("partition", p), zap.Uint64("applied", snap[i].last), zap.Uint64("redis", v))
 		case snap[i].suspect:
 			// A subscription went backwards but Redis is not below what
 			// was applied: a reset already overtaken by new traffic, a
@@ -424,38 +555,28 @@ func (b *Bus) compareSequences(ctx context.Context, st *aeState, parts []int) er
 			}
 			b.stats.seqResets.Add(1)
 			b.requestInvalidateAll(CauseSeqReset)
-			b.log.Info("sequence went backwards on a subscription", zap.Int("partition", p), zap.Uint64("applied", snap[i].last), zap.Uint64("redis", vals[i]))
+			b.log.Info("sequence went backwards on a subscription", zap.Int("partition", p), zap.Uint64("applied", snap[i].last), zap.Uint64("redis", v))
 		}
 	}
-	b.trackMu.Unlock()
+	return ahead
+}
 
-	// Ahead: give messages in flight time to arrive and be applied.
-	behind := false
-	for i := range parts {
-		if vals[i] > snap[i].last {
-			behind = true
-			break
-		}
-	}
-	if !behind {
-		return nil
-	}
-	if !b.drain(ctx) {
-		return nil // the worker is busy; decide next round
-	}
+// aeLostTails repairs the member's partitions still behind the values read,
+// once the messages in flight have been handled (see drain).
+func (b *Bus) aeLostTails() {
+	st := &b.ae
 	b.trackMu.Lock()
 	defer b.trackMu.Unlock()
-	for i, p := range parts {
-		if tr, ok := b.last[p]; ok && tr.last < vals[i] {
+	for i, p := range st.partitions {
+		if tr, ok := b.last[p]; ok && tr.last < st.vals[i] {
 			cur := tr.last
-			tr.last, tr.lateLo, tr.lateHi, tr.holes = vals[i], cur, vals[i], nil
+			tr.last, tr.lateLo, tr.lateHi, tr.holes = st.vals[i], cur, st.vals[i], nil
 			b.last[p] = tr
 			b.stats.lostTails.Add(1)
 			b.requestInvalidateAll(CauseLostTail)
-			b.log.Info("lost tail", zap.Int("partition", p), zap.Uint64("applied", cur), zap.Uint64("redis", vals[i]))
+			b.log.Info("lost tail", zap.Int("partition", p), zap.Uint64("applied", cur), zap.Uint64("redis", st.vals[i]))
 		}
 	}
-	return nil
 }
 
 // drain makes sure that every message published before the sequence keys
@@ -469,11 +590,11 @@ func (b *Bus) compareSequences(ctx context.Context, st *aeState, parts []int) er
 // handled everything queued by then. A busy machine can delay the pong or
 // the worker well past a short interval: that makes it report false, never
 // a lost tail that was only late.
-func (b *Bus) drain(ctx context.Context) bool {
-	iv := b.cfg.AntiEntropyInterval
+func (h *hub) drain(ctx context.Context) bool {
+	iv := h.cfg.AntiEntropyInterval
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
-	if b.multiPath {
+	if h.multiPath {
 		t.Reset(min(max(iv/2, 10*time.Millisecond), time.Second))
 		select {
 		case <-ctx.Done():
@@ -481,20 +602,20 @@ func (b *Bus) drain(ctx context.Context) bool {
 		case <-t.C:
 		}
 	} else {
-		s := b.singleSub()
+		s := h.singleSub()
 		if s == nil {
 			return false
 		}
 		fctx, cancel := context.WithTimeout(ctx, max(iv, time.Second))
-		ok := b.pingSub(fctx, s)
+		ok := h.pingSub(fctx, s)
 		cancel()
 		if !ok {
 			return false
 		}
 	}
-	target := b.enqueued.Load()
+	target := h.enqueued.Load()
 	deadline := time.Now().Add(max(iv, time.Second))
-	for b.processed.Load() < target {
+	for h.processed.Load() < target {
 		if time.Now().After(deadline) {
 			return false
 		}

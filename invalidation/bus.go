@@ -14,7 +14,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nearcache/nearcache/internal/episode"
-	"github.com/nearcache/nearcache/internal/wait"
 	"github.com/nearcache/nearcache/internal/wire"
 )
 
@@ -51,9 +50,14 @@ type OwnHandler interface {
 	OwnClear()
 }
 
-// Bus publishes and receives sequenced invalidation messages over Redis
-// pub/sub and detects their loss. Create it with [New], start receiving with
-// [Bus.Start], stop with [Bus.Close]. All methods are safe for concurrent use.
+// Bus publishes and receives sequenced invalidation messages of one
+// namespace over Redis pub/sub and detects their loss. Create it with
+// [New], start receiving with [Bus.Start], stop with [Bus.Close]. All
+// methods are safe for concurrent use.
+//
+// Started buses on the same Redis client share their transport (see
+// [Bus.Start]): one subscription connection per server, one worker, one
+// anti-entropy loop.
 type Bus struct {
 	client  redis.UniversalClient
 	cluster *redis.ClusterClient // non-nil when client is a cluster client
@@ -62,34 +66,17 @@ type Bus struct {
 	own     OwnHandler // h, if it wants own messages; else nil
 	log     *zap.Logger
 	channel string
-	// routeChannel is subscribed beside channel on a standalone or
-	// Sentinel-managed Redis, with the route check on, and never published
-	// to: PUBSUB NUMSUB of it through the command client tells whether the
-	// subscription is on the server the commands go to (see route.go). ""
-	// when not checked. routeOn turns false for good when Redis refuses
-	// the route channel (ACL): the route check is then off.
-	routeChannel string
-	routeOn      atomic.Bool
 
 	stats  counters
 	health healthState
 
-	// Failures logged once per episode (see Config.Logger), reported by
-	// their goroutines and closed by Close.
-	aeFails   *episode.Tracker // anti-entropy rounds that failed
-	topoFails *episode.Tracker // Redis Cluster: failed listings of the masters
 	// decodeFails: payloads that did not decode, or were too large, without
-	// an HMAC key (each invalidates everything).
+	// an HMAC key (each invalidates everything); logged once per episode.
 	decodeFails *episode.Tracker
 
-	queue chan item
 	// pending holds 1<<Cause bits of InvalidateAll requests not yet applied;
-	// any goroutine sets them, the worker swaps them out.
+	// any goroutine sets them, the hub's worker swaps them out.
 	pending atomic.Uint32
-	wake    chan struct{} // cap 1: pokes the worker after pending changed
-
-	enqueued  atomic.Uint64 // items put in queue (reader)
-	processed atomic.Uint64 // items fully handled (worker)
 
 	trackMu sync.Mutex
 	last    map[int]track // guarded by trackMu: sequence state per partition
@@ -99,23 +86,26 @@ type Bus struct {
 	// and waits gapGrace before calling a missing sequence lost.
 	multiPath bool
 	gapGrace  time.Duration
-	gapDue    time.Time     // worker only: earliest deadline of a hole created by the last handle
-	topoPoke  chan struct{} // cap 1: asks the masters watcher (Redis Cluster) to look again
+	gapDue    time.Time // worker only: earliest deadline of a hole created by the last handle
 
-	lifeMu          sync.Mutex         // guards started, closed, runCtx, cancel, subs, nextSub, awaiting, subsKnown, confirmedClosed and every sub's ps, stopped, initial
-	started         bool               // Start was called
-	closed          bool               // Close was called
-	runCtx          context.Context    // the goroutines' context, set by Start
-	cancel          context.CancelFunc // stops the goroutines
-	subs            map[string]*sub    // the subscriptions, by master address ("" on a standalone server)
-	nextSub         int                // last sub id handed out
-	awaiting        int                // subscriptions created before the first full confirmation, not yet confirmed
-	subsKnown       bool               // the set of subscriptions has been established once
-	confirmedClosed bool               // confirmed has been closed
-	wg              sync.WaitGroup     // every goroutine of the bus
+	ae memberAE // the hub's anti-entropy goroutine only
 
-	confirmed     chan struct{} // closed when every subscription of the first set has been confirmed
-	startReturned atomic.Bool   // Start gave up or succeeded; later first confirmations are repairs
+	lifeMu  sync.Mutex // guards started, closed
+	started bool       // Start was called
+	closed  bool       // Close was called
+	done    chan struct{}
+	// joinMu is held by Start while it joins the hub and by Close while it
+	// looks for the hub, so that one of them releases it.
+	joinMu sync.Mutex
+	hub    atomic.Pointer[hub] // set once Start has joined
+
+	// Guarded by the hub's mu: the subscriptions (ids) whose confirmation
+	// of this bus's channel Start still awaits; confirmed is closed once
+	// none is left and the hub's subscriptions are known.
+	awaiting        map[int]struct{}
+	confirmedClosed bool
+	confirmed       chan struct{}
+	startReturned   atomic.Bool // Start gave up or succeeded; later first confirmations are repairs
 }
 
 // track is the sequence state of one partition.
@@ -155,9 +145,13 @@ type sub struct {
 	client  subscriber // the caller's client, or one of its cluster node clients; never closed by the bus
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the reader has returned
-	ps      *redis.PubSub // guarded by Bus.lifeMu; replaced by the reader on stalls
-	stopped bool          // guarded by Bus.lifeMu
-	initial bool          // guarded by Bus.lifeMu: counted in Bus.awaiting
+	ps      *redis.PubSub // guarded by hub.mu; replaced by the reader on stalls
+	stopped bool          // guarded by hub.mu
+	// chans holds the state of every member channel on ps (guarded by
+	// hub.mu); each is subscribed once per connection, by the I/O
+	// goroutine, which io (cap 1) wakes.
+	chans map[string]*chanState
+	io    chan struct{}
 
 	// live is true from a confirmation of the route channel's
 	// subscription until the reader or the route check sees the
@@ -173,14 +167,23 @@ type sub struct {
 	pingSent atomic.Uint64
 	pong     atomic.Uint64
 	pongCh   chan struct{}
-	// replace is set (with lifeMu held, before ps is closed) when the
+	// replace is set (with hub.mu held, before ps is closed) when the
 	// route check wants the subscription replaced: the reader, woken by
 	// the closed PubSub, subscribes again instead of waiting for go-redis.
 	replace atomic.Bool
 }
 
+// pokeIO wakes the subscription's I/O goroutine (see hub.reconcile).
+func (s *sub) pokeIO() {
+	select {
+	case s.io <- struct{}{}:
+	default:
+	}
+}
+
 type item struct {
 	payload string
+	channel string
 	recv    time.Time
 	path    int // the id of the subscription it came from
 }
@@ -209,24 +212,18 @@ func New(client redis.UniversalClient, cfg Config, h Handler) (*Bus, error) {
 		h:         h,
 		log:       cfg.Logger.Named("invalidation"),
 		channel:   wire.Channel(cfg.Namespace),
-		queue:     make(chan item, cfg.BufferSize),
-		wake:      make(chan struct{}, 1),
 		last:      make(map[int]track),
 		confirmed: make(chan struct{}),
-		topoPoke:  make(chan struct{}, 1),
-		subs:      make(map[string]*sub),
+		done:      make(chan struct{}),
 	}
 	b.own, _ = h.(OwnHandler)
 	b.cluster, _ = client.(*redis.ClusterClient)
 	b.multiPath = b.cluster != nil
-	if _, ok := client.(*redis.Client); ok && cfg.RouteCheckInterval > 0 {
-		b.routeChannel = wire.RouteChannel(cfg.Namespace, cfg.InstanceID)
-		b.routeOn.Store(true)
-	}
 	b.gapGrace = gapGrace(cfg.AntiEntropyInterval)
 	quiet := max(episode.DefaultQuiet, 3*cfg.AntiEntropyInterval)
-	b.aeFails = episode.New(b.log, msgAEFails, quiet)
-	b.topoFails = episode.New(b.log, msgTopoFails, quiet)
+	if cfg.testEpisodeQuiet > 0 {
+		quiet = cfg.testEpisodeQuiet
+	}
 	b.decodeFails = episode.New(b.log, msgDecodeFails, quiet)
 	b.health.set(busWide, reasonNotSubscribed)
 	return b, nil
@@ -313,11 +310,24 @@ func (b *Bus) isClosed() bool {
 	return b.closed
 }
 
-// Start opens the dedicated subscription connection and returns once Redis
-// has confirmed the subscription. If ctx ends first, Start returns ctx's
-// error but the bus keeps trying in the background (Health stays unhealthy,
-// and the eventual confirmation invalidates everything) until Close. Start
-// may be called once.
+// Start subscribes the bus and returns once Redis has confirmed the
+// subscription. If ctx ends first, Start returns ctx's error but the bus
+// keeps trying in the background (Health stays unhealthy, and the eventual
+// confirmation invalidates everything) until Close. Start may be called
+// once.
+//
+// Buses started on the same client, with the same AntiEntropyInterval,
+// PingInterval, RouteCheckInterval and BufferSize, share one transport:
+// one subscription connection per server (per master on Redis Cluster)
+// carrying each namespace's channel, one worker that calls every bus's
+// Handler in turn, one anti-entropy loop whose Redis commands do not grow
+// with the number of buses, one route check and one masters watcher. The
+// first bus to start creates it, the last to close stops it. Each bus keeps
+// its own namespace, instance id, HMAC key, sequence tracking, Handler,
+// counters and health; a failure of a shared connection reaches every bus.
+// The transport logs its own events (a connection interrupted or moved, a
+// server or master set changed, failed rounds) to the Logger of the bus
+// that created it.
 func (b *Bus) Start(ctx context.Context) error {
 	b.lifeMu.Lock()
 	if b.closed {
@@ -329,27 +339,15 @@ func (b *Bus) Start(ctx context.Context) error {
 		return ErrStarted
 	}
 	b.started = true
-	runCtx, cancel := context.WithCancel(context.Background())
-	b.runCtx, b.cancel = runCtx, cancel
-	b.wg.Add(1)
-	go b.worker(runCtx)
-	if b.cluster == nil {
-		b.newSubLocked("", b.client)
-		b.subsKnown = true
-		b.health.clear(busWide, reasonNotSubscribed)
-	} else {
-		b.wg.Add(1)
-		go b.watchMasters(runCtx)
-	}
-	if b.cfg.AntiEntropyInterval > 0 {
-		b.wg.Add(1)
-		go b.antiEntropy(runCtx)
-	}
-	if b.routeChannel != "" {
-		b.wg.Add(1)
-		go b.routeWatch(runCtx)
-	}
 	b.lifeMu.Unlock()
+
+	b.joinMu.Lock()
+	if b.isClosed() {
+		b.joinMu.Unlock()
+		return ErrClosed
+	}
+	b.hub.Store(acquireHub(b))
+	b.joinMu.Unlock()
 
 	defer b.startReturned.Store(true)
 	select {
@@ -357,20 +355,24 @@ func (b *Bus) Start(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-runCtx.Done():
+	case <-b.done:
 		return ErrClosed
 	}
 }
 
-// Close stops every goroutine of the bus and closes its subscription
-// connections, and waits for them. It never closes the client (nor, on
-// Redis Cluster, the client's node clients). It is idempotent.
+// Close stops the bus: its Handler is never called after Close returns.
+// The last bus of a shared transport (see [Bus.Start]) stops its
+// goroutines, closes its subscription connections and waits for them;
+// another takes its channel off the shared subscription (UNSUBSCRIBE,
+// once no other bus of the same namespace is left). It never closes the
+// client (nor, on Redis Cluster, the client's node clients). It is
+// idempotent.
 //
 // A subscription still being opened cannot be interrupted: with a client
 // that has no read timeout and a server that never answers, its goroutine
-// stays blocked in go-redis. Close waits for it at most CloseWait, then
-// returns an error saying so; the goroutine ends when the client gives up
-// or is closed. Otherwise Close returns nil.
+// stays blocked in go-redis. The last Close waits for it at most
+// CloseWait, then returns an error saying so; the goroutine ends when the
+// client gives up or is closed. Otherwise Close returns nil.
 func (b *Bus) Close() error {
 	b.lifeMu.Lock()
 	if b.closed {
@@ -378,22 +380,16 @@ func (b *Bus) Close() error {
 		return nil
 	}
 	b.closed = true
-	if b.cancel != nil {
-		b.cancel()
-	}
-	for _, s := range b.subs {
-		if s.ps != nil {
-			_ = s.ps.Close() // unblocks the reader
-		}
-	}
+	close(b.done)
 	b.lifeMu.Unlock()
-	defer b.topoFails.Close()
+	b.joinMu.Lock()
+	h := b.hub.Load()
+	b.joinMu.Unlock()
 	defer b.decodeFails.Close()
-	defer b.aeFails.Close() // after the goroutines that report to it
-	if !wait.Within(&b.wg, CloseWait) {
-		return fmt.Errorf("invalidation: Close: a subscription is still blocked in the Redis client after %v (no read timeout, and a server that does not answer?); it ends when the client gives up", CloseWait)
+	if h == nil {
+		return nil
 	}
-	return nil
+	return h.release(b)
 }
 
 // CloseWait bounds how long Close waits for the bus's goroutines.
@@ -402,9 +398,8 @@ const CloseWait = 2 * time.Second
 // requestInvalidateAll asks the worker to call InvalidateAll(c) soon.
 func (b *Bus) requestInvalidateAll(c Cause) {
 	b.pending.Or(1 << c)
-	select {
-	case b.wake <- struct{}{}:
-	default:
+	if h := b.hub.Load(); h != nil {
+		h.poke()
 	}
 }
 
@@ -415,41 +410,7 @@ func isNoPerm(err error) bool {
 	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "NOPERM")
 }
 
-// worker decodes queued messages, tracks sequences and calls the Handler.
-// It is the only goroutine that calls the Handler.
-func (b *Bus) worker(ctx context.Context) {
-	defer b.wg.Done()
-	gapTimer := time.NewTimer(time.Hour)
-	gapTimer.Stop()
-	var (
-		armed time.Time // when gapTimer fires; zero when stopped
-		keys  []string  // decode buffer, reused: no allocation per message
-	)
-	for {
-		b.applyPending()
-		if due := b.gapDue; !due.IsZero() {
-			b.gapDue = time.Time{}
-			if armed.IsZero() || due.Before(armed) {
-				armed = due
-				gapTimer.Reset(time.Until(due))
-			}
-		}
-		select {
-		case <-ctx.Done():
-			gapTimer.Stop()
-			return
-		case <-b.wake:
-		case <-gapTimer.C:
-			armed = time.Time{}
-			b.expireHoles(time.Now())
-		case it := <-b.queue:
-			b.applyPending()
-			keys = b.handle(it, keys)
-			b.processed.Add(1)
-		}
-	}
-}
-
+// applyPending calls InvalidateAll for the pending causes. Worker only.
 func (b *Bus) applyPending() {
 	m := b.pending.Swap(0)
 	if m == 0 {

@@ -249,9 +249,9 @@ func (b *Bus) gap(partition, n int) {
 // watchMasters keeps one subscription per master of the cluster: it learns
 // the masters (retrying until it can), then looks again every anti-entropy
 // interval (or when anti-entropy saw a server change) and follows changes.
-func (b *Bus) watchMasters(ctx context.Context) {
-	defer b.wg.Done()
-	iv := b.cfg.AntiEntropyInterval
+func (h *hub) watchMasters(ctx context.Context) {
+	defer h.wg.Done()
+	iv := h.cfg.AntiEntropyInterval
 	if iv <= 0 {
 		iv = DefaultAntiEntropyInterval
 	}
@@ -263,11 +263,11 @@ func (b *Bus) watchMasters(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-b.topoPoke:
+		case <-h.topoPoke:
 		}
 		wait := iv
 		mctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
-		nodes, err := b.masters(mctx)
+		nodes, err := h.masters(mctx)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -275,10 +275,10 @@ func (b *Bus) watchMasters(ctx context.Context) {
 		case err != nil:
 			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
 			wait = backoff
-			b.topoFails.Fail("", err)
+			h.topoFails.Fail("", err)
 		default:
 			backoff = 0
-			b.syncSubs(nodes)
+			h.syncSubs(nodes)
 		}
 		t.Reset(wait)
 	}
@@ -286,10 +286,10 @@ func (b *Bus) watchMasters(ctx context.Context) {
 
 // masters returns the cluster client's master node clients by address.
 // ForEachMaster reloads the slot map (CLUSTER SLOTS) first.
-func (b *Bus) masters(ctx context.Context) (map[string]*redis.Client, error) {
+func (h *hub) masters(ctx context.Context) (map[string]*redis.Client, error) {
 	var mu sync.Mutex
 	nodes := make(map[string]*redis.Client)
-	err := b.cluster.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
+	err := h.cluster.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
 		mu.Lock()
 		nodes[c.Options().Addr] = c
 		mu.Unlock()
@@ -306,46 +306,44 @@ func (b *Bus) masters(ctx context.Context) (map[string]*redis.Client, error) {
 // invalidates everything (messages published during a failover or
 // resharding may have been missed), and the new subscriptions' first
 // confirmations repair again and keep the stream unhealthy until then.
-func (b *Bus) syncSubs(nodes map[string]*redis.Client) {
-	b.lifeMu.Lock()
-	if b.closed || !b.started {
-		b.lifeMu.Unlock()
+func (h *hub) syncSubs(nodes map[string]*redis.Client) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
 		return
 	}
 	var gone []*sub
-	for addr, s := range b.subs {
+	for addr, s := range h.subs {
 		if c, ok := nodes[addr]; !ok || s.client != c {
 			gone = append(gone, s)
-			delete(b.subs, addr)
+			delete(h.subs, addr)
 		}
 	}
 	added := 0
 	for addr, c := range nodes {
-		if _, ok := b.subs[addr]; !ok {
-			b.newSubLocked(addr, c)
+		if _, ok := h.subs[addr]; !ok {
+			h.newSubLocked(addr, c)
 			added++
 		}
 	}
-	first := !b.subsKnown
+	first := !h.subsKnown
+	h.subsKnown = true
 	if first {
-		// Under lifeMu, so before Start may return; each new subscription
+		// Under mu, so before Start may return; each new subscription
 		// keeps the stream unhealthy until it is confirmed.
-		b.health.clear(busWide, reasonNotSubscribed)
+		h.knownLocked()
 	}
-	b.subsKnown = true
-	if first && b.awaiting == 0 && !b.confirmedClosed { // unreachable: nodes is never empty
-		b.confirmedClosed = true
-		close(b.confirmed)
-	}
-	b.lifeMu.Unlock()
+	h.mu.Unlock()
 	ids := make([]int, 0, len(gone))
 	for _, s := range gone {
-		b.stopSub(s)
+		h.stopSub(s)
 		ids = append(ids, s.id)
 	}
-	b.forgetPaths(ids)
+	for _, m := range h.everyone() {
+		m.forgetPaths(ids)
+	}
 	if !first && (added > 0 || len(gone) > 0) {
-		b.log.Warn("cluster masters changed; subscriptions follow", zap.Int("added", added), zap.Int("removed", len(gone)))
-		b.requestInvalidateAll(CauseServerChanged)
+		h.log.Warn("cluster masters changed; subscriptions follow", zap.Int("added", added), zap.Int("removed", len(gone)))
+		h.invalidateAll(CauseServerChanged)
 	}
 }

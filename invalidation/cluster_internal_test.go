@@ -53,14 +53,15 @@ func TestSyncSubsFollowsMasters(t *testing.T) {
 		t.Fatal(err)
 	}
 	nsubs := func() int {
-		b.lifeMu.Lock()
-		defer b.lifeMu.Unlock()
-		return len(b.subs)
+		h := b.hub.Load()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.subs)
 	}
 	if n := nsubs(); n != 3 {
 		t.Fatalf("subscriptions after Start: %d, want 3", n)
 	}
-	nodes, err := b.masters(ctx)
+	nodes, err := b.hub.Load().masters(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestSyncSubsFollowsMasters(t *testing.T) {
 		delete(less, addr)
 		break
 	}
-	b.syncSubs(less) // a master left
+	b.hub.Load().syncSubs(less) // a master left
 	if n := nsubs(); n != 2 {
 		t.Fatalf("subscriptions after a master left: %d, want 2", n)
 	}
@@ -77,7 +78,7 @@ func TestSyncSubsFollowsMasters(t *testing.T) {
 	if !b.Health().Healthy {
 		t.Errorf("unhealthy with every remaining subscription confirmed: %+v", b.Health())
 	}
-	b.syncSubs(nodes) // and (re)joined
+	b.hub.Load().syncSubs(nodes) // and (re)joined
 	if n := nsubs(); n != 3 {
 		t.Fatalf("subscriptions after a master joined: %d, want 3", n)
 	}
@@ -137,15 +138,15 @@ func allSlotsBus(tb testing.TB) (*Bus, *causeLog, []int) {
 func TestClusterAERoundAllSlots(t *testing.T) {
 	b, h, all := allSlotsBus(t)
 	ctx := context.Background()
-	var st aeState
 	for i := 0; i < 3; i++ {
 		b.retouch(all)
 		start := time.Now()
-		if err := b.checkSequences(ctx, &st); err != nil {
+		n, err := b.checkSequences(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("round %d over %d touched slots, 3 masters: %v", i, hashslot.Count, time.Since(start))
-		if n := len(st.partitions); n != hashslot.Count {
+		if n != hashslot.Count {
 			t.Fatalf("round %d read %d sequence keys, want %d", i, n, hashslot.Count)
 		}
 	}
@@ -160,15 +161,16 @@ func TestClusterAERoundAllSlots(t *testing.T) {
 func BenchmarkClusterAERoundAllSlots(b *testing.B) {
 	bus, _, all := allSlotsBus(b)
 	ctx := context.Background()
-	var st aeState
+	var n int
 	b.ResetTimer()
 	for range b.N {
 		bus.retouch(all)
-		if err := bus.checkSequences(ctx, &st); err != nil {
+		var err error
+		if n, err = bus.checkSequences(ctx); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(len(st.partitions)), "keys/round")
+	b.ReportMetric(float64(n), "keys/round")
 }
 
 // pathFeed returns a function that hands b, as received on subscription
@@ -216,8 +218,7 @@ func TestClusterResetAfterResetRepair(t *testing.T) {
 			feed(2, s, "k")
 		}
 		mr.Set(b.SeqKey(0), "3")
-		var st aeState
-		if err := b.checkSequences(context.Background(), &st); err != nil {
+		if _, err := b.checkSequences(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		if n := b.Stats().SeqResets; n != 1 {

@@ -106,6 +106,12 @@ type Config struct {
 	// every decoded message before it is applied; true drops it as if the
 	// network had lost it.
 	testDrop func(partition int, seq uint64) bool
+	// testEpisodeQuiet, when positive (tests only), replaces the quiet
+	// period of the bus's (and its transport's) episodes.
+	testEpisodeQuiet time.Duration
+	// testSeparate, when non-zero (tests only), gives the bus a transport
+	// of its own, shared only with buses carrying the same value.
+	testSeparate uint64
 }
 
 func (c Config) withDefaults() Config {

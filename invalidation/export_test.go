@@ -32,12 +32,28 @@ const (
 
 // SetEpisodeQuiet makes the bus's episodes end after d without a failure
 // instead of the default; call it before Start.
+// (and those of the transport it creates, if it is the first on its
+// client).
 func SetEpisodeQuiet(b *Bus, d time.Duration) {
-	b.aeFails = episode.New(b.log, msgAEFails, d)
-	b.topoFails = episode.New(b.log, msgTopoFails, d)
+	b.cfg.testEpisodeQuiet = d
 	b.decodeFails = episode.New(b.log, msgDecodeFails, d)
 }
 
 // TopoFailures returns how many failed listings of the cluster's masters
-// the running episode has counted.
-func TopoFailures(b *Bus) uint64 { return b.topoFails.Failures() }
+// the running episode of b's transport has counted.
+func TopoFailures(b *Bus) uint64 { return b.hub.Load().topoFails.Failures() }
+
+// SetSeparate gives a bus built from cfg a transport of its own, shared
+// only with buses given the same group: tests that stand for several
+// processes with one client.
+func SetSeparate(cfg *Config, group uint64) { cfg.testSeparate = group }
+
+// checkSequences runs the sequence check of one anti-entropy round for b
+// alone and returns how many keys it read.
+func (b *Bus) checkSequences(ctx context.Context) (int, error) {
+	drain := func(context.Context) bool { return false }
+	if h := b.hub.Load(); h != nil {
+		drain = h.drain
+	}
+	return checkSequences(ctx, b.client, []*Bus{b}, drain)
+}

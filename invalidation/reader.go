@@ -12,82 +12,106 @@ import (
 	"go.uber.org/zap"
 )
 
-// newSubLocked creates a subscription and starts its reader. lifeMu is
-// held, Start has run and Close has not.
-func (b *Bus) newSubLocked(addr string, client subscriber) *sub {
-	b.nextSub++
-	sctx, cancel := context.WithCancel(b.runCtx)
-	s := &sub{id: b.nextSub, addr: addr, client: client, cancel: cancel, done: make(chan struct{}), pongCh: make(chan struct{}, 1)}
-	b.health.set(s.id, reasonNotSubscribed)
-	if !b.confirmedClosed {
-		s.initial = true
-		b.awaiting++
+// newSubLocked creates a subscription and starts its reader. h.mu is
+// held, the hub is running.
+func (h *hub) newSubLocked(addr string, client subscriber) *sub {
+	h.nextSub++
+	sctx, cancel := context.WithCancel(h.runCtx)
+	s := &sub{id: h.nextSub, addr: addr, client: client, cancel: cancel, done: make(chan struct{}),
+		pongCh: make(chan struct{}, 1), io: make(chan struct{}, 1)}
+	for _, m := range h.everyone() {
+		m.health.set(s.id, reasonNotSubscribed)
+		if !m.confirmedClosed {
+			m.awaiting[s.id] = struct{}{}
+		}
 	}
-	b.subs[addr] = s
-	b.wg.Add(1)
-	go b.reader(sctx, s)
+	h.subs[addr] = s
+	h.wg.Add(2)
+	go h.reader(sctx, s)
+	go h.subIO(sctx, s)
 	return s
 }
 
 // stopSub closes a subscription that is no longer wanted (its master left
 // the cluster) and waits for its reader.
-func (b *Bus) stopSub(s *sub) {
-	b.lifeMu.Lock()
+func (h *hub) stopSub(s *sub) {
+	h.mu.Lock()
 	s.stopped = true
 	ps := s.ps
 	s.ps = nil
-	if b.subs[s.addr] == s {
-		delete(b.subs, s.addr)
+	if h.subs[s.addr] == s {
+		delete(h.subs, s.addr)
 	}
-	if s.initial {
-		s.initial = false
-		b.awaitedLocked()
+	for _, m := range h.everyone() {
+		if _, ok := m.awaiting[s.id]; ok {
+			delete(m.awaiting, s.id)
+			if h.subsKnown {
+				h.checkConfirmedLocked(m)
+			}
+		}
 	}
-	b.lifeMu.Unlock()
+	h.mu.Unlock()
 	s.cancel()
 	if ps != nil {
 		_ = ps.Close()
 	}
 	<-s.done
-	b.health.drop(s.id)
-}
-
-// confirm records the first confirmation of s.
-func (b *Bus) confirm(s *sub) {
-	b.lifeMu.Lock()
-	defer b.lifeMu.Unlock()
-	if s.initial {
-		s.initial = false
-		b.awaitedLocked()
+	for _, m := range h.everyone() {
+		m.health.drop(s.id)
 	}
 }
 
-// awaitedLocked accounts for one initial subscription confirmed or gone;
-// when none is left, Start may return. lifeMu is held.
-func (b *Bus) awaitedLocked() {
-	b.awaiting--
-	if b.awaiting == 0 && b.subsKnown && !b.confirmedClosed {
-		b.confirmedClosed = true
-		close(b.confirmed)
+// confirmChannel handles the confirmation of a member channel on s: the
+// members of that channel are healthy on s again, and repair
+// (CauseResubscribe) unless this is the first confirmation their Start is
+// waiting for.
+func (h *hub) confirmChannel(s *sub, channel string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cs := s.chans[channel]
+	if cs == nil || s.stopped {
+		return // unsubscribed meanwhile
+	}
+	repair := cs.everOK || cs.failing
+	cs.confirmed, cs.everOK, cs.failing = true, true, false
+	logged := false
+	for _, m := range h.members(channel) {
+		_, first := m.awaiting[s.id]
+		if repair || !first || m.startReturned.Load() {
+			m.stats.reconnects.Add(1)
+			m.requestInvalidateAll(CauseResubscribe)
+			if !logged {
+				logged = true
+				h.log.Info("subscription confirmed again", zap.String("channel", channel), zap.String("node", s.addr))
+			}
+		}
+		// Healthy before Start may return, so that nothing filled after
+		// Start sees the stream unhealthy.
+		m.health.clear(s.id, reasonNotSubscribed|reasonDisconnected|reasonStalled|reasonRerouted)
+		if first {
+			delete(m.awaiting, s.id)
+			if h.subsKnown {
+				h.checkConfirmedLocked(m)
+			}
+		}
 	}
 }
 
 // reader owns one subscription: it reads every reply, hands messages to the
 // worker without blocking, and turns failures, confirmations and silences
 // into repairs.
-func (b *Bus) reader(ctx context.Context, s *sub) {
-	defer b.wg.Done()
+func (h *hub) reader(ctx context.Context, s *sub) {
+	defer h.wg.Done()
 	defer close(s.done)
 	var (
-		ps          = b.subscribe(ctx, s)
-		everOK      bool      // a confirmation has been seen
+		ps          = h.subscribe(ctx, s, false)
 		failing     bool      // a failure was seen since the last confirmation
 		pingOut     bool      // a ping is unanswered
 		lastHeard   time.Time // last reply of any kind
 		backoff     time.Duration
 		stalledOnce bool // the current silence was already reported
-		// The route channel is subscribed by its own SUBSCRIBE once the
-		// invalidation channel is confirmed, so that Redis refusing it
+		// The route channel is subscribed by its own SUBSCRIBE once a
+		// member channel is confirmed, so that Redis refusing it
 		// (ACL) never costs the invalidation channel. routeSent: it is
 		// among ps's channels (go-redis resubscribes them all in one
 		// command after a reconnect); routePending: that SUBSCRIBE has not
@@ -98,7 +122,7 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 		return
 	}
 	lastHeard = time.Now()
-	ping := b.cfg.PingInterval
+	ping := h.cfg.PingInterval
 	for {
 		v, err := ps.ReceiveTimeout(ctx, ping)
 		if ctx.Err() != nil {
@@ -110,7 +134,7 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 			// server than the commands. Subscribe again now, so that the
 			// client's dialer resolves the server anew; the confirmation
 			// repairs (CauseResubscribe) and makes the stream healthy.
-			if ps = b.resubscribe(ctx, s, ps); ps == nil {
+			if ps = h.resubscribe(ctx, s, ps); ps == nil {
 				return
 			}
 			failing, pingOut, lastHeard, stalledOnce, backoff = true, false, now, false, 0
@@ -122,18 +146,19 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 			// user may not use it. Drop it from ps's channels (go-redis
 			// would resend it after every reconnect) and turn the route
 			// check off. If the refused SUBSCRIBE was go-redis's
-			// resubscription after a reconnect, it named the invalidation
-			// channel too: subscribe that again (its confirmation repairs).
-			b.routeRefused(err)
-			uerr := ps.Unsubscribe(ctx, b.routeChannel)
+			// resubscription after a reconnect, it named the member
+			// channels too: subscribe them again (their confirmations
+			// repair).
+			h.routeRefused(err)
+			uerr := ps.Unsubscribe(ctx, h.routeChannel)
 			if !routePending && uerr == nil {
-				uerr = ps.Subscribe(ctx, b.channel)
+				h.subscribeAgain(s)
 			}
 			routeSent, routePending = false, false
 			lastHeard, pingOut = now, false
 			if uerr != nil && !failing {
 				failing = true
-				b.lost(s, CauseDisconnect, reasonDisconnected, uerr)
+				h.lost(s, CauseDisconnect, reasonDisconnected, uerr)
 			}
 			continue
 		}
@@ -145,19 +170,18 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 					pingOut = true
 					if perr := ps.Ping(ctx); perr != nil && !failing {
 						failing = true
-						b.lost(s, CauseDisconnect, reasonDisconnected, perr)
+						h.lost(s, CauseDisconnect, reasonDisconnected, perr)
 					}
 					continue
 				}
 				if silent >= 2*ping && !stalledOnce {
 					stalledOnce = true
-					b.stats.stalls.Add(1)
-					b.lost(s, CauseStall, reasonStalled, err)
+					h.lost(s, CauseStall, reasonStalled, err)
 				}
 				if silent >= 4*ping {
 					// Black hole: replace the connection; the new
 					// subscription's confirmation repairs again.
-					if ps = b.resubscribe(ctx, s, ps); ps == nil {
+					if ps = h.resubscribe(ctx, s, ps); ps == nil {
 						return
 					}
 					failing, pingOut, lastHeard, stalledOnce = true, false, now, false
@@ -170,7 +194,7 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 			// error, comes through ReceiveTimeout.
 			if !failing {
 				failing = true
-				b.lost(s, CauseDisconnect, reasonDisconnected, err)
+				h.lost(s, CauseDisconnect, reasonDisconnected, err)
 			}
 			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
 			select {
@@ -183,26 +207,35 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 		lastHeard, pingOut, backoff = now, false, 0
 		if stalledOnce {
 			stalledOnce = false
-			b.health.clear(s.id, reasonStalled)
+			for _, mb := range h.everyone() {
+				mb.health.clear(s.id, reasonStalled)
+			}
 		}
 		switch m := v.(type) {
 		case *redis.Message:
+			members := h.members(m.Channel)
 			if len(m.Payload) > maxPayload {
-				b.stats.received.Add(1)
-				b.rejectOversized(s, len(m.Payload))
+				for _, mb := range members {
+					mb.stats.received.Add(1)
+					mb.rejectOversized(s, len(m.Payload))
+				}
 				continue
 			}
 			select {
-			case b.queue <- item{payload: m.Payload, recv: now, path: s.id}:
-				b.enqueued.Add(1)
+			case h.queue <- item{payload: m.Payload, channel: m.Channel, recv: now, path: s.id}:
+				h.enqueued.Add(1)
 			default:
 				// Unhealthy first: whoever sees the drop counted sees the
 				// bus unhealthy too.
-				b.health.set(busWide, reasonOverflow)
-				b.stats.dropped.Add(1)
-				b.requestInvalidateAll(CauseOverflow)
+				for _, mb := range members {
+					mb.health.set(busWide, reasonOverflow)
+					mb.stats.dropped.Add(1)
+					mb.requestInvalidateAll(CauseOverflow)
+				}
 			}
-			b.stats.received.Add(1)
+			for _, mb := range members {
+				mb.stats.received.Add(1)
+			}
 		case *redis.Pong:
 			// The answer to a route check's PING (see checkRoute); the
 			// reader's own PINGs carry no payload.
@@ -217,51 +250,49 @@ func (b *Bus) reader(ctx context.Context, s *sub) {
 			if m.Kind != "subscribe" {
 				continue
 			}
-			if b.routeChannel != "" && m.Channel == b.routeChannel {
+			if h.routeChannel != "" && m.Channel == h.routeChannel {
 				routePending = false
 				s.confirms.Add(1)
 				s.live.Store(true)
 				continue
 			}
-			if m.Channel != b.channel {
-				continue
-			}
-			if everOK || failing || b.startReturned.Load() {
-				b.stats.reconnects.Add(1)
-				b.requestInvalidateAll(CauseResubscribe)
-				b.log.Info("subscription confirmed again", zap.String("channel", b.channel), zap.String("node", s.addr))
-			}
+			h.confirmChannel(s, m.Channel)
 			failing = false
-			// Healthy before Start may return (confirm), so that nothing
-			// filled after Start sees the stream unhealthy.
-			b.health.clear(s.id, reasonNotSubscribed|reasonDisconnected|reasonStalled|reasonRerouted)
-			if !everOK {
-				everOK = true
-				b.confirm(s)
-			}
-			if b.routeOn.Load() && !routeSent {
+			if h.routeOn.Load() && !routeSent {
 				routeSent, routePending = true, true
-				if err := ps.Subscribe(ctx, b.routeChannel); err != nil {
+				if err := ps.Subscribe(ctx, h.routeChannel); err != nil {
 					// go-redis reconnected (or will) and resubscribes
-					// both channels in one command.
+					// every channel in one command.
 					routePending = false
 					failing = true
-					b.lost(s, CauseDisconnect, reasonDisconnected, err)
+					h.lost(s, CauseDisconnect, reasonDisconnected, err)
 				}
 			}
 		}
 	}
 }
 
-// lost records a detected failure of the stream: unhealthy now, invalidate all.
-func (b *Bus) lost(s *sub, c Cause, r reason, err error) {
+// lost records a detected failure of the stream on s: every member is
+// unhealthy on s now and invalidates all; every member channel on s
+// repairs again when it is confirmed anew.
+func (h *hub) lost(s *sub, c Cause, r reason, err error) {
 	s.live.Store(false)
-	if c == CauseDisconnect {
-		b.stats.disconnects.Add(1)
+	h.mu.Lock()
+	for _, cs := range s.chans {
+		cs.confirmed, cs.failing = false, true
 	}
-	b.health.set(s.id, r)
-	b.requestInvalidateAll(c)
-	b.log.Warn("invalidation stream interrupted", zap.Stringer("cause", c), zap.String("node", s.addr), zap.Error(err))
+	for _, m := range h.everyone() {
+		switch c {
+		case CauseDisconnect:
+			m.stats.disconnects.Add(1)
+		case CauseStall:
+			m.stats.stalls.Add(1)
+		}
+		m.health.set(s.id, r)
+		m.requestInvalidateAll(c)
+	}
+	h.mu.Unlock()
+	h.log.Warn("invalidation stream interrupted", zap.Stringer("cause", c), zap.String("node", s.addr), zap.Error(err))
 }
 
 // rejectOversized counts a payload longer than any publisher following the
@@ -281,34 +312,53 @@ func (b *Bus) rejectOversized(s *sub, n int) {
 	b.requestInvalidateAll(CauseDecode)
 }
 
-// subscribe creates the subscription (the SUBSCRIBE confirmation arrives
-// through ReceiveTimeout). It returns nil when the bus is closing or s was
-// stopped.
+// subscribe creates s's subscription and has its I/O goroutine subscribe
+// every member channel (the confirmations arrive through ReceiveTimeout);
+// failing: the channels repair when confirmed (a replaced connection). It
+// returns nil when the hub is closing or s was stopped.
 //
-// It names the invalidation channel only: the reader subscribes the route
-// channel once this one is confirmed, by its own SUBSCRIBE, so that a user
+// It names the member channels only: the reader subscribes the route
+// channel once one is confirmed, by its own SUBSCRIBE, so that a user
 // whose ACL refuses the route channel still gets the invalidations.
-func (b *Bus) subscribe(ctx context.Context, s *sub) *redis.PubSub {
-	ps := s.client.Subscribe(ctx, b.channel)
-	b.lifeMu.Lock()
-	defer b.lifeMu.Unlock()
-	if b.closed || s.stopped {
+func (h *hub) subscribe(ctx context.Context, s *sub, failing bool) *redis.PubSub {
+	ps := s.client.Subscribe(ctx) // no channel yet: no I/O
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || s.stopped {
 		_ = ps.Close()
 		return nil
 	}
 	s.ps = ps
+	want := *h.byChannel.Load()
+	s.chans = make(map[string]*chanState, len(want))
+	for ch := range want {
+		s.chans[ch] = &chanState{failing: failing}
+	}
+	s.pokeIO()
 	return ps
 }
 
+// subscribeAgain has s's I/O goroutine subscribe every member channel
+// again, after Redis refused go-redis's resubscription of all of them with
+// the route channel (see reader); their confirmations repair.
+func (h *hub) subscribeAgain(s *sub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, cs := range s.chans {
+		cs.sent, cs.failing = false, true
+	}
+	s.pokeIO()
+}
+
 // resubscribe replaces a silent subscription with a new connection.
-func (b *Bus) resubscribe(ctx context.Context, s *sub, old *redis.PubSub) *redis.PubSub {
+func (h *hub) resubscribe(ctx context.Context, s *sub, old *redis.PubSub) *redis.PubSub {
 	s.live.Store(false)
 	s.replace.Store(false) // this replacement serves a route check's request too
-	b.lifeMu.Lock()
+	h.mu.Lock()
 	if s.ps == old {
 		s.ps = nil
 	}
-	b.lifeMu.Unlock()
+	h.mu.Unlock()
 	_ = old.Close()
-	return b.subscribe(ctx, s)
+	return h.subscribe(ctx, s, true)
 }

@@ -49,7 +49,7 @@ func TestReaderDropsOversized(t *testing.T) {
 			if s := b.Stats(); s.DecodeRejects != tc.decode || s.AuthRejects != tc.auth {
 				t.Errorf("decode rejects %d, auth rejects %d; want %d, %d", s.DecodeRejects, s.AuthRejects, tc.decode, tc.auth)
 			}
-			if n := b.enqueued.Load(); n != 0 {
+			if n := b.hub.Load().enqueued.Load(); n != 0 {
 				t.Errorf("oversized payload queued (%d items), want dropped by the reader", n)
 			}
 			if tc.all {
@@ -61,9 +61,9 @@ func TestReaderDropsOversized(t *testing.T) {
 			}
 			// The reader counts what it queued after the send, so the worker
 			// may have handled an item before it is counted: wait for both.
-			eventually(t, "the second payload", func() bool { return b.processed.Load() == 1 && b.enqueued.Load() == 1 })
-			if s := b.Stats(); s.DecodeRejects+s.AuthRejects != 2 || b.enqueued.Load() != 1 {
-				t.Errorf("after a payload of the maximum length: rejects %d, queued %d; want 2, 1", s.DecodeRejects+s.AuthRejects, b.enqueued.Load())
+			eventually(t, "the second payload", func() bool { return b.hub.Load().processed.Load() == 1 && b.hub.Load().enqueued.Load() == 1 })
+			if s := b.Stats(); s.DecodeRejects+s.AuthRejects != 2 || b.hub.Load().enqueued.Load() != 1 {
+				t.Errorf("after a payload of the maximum length: rejects %d, queued %d; want 2, 1", s.DecodeRejects+s.AuthRejects, b.hub.Load().enqueued.Load())
 			}
 			if !tc.all && h.has(CauseDecode) {
 				t.Errorf("signed bus invalidated everything on unauthenticated bytes")

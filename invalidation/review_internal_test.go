@@ -29,8 +29,7 @@ func TestReviewClusterResetAfterRepair(t *testing.T) {
 	// finds Redis at 10 and repairs, clearing the suspicion.
 	feed(1, 5, "k")
 	mr.Set(b.SeqKey(0), "10")
-	var st aeState
-	if err := b.checkSequences(context.Background(), &st); err != nil {
+	if _, err := b.checkSequences(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// The sequence key is evicted; a real write publishes seq 1.

@@ -34,14 +34,9 @@ import (
 // check, up to maxRouteBackoff, so that such a client costs a repair every
 // half minute rather than every interval; one passing check ends the
 // backoff.
-func (b *Bus) routeWatch(ctx context.Context) {
-	defer b.wg.Done()
-	select {
-	case <-b.confirmed:
-	case <-ctx.Done():
-		return
-	}
-	iv := b.cfg.RouteCheckInterval
+func (h *hub) routeWatch(ctx context.Context) {
+	defer h.wg.Done()
+	iv := h.cfg.RouteCheckInterval
 	t := time.NewTimer(iv)
 	defer t.Stop()
 	var (
@@ -49,20 +44,20 @@ func (b *Bus) routeWatch(ctx context.Context) {
 		streak  int  // replacements in a row, without a passing check between
 	)
 	for {
-		res, err := b.checkRoute(ctx)
+		res, err := h.checkRoute(ctx)
 		switch {
-		case ctx.Err() != nil || !b.routeOn.Load():
+		case ctx.Err() != nil || !h.routeOn.Load():
 			return
 		case err != nil:
 			if !failing {
 				failing = true
-				b.log.Warn("route check failed (PUBSUB NUMSUB through the client); anti-entropy's run id check still follows a failover", zap.Error(err))
+				h.log.Warn("route check failed (PUBSUB NUMSUB through the client); anti-entropy's run id check still follows a failover", zap.Error(err))
 			}
 		case res == routeMoved:
 			failing = false
 			streak++
 			if streak == 3 {
-				b.log.Warn("the invalidation subscription keeps landing on another server than the commands; does the client send commands to replicas, or go through a proxy?")
+				h.log.Warn("the invalidation subscription keeps landing on another server than the commands; does the client send commands to replicas, or go through a proxy?")
 			}
 		case res == routeOK:
 			failing = false
@@ -83,10 +78,10 @@ func (b *Bus) routeWatch(ctx context.Context) {
 
 // singleSub is the subscription on a standalone or Sentinel-managed Redis
 // (nil before Start, after Close, and on Redis Cluster).
-func (b *Bus) singleSub() *sub {
-	b.lifeMu.Lock()
-	defer b.lifeMu.Unlock()
-	return b.subs[""]
+func (h *hub) singleSub() *sub {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.subs[""]
 }
 
 // maxRouteBackoff bounds the wait between route checks after replacements
@@ -116,40 +111,40 @@ const (
 // a disconnect. A subscription that is not confirmed is being
 // re-established by go-redis, whose dialer resolves the server anew, and
 // is left alone.
-func (b *Bus) checkRoute(ctx context.Context) (routeResult, error) {
-	if !b.routeOn.Load() {
+func (h *hub) checkRoute(ctx context.Context) (routeResult, error) {
+	if !h.routeOn.Load() {
 		return routeSkipped, nil
 	}
-	s := b.singleSub()
+	s := h.singleSub()
 	if s == nil || !s.live.Load() {
 		return routeSkipped, nil
 	}
 	gen := s.confirms.Load()
-	rctx, cancel := context.WithTimeout(ctx, max(2*b.cfg.RouteCheckInterval, time.Second))
+	rctx, cancel := context.WithTimeout(ctx, max(2*h.cfg.RouteCheckInterval, time.Second))
 	defer cancel()
-	n, err := b.client.PubSubNumSub(rctx, b.routeChannel).Result()
+	n, err := h.client.PubSubNumSub(rctx, h.routeChannel).Result()
 	switch {
 	case err != nil:
 		return routeSkipped, err
 	case !s.live.Load() || s.confirms.Load() != gen:
 		return routeSkipped, nil
-	case n[b.routeChannel] > 0:
+	case n[h.routeChannel] > 0:
 		return routeOK, nil
 	}
-	if !b.pingSub(rctx, s) || !s.live.Load() || s.confirms.Load() != gen {
+	if !h.pingSub(rctx, s) || !s.live.Load() || s.confirms.Load() != gen {
 		return routeSkipped, nil
 	}
-	b.reroute(s, "the subscription is on another server than the commands")
+	h.reroute(s, "the subscription is on another server than the commands")
 	return routeMoved, nil
 }
 
 // pingSub sends a PING with a fresh number as payload on s's subscription
 // and waits until the reader gets that pong back. It reports false when
 // the PING cannot be sent, the subscription fails meanwhile, or ctx ends.
-func (b *Bus) pingSub(ctx context.Context, s *sub) bool {
-	b.lifeMu.Lock()
+func (h *hub) pingSub(ctx context.Context, s *sub) bool {
+	h.mu.Lock()
 	ps := s.ps
-	b.lifeMu.Unlock()
+	h.mu.Unlock()
 	if ps == nil {
 		return false
 	}
@@ -178,49 +173,54 @@ func (b *Bus) pingSub(ctx context.Context, s *sub) bool {
 // routeRefused turns the route check off for good when Redis refuses the
 // route channel (an ACL user without the channel), and says once what to
 // grant. The invalidation subscription is unaffected.
-func (b *Bus) routeRefused(err error) {
-	if !b.routeOn.CompareAndSwap(true, false) {
+func (h *hub) routeRefused(err error) {
+	if !h.routeOn.CompareAndSwap(true, false) {
 		return
 	}
-	b.log.Warn("Redis refused the route channel; the route check is off, so after a Sentinel failover the subscription follows the new master only at anti-entropy's run id check (about one AntiEntropyInterval) instead of within RouteCheckInterval: for fast failover detection grant the user the channel pattern",
-		zap.String("grant", "&"+wire.RouteChannels(b.cfg.Namespace)), zap.String("channel", b.routeChannel), zap.Error(err))
+	h.log.Warn("Redis refused the route channel; the route check is off, so after a Sentinel failover the subscription follows the new master only at anti-entropy's run id check (about one AntiEntropyInterval) instead of within RouteCheckInterval: for fast failover detection grant the user the channel pattern",
+		zap.String("grant", "&"+wire.RouteChannels(h.cfg.Namespace)), zap.String("channel", h.routeChannel), zap.Error(err))
 }
 
 // followServer is anti-entropy's reaction to a changed run id on a
 // standalone or Sentinel-managed Redis: unless a route check proves the
 // subscription already on the server behind the commands (or finds it
 // being re-established by go-redis), replace it.
-func (b *Bus) followServer(ctx context.Context) {
-	s := b.singleSub()
+func (h *hub) followServer(ctx context.Context) {
+	s := h.singleSub()
 	if s == nil {
 		return
 	}
-	if b.routeOn.Load() {
-		if _, err := b.checkRoute(ctx); err == nil || ctx.Err() != nil {
+	if h.routeOn.Load() {
+		if _, err := h.checkRoute(ctx); err == nil || ctx.Err() != nil {
 			return // proven, replaced, or being re-established already
 		}
 	}
-	b.reroute(s, "the server's run id changed")
+	h.reroute(s, "the server's run id changed")
 }
 
 // reroute replaces s's connection: unhealthy and InvalidateAll now, then
 // the reader (woken by the closed PubSub) subscribes again through the
 // client's dialer; the new confirmation repairs once more and clears the
 // reason.
-func (b *Bus) reroute(s *sub, why string) {
-	b.lifeMu.Lock()
+func (h *hub) reroute(s *sub, why string) {
+	h.mu.Lock()
 	ps := s.ps
-	if b.closed || s.stopped || ps == nil {
+	if h.closed || s.stopped || ps == nil {
 		// Closing, or the reader is subscribing anew already.
-		b.lifeMu.Unlock()
+		h.mu.Unlock()
 		return
 	}
 	s.replace.Store(true)
-	b.lifeMu.Unlock()
+	for _, cs := range s.chans {
+		cs.confirmed, cs.failing = false, true
+	}
+	for _, m := range h.everyone() {
+		m.health.set(s.id, reasonRerouted)
+		m.stats.reroutes.Add(1)
+		m.requestInvalidateAll(CauseServerChanged)
+	}
+	h.mu.Unlock()
 	s.live.Store(false)
-	b.health.set(s.id, reasonRerouted)
-	b.stats.reroutes.Add(1)
-	b.requestInvalidateAll(CauseServerChanged)
-	b.log.Warn("moving the invalidation subscription", zap.String("why", why), zap.String("channel", b.channel))
+	h.log.Warn("moving the invalidation subscription", zap.String("why", why), zap.Strings("channels", h.channels()))
 	_ = ps.Close() // wakes the reader
 }
