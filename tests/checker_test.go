@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -205,13 +206,101 @@ type checkerFault struct {
 	run func(t *testing.T, caches []*tiered.Cache[int64], since func() time.Duration) time.Duration
 }
 
+// The checked caches: each instance holds one Cache per value type, all on
+// the instance's one Redis client (so they share its invalidation
+// transport), in namespaces ns, ns-str and ns-rec. The checker sees them
+// through laneCache, with versions as values.
+
+// laneCache is one checked Cache, with versions as values.
+type laneCache interface {
+	set(ctx context.Context, key string, v int64) error
+	del(ctx context.Context, key string) error
+	get(ctx context.Context, key string) (int64, error)
+	getOrLoad(ctx context.Context, key string, load func(context.Context, string) (int64, error)) (int64, error)
+	stats() tiered.Stats
+}
+
+// lane adapts a Cache[V] to laneCache.
+type lane[V any] struct {
+	c    *tiered.Cache[V]
+	to   func(int64) V
+	from func(V) (int64, error)
+}
+
+func (l lane[V]) set(ctx context.Context, key string, v int64) error {
+	return l.c.Set(ctx, key, l.to(v))
+}
+func (l lane[V]) del(ctx context.Context, key string) error { return l.c.Delete(ctx, key) }
+func (l lane[V]) stats() tiered.Stats                       { return l.c.Stats() }
+func (l lane[V]) get(ctx context.Context, key string) (int64, error) {
+	v, err := l.c.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	return l.from(v)
+}
+func (l lane[V]) getOrLoad(ctx context.Context, key string, load func(context.Context, string) (int64, error)) (int64, error) {
+	v, err := l.c.GetOrLoad(ctx, key, func(ctx context.Context, k string) (V, error) {
+		n, err := load(ctx, k)
+		return l.to(n), err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return l.from(v)
+}
+
+// record is the struct lane's value: Note repeats Ver, so that a value
+// mixed from two versions is seen.
+type record struct {
+	Ver  int64
+	Note string
+}
+
+// numLanes is the number of value types (namespaces) per instance.
+const numLanes = 3
+
+// newLanes builds an instance's caches on rc, the struct and string lanes
+// first, so that the int64 lane joins a transport another Cache created.
+func newLanes(t *testing.T, cfg func(rc redis.UniversalClient) tiered.Config[int64], rc redis.UniversalClient) (*tiered.Cache[int64], []laneCache) {
+	base := cfg(rc)
+	recCfg := tiered.Config[record]{Redis: rc, Namespace: base.Namespace + "-rec", TTL: base.TTL, MaxL1TTL: base.MaxL1TTL,
+		NegativeTTL: base.NegativeTTL, RedisTimeout: base.RedisTimeout, LoadTimeout: base.LoadTimeout, AntiEntropyInterval: base.AntiEntropyInterval}
+	strCfg := tiered.Config[string]{Redis: rc, Namespace: base.Namespace + "-str", TTL: base.TTL, MaxL1TTL: base.MaxL1TTL,
+		NegativeTTL: base.NegativeTTL, RedisTimeout: base.RedisTimeout, LoadTimeout: base.LoadTimeout, AntiEntropyInterval: base.AntiEntropyInterval}
+	rec := lane[record]{c: newCache(t, recCfg),
+		to: func(v int64) record { return record{Ver: v, Note: "v" + strconv.FormatInt(v, 10)} },
+		from: func(r record) (int64, error) {
+			if r.Note != "v"+strconv.FormatInt(r.Ver, 10) {
+				return 0, fmt.Errorf("record %+v mixes two versions", r)
+			}
+			return r.Ver, nil
+		}}
+	str := lane[string]{c: newCache(t, strCfg),
+		to:   func(v int64) string { return strconv.FormatInt(v, 10) },
+		from: func(s string) (int64, error) { return strconv.ParseInt(s, 10, 64) }}
+	i64 := newCache(t, base)
+	return i64, []laneCache{
+		lane[int64]{c: i64, to: func(v int64) int64 { return v }, from: func(v int64) (int64, error) { return v, nil }},
+		str, rec,
+	}
+}
+
 // runChecker runs writers, deleters and readers on three instances for d,
-// then checks every read (a read may return a value overtaken at most bound
+// each instance with one Cache per value type on one client, then checks
+// every read (a read may return a value overtaken at most bound
 // before it started) and the convergence of every instance. With a fault,
 // the run lasts d after the fault has returned as well.
 func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *testing.T) redis.UniversalClient, fault ...checkerFault) {
-	keys := checkerKeys()
-	numKeys := len(keys)
+	// Key i is name i/numLanes of lane i%numLanes.
+	names := checkerKeys()
+	numKeys := len(names) * numLanes
+	keys := make([]string, numKeys)   // the name in its lane's namespace
+	labels := make([]string, numKeys) // lane/name, for messages and the database
+	for i := range keys {
+		keys[i] = names[i/numLanes]
+		labels[i] = fmt.Sprintf("%d/%s", i%numLanes, keys[i])
+	}
 	const (
 		instances   = 3
 		getReaders  = 2 // per instance
@@ -230,23 +319,27 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			AntiEntropyInterval: 500 * time.Millisecond,
 		}
 	}
-	caches := make([]*tiered.Cache[int64], instances)
+	caches := make([]*tiered.Cache[int64], instances) // the int64 lane, for faults and stats
+	lanes := make([][]laneCache, instances)
 	for i := range caches {
-		caches[i] = newCache(t, cfg(client(t)))
+		caches[i], lanes[i] = newLanes(t, cfg, client(t))
 	}
 	state := make([]*keyState, numKeys)
 	for i := range state {
 		state[i] = &keyState{}
 	}
 	db := &database{rows: map[string]int64{}}
-	loader := func(_ context.Context, key string) (int64, error) {
-		if rand.IntN(4) == 0 {
-			time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond) // widen the load/write race
+	loaders := make([]func(context.Context, string) (int64, error), numLanes)
+	for l := range loaders {
+		loaders[l] = func(_ context.Context, key string) (int64, error) {
+			if rand.IntN(4) == 0 {
+				time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond) // widen the load/write race
+			}
+			if v, ok := db.get(strconv.Itoa(l) + "/" + key); ok {
+				return v, nil
+			}
+			return 0, tiered.ErrNotFound
 		}
-		if v, ok := db.get(key); ok {
-			return v, nil
-		}
-		return 0, tiered.ErrNotFound
 	}
 
 	began := time.Now()
@@ -271,30 +364,30 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			firstErr.Do(func() { errMsg.Store(msg) })
 		}
 	}
-	change := func(c *tiered.Cache[int64], del bool) {
+	change := func(inst []laneCache, del bool) {
 		i := rand.IntN(numKeys)
-		k, st := keys[i], state[i]
+		k, st, c := keys[i], state[i], inst[i%numLanes]
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		ver := int64(len(st.ops) + 1)
 		o := op{del: del, start: since()}
 		var err error
 		if del {
-			db.del(k)
-			err = c.Delete(ctx, k)
+			db.del(labels[i])
+			err = c.del(ctx, k)
 		} else {
-			db.put(k, ver)
-			err = c.Set(ctx, k, ver)
+			db.put(labels[i], ver)
+			err = c.set(ctx, k, ver)
 		}
 		o.ack = since()
 		if err != nil {
 			o.ack = never
 			failedChanges.Add(1)
-			noteErr("change of %s: %v", k, err)
+			noteErr("change of %s: %v", labels[i], err)
 		}
 		st.ops = append(st.ops, o)
 	}
-	for _, c := range caches {
+	for _, c := range lanes {
 		wg.Add(2)
 		go func() { // writer
 			defer wg.Done()
@@ -321,7 +414,7 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 	}()
 	var logsMu sync.Mutex
 	var logs [][]read
-	for inst, c := range caches {
+	for inst, c := range lanes {
 		for r := 0; r < getReaders+loadReaders; r++ {
 			load := r >= getReaders
 			wg.Add(1)
@@ -340,10 +433,10 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 						v   int64
 						err error
 					)
-					if load {
-						v, err = c.GetOrLoad(ctx, keys[i], loader)
+					if lc := c[i%numLanes]; load {
+						v, err = lc.getOrLoad(ctx, keys[i], loaders[i%numLanes])
 					} else {
-						v, err = c.Get(ctx, keys[i])
+						v, err = lc.get(ctx, keys[i])
 					}
 					rd.end = since()
 					switch {
@@ -352,7 +445,7 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 					case errors.Is(err, tiered.ErrNotFound):
 					default:
 						readErrs.Add(1)
-						noteErr("read of %s: %v", keys[i], err)
+						noteErr("read of %s: %v", labels[i], err)
 						continue
 					}
 					seen = append(seen, rd)
@@ -431,7 +524,7 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			if v != okRead && shown < 10 {
 				shown++
 				t.Errorf("%s: instance %d %s(%s) ran %v..%v and returned version %d, overtaken %v before it started; history %v",
-					verdictNames[v], r.inst, map[bool]string{true: "GetOrLoad", false: "Get"}[r.load], keys[r.key],
+					verdictNames[v], r.inst, map[bool]string{true: "GetOrLoad", false: "Get"}[r.load], labels[r.key],
 					r.start, r.end, r.ver, stale, tail(state[r.key].ops, r.ver))
 			}
 		}
@@ -445,8 +538,10 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		// Tell a late message (Lag.Max above the bound: delivery or the
 		// reader was slow) from one that arrived in time (a local bug), and
 		// show any gap, repair or resubscription.
-		for i, c := range caches {
-			t.Logf("instance %d invalidation stats: %+v", i, c.Stats().Invalidation)
+		for i, inst := range lanes {
+			for l, c := range inst {
+				t.Logf("instance %d lane %d invalidation stats: %+v", i, l, c.stats().Invalidation)
+			}
 		}
 	}
 	if len(fault) > 0 {
@@ -458,29 +553,29 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			n, bound, stalledWorst, probe.worst, stalled[staleRead], stalled[resurrection], stalled[lostWrite])
 	}
 	p99 := percentile(staleSeen, 0.99)
-	t.Logf("checker ran %v on %d instances, %d keys: %d reads (%d GetOrLoad, per instance %v), %d writes, %d deletes; violations: stale %d, resurrections %d, lost writes %d, phantoms %d",
-		d, instances, numKeys, total, loads, perInstReads, writes.Load(), deletes.Load(),
+	t.Logf("checker ran %v on %d instances, %d keys in %d namespaces (value types) on one client per instance: %d reads (%d GetOrLoad, per instance %v), %d writes, %d deletes; violations: stale %d, resurrections %d, lost writes %d, phantoms %d",
+		d, instances, numKeys, numLanes, total, loads, perInstReads, writes.Load(), deletes.Load(),
 		verdicts[staleRead], verdicts[resurrection], verdicts[lostWrite], verdicts[phantom])
 	t.Logf("reads that returned an overtaken value: %d; their staleness p99 %v, max %v (instance %d, %s version %d); longest scheduling stall of the run %v",
-		len(staleSeen), p99, worst, worstRead.inst, keys[worstRead.key], worstRead.ver, probe.worst)
+		len(staleSeen), p99, worst, worstRead.inst, labels[worstRead.key], worstRead.ver, probe.worst)
 	if total == 0 || writes.Load() == 0 || deletes.Load() == 0 {
 		t.Fatalf("the run did nothing: %d reads, %d writes, %d deletes", total, writes.Load(), deletes.Load())
 	}
 
 	// Convergence: with writers stopped, every instance (and a fresh one,
 	// whose L1 is empty, standing for Redis) agrees with the database.
-	fresh := newCache(t, cfg(client(t)))
-	all := append(slices.Clone(caches), fresh)
+	_, fresh := newLanes(t, cfg, client(t))
+	all := append(slices.Clone(lanes), fresh)
 	took, err := waitUntil(5*time.Second, func() error {
-		for _, k := range keys {
-			want, _ := db.get(k) // 0 when absent
-			for i, c := range all {
-				got, err := c.Get(ctx, k)
+		for i, k := range keys {
+			want, _ := db.get(labels[i]) // 0 when absent
+			for inst, c := range all {
+				got, err := c[i%numLanes].get(ctx, k)
 				if errors.Is(err, tiered.ErrNotFound) {
 					got, err = 0, nil
 				}
 				if err != nil || got != want {
-					return fmt.Errorf("instance %d: %s = %d (err %v), database %d", i, k, got, err, want)
+					return fmt.Errorf("instance %d: %s = %d (err %v), database %d", inst, labels[i], got, err, want)
 				}
 			}
 		}
