@@ -20,9 +20,11 @@ import (
 // core, the commands they send Redis per second (INFO stats of a
 // server the benchmark starts), and the subscriber connections they hold.
 // Run with -benchtime 1x: each sub-benchmark is one measurement.
+// caches=0 is the floor: the same process, server and admin client with no
+// Cache (the Go runtime's own wake-ups, the benchmark's INFO calls).
 func BenchmarkIdleCaches(b *testing.B) {
 	const idleWindow = 5 * time.Second
-	for _, n := range []int{1, 50} {
+	for _, n := range []int{0, 1, 50} {
 		b.Run(fmt.Sprintf("caches=%d", n), func(b *testing.B) {
 			srv := redistest.StartServer(b)
 			rc := newClient(b, srv.Addr())
