@@ -625,10 +625,10 @@ func BenchmarkGetMany100(b *testing.B) {
 }
 
 // getManyBlock is the number of batches each op of a paired-cpu run runs
-// in a row (tens of milliseconds), getManyAllocReps the batches each op
+// in a row (several milliseconds), getManyAllocReps the batches each op
 // runs to count its allocations.
 const (
-	getManyBlock     = 64
+	getManyBlock     = 16
 	getManyAllocReps = 64
 )
 
