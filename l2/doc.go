@@ -29,8 +29,9 @@
 // earlier [Store.Read] returned (or is still absent), and Delete with
 // [Tombstone] leaves a short-lived tombstone instead of an absent key, so a
 // value loaded before a write or delete cannot overwrite it. Get and GetMany
-// report tombstones as not found; Read and ReadMany return them, and a corrupt
-// value's raw bytes, so that it can be replaced.
+// report tombstones as not found; Read and ReadMany (and AppendReadMany, which
+// reads into a caller's slice) return them, and a corrupt value's raw bytes,
+// so that it can be replaced.
 //
 // # Versions
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -281,11 +282,24 @@ func (s *Store) GetMany(ctx context.Context, keys []string) (map[string]Entry, e
 // as with GetMany). When Redis fails the slice is nil. Like Read, entries
 // alias the bytes Redis returned, which nobody else holds.
 func (s *Store) ReadMany(ctx context.Context, keys []string) ([]Entry, error) {
+	if len(keys) == 0 && !s.closed.Load() {
+		return []Entry{}, nil
+	}
+	return s.AppendReadMany(ctx, nil, keys)
+}
+
+// AppendReadMany is ReadMany appending the entries to dst, for callers that
+// reuse one slice across batches: it returns dst extended by one Entry per
+// key, indexed like keys from len(dst) on, and the same errors as
+// ReadMany. When Redis fails it returns dst unchanged. The entries appended
+// alias the bytes Redis returned, as with ReadMany; a caller that keeps dst
+// should clear them once it is done, so that the reply can be freed.
+func (s *Store) AppendReadMany(ctx context.Context, dst []Entry, keys []string) ([]Entry, error) {
 	if s.closed.Load() {
-		return nil, s.closedErr("mget", keys...)
+		return dst, s.closedErr("mget", keys...)
 	}
 	if len(keys) == 0 {
-		return []Entry{}, nil
+		return dst, nil
 	}
 	start := time.Now()
 	var vals []any
@@ -293,10 +307,10 @@ func (s *Store) ReadMany(ctx context.Context, keys []string) ([]Entry, error) {
 		res, err := s.client.MGet(ctx, s.prefixAll(keys)...).Result()
 		s.latency.Record(time.Since(start))
 		if err != nil {
-			return nil, s.fail("mget", err, keys...)
+			return dst, s.fail("mget", err, keys...)
 		}
 		if len(res) != len(keys) {
-			return nil, s.fail("mget", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(keys)), keys...)
+			return dst, s.fail("mget", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(keys)), keys...)
 		}
 		vals = res
 	} else {
@@ -312,24 +326,27 @@ func (s *Store) ReadMany(ctx context.Context, keys []string) ([]Entry, error) {
 		})
 		s.latency.Record(time.Since(start))
 		if err != nil {
-			return nil, s.fail("mget", err, keys...)
+			return dst, s.fail("mget", err, keys...)
 		}
 		for gi, g := range groups {
 			res := cmds[gi].Val()
 			if len(res) != len(g.idx) {
-				return nil, s.fail("mget", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(g.idx)), keys...)
+				return dst, s.fail("mget", fmt.Errorf("MGET returned %d values for %d keys", len(res), len(g.idx)), keys...)
 			}
 			for j, i := range g.idx {
 				vals[i] = res[j]
 			}
 		}
 	}
-	out := make([]Entry, len(keys))
+	base := len(dst)
+	dst = slices.Grow(dst, len(keys))[:base+len(keys)]
+	out := dst[base:]
 	var bad []error
 	for i, v := range vals {
 		str, ok := v.(string)
 		if !ok {
 			s.misses.Add(1)
+			out[i] = Entry{}
 			continue
 		}
 		// The reply's string is ours alone once vals is dropped; alias it,
@@ -343,7 +360,7 @@ func (s *Store) ReadMany(ctx context.Context, keys []string) ([]Entry, error) {
 		}
 		out[i] = e
 	}
-	return out, errors.Join(bad...)
+	return dst, errors.Join(bad...)
 }
 
 type slotGroup struct {

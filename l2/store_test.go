@@ -387,6 +387,44 @@ var contractCases = []struct {
 			t.Fatalf("ReadMany (-want +got):\n%s", d)
 		}
 	}},
+	{"AppendReadManyExtendsDst", func(t *testing.T, s *Store, raw redis.UniversalClient) {
+		ctx := context.Background()
+		_ = s.Set(ctx, "a", Entry{Value: []byte("A")})
+		_ = s.Set(ctx, "b", Entry{Value: []byte("B")})
+		raw.Set(ctx, "app:bad", "not an envelope", 0)
+		// dst's own entries stay as they are; one entry per key follows,
+		// indexed like keys, also when dst has room to spare.
+		dst := make([]Entry, 1, 8)
+		dst[0] = Entry{Value: []byte("mine")}
+		got, err := s.AppendReadMany(ctx, dst, []string{"b", "missing", "bad", "a"})
+		if !errors.Is(err, ErrCorrupt) || len(got) != 5 {
+			t.Fatalf("AppendReadMany: %d entries, %v; want 5 and ErrCorrupt", len(got), err)
+		}
+		if &got[0] != &dst[0] {
+			t.Fatalf("AppendReadMany reallocated a dst with room for the batch")
+		}
+		views := make([]string, len(got))
+		for i, e := range got {
+			views[i] = fmt.Sprintf("%s/%v/%v", e.Value, e.Raw != nil, e.Corrupt)
+		}
+		want := []string{"mine/false/false", "B/true/false", "/false/false", "/true/true", "A/true/false"}
+		if d := cmp.Diff(want, views); d != "" {
+			t.Fatalf("AppendReadMany (-want +got):\n%s", d)
+		}
+		// Reusing the slice overwrites what an earlier batch left there.
+		got, err = s.AppendReadMany(ctx, got[:1], []string{"missing", "a"})
+		if err != nil || len(got) != 3 || got[1].Raw != nil || string(got[2].Value) != "A" {
+			t.Fatalf("AppendReadMany over a reused slice: %d entries (%+v), %v; want mine, absent, A", len(got), got, err)
+		}
+		// Failures leave dst as it was.
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		got, err = s.AppendReadMany(ctx, dst[:1], []string{"a"})
+		if !errors.Is(err, ErrClosed) || len(got) != 1 || string(got[0].Value) != "mine" {
+			t.Fatalf("AppendReadMany after Close: %d entries, %v; want dst unchanged and ErrClosed", len(got), err)
+		}
+	}},
 	{"OversizedValues", func(t *testing.T, s *Store, raw redis.UniversalClient) {
 		ctx := context.Background()
 		big := make([]byte, s.cfg.MaxValueSize)

@@ -41,12 +41,43 @@ type batchResult[V any] struct {
 	ok  bool // the batch has settled this key
 }
 
+// maxPooledKeys bounds the batches whose working memory is kept for reuse
+// (see manyScratch, batchState): a rare huge batch must not pin its
+// slices.
+const maxPooledKeys = 4096
+
+// manyScratch is the working memory of one GetMany/GetManyOrLoad call,
+// reused through Cache.manyPool: the keys that missed L1 and the caller's
+// waiters on their flights.
+type manyScratch[V any] struct {
+	missing []string
+	waiters []waiter[V]
+}
+
+func (c *Cache[V]) getManyScratch() *manyScratch[V] {
+	if sc, ok := c.manyPool.Get().(*manyScratch[V]); ok {
+		return sc
+	}
+	return &manyScratch[V]{}
+}
+
+func (c *Cache[V]) putManyScratch(sc *manyScratch[V]) {
+	if cap(sc.missing) > maxPooledKeys {
+		return
+	}
+	clear(sc.missing) // the caller's keys
+	clear(sc.waiters) // they reference flights
+	sc.missing, sc.waiters = sc.missing[:0], sc.waiters[:0]
+	c.manyPool.Put(sc)
+}
+
 func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V], opts []Option) (map[string]V, error) {
 	if c.isDone.Load() {
 		return nil, ErrClosed
 	}
 	out := make(map[string]V, len(keys))
-	var missing []string
+	sc := c.getManyScratch()
+	defer c.putManyScratch(sc)
 	// A key repeated in keys is fetched once: its second miss joins the
 	// flight its first one starts.
 	for _, k := range keys {
@@ -59,24 +90,27 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 			}
 			continue
 		}
-		missing = append(missing, k)
+		sc.missing = append(sc.missing, k)
 	}
+	missing := sc.missing
 	if len(missing) == 0 {
 		return out, nil
 	}
 	o := c.options(opts)
-	waiters, err := c.joinMany(ctx, missing, load, o)
-	if err != nil {
+	sc.waiters = slices.Grow(sc.waiters[:0], len(missing))[:len(missing)]
+	waiters := sc.waiters
+	if err := c.joinMany(ctx, missing, load, o, waiters); err != nil {
 		return out, err
 	}
 	var errs []error
 	var failed []*flight[V] // a repeated key's flight reports its error once
 	var overran []string
-	for i, w := range waiters {
+	for i := range waiters {
+		w := &waiters[i]
 		it, err := w.wait(ctx)
 		switch {
 		case err != nil && err == ctx.Err():
-			return out, readErr(ctx, load != nil, missing, err)
+			return out, readErr(ctx, load != nil, slices.Clone(missing), err)
 		case err == errLoadOverran:
 			if !slices.Contains(overran, missing[i]) {
 				overran = append(overran, missing[i])
@@ -100,8 +134,7 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 
 // batch is the set of flights one GetMany/GetManyOrLoad call leads.
 type batch[V any] struct {
-	keys    []string
-	flights []*flight[V]
+	flights []flight[V]   // the flights it leads, each with its key
 	done    chan struct{} // closed once every flight is settled; the leader waits on it
 	closed  bool          // done is closed; guarded by flightMu
 }
@@ -109,44 +142,50 @@ type batch[V any] struct {
 // joinMany joins running flights for keys that have one and starts one
 // flight for each of the others, all led by one batch: a single piece of
 // shared work that reads (and loads) them together and then settles each
-// flight, so single-key callers can join them too. Like a single-key
-// flight, the batch runs on its own goroutine, detached from ctx, unless
-// the caller can lead inline (canLeadInline): then its L2 part runs on the
-// caller's goroutine, and only a loader call is handed to a goroutine.
-func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions) ([]waiter[V], error) {
+// flight, so single-key callers can join them too. It sets waiters[i] to
+// the caller's waiter on keys[i]. Like a single-key flight, the batch runs
+// on its own goroutine, detached from ctx, unless the caller can lead
+// inline (canLeadInline): then its L2 part runs on the caller's goroutine,
+// and only a loader call is handed to a goroutine.
+func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions, waiters []waiter[V]) error {
 	table, group := c.flightsFor(load == nil)
-	waiters := make([]waiter[V], len(keys))
 	flights := make([]flight[V], len(keys)) // one allocation for the flights this batch leads
 	b := &batch[V]{done: make(chan struct{})}
+	st := c.getBatchState()
 
 	c.flightMu.Lock()
 	if c.closed {
 		c.flightMu.Unlock()
-		return nil, ErrClosed
+		c.putBatchState(st)
+		return ErrClosed
 	}
 	c.st.callers.Add(uint64(len(keys)))
+	n := 0
 	for i, k := range keys {
 		if w, ok := joinLocked(table, group, k); ok {
 			waiters[i] = w
 			continue
 		}
-		f := &flights[len(b.keys)]
+		f := &flights[n]
+		n++
+		f.key = k
 		table[k] = f
 		waiters[i] = waiter[V]{done: b.done, f: f}
-		b.keys = append(b.keys, k)
-		b.flights = append(b.flights, f)
+		st.keys = append(st.keys, k)
 	}
-	if len(b.keys) > 0 {
-		c.st.flights.Add(uint64(len(b.keys)))
+	b.flights = flights[:n]
+	st.res = slices.Grow(st.res, n)[:n]
+	if n > 0 {
+		c.st.flights.Add(uint64(n))
 		c.work.Add(1)
 	}
 	c.flightMu.Unlock()
 	switch {
-	case len(b.keys) == 0:
+	case n == 0:
+		c.putBatchState(st)
 	case c.canLeadInline(ctx):
-		c.leadBatchInline(ctx, table, b, load, o)
+		c.leadBatchInline(ctx, table, b, st, load, o)
 	default:
-		st := c.newBatchState(b.keys)
 		c.goBatch(ctx, time.Now().Add(c.cfg.LoadTimeout), table, b, st, func(wctx context.Context) {
 			c.protect(st, func() {
 				if c.batchL2(wctx, st, load, o) {
@@ -155,20 +194,20 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 			})
 		})
 	}
-	return waiters, nil
+	return nil
 }
 
 // leadBatchInline runs batch b on the caller's goroutine up to the loader:
 // tickets, one L2 round trip, fills. If the loader must run, the rest is
 // handed to a goroutine (goBatch) and the caller waits for it
 // like its other waiters.
-func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], load BatchLoader[V], o callOptions) {
-	st := c.newBatchState(b.keys)
+func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], st *batchState[V], load BatchLoader[V], o callOptions) {
 	deadline := time.Now().Add(c.cfg.LoadTimeout) // the whole batch's
 	handed := false
 	defer func() {
 		if !handed { // also on runtime.Goexit: waiters must not hang
 			c.settleBatch(table, b, st.res, errBatchAborted)
+			c.putBatchState(st)
 			c.work.Done()
 		}
 	}()
@@ -185,7 +224,8 @@ func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight
 
 // goBatch runs work on its own goroutine (see goDetached) and then settles
 // batch b with st's results; an overrun releases the batch's waiters with
-// errLoadOverran, so later callers start afresh.
+// errLoadOverran, so later callers start afresh. Once work has returned and
+// b is settled, st goes back to the pool.
 func (c *Cache[V]) goBatch(ctx context.Context, deadline time.Time, table map[string]*flight[V], b *batch[V], st *batchState[V], work func(context.Context)) {
 	c.goDetached(ctx, deadline, work,
 		func() { c.settleBatch(table, b, nil, errLoadOverran) },
@@ -195,6 +235,7 @@ func (c *Cache[V]) goBatch(ctx context.Context, deadline time.Time, table map[st
 				res = nil // runtime.Goexit: the work's results are incomplete
 			}
 			c.settleBatch(table, b, res, errBatchAborted)
+			c.putBatchState(st)
 		})
 }
 
@@ -203,18 +244,18 @@ func (c *Cache[V]) goBatch(ctx context.Context, deadline time.Time, table map[st
 var errBatchAborted = errors.New("tiered: batch load aborted (runtime.Goexit in the loader)")
 
 // settleBatch settles every flight of b that is not settled yet: with its
-// result in res, or with missing when res has none. It removes the flights
-// from table (unless an invalidation already forgot them) and wakes the
-// batch's leader.
+// result in res (indexed like b.flights), or with missing when res has
+// none. It removes the flights from table (unless an invalidation already
+// forgot them) and wakes the batch's leader.
 func (c *Cache[V]) settleBatch(table map[string]*flight[V], b *batch[V], res []batchResult[V], missing error) {
 	c.flightMu.Lock()
 	defer c.flightMu.Unlock()
-	for i, k := range b.keys {
-		f := b.flights[i]
-		if table[k] == f {
-			delete(table, k)
+	for i := range b.flights {
+		f := &b.flights[i]
+		if table[f.key] == f {
+			delete(table, f.key)
 		}
-		if res != nil && res[i].ok {
+		if i < len(res) && res[i].ok {
 			f.settleLocked(res[i].it, res[i].err)
 		} else {
 			f.settleLocked(item[V]{}, missing)
@@ -226,18 +267,41 @@ func (c *Cache[V]) settleBatch(table map[string]*flight[V], b *batch[V], res []b
 	}
 }
 
-// batchState is the work of one batch, indexed like keys.
+// batchState is the work of one batch, indexed like keys. Its slices are
+// reused from batch to batch (Cache.statePool): a batch's bookkeeping
+// costs no allocation per key.
 type batchState[V any] struct {
 	keys    []string
 	tickets []l1.Ticket
-	looks   []lookup[V]
+	entries []l2.Entry  // the L2 read; cleared after use (they alias the reply)
+	looks   []lookup[V] // with a loader only: what L2 held, for batchLoad
 	l2err   error
 	res     []batchResult[V]
 	need    []int // keys (by index) the loader must answer
 }
 
-func (c *Cache[V]) newBatchState(keys []string) *batchState[V] {
-	return &batchState[V]{keys: keys, res: make([]batchResult[V], len(keys))}
+func (c *Cache[V]) getBatchState() *batchState[V] {
+	if st, ok := c.statePool.Get().(*batchState[V]); ok {
+		return st
+	}
+	return &batchState[V]{}
+}
+
+// putBatchState clears st (nothing it referenced is kept alive) and
+// returns it to the pool.
+func (c *Cache[V]) putBatchState(st *batchState[V]) {
+	if cap(st.keys) > maxPooledKeys {
+		return
+	}
+	// Every element a batch wrote is below its len here, so the whole
+	// capacity is zero again for the next batch.
+	clear(st.keys)
+	clear(st.tickets)
+	clear(st.entries)
+	clear(st.looks)
+	clear(st.res)
+	*st = batchState[V]{keys: st.keys[:0], tickets: st.tickets[:0], entries: st.entries[:0], looks: st.looks[:0], res: st.res[:0], need: st.need[:0]}
+	c.statePool.Put(st)
 }
 
 // protect runs fn; a panic in it (a batch loader's) becomes the error of
@@ -260,18 +324,32 @@ func (c *Cache[V]) protect(st *batchState[V], fn func()) {
 // fills of the fresh values. It reports whether keys remain for the loader
 // (st.need); the others have their results.
 func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoader[V], o callOptions) bool {
-	st.tickets = make([]l1.Ticket, len(st.keys))
+	n := len(st.keys)
+	st.tickets = slices.Grow(st.tickets[:0], n)[:n]
 	for i, k := range st.keys {
 		st.tickets[i] = c.local.Reserve(k)
 	}
-	st.looks, st.l2err = c.readManyL2(ctx, st.keys)
+	if load != nil {
+		st.looks = slices.Grow(st.looks[:0], n)[:n]
+	}
+	derr := c.readManyL2(ctx, st)
+	read := len(st.entries) == n // else every key is unreachable
 	now := time.Now()
-	for i, lk := range st.looks {
+	for i, k := range st.keys {
+		var lk lookup[V]
+		if read {
+			if e := &st.entries[i]; e.Raw == nil && !e.Corrupt {
+				lk = lookup[V]{reachable: true} // absent
+			} else {
+				lk = c.classify(k, e, decodeErrOf(derr, k, e), now)
+			}
+		}
 		switch {
 		case lk.fresh:
 			c.fill(st.tickets[i], lk.it, o.l1TTL, lk.until, now)
 			st.res[i] = batchResult[V]{it: lk.it, ok: true}
 		case load != nil:
+			st.looks[i] = lk
 			st.need = append(st.need, i)
 		case st.l2err != nil:
 			st.res[i] = batchResult[V]{err: st.l2err, ok: true}
@@ -279,6 +357,8 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 			st.res[i] = batchResult[V]{it: item[V]{neg: true}, ok: true}
 		}
 	}
+	clear(st.entries) // they alias the reply
+	st.entries = st.entries[:0]
 	return len(st.need) > 0
 }
 
@@ -357,42 +437,38 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	}
 }
 
-// readManyL2 reads keys from L2 in one round trip; the lookups are indexed
-// like keys. On failure every lookup is unreachable and the error wraps
-// ErrUnavailable.
-func (c *Cache[V]) readManyL2(ctx context.Context, keys []string) ([]lookup[V], error) {
-	looks := make([]lookup[V], len(keys))
+// readManyL2 reads st.keys from L2 in one round trip into st.entries,
+// indexed like the keys, and returns the error that joins the decode errors
+// of unreadable entries. When L2 cannot be read, st.entries stays empty
+// and st.l2err says why (it wraps ErrUnavailable); in L1-only mode every
+// key reads as unreachable, with st.l2err nil.
+func (c *Cache[V]) readManyL2(ctx context.Context, st *batchState[V]) error {
+	st.entries = st.entries[:0]
 	if c.l2 == nil {
-		return looks, nil
+		return nil
 	}
-	var entries []l2.Entry
+	keys := st.keys
 	err := c.redisOp(ctx, func(rctx context.Context) error {
 		var err error
-		entries, err = c.l2.ReadMany(rctx, keys)
+		st.entries, err = c.l2.AppendReadMany(rctx, st.entries, keys)
 		c.st.l2Lookups.Add(uint64(len(keys)))
-		return err // with entries != nil: unreadable values, which are misses
+		return err // with entries read: unreadable values, which are misses
 	})
-	if entries == nil && err != nil {
+	if len(st.entries) == 0 && err != nil {
 		if errors.Is(err, errBreakerOpen) {
-			return looks, &opError{op: "get", keys: keys, err: err}
-		}
-		c.st.l2Errors.Add(1)
-		return looks, remoteError("get", keys, ErrUnavailable, err)
-	}
-	now := time.Now()
-	for i, e := range entries {
-		if e.Raw == nil && !e.Corrupt {
-			looks[i] = lookup[V]{reachable: true} // absent
+			st.l2err = &opError{op: "get", keys: slices.Clone(keys), err: err}
 		} else {
-			looks[i] = c.classify(keys[i], e, decodeErrOf(err, keys[i], e), now)
+			c.st.l2Errors.Add(1)
+			st.l2err = remoteError("get", slices.Clone(keys), ErrUnavailable, err)
 		}
+		return nil
 	}
-	return looks, nil
+	return err
 }
 
 // decodeErrOf returns the error that ReadMany joined in err for the corrupt
 // entry e of key (nil for any other entry).
-func decodeErrOf(err error, key string, e l2.Entry) error {
+func decodeErrOf(err error, key string, e *l2.Entry) error {
 	if !e.Corrupt {
 		return nil
 	}

@@ -61,7 +61,7 @@ type (
 	}
 	remoteTier interface {
 		Read(ctx context.Context, key string) (l2.Entry, error)
-		ReadMany(ctx context.Context, keys []string) ([]l2.Entry, error)
+		AppendReadMany(ctx context.Context, dst []l2.Entry, keys []string) ([]l2.Entry, error)
 		SetMany(ctx context.Context, entries map[string]l2.Entry, opts ...l2.WriteOption) error
 		SetManyIf(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte, opts ...l2.WriteOption) (map[string]bool, error)
 		CheckSize(key string, e l2.Entry) error
@@ -138,6 +138,10 @@ type Cache[V any] struct {
 	isDone  atomic.Bool           // closed, readable without the lock
 
 	inlineOK bool // Redis calls are bounded by ctx deadlines (see canLeadInline); read-only after New
+
+	// Working memory of batch reads, reused (see manyScratch, batchState).
+	manyPool  sync.Pool // *manyScratch[V]
+	statePool sync.Pool // *batchState[V]
 
 	st loadCounters
 

@@ -24,7 +24,8 @@ import (
 // their result or an abort error (settleLocked); their waiters wait on done,
 // which the first waiter makes, so a flight nobody joins costs no channel.
 type flight[V any] struct {
-	sf *sfState // DoChan flights only (nil otherwise)
+	sf  *sfState // DoChan flights only (nil otherwise)
+	key string   // batch flights only: the key, for settleBatch
 
 	// Inline and batch flights; all guarded by flightMu.
 	done    chan struct{} // nil until a waiter needs it; closed when settled
@@ -100,6 +101,13 @@ type waiter[V any] struct {
 // flight's abort error.
 func (w waiter[V]) wait(ctx context.Context) (item[V], error) {
 	if w.f.sf == nil {
+		// A batch's leader finds most of its waiters settled: a
+		// non-blocking receive is much cheaper than the select below.
+		select {
+		case <-w.done:
+			return w.f.it, w.f.err
+		default:
+		}
 		select {
 		case <-w.done:
 			return w.f.it, w.f.err

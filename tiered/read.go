@@ -183,12 +183,12 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 		c.st.l2Errors.Add(1)
 		return lookup[V]{err: remoteError("get", []string{key}, ErrUnavailable, err)}
 	}
-	return c.classify(key, e, err, time.Now())
+	return c.classify(key, &e, err, time.Now())
 }
 
 // classify turns an entry read from L2 (possibly a tombstone or corrupt
 // bytes, with derr the error that says why) into a lookup.
-func (c *Cache[V]) classify(key string, e l2.Entry, derr error, now time.Time) lookup[V] {
+func (c *Cache[V]) classify(key string, e *l2.Entry, derr error, now time.Time) lookup[V] {
 	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
 	if e.Corrupt {
 		c.st.decodeErrors.Add(1)
@@ -198,7 +198,7 @@ func (c *Cache[V]) classify(key string, e l2.Entry, derr error, now time.Time) l
 	if e.Tombstone || (!e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)) {
 		return lk // deleted, or expired by the writer's clock though Redis still holds it
 	}
-	it, ok := c.decodeEntry(key, &e)
+	it, ok := c.decodeEntry(key, e)
 	if !ok {
 		return lk
 	}
