@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/l1"
 	"github.com/nearcache/nearcache/l2"
@@ -214,11 +215,19 @@ func TestOffSettings(t *testing.T) {
 		if err := bounded.Set(ctx, "big", big); !errors.Is(err, l2.ErrTooLarge) {
 			t.Errorf("Set of %d bytes with the default MaxValueSize: %v, want l2.ErrTooLarge", len(big), err)
 		}
-		unbounded := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "size", MaxValueSize: NoValueSizeLimit})
+		// A 4 MiB script call to miniredis under -race on a busy machine
+		// can outlast the default RedisTimeout and newClient's 500ms read
+		// timeout: this test is about the size limit, not the timeouts.
+		slow := func() *redis.Client {
+			c := redis.NewClient(&redis.Options{Addr: mr.Addr(), ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
+			t.Cleanup(func() { _ = c.Close() })
+			return c
+		}
+		unbounded := newCache(t, Config[string]{Redis: slow(), Namespace: "size", MaxValueSize: NoValueSizeLimit, RedisTimeout: 10 * time.Second})
 		if err := unbounded.Set(ctx, "big", big); err != nil {
 			t.Fatalf("Set of %d bytes with NoValueSizeLimit: %v", len(big), err)
 		}
-		reader := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "size", MaxValueSize: NoValueSizeLimit})
+		reader := newCache(t, Config[string]{Redis: slow(), Namespace: "size", MaxValueSize: NoValueSizeLimit, RedisTimeout: 10 * time.Second})
 		if v, err := reader.Get(ctx, "big"); err != nil || len(v) != len(big) {
 			t.Errorf("Get of the big value with NoValueSizeLimit: %d bytes, %v; want %d bytes", len(v), err, len(big))
 		}
