@@ -49,11 +49,14 @@
 //
 // # Concurrency
 //
-// Every method is safe for concurrent use; [Bus.Health] is one atomic load. A
-// started bus owns its goroutines (a reader per subscription, the worker that
-// calls the Handler, anti-entropy, the route check, and on Redis Cluster a
-// watcher of the masters); [Bus.Close] stops them, waits at most [CloseWait],
-// and is idempotent. The bus shares the Redis client and never closes it.
+// Every method is safe for concurrent use; [Bus.Health] is one atomic load.
+// Started buses on one Redis client share one transport (see [Bus.Start]): a
+// pub/sub connection per server carrying every namespace's channel, with its
+// reader, the worker that calls every Handler in turn, anti-entropy, the route
+// check, and on Redis Cluster a watcher of the masters. The first bus to start
+// creates it; [Bus.Close] of the last stops it, waits at most [CloseWait], and
+// is idempotent; a Handler is never called after its bus's Close returns. The
+// bus shares the Redis client and never closes it.
 //
 // NOTE: without [Config.HMACKey], anyone who can PUBLISH to the channel can make
 // instances drop keys, and garbage on it invalidates everything. With a key,

@@ -54,8 +54,9 @@
 // gets repeated failures once per episode (when it starts and ends, with counts),
 // breaker changes and loader panics once per event.
 //
-// A Cache is safe for concurrent use. Build Config.Redis with
-// ContextTimeoutEnabled; New refuses one that may read from a replica
+// A Cache is safe for concurrent use; Caches on one Config.Redis share one
+// invalidation transport (a pub/sub connection per server). Build Config.Redis
+// with ContextTimeoutEnabled; New refuses one that may read from a replica
 // ([ErrReplicaRouting]) and a redis.Ring, and succeeds while Redis is down.
 // Close is idempotent, never closes Config.Redis, and returns within
 // invalidation.CloseWait (2 s) for the bus plus LoadTimeout (and a grace) for
