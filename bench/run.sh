@@ -58,6 +58,20 @@ run GetMany100 -bench '^BenchmarkGetMany100$' -cpu 2 -count "$COUNT"
 run Stampede -bench '^BenchmarkStampede$' -cpu 2 -count "$COUNT"
 run Invalidation -bench '^BenchmarkInvalidation$' -cpu 2 -count "$COUNT" -benchtime 400x
 run Zipf -bench '^BenchmarkZipf$' -cpu 2 -count 3 -benchtime 1x
+# Idle cost of Caches on one client (root module's tiered package): process
+# CPU, Redis commands per second and subscriber connections of 0, 1 and 50
+# idle Caches, each a 5 s measurement.
+run_root() {
+  local group=$1; shift
+  if [ -n "$ONLY" ]; then
+    case " $ONLY " in *" $group "*) ;; *) return 0 ;; esac
+    grep -v -E "^Benchmark${group}(/|-|\s)" "$RAW" >"$RAW.tmp" || true
+    mv "$RAW.tmp" "$RAW"
+  fi
+  echo "run.sh: (root) go test $*" >&2
+  (cd "$ROOT" && go test -run '^$' "$@") | tee -a "$RAW" | grep -E '^(Benchmark|FAIL|panic)' >&2 || true
+}
+run_root IdleCaches -bench '^BenchmarkIdleCaches$' -benchtime 1x -count "$COUNT" ./tiered
 if grep -q -E '^(FAIL|panic)' "$RAW"; then echo "run.sh: benchmarks failed; see $RAW" >&2; exit 1; fi
 
 GOVER=$(go version | awk '{print $3" "$4}')
@@ -141,13 +155,16 @@ w('')
 w('## L2 hit (local miss, Redis hit, JSON decode)\n')
 w('Each run uses a fresh instance with a tiny local tier (128 entries) and reads 65,536 distinct keys in turn, '
   'so every read misses locally; the Redis counters confirm it.\n')
-w('| peer | latency | × raw go-redis GET+decode | Redis commands/op | allocs/op |')
-w('|---|---|---|---|---|')
+w('CPU per read is the process\'s CPU time (getrusage) over the reads: it does not depend on goroutine '
+  'wake-ups of an idle machine as wall time does.\n')
+w('| peer | latency | × raw go-redis GET+decode | CPU per read | × raw CPU | Redis commands/op | allocs/op |')
+w('|---|---|---|---|---|---|---|')
 base = med('BenchmarkL2Hit/raw-go-redis-2')
+cbase = med('BenchmarkL2Hit/raw-go-redis-2', 'cpu-ns/op')
 for p in ['raw-go-redis'] + peers:
     n = f'BenchmarkL2Hit/{p}-2'
-    v = med(n)
-    w(f'| {p} | {fmt_ns(v)} | {fx(v/base if v and base else None)} | {fx(med(n,"rediscmds/op"))} | {fx(med(n,"allocs/op"),0)} |')
+    v, c = med(n), med(n, 'cpu-ns/op')
+    w(f'| {p} | {fmt_ns(v)} | {fx(v/base if v and base else None)} | {fmt_ns(c)} | {fx(c/cbase if c and cbase else None)} | {fx(med(n,"rediscmds/op"))} | {fx(med(n,"allocs/op"),0)} |')
 w('')
 w('## Batch get of 100 keys (all local misses, Redis hits)\n')
 w('| peer | latency | × raw MGET+decode | Redis commands/batch |')
@@ -158,6 +175,17 @@ for p in ['raw-go-redis', 'nearcache', 'rueidis']:
     v = med(n)
     w(f'| {p} | {fmt_ns(v)} | {fx(v/base if v and base else None)} | {fx(med(n,"rediscmds/op"),1)} |')
 w('| go-redis-cache | n/a: no batch read API | | |')
+w('')
+w('## Idle Caches sharing one client\n')
+w('Caches on one Redis client share one invalidation transport. Measured by the root module\'s '
+  '`BenchmarkIdleCaches` (tiered package) against its own redis-server: each Cache in its own namespace, '
+  'one write and one read each, then 5 s of nothing. CPU is this process\'s (getrusage) as a share of one core; '
+  '0 Caches is the floor (the Go runtime and the benchmark\'s own INFO calls).\n')
+w('| Caches on one client | CPU (% of a core) | Redis commands/s | subscriber connections |')
+w('|---|---|---|---|')
+for k in ['0', '1', '50']:
+    n = f'BenchmarkIdleCaches/caches={k}-2'
+    w(f'| {k} | {fx(med(n,"cpu%"),2)} | {fx(med(n,"cmds/s"),1)} | {fx(med(n,"subconns"),0)} |')
 w('')
 w('## Zipf reads, two instances sharing one Redis\n')
 w('100,000 keys, 10,000 local entries per instance (rueidis: ~4 MB of client-side cache on one connection), '
