@@ -24,15 +24,7 @@ func pubsubClients(t *testing.T, admin *redis.Client) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, line := range strings.Split(list, "\n") {
-		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, "flags="); ok && strings.Contains(v, "P") {
-				n++
-			}
-		}
-	}
-	return n
+	return redisinfo.PubSubClients(list)
 }
 
 // commandCalls returns the calls of each command in INFO commandstats.

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/internal/redisinfo"
 	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/tiered"
 )
@@ -81,13 +81,7 @@ func pubsubConns(t *testing.T, srv *redistest.Server) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, line := range strings.Split(list, "\n") {
-		if strings.Contains(line, "cmd=subscribe") || strings.Contains(line, "sub=1") || strings.Contains(line, "flags=P") {
-			n++
-		}
-	}
-	return n
+	return redisinfo.PubSubClients(list)
 }
 
 // TestSharedTransportFaults: two instances, each with three Caches of

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -81,11 +80,5 @@ func subscribers(b *testing.B, c *redis.Client) int {
 	if err != nil {
 		b.Fatal(err)
 	}
-	n := 0
-	for _, line := range strings.Split(list, "\n") {
-		if strings.Contains(line, " flags=P ") || (strings.Contains(line, " sub=") && !strings.Contains(line, " sub=0 ")) {
-			n++
-		}
-	}
-	return n
+	return redisinfo.PubSubClients(list)
 }

@@ -25,3 +25,17 @@ func Int(info, name string) int64 {
 	n, _ := strconv.ParseInt(Field(info, name), 10, 64)
 	return n
 }
+
+// PubSubClients counts the pub/sub connections in a CLIENT LIST reply: the
+// lines whose flags include P.
+func PubSubClients(clientList string) int {
+	n := 0
+	for line := range strings.SplitSeq(clientList, "\n") {
+		for f := range strings.FieldsSeq(line) {
+			if v, ok := strings.CutPrefix(f, "flags="); ok && strings.Contains(v, "P") {
+				n++
+			}
+		}
+	}
+	return n
+}

@@ -23,3 +23,15 @@ func TestField(t *testing.T) {
 		t.Errorf("Int of a non-integer = %d, want 0", got)
 	}
 }
+
+func TestPubSubClients(t *testing.T) {
+	list := "id=3 addr=127.0.0.1:1 laddr=127.0.0.1:2 fd=8 name= age=1 idle=0 flags=P db=0 sub=2 psub=0 cmd=subscribe\n" +
+		"id=4 addr=127.0.0.1:3 laddr=127.0.0.1:2 fd=9 name= age=1 idle=0 flags=N db=0 sub=0 psub=0 cmd=client|list\n" +
+		"id=5 addr=127.0.0.1:4 laddr=127.0.0.1:2 fd=10 name= age=1 idle=0 flags=MP db=0 sub=1 psub=0 cmd=ping\n"
+	if n := PubSubClients(list); n != 2 {
+		t.Errorf("PubSubClients = %d, want 2", n)
+	}
+	if n := PubSubClients(""); n != 0 {
+		t.Errorf("PubSubClients of an empty list = %d, want 0", n)
+	}
+}
