@@ -199,7 +199,7 @@ func (s *Store) Read(ctx context.Context, key string) (Entry, error) {
 		return Entry{}, s.closedErr("get", key)
 	}
 	start := time.Now()
-	b, err := s.client.Get(ctx, s.prefix+key).Bytes()
+	b, err := s.get(ctx, key).Bytes()
 	s.latency.Record(time.Since(start))
 	if err != nil {
 		if err == redis.Nil {
@@ -209,6 +209,34 @@ func (s *Store) Read(ctx context.Context, key string) (Entry, error) {
 		return Entry{}, s.fail("get", err, key)
 	}
 	return s.decode(key, b)
+}
+
+// getArgs holds what a GET of one prefixed key needs beside its command,
+// in one allocation: the command's arguments, the prefixed key, and the
+// key's bytes when they fit in buf. The key argument is a *string, which
+// go-redis writes, and routes by (the hash slot on a Cluster), as the
+// string it points to; a string argument would cost an allocation to box
+// it and one to build it, on every L2 read. TestReadRoutesByPrefixedKey
+// pins both the bytes sent and the routing.
+type getArgs struct {
+	args [2]any
+	key  string
+	buf  [64]byte
+}
+
+// get sends GET of key (prefixed) and returns its command.
+func (s *Store) get(ctx context.Context, key string) *redis.StringCmd {
+	a := new(getArgs)
+	if n := len(s.prefix) + len(key); n <= len(a.buf) {
+		copy(a.buf[copy(a.buf[:], s.prefix):], key)
+		a.key = unsafe.String(&a.buf[0], n) // buf is never written again
+	} else {
+		a.key = s.prefix + key
+	}
+	a.args = [2]any{"get", &a.key}
+	cmd := redis.NewStringCmd(ctx, a.args[:]...)
+	_ = s.client.Process(ctx, cmd)
+	return cmd
 }
 
 // prefixAll returns the prefixed keys, sharing one backing string so a

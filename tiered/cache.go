@@ -137,11 +137,16 @@ type Cache[V any] struct {
 	work    sync.WaitGroup        // running shared work; Close waits for it
 	isDone  atomic.Bool           // closed, readable without the lock
 
+	// inlineFlights holds inline flights that ended with nobody joined
+	// (see leadInline), for reuse by join: an L2 hit then allocates none.
+	inlineFlights sync.Pool
+
 	inlineOK bool // Redis calls are bounded by ctx deadlines (see canLeadInline); read-only after New
 
 	// Working memory of batch reads, reused (see manyScratch, batchState).
-	manyPool  sync.Pool // *manyScratch[V]
-	statePool sync.Pool // *batchState[V]
+	manyPool    sync.Pool    // *manyScratch[V]
+	statePool   sync.Pool    // *batchState[V]
+	opDeadlines *opDeadlines // bounds Redis calls on contexts that never end (see redisCtx); set by New
 
 	st loadCounters
 
@@ -220,6 +225,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		}
 	}
 	c.base, c.cancel = context.WithCancel(context.Background())
+	c.opDeadlines = newOpDeadlines(cfg.RedisTimeout)
 	c.inlineOK = cfg.Redis == nil || honoursDeadlines(cfg.Redis)
 	if cfg.Redis == nil {
 		return c, nil

@@ -113,7 +113,10 @@ type Config[V any] struct {
 	// RedisTimeout bounds each Redis operation. If zero,
 	// DefaultRedisTimeout. Negative: the Cache sets no bound of its own, so
 	// an operation is bounded by its ctx (the caller's for a write,
-	// LoadTimeout for a load's) and by the client's own timeouts.
+	// LoadTimeout for a load's) and by the client's own timeouts. On a ctx
+	// that cannot end (context.Background) the bound is rounded up by at
+	// most RedisTimeout/16 and 10 ms, so that operations begun together
+	// share one timer.
 	RedisTimeout time.Duration
 	// LoadTimeout bounds a shared load (L2 read, loader, L2 write), which
 	// runs detached from any single caller's context. If zero,

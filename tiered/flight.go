@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nearcache/nearcache/internal/errfmt"
+	"github.com/nearcache/nearcache/l1"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -200,7 +201,10 @@ func (c *Cache[V]) join(ctx context.Context, key string, load Loader[V], o callO
 	c.st.flights.Add(1)
 	c.work.Add(1)
 	if c.canLeadInline(ctx) {
-		f := &flight[V]{}
+		f, _ := c.inlineFlights.Get().(*flight[V])
+		if f == nil {
+			f = &flight[V]{}
+		}
 		table[key] = f
 		return waiter[V]{f: f}, true, nil
 	}
@@ -255,7 +259,11 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 		if !settled { // runtime.Goexit in a codec: followers must not hang
 			err = fmt.Errorf("tiered: load %s aborted (runtime.Goexit)", errfmt.Key(key))
 		}
-		c.finish(table, key, f, it, err)
+		if !c.finish(table, key, f, it, err) {
+			// Nobody joined: nothing refers to f any more.
+			*f = flight[V]{}
+			c.inlineFlights.Put(f)
+		}
 		c.work.Done()
 	}()
 	t, look, it, err, done := c.fetchL2(ctx, key, load, o)
@@ -264,6 +272,15 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 		return it, err
 	}
 	handed = true
+	return c.handLoad(ctx, table, key, f, load, o, deadline, t, look)
+}
+
+// handLoad is the part of leadInline after an L2 read that did not settle
+// the flight: it hands the loader, the L2 write-back and the fill to a
+// goroutine (see goDetached) and waits for them like a follower. A function
+// of its own, so that what its closures capture (t, look, the result) is
+// moved to the heap only on this path, not on every L2 hit.
+func (c *Cache[V]) handLoad(ctx context.Context, table map[string]*flight[V], key string, f *flight[V], load Loader[V], o callOptions, deadline time.Time, t l1.Ticket, look lookup[V]) (item[V], error) {
 	c.flightMu.Lock()
 	fdone := f.doneLocked()
 	c.flightMu.Unlock()
@@ -312,14 +329,19 @@ func (c *Cache[V]) goDetached(ctx context.Context, deadline time.Time, work func
 }
 
 // finish settles flight f of key (not a DoChan flight) and removes it from
-// table, unless an invalidation already forgot it.
-func (c *Cache[V]) finish(table map[string]*flight[V], key string, f *flight[V], it item[V], err error) {
+// table, unless an invalidation already forgot it. It reports whether
+// anyone waits on f: every waiter gets f through doneLocked (joinLocked,
+// handLoad), so when none did, f is referred to only by the caller of
+// finish once finish returns, and an inline flight can be reused.
+func (c *Cache[V]) finish(table map[string]*flight[V], key string, f *flight[V], it item[V], err error) (waited bool) {
 	c.flightMu.Lock()
 	if table[key] == f {
 		delete(table, key)
 	}
+	waited = f.done != nil
 	f.settleLocked(it, err)
 	c.flightMu.Unlock()
+	return waited
 }
 
 // flightsFor returns the flight table and singleflight group of loads, or

@@ -83,13 +83,24 @@ func checkRouting(r redis.UniversalClient, timeout time.Duration) error {
 // through. It costs nothing unless the server does not answer.
 const minRoleWait = 100 * time.Millisecond
 
-// redisCtx bounds one Redis operation by RedisTimeout.
+// redisCtx bounds one Redis operation by RedisTimeout. On a context that
+// can never end (an inline leader's, see canLeadInline; a write on
+// context.Background) the bound is an end shared with the operations begun
+// about the same time, which costs no timer of its own and no allocation
+// on context.Background (see opDeadlines); on any other context,
+// context.WithTimeout, which also watches the parent.
 func (c *Cache[V]) redisCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	if c.cfg.RedisTimeout < 0 {
-		return ctx, func() {}
+	switch {
+	case c.cfg.RedisTimeout < 0:
+		return ctx, noCancel
+	case ctx.Done() == nil:
+		return c.opDeadlines.context(ctx), noCancel
 	}
 	return context.WithTimeout(ctx, c.cfg.RedisTimeout)
 }
+
+// noCancel is the CancelFunc of a context that needs no cancelling.
+func noCancel() {}
 
 // errBreakerOpen is what a Redis operation skipped by the open circuit
 // breaker returns.
