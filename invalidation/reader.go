@@ -277,6 +277,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 // repairs again when it is confirmed anew.
 func (h *hub) lost(s *sub, c Cause, r reason, err error) {
 	s.live.Store(false)
+	s.fails.Add(1)
 	h.mu.Lock()
 	for _, cs := range s.chans {
 		cs.confirmed, cs.failing = false, true
@@ -353,6 +354,7 @@ func (h *hub) subscribeAgain(s *sub) {
 // resubscribe replaces a silent subscription with a new connection.
 func (h *hub) resubscribe(ctx context.Context, s *sub, old *redis.PubSub) *redis.PubSub {
 	s.live.Store(false)
+	s.fails.Add(1)
 	s.replace.Store(false) // this replacement serves a route check's request too
 	h.mu.Lock()
 	if s.ps == old {
