@@ -72,6 +72,12 @@ func (h *hub) confirmChannel(s *sub, channel string) {
 	if cs == nil || s.stopped {
 		return // unsubscribed meanwhile
 	}
+	if s.replace.Load() {
+		// Read from the connection reroute has just closed (replace is
+		// set under mu before it closes it): it proves nothing of the new
+		// one, whose confirmation repairs.
+		return
+	}
 	repair := cs.everOK || cs.failing
 	cs.confirmed, cs.everOK, cs.failing = true, true, false
 	logged := false
@@ -252,6 +258,9 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			}
 			if h.routeChannel != "" && m.Channel == h.routeChannel {
 				routePending = false
+				if s.replace.Load() {
+					continue // from the connection reroute replaced (see confirmChannel)
+				}
 				s.confirms.Add(1)
 				s.live.Store(true)
 				continue
