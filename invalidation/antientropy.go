@@ -89,20 +89,19 @@ func (h *hub) antiEntropy(ctx context.Context) {
 	var st aeState
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
-		err := h.aeRound(rctx, &st)
+		failed, err := h.aeRound(rctx, &st)
 		cancel()
-		ms := h.everyone()
-		switch {
-		case ctx.Err() != nil:
+		if ctx.Err() != nil {
 			return
-		case err != nil:
-			for _, m := range ms {
+		}
+		if err != nil {
+			h.aeFails.Fail("", err)
+		}
+		for _, m := range h.everyone() {
+			if err != nil && (failed == nil || failed[m]) {
 				m.stats.aeErrors.Add(1)
 				m.health.set(busWide, reasonAntiEntropy)
-			}
-			h.aeFails.Fail("", err)
-		default:
-			for _, m := range ms {
+			} else {
 				m.stats.aeRounds.Add(1)
 				m.health.clear(busWide, reasonAntiEntropy)
 			}
@@ -116,16 +115,76 @@ func (h *hub) antiEntropy(ctx context.Context) {
 	}
 }
 
-func (h *hub) aeRound(ctx context.Context, st *aeState) error {
+// aeRound runs one round for every member. It returns nil, nil when the
+// round succeeded; failed == nil and an error when it failed for every
+// member; else the members whose round failed and the first of their
+// errors.
+//
+// A round reads every namespace's keys together, so a refusal or an
+// unreadable key of one namespace (an ACL user without its keys, a key
+// holding something else) fails the commands of all of them. Then the
+// round is run again for each namespace alone, so that one namespace's
+// keys never blind the loss detection of the others (each is judged on
+// its own keys, as if it had its own transport).
+func (h *hub) aeRound(ctx context.Context, st *aeState) (failed map[*Bus]bool, err error) {
 	ms := h.everyone()
-	if err := h.checkEpochs(ctx, st, ms); err != nil {
-		return err
+	eerr := h.checkEpochs(ctx, st, ms)
+	if eerr != nil && !isKeyError(eerr) {
+		return nil, eerr
 	}
 	if err := h.checkRunIDs(ctx, st); err != nil {
-		return err
+		return nil, err
 	}
-	_, err := checkSequences(ctx, h.client, ms, h.drain)
-	return err
+	if eerr == nil {
+		_, serr := checkSequences(ctx, h.client, ms, h.drain)
+		if serr == nil || !isKeyError(serr) {
+			return nil, serr
+		}
+	}
+	byNS := make(map[string][]*Bus)
+	var order []string
+	for _, m := range ms {
+		if byNS[m.cfg.Namespace] == nil {
+			order = append(order, m.cfg.Namespace)
+		}
+		byNS[m.cfg.Namespace] = append(byNS[m.cfg.Namespace], m)
+	}
+	failed = make(map[*Bus]bool)
+	for _, ns := range order {
+		g := byNS[ns]
+		gerr := h.checkEpochs(ctx, st, g)
+		if gerr == nil {
+			_, gerr = checkSequences(ctx, h.client, g, h.drain)
+		}
+		if gerr == nil {
+			continue
+		}
+		if !isKeyError(gerr) {
+			return nil, gerr
+		}
+		for _, m := range g {
+			failed[m] = true
+		}
+		if err == nil {
+			err = fmt.Errorf("namespace %q: %w", ns, gerr)
+		}
+	}
+	if err == nil {
+		// The keys read fine one namespace at a time (fixed meanwhile).
+		return nil, nil
+	}
+	return failed, err
+}
+
+// errNotSequence: a sequence key holds something else than a sequence.
+var errNotSequence = errors.New("invalidation: not a sequence")
+
+// isKeyError reports whether err concerns the keys read rather than the
+// connection: Redis refused a command (ACL) or a key (wrong type), or a
+// sequence key holds garbage.
+func isKeyError(err error) bool {
+	var re redis.Error
+	return errors.Is(err, errNotSequence) || (errors.As(err, &re) && !errors.Is(err, redis.Nil))
 }
 
 // epochKeys lists the distinct epoch keys of ms's namespaces in slot.
@@ -428,7 +487,7 @@ func checkSequences(ctx context.Context, c redis.UniversalClient, ms []*Bus, dra
 			var n uint64
 			if s, ok := v.(string); ok {
 				if n, err = strconv.ParseUint(s, 10, 64); err != nil {
-					err = fmt.Errorf("invalidation: sequence key %q holds %q, not a sequence: %w", g.keys[i], s, err)
+					err = fmt.Errorf("%w: sequence key %q holds %q: %w", errNotSequence, g.keys[i], s, err)
 					break
 				}
 			}

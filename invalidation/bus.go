@@ -161,6 +161,11 @@ type sub struct {
 	// channel.
 	live     atomic.Bool
 	confirms atomic.Uint64
+	// fails counts the failures of the connection the reader, the route
+	// check or a replacement saw; pingSub gives up when it moves. Unlike
+	// live it does not need the route channel, which anti-entropy's drain
+	// does without (route check off).
+	fails atomic.Uint64
 	// pingSent numbers the route check's PINGs on the subscription (the
 	// number is the PING's payload); pong is the highest number the reader
 	// got back, and pongCh (cap 1) wakes the route check when it does.

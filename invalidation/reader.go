@@ -72,6 +72,12 @@ func (h *hub) confirmChannel(s *sub, channel string) {
 	if cs == nil || s.stopped {
 		return // unsubscribed meanwhile
 	}
+	if s.replace.Load() {
+		// Read from the connection reroute has just closed (replace is
+		// set under mu before it closes it): it proves nothing of the new
+		// one, whose confirmation repairs.
+		return
+	}
 	repair := cs.everOK || cs.failing
 	cs.confirmed, cs.everOK, cs.failing = true, true, false
 	logged := false
@@ -252,6 +258,9 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			}
 			if h.routeChannel != "" && m.Channel == h.routeChannel {
 				routePending = false
+				if s.replace.Load() {
+					continue // from the connection reroute replaced (see confirmChannel)
+				}
 				s.confirms.Add(1)
 				s.live.Store(true)
 				continue
@@ -277,6 +286,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 // repairs again when it is confirmed anew.
 func (h *hub) lost(s *sub, c Cause, r reason, err error) {
 	s.live.Store(false)
+	s.fails.Add(1)
 	h.mu.Lock()
 	for _, cs := range s.chans {
 		cs.confirmed, cs.failing = false, true
@@ -353,6 +363,7 @@ func (h *hub) subscribeAgain(s *sub) {
 // resubscribe replaces a silent subscription with a new connection.
 func (h *hub) resubscribe(ctx context.Context, s *sub, old *redis.PubSub) *redis.PubSub {
 	s.live.Store(false)
+	s.fails.Add(1)
 	s.replace.Store(false) // this replacement serves a route check's request too
 	h.mu.Lock()
 	if s.ps == old {

@@ -148,16 +148,19 @@ func (h *hub) pingSub(ctx context.Context, s *sub) bool {
 	if ps == nil {
 		return false
 	}
+	fails := s.fails.Load()
 	tok := s.pingSent.Add(1)
 	if err := ps.Ping(ctx, strconv.FormatUint(tok, 10)); err != nil {
 		return false
 	}
-	// The reader wakes us on the pong; a failure it sees only clears live,
-	// so look at that every few milliseconds.
+	// The reader wakes us on the pong; a failure it sees only counts in
+	// fails, so look at that every few milliseconds. Not live: that needs
+	// the route channel, which is not subscribed with the route check
+	// off, and anti-entropy's drain pings without it.
 	poll := time.NewTicker(5 * time.Millisecond)
 	defer poll.Stop()
 	for s.pong.Load() < tok {
-		if !s.live.Load() {
+		if s.fails.Load() != fails {
 			return false
 		}
 		select {
@@ -221,6 +224,7 @@ func (h *hub) reroute(s *sub, why string) {
 	}
 	h.mu.Unlock()
 	s.live.Store(false)
+	s.fails.Add(1)
 	h.log.Warn("moving the invalidation subscription", zap.String("why", why), zap.Strings("channels", h.channels()))
 	_ = ps.Close() // wakes the reader
 }
