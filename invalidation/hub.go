@@ -316,30 +316,47 @@ const subscribeTimeout = time.Second
 // SUBSCRIBE and UNSUBSCRIBE of member channels, so that they reach the
 // server in the order of the decisions, and so that a server that does
 // not answer blocks no one else (join, leave and Close never wait for it).
+// A SUBSCRIBE that failed is sent again after a backoff (10 ms doubling to
+// 1 s) until one goes through.
 func (h *hub) subIO(ctx context.Context, s *sub) {
 	defer h.wg.Done()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	var backoff time.Duration
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.io:
-			h.reconcile(ctx, s)
+		case <-retry.C:
 		}
+		if h.reconcile(ctx, s) {
+			backoff = 0
+			continue
+		}
+		backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+		retry.Reset(backoff)
 	}
 }
 
 // reconcile makes the channels subscribed on s's connection match the
 // members': it subscribes the member channels not sent yet on this
-// connection and unsubscribes those no member has any more. An error
-// means the connection failed: go-redis keeps the subscribed channels
-// (and forgets the unsubscribed ones) and subscribes them again when the
-// reader's next receive reconnects.
-func (h *hub) reconcile(ctx context.Context, s *sub) {
+// connection and unsubscribes those no member has any more. It reports
+// false when the SUBSCRIBE failed: its channels are then marked not sent,
+// to be sent again. go-redis adds a channel to the set it resubscribes
+// after a reconnect only once its SUBSCRIBE returns, so a SUBSCRIBE whose
+// write failed while go-redis reconnected within the call (resubscribing
+// only the older channels) would otherwise leave the new channel
+// unsubscribed until the next reconnect. A channel sent twice is confirmed
+// twice, which repairs once more. An UNSUBSCRIBE needs no retry: go-redis
+// forgets the channel before sending it.
+func (h *hub) reconcile(ctx context.Context, s *sub) bool {
 	h.mu.Lock()
 	ps := s.ps
 	if ps == nil || s.stopped || h.closed {
 		h.mu.Unlock()
-		return
+		return true
 	}
 	want := *h.byChannel.Load()
 	var add, drop []string
@@ -366,12 +383,27 @@ func (h *hub) reconcile(ctx context.Context, s *sub) {
 		_ = ps.Unsubscribe(uctx, drop...)
 		cancel()
 	}
-	if len(add) > 0 {
-		slices.Sort(add)
-		sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
-		_ = ps.Subscribe(sctx, add...)
-		cancel()
+	if len(add) == 0 {
+		return true
 	}
+	slices.Sort(add)
+	sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
+	err := ps.Subscribe(sctx, add...)
+	cancel()
+	if err == nil || ctx.Err() != nil {
+		return true
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.ps != ps {
+		return true // replaced meanwhile: the new connection subscribes everything
+	}
+	for _, ch := range add {
+		if cs := s.chans[ch]; cs != nil {
+			cs.sent = false
+		}
+	}
+	return false
 }
 
 // close stops every goroutine of the hub, closes its subscriptions and
