@@ -351,8 +351,12 @@ func (b *Bus) Start(ctx context.Context) error {
 		b.joinMu.Unlock()
 		return ErrClosed
 	}
-	b.hub.Store(acquireHub(b))
+	h := acquireHub(b)
+	b.hub.Store(h)
 	b.joinMu.Unlock()
+	if b.pending.Load() != 0 {
+		h.poke() // requested while joining, before b knew its hub
+	}
 
 	defer b.startReturned.Store(true)
 	select {
