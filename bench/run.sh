@@ -39,18 +39,20 @@ echo "run.sh: redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/
 ONLY=${ONLY:-}
 if [ -z "$ONLY" ]; then : >"$RAW"; fi
 touch "$RAW"
-# run GROUP GO-TEST-ARGS...: runs one group unless ONLY excludes it; with
-# ONLY, the group's old lines are dropped from raw.txt first.
-run() {
-  local group=$1; shift
+# run_in DIR PKG GROUP GO-TEST-ARGS...: runs one group of PKG's benchmarks
+# from DIR unless ONLY excludes it; with ONLY, the group's old lines are
+# dropped from raw.txt first. run: the peer suite in this directory.
+run_in() {
+  local dir=$1 pkg=$2 group=$3; shift 3
   if [ -n "$ONLY" ]; then
     case " $ONLY " in *" $group "*) ;; *) return 0 ;; esac
     grep -v -E "^Benchmark${group}(/|-|\s)" "$RAW" >"$RAW.tmp" || true
     mv "$RAW.tmp" "$RAW"
   fi
-  echo "run.sh: go test $*" >&2
-  go test -run '^$' -benchmem "$@" . | tee -a "$RAW" | grep -E '^(Benchmark|FAIL|panic)' >&2 || true
+  echo "run.sh: (in $dir) go test $* $pkg" >&2
+  (cd "$dir" && go test -run '^$' -benchmem "$@" "$pkg") | tee -a "$RAW" | grep -E '^(Benchmark|FAIL|panic)' >&2 || true
 }
+run() { run_in "$BENCH_DIR" . "$@"; }
 run L1Hit -bench '^BenchmarkL1Hit$' -cpu 1 -count "$COUNT"
 run L1HitParallel -bench '^BenchmarkL1HitParallel$' -cpu 1,2 -count "$COUNT"
 run L2Hit -bench '^BenchmarkL2Hit$' -cpu 2 -count "$COUNT"
@@ -61,17 +63,7 @@ run Zipf -bench '^BenchmarkZipf$' -cpu 2 -count 3 -benchtime 1x
 # Idle cost of Caches on one client (root module's tiered package): process
 # CPU, Redis commands per second and subscriber connections of 0, 1 and 50
 # idle Caches, each a 5 s measurement.
-run_root() {
-  local group=$1; shift
-  if [ -n "$ONLY" ]; then
-    case " $ONLY " in *" $group "*) ;; *) return 0 ;; esac
-    grep -v -E "^Benchmark${group}(/|-|\s)" "$RAW" >"$RAW.tmp" || true
-    mv "$RAW.tmp" "$RAW"
-  fi
-  echo "run.sh: (root) go test $*" >&2
-  (cd "$ROOT" && go test -run '^$' "$@") | tee -a "$RAW" | grep -E '^(Benchmark|FAIL|panic)' >&2 || true
-}
-run_root IdleCaches -bench '^BenchmarkIdleCaches$' -benchtime 1x -count "$COUNT" ./tiered
+run_in "$ROOT" ./tiered IdleCaches -bench '^BenchmarkIdleCaches$' -benchtime 1x -count "$COUNT"
 if grep -q -E '^(FAIL|panic)' "$RAW"; then echo "run.sh: benchmarks failed; see $RAW" >&2; exit 1; fi
 
 GOVER=$(go version | awk '{print $3" "$4}')
