@@ -175,8 +175,9 @@ w('Caches on one Redis client share one invalidation transport. Measured by the 
   '0 Caches is the floor (the Go runtime and the benchmark\'s own INFO calls).\n')
 w('| Caches on one client | CPU (% of a core) | Redis commands/s | subscriber connections |')
 w('|---|---|---|---|')
-for k in ['0', '1', '50']:
-    n = f'BenchmarkIdleCaches/caches={k}-2'
+for k, n in [('0', 'caches=0'), ('1', 'caches=1'), ('50', 'caches=50'),
+             ('floor: 50 raw ristretto caches sized as the default L1, no Redis', 'raw-ristretto=50')]:
+    n = f'BenchmarkIdleCaches/{n}-2'
     w(f'| {k} | {fx(med(n,"cpu%"),2)} | {fx(med(n,"cmds/s"),1)} | {fx(med(n,"subconns"),0)} |')
 w('')
 w('## Zipf reads, two instances sharing one Redis\n')

@@ -2,13 +2,13 @@ package tiered
 
 import (
 	"context"
-	"fmt"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/ristretto/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/internal/benchvalue"
@@ -23,15 +23,23 @@ import (
 // Run with -benchtime 1x: each sub-benchmark is one measurement.
 // caches=0 is the floor: the same process, server and admin client with no
 // Cache (the Go runtime's own wake-ups, the benchmark's INFO calls).
+// raw-ristretto=50 is the floor of 50 local tiers: 50 raw ristretto caches
+// sized as the default L1 (DefaultL1MaxEntries), one Set and Get each, and
+// no Redis traffic (ristretto's two goroutines per cache and its TTL
+// cleanup ticker).
 func BenchmarkIdleCaches(b *testing.B) {
 	const idleWindow = 5 * time.Second
-	for _, n := range []int{0, 1, 50} {
-		b.Run(fmt.Sprintf("caches=%d", n), func(b *testing.B) {
+	for _, tc := range []struct {
+		name      string
+		caches    int
+		ristretto int
+	}{{"caches=0", 0, 0}, {"caches=1", 1, 0}, {"caches=50", 50, 0}, {"raw-ristretto=50", 0, 50}} {
+		b.Run(tc.name, func(b *testing.B) {
 			srv := redistest.StartServer(b)
 			rc := newClient(b, srv.Addr())
 			admin := srv.Client()
 			ctx := context.Background()
-			for i := range n {
+			for i := range tc.caches {
 				c := newCache(b, Config[string]{Redis: rc, Namespace: "idle" + strconv.Itoa(i)})
 				if err := c.Set(ctx, "k", "v"); err != nil { // one write, then nothing
 					b.Fatal(err)
@@ -39,6 +47,18 @@ func BenchmarkIdleCaches(b *testing.B) {
 				if _, err := c.Get(ctx, "k"); err != nil {
 					b.Fatal(err)
 				}
+			}
+			for range tc.ristretto {
+				r, err := ristretto.NewCache(&ristretto.Config[string, string]{
+					NumCounters: 10 * DefaultL1MaxEntries, MaxCost: DefaultL1MaxEntries, BufferItems: 64, IgnoreInternalCost: true,
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(r.Close)
+				r.SetWithTTL("k", "v", 1, time.Hour)
+				r.Wait()
+				r.Get("k")
 			}
 			// Let start-up work settle: a collection and the return of
 			// the freed memory to the OS now, rather than by the
