@@ -147,6 +147,11 @@ type Cache[V any] struct {
 	manyPool    sync.Pool    // *manyScratch[V]
 	statePool   sync.Pool    // *batchState[V]
 	opDeadlines *opDeadlines // bounds Redis calls on contexts that never end (see redisCtx); set by New
+	// flightDeadlines is opDeadlines for the Redis calls of flights led
+	// inline: min(RedisTimeout, LoadTimeout), since LoadTimeout bounds a
+	// flight whoever runs it. The same as opDeadlines unless LoadTimeout is
+	// the shorter.
+	flightDeadlines *opDeadlines
 
 	st loadCounters
 
@@ -226,6 +231,10 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	}
 	c.base, c.cancel = context.WithCancel(context.Background())
 	c.opDeadlines = newOpDeadlines(cfg.RedisTimeout)
+	c.flightDeadlines = c.opDeadlines
+	if cfg.LoadTimeout < cfg.RedisTimeout {
+		c.flightDeadlines = newOpDeadlines(cfg.LoadTimeout)
+	}
 	c.inlineOK = cfg.Redis == nil || honoursDeadlines(cfg.Redis)
 	if cfg.Redis == nil {
 		return c, nil

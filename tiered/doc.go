@@ -71,8 +71,9 @@
 // WithNegativeTTL); its own are not used.
 //
 // NOTE: a caller whose ctx cannot end (context.Background) runs its flight's L2
-// read itself; with RedisTimeout < 0 only the client's read timeout bounds that
-// read, and the caller and its followers may wait past LoadTimeout.
+// read itself, bounded by RedisTimeout and LoadTimeout, whichever is shorter;
+// with RedisTimeout < 0 only the client's read timeout bounds that read, and
+// the caller and its followers may wait past LoadTimeout.
 //
 // NOTE: values are shared: do not mutate a value the Cache returned. Expiries
 // come from the writer's clock: instances' clocks must agree within a few ms.

@@ -88,11 +88,17 @@ const minRoleWait = 100 * time.Millisecond
 // context.Background) the bound is an end shared with the operations begun
 // about the same time, which costs no timer of its own and no allocation
 // on context.Background (see opDeadlines); on any other context,
-// context.WithTimeout, which also watches the parent.
-func (c *Cache[V]) redisCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+// context.WithTimeout, which also watches the parent. An operation of a
+// flight (flight true) on a context that can never end is one of a flight
+// led inline, which has no other deadline: it is bounded by LoadTimeout too
+// when that is shorter, as it would be on the detached context of a flight
+// run by DoChan.
+func (c *Cache[V]) redisCtx(ctx context.Context, flight bool) (context.Context, context.CancelFunc) {
 	switch {
 	case c.cfg.RedisTimeout < 0:
 		return ctx, noCancel
+	case ctx.Done() == nil && flight:
+		return c.flightDeadlines.context(ctx), noCancel
 	case ctx.Done() == nil:
 		return c.opDeadlines.context(ctx), noCancel
 	}
@@ -139,7 +145,7 @@ func (c *Cache[V]) redisCall(ctx context.Context, caller, bounded bool, fn func(
 	}
 	var err error
 	if bounded {
-		rctx, cancel := c.redisCtx(ctx)
+		rctx, cancel := c.redisCtx(ctx, !caller)
 		err = fn(rctx)
 		cancel()
 	} else {
