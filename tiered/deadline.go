@@ -32,11 +32,18 @@ type opDeadlines struct {
 	mu      sync.Mutex            // serialises making a new end
 }
 
-// maxOpSlack bounds how far an operation's deadline is rounded up.
+// maxOpSlack bounds how far an operation's deadline is rounded up, unless
+// RedisTimeout is so long that maxPendingEnds would not hold.
 const maxOpSlack = 10 * time.Millisecond
 
+// maxPendingEnds bounds the ends (each a context and a runtime timer, about
+// 340 bytes) pending at once under steady traffic: one is made per window
+// of slack and lives RedisTimeout, so the slack is at least
+// RedisTimeout/maxPendingEnds (3.5 s for an hour, 0.1% of it).
+const maxPendingEnds = 1024
+
 func newOpDeadlines(timeout time.Duration) *opDeadlines {
-	return &opDeadlines{timeout: timeout, slack: max(min(timeout/16, maxOpSlack), 0)}
+	return &opDeadlines{timeout: timeout, slack: max(min(timeout/16, maxOpSlack), timeout/maxPendingEnds, 0)}
 }
 
 // context returns a context with parent's values whose deadline, and the

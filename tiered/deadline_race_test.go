@@ -59,3 +59,19 @@ func TestOpCtxConcurrentRollover(t *testing.T) {
 	default:
 	}
 }
+
+// TestOpDeadlinesPendingBounded: however long RedisTimeout, the ends pending
+// at once under steady traffic (RedisTimeout / slack) stay within
+// maxPendingEnds, and the slack stays within max(10ms, RedisTimeout/1024)
+// and below RedisTimeout.
+func TestOpDeadlinesPendingBounded(t *testing.T) {
+	for _, to := range []time.Duration{time.Millisecond, 250 * time.Millisecond, time.Second, time.Minute, time.Hour, 24 * time.Hour} {
+		d := newOpDeadlines(to)
+		if d.slack <= 0 || to/d.slack > maxPendingEnds {
+			t.Errorf("RedisTimeout %v: slack %v allows %d pending ends, want at most %d", to, d.slack, to/max(d.slack, 1), maxPendingEnds)
+		}
+		if d.slack > max(maxOpSlack, to/maxPendingEnds) || d.slack >= to {
+			t.Errorf("RedisTimeout %v: slack %v, want at most max(%v, %v) and below the timeout", to, d.slack, maxOpSlack, to/maxPendingEnds)
+		}
+	}
+}

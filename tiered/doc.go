@@ -64,7 +64,9 @@
 //
 // NOTE: a loader may run concurrently with itself and should honour its ctx. It
 // must not call GetOrLoad or GetManyOrLoad of the same Cache for a key it is
-// loading: that call joins its own flight and waits until LoadTimeout.
+// loading: that call joins its own flight and waits until LoadTimeout. A
+// Codec must not call its Cache at all: on context.Background such a call
+// waits for the flight its own goroutine runs, without end.
 //
 // NOTE: a call that joins a flight another call started gets that flight's
 // result, loaded with the other call's loader and options (WithTTL, WithL1TTL,
