@@ -41,7 +41,8 @@ if [ -z "$ONLY" ]; then : >"$RAW"; fi
 touch "$RAW"
 # run_in DIR PKG GROUP GO-TEST-ARGS...: runs one group of PKG's benchmarks
 # from DIR unless ONLY excludes it; with ONLY, the group's old lines are
-# dropped from raw.txt first. run: the peer suite in this directory.
+# dropped from raw.txt first. With FRESH=n it runs the command n times, each
+# in a fresh process. run: the peer suite in this directory.
 run_in() {
   local dir=$1 pkg=$2 group=$3; shift 3
   if [ -n "$ONLY" ]; then
@@ -49,8 +50,10 @@ run_in() {
     grep -v -E "^Benchmark${group}(/|-|\s)" "$RAW" >"$RAW.tmp" || true
     mv "$RAW.tmp" "$RAW"
   fi
-  echo "run.sh: (in $dir) go test $* $pkg" >&2
-  (cd "$dir" && go test -run '^$' -benchmem "$@" "$pkg") | tee -a "$RAW" | grep -E '^(Benchmark|FAIL|panic)' >&2 || true
+  echo "run.sh: (in $dir) go test $* $pkg, ${FRESH:-1} time(s)" >&2
+  for _ in $(seq "${FRESH:-1}"); do
+    (cd "$dir" && go test -run '^$' -benchmem "$@" "$pkg") | tee -a "$RAW" | grep -E '^(Benchmark|FAIL|panic)' >&2 || true
+  done
 }
 run() { run_in "$BENCH_DIR" . "$@"; }
 run L1Hit -bench '^BenchmarkL1Hit$' -cpu 1 -count "$COUNT"
@@ -62,8 +65,9 @@ run Invalidation -bench '^BenchmarkInvalidation$' -cpu 2 -count "$COUNT" -bencht
 run Zipf -bench '^BenchmarkZipf$' -cpu 2 -count 3 -benchtime 1x
 # Idle cost of Caches on one client (root module's tiered package): process
 # CPU, Redis commands per second and subscriber connections of 0, 1 and 50
-# idle Caches, each a 5 s measurement.
-run_in "$ROOT" ./tiered IdleCaches -bench '^BenchmarkIdleCaches$' -benchtime 1x -count "$COUNT"
+# idle Caches, each a 5 s measurement, each run in a fresh process (runs
+# repeated in one process measure more CPU the later they come).
+FRESH=$COUNT run_in "$ROOT" ./tiered IdleCaches -bench '^BenchmarkIdleCaches$' -benchtime 1x -count 1
 if grep -q -E '^(FAIL|panic)' "$RAW"; then echo "run.sh: benchmarks failed; see $RAW" >&2; exit 1; fi
 
 GOVER=$(go version | awk '{print $3" "$4}')
@@ -171,8 +175,8 @@ w('')
 w('## Idle Caches sharing one client\n')
 w('Caches on one Redis client share one invalidation transport. Measured by the root module\'s '
   '`BenchmarkIdleCaches` (tiered package) against its own redis-server: each Cache in its own namespace, '
-  'one write and one read each, then 5 s of nothing. CPU is this process\'s (getrusage) as a share of one core; '
-  '0 Caches is the floor (the Go runtime and the benchmark\'s own INFO calls).\n')
+  'one write and one read each, then 5 s of nothing, each run in a fresh process. CPU is this process\'s '
+  '(getrusage) as a share of one core; 0 Caches is the floor (the Go runtime and the benchmark\'s own INFO calls).\n')
 w('| Caches on one client | CPU (% of a core) | Redis commands/s | subscriber connections |')
 w('|---|---|---|---|')
 for k, n in [('0', 'caches=0'), ('1', 'caches=1'), ('50', 'caches=50'),
