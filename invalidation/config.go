@@ -109,9 +109,6 @@ type Config struct {
 	// testEpisodeQuiet, when positive (tests only), replaces the quiet
 	// period of the bus's (and its transport's) episodes.
 	testEpisodeQuiet time.Duration
-	// testSeparate, when non-zero (tests only), gives the bus a transport
-	// of its own, shared only with buses carrying the same value.
-	testSeparate uint64
 }
 
 func (c Config) withDefaults() Config {

@@ -43,11 +43,6 @@ func SetEpisodeQuiet(b *Bus, d time.Duration) {
 // the running episode of b's transport has counted.
 func TopoFailures(b *Bus) uint64 { return b.hub.Load().topoFails.Failures() }
 
-// SetSeparate gives a bus built from cfg a transport of its own, shared
-// only with buses given the same group: tests that stand for several
-// processes with one client.
-func SetSeparate(cfg *Config, group uint64) { cfg.testSeparate = group }
-
 // checkSequences runs the sequence check of one anti-entropy round for b
 // alone and returns how many keys it read.
 func (b *Bus) checkSequences(ctx context.Context) (int, error) {

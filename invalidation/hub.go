@@ -34,12 +34,11 @@ import (
 
 // hubKey identifies the hub a Bus joins.
 type hubKey struct {
-	client          redis.UniversalClient
-	antiEntropy     time.Duration
-	ping            time.Duration
-	routeCheck      time.Duration
-	bufferSize      int
-	separateForTest uint64 // non-zero: a hub of its own (tests only)
+	client      redis.UniversalClient
+	antiEntropy time.Duration
+	ping        time.Duration
+	routeCheck  time.Duration
+	bufferSize  int
 }
 
 // hubs is the process's registry of running hubs.
@@ -113,12 +112,11 @@ type chanState struct {
 // there is none.
 func acquireHub(b *Bus) *hub {
 	key := hubKey{
-		client:          b.client,
-		antiEntropy:     b.cfg.AntiEntropyInterval,
-		ping:            b.cfg.PingInterval,
-		routeCheck:      b.cfg.RouteCheckInterval,
-		bufferSize:      b.cfg.BufferSize,
-		separateForTest: b.cfg.testSeparate,
+		client:      b.client,
+		antiEntropy: b.cfg.AntiEntropyInterval,
+		ping:        b.cfg.PingInterval,
+		routeCheck:  b.cfg.RouteCheckInterval,
+		bufferSize:  b.cfg.BufferSize,
 	}
 	hubs.mu.Lock()
 	h := hubs.m[key]
