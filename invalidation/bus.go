@@ -90,14 +90,14 @@ type Bus struct {
 
 	ae memberAE // the hub's anti-entropy goroutine only
 
-	lifeMu  sync.Mutex // guards started, closed
-	started bool       // Start was called
-	closed  bool       // Close was called
+	// lifeMu guards started and closed, and is held by Start while it
+	// joins the hub (which does no I/O), so that Close sees the hub a
+	// Start before it joined and releases it.
+	lifeMu  sync.Mutex
+	started bool // Start was called
+	closed  bool // Close was called
 	done    chan struct{}
-	// joinMu is held by Start while it joins the hub and by Close while it
-	// looks for the hub, so that one of them releases it.
-	joinMu sync.Mutex
-	hub    atomic.Pointer[hub] // set once Start has joined
+	hub     atomic.Pointer[hub] // set once Start has joined
 
 	// Guarded by the hub's mu: the subscriptions (ids) whose confirmation
 	// of this bus's channel Start still awaits; confirmed is closed once
@@ -344,16 +344,9 @@ func (b *Bus) Start(ctx context.Context) error {
 		return ErrStarted
 	}
 	b.started = true
-	b.lifeMu.Unlock()
-
-	b.joinMu.Lock()
-	if b.isClosed() {
-		b.joinMu.Unlock()
-		return ErrClosed
-	}
 	h := acquireHub(b)
 	b.hub.Store(h)
-	b.joinMu.Unlock()
+	b.lifeMu.Unlock()
 	if b.pending.Load() != 0 {
 		h.poke() // requested while joining, before b knew its hub
 	}
@@ -390,10 +383,8 @@ func (b *Bus) Close() error {
 	}
 	b.closed = true
 	close(b.done)
-	b.lifeMu.Unlock()
-	b.joinMu.Lock()
 	h := b.hub.Load()
-	b.joinMu.Unlock()
+	b.lifeMu.Unlock()
 	defer b.decodeFails.Close()
 	if h == nil {
 		return nil
