@@ -365,8 +365,9 @@ func (b *Bus) Start(ctx context.Context) error {
 // Close stops the bus: its Handler is never called after Close returns.
 // The last bus of a shared transport (see [Bus.Start]) stops its
 // goroutines, closes its subscription connections and waits for them;
-// another takes its channel off the shared subscription (UNSUBSCRIBE,
-// once no other bus of the same namespace is left). It never closes the
+// another leaves it, and the transport's I/O goroutine unsubscribes its
+// channel once no other bus of the same namespace is left (Close does not
+// wait for that UNSUBSCRIBE). It never closes the
 // client (nor, on Redis Cluster, the client's node clients). It is
 // idempotent.
 //
