@@ -84,7 +84,7 @@ func (h *hub) antiEntropy(ctx context.Context) {
 		return
 	}
 	iv := h.cfg.AntiEntropyInterval
-	t := time.NewTicker(iv)
+	t := time.NewTimer(iv)
 	defer t.Stop()
 	var st aeState
 	for {
@@ -106,6 +106,9 @@ func (h *hub) antiEntropy(ctx context.Context) {
 				m.health.clear(busWide, reasonAntiEntropy)
 			}
 		}
+		// Every iv on the hub's grid (see grid.go); a round that
+		// overran skips the points it covered, as a ticker would.
+		t.Reset(time.Until(h.grid.after(time.Now(), iv)))
 		select {
 		case <-ctx.Done():
 			return
@@ -128,18 +131,41 @@ func (h *hub) antiEntropy(ctx context.Context) {
 // its own keys, as if it had its own transport).
 func (h *hub) aeRound(ctx context.Context, st *aeState) (failed map[*Bus]bool, err error) {
 	ms := h.everyone()
-	eerr := h.checkEpochs(ctx, st, ms)
+	var ahead *aeAhead
+	if h.cluster == nil {
+		ahead = h.readAhead(ctx, st, ms)
+		defer func() {
+			if !ahead.seqsJudged {
+				// The round ended before the sequence keys read
+				// ahead were judged: read their partitions again
+				// next round.
+				ahead.seqs.retouch(ms)
+			}
+		}()
+	}
+	eerr := h.checkEpochs(ctx, st, ms, ahead)
 	if eerr != nil && !isKeyError(eerr) {
 		return nil, eerr
 	}
-	if err := h.checkRunIDs(ctx, st); err != nil {
+	if err := h.checkRunIDs(ctx, st, ahead); err != nil {
 		return nil, err
 	}
 	if eerr == nil {
-		_, serr := checkSequences(ctx, h.client, ms, h.drain)
+		var serr error
+		if ahead != nil {
+			ahead.seqsJudged = true
+			_, serr = ahead.seqs.judge(ctx, ms, h.drain)
+		} else {
+			_, serr = checkSequences(ctx, h.client, ms, h.drain)
+		}
 		if serr == nil || !isKeyError(serr) {
 			return nil, serr
 		}
+	}
+	if ahead != nil && !ahead.seqsJudged {
+		// Before the namespaces' own rounds collect again.
+		ahead.seqsJudged = true
+		ahead.seqs.retouch(ms)
 	}
 	byNS := make(map[string][]*Bus)
 	var order []string
@@ -152,7 +178,7 @@ func (h *hub) aeRound(ctx context.Context, st *aeState) (failed map[*Bus]bool, e
 	failed = make(map[*Bus]bool)
 	for _, ns := range order {
 		g := byNS[ns]
-		gerr := h.checkEpochs(ctx, st, g)
+		gerr := h.checkEpochs(ctx, st, g, nil)
 		if gerr == nil {
 			_, gerr = checkSequences(ctx, h.client, g, h.drain)
 		}
@@ -174,6 +200,32 @@ func (h *hub) aeRound(ctx context.Context, st *aeState) (failed map[*Bus]bool, e
 		return nil, nil
 	}
 	return failed, err
+}
+
+// aeAhead is what a round on one server reads ahead in one pipeline (one
+// round trip rather than three, see grid.go): the epoch keys, the run id
+// (nil when the server has none) and the sequence keys. It is judged in the
+// order the reads were made before, epoch keys first.
+type aeAhead struct {
+	epochs     *redis.SliceCmd
+	info       *redis.StringCmd
+	seqs       *seqReads
+	seqsJudged bool // the sequence keys were handed to seqs.judge
+}
+
+// readAhead sends the round's reads on one server. The sequence keys'
+// partitions are collected (and their applied values snapshot) before the
+// pipeline is sent, as checkSequences does; errors stay in the commands.
+func (h *hub) readAhead(ctx context.Context, st *aeState, ms []*Bus) *aeAhead {
+	a := &aeAhead{seqs: collectSeqs(ms, false)}
+	pipe := h.client.Pipeline()
+	a.epochs = pipe.MGet(ctx, epochKeys(ms, 0)...)
+	if !st.noRunID {
+		a.info = pipe.Info(ctx, "server")
+	}
+	a.seqs.queue(ctx, pipe)
+	_, _ = pipe.Exec(ctx)
+	return a
 }
 
 // errNotSequence: a sequence key holds something else than a sequence.
@@ -202,15 +254,23 @@ func epochKeys(ms []*Bus, slot int) []string {
 // readEpochs reads the epoch keys of each group (keys of one slot) with one
 // MGET per group, creates the missing ones (SET NX of one random value)
 // and reads them again: a key deleted between the two reads is "". The
-// result maps each key to its value.
-func readEpochs(ctx context.Context, c redis.UniversalClient, groups [][]string) (map[string]string, error) {
-	pipe := c.Pipeline()
+// result maps each key to its value. ahead, when not nil, is the MGET of
+// the only group, already sent (see readAhead).
+func readEpochs(ctx context.Context, c redis.UniversalClient, groups [][]string, ahead *redis.SliceCmd) (map[string]string, error) {
 	cmds := make([]*redis.SliceCmd, len(groups))
-	for i, g := range groups {
-		cmds[i] = pipe.MGet(ctx, g...)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, err
+	if ahead != nil {
+		cmds[0] = ahead
+		if err := ahead.Err(); err != nil {
+			return nil, err
+		}
+	} else {
+		pipe := c.Pipeline()
+		for i, g := range groups {
+			cmds[i] = pipe.MGet(ctx, g...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, err
+		}
 	}
 	vals := make(map[string]string)
 	var missing []string
@@ -227,7 +287,7 @@ func readEpochs(ctx context.Context, c redis.UniversalClient, groups [][]string)
 		return vals, nil
 	}
 	fresh := freshEpoch()
-	pipe = c.Pipeline()
+	pipe := c.Pipeline()
 	gets := make([]*redis.StringCmd, len(missing))
 	for i, k := range missing {
 		pipe.SetNX(ctx, k, fresh, 0)
@@ -253,14 +313,18 @@ func readEpochs(ctx context.Context, c redis.UniversalClient, groups [][]string)
 // missing; a value different from the last one the member saw means the
 // key was lost (flush, restart without persistence, eviction, failover to
 // a replica that never had it).
-func (h *hub) checkEpochs(ctx context.Context, st *aeState, ms []*Bus) error {
+func (h *hub) checkEpochs(ctx context.Context, st *aeState, ms []*Bus, ahead *aeAhead) error {
 	if len(ms) == 0 {
 		return nil
 	}
 	if h.cluster != nil {
 		return h.checkClusterEpochs(ctx, st, ms)
 	}
-	vals, err := readEpochs(ctx, h.client, [][]string{epochKeys(ms, 0)})
+	var pre *redis.SliceCmd
+	if ahead != nil {
+		pre = ahead.epochs
+	}
+	vals, err := readEpochs(ctx, h.client, [][]string{epochKeys(ms, 0)}, pre)
 	if err != nil {
 		return err
 	}
@@ -275,8 +339,9 @@ func (h *hub) checkEpochs(ctx context.Context, st *aeState, ms []*Bus) error {
 	return nil
 }
 
-// checkRunIDs compares the masters' run ids with the last round's.
-func (h *hub) checkRunIDs(ctx context.Context, st *aeState) error {
+// checkRunIDs compares the masters' run ids with the last round's; on one
+// server, ahead (when not nil) holds the INFO already sent.
+func (h *hub) checkRunIDs(ctx context.Context, st *aeState, ahead *aeAhead) error {
 	if st.noRunID {
 		return nil
 	}
@@ -298,7 +363,15 @@ func (h *hub) checkRunIDs(ctx context.Context, st *aeState) error {
 		}
 		slices.Sort(ids)
 	} else {
-		info, err := h.client.Info(ctx, "server").Result()
+		var (
+			info string
+			err  error
+		)
+		if ahead != nil && ahead.info != nil {
+			info, err = ahead.info.Result()
+		} else {
+			info, err = h.client.Info(ctx, "server").Result()
+		}
 		var rerr redis.Error
 		if errors.As(err, &rerr) {
 			// miniredis has no server section; an ACL user may be refused
@@ -386,7 +459,7 @@ func (h *hub) checkClusterEpochs(ctx context.Context, st *aeState, ms []*Bus) er
 		addrs = append(addrs, addr)
 		groups = append(groups, epochKeys(ms, slot))
 	}
-	vals, err := readEpochs(ctx, h.cluster, groups)
+	vals, err := readEpochs(ctx, h.cluster, groups, nil)
 	if err != nil {
 		return err
 	}
@@ -442,47 +515,96 @@ func (b *Bus) touchSlots(rs []redis.ClusterSlot) {
 // that message touches the partition (and, on Redis Cluster, is applied and
 // makes it suspect), so the next round reads it.
 func checkSequences(ctx context.Context, c redis.UniversalClient, ms []*Bus, drain func(context.Context) bool) (int, error) {
-	type slotKeys struct {
-		keys []string
-		cmd  *redis.SliceCmd
-	}
-	bySlot := make(map[int]*slotKeys)
-	var order []int
 	_, cluster := c.(*redis.ClusterClient)
+	r := collectSeqs(ms, cluster)
+	if r.empty() {
+		return 0, nil
+	}
+	pipe := c.Pipeline()
+	r.queue(ctx, pipe)
+	_, _ = pipe.Exec(ctx) // each MGET holds its error
+	return r.judge(ctx, ms, drain)
+}
+
+// seqReads is one round's read of sequence keys: one MGET per slot.
+type seqReads struct {
+	order  []int // slots, in the order their keys were first met
+	bySlot map[int]*slotKeys
+}
+
+type slotKeys struct {
+	keys []string
+	cmd  *redis.SliceCmd
+}
+
+// collectSeqs picks every member's partitions of this round (aeCollect,
+// which snapshots what was applied to them: do it before the read) and
+// groups their sequence keys by slot (one group on one server).
+func collectSeqs(ms []*Bus, cluster bool) *seqReads {
+	r := &seqReads{bySlot: make(map[int]*slotKeys)}
 	for _, m := range ms {
 		for _, p := range m.aeCollect() {
 			slot := 0 // one server: one MGET for everything
 			if cluster {
 				slot = wire.Partition(p)
 			}
-			g := bySlot[slot]
+			g := r.bySlot[slot]
 			if g == nil {
 				g = &slotKeys{}
-				bySlot[slot] = g
-				order = append(order, slot)
+				r.bySlot[slot] = g
+				r.order = append(r.order, slot)
 			}
 			if k := wire.SeqKey(m.cfg.Namespace, p); !slices.Contains(g.keys, k) {
 				g.keys = append(g.keys, k)
 			}
 		}
 	}
-	if len(order) == 0 {
+	return r
+}
+
+// empty reports whether no member has a partition to check.
+func (r *seqReads) empty() bool { return r == nil || len(r.order) == 0 }
+
+// queue adds the MGETs to pipe.
+func (r *seqReads) queue(ctx context.Context, pipe redis.Pipeliner) {
+	for _, slot := range r.order {
+		g := r.bySlot[slot]
+		g.cmd = pipe.MGet(ctx, g.keys...)
+	}
+}
+
+// retouch marks the partitions collected for the next round again (their
+// keys were not read, or not judged).
+func (r *seqReads) retouch(ms []*Bus) {
+	if r.empty() {
+		return
+	}
+	for _, m := range ms {
+		m.retouch(m.ae.hot)
+	}
+}
+
+// judge compares the values the queued MGETs read with what the members
+// applied (see checkSequences). It returns the number of keys read.
+func (r *seqReads) judge(ctx context.Context, ms []*Bus, drain func(context.Context) bool) (int, error) {
+	if r.empty() {
 		return 0, nil
 	}
 	read := 0
-	pipe := c.Pipeline()
-	for _, slot := range order {
-		g := bySlot[slot]
-		g.cmd = pipe.MGet(ctx, g.keys...)
+	var err error
+	for _, slot := range r.order {
+		g := r.bySlot[slot]
 		read += len(g.keys)
+		if err == nil {
+			err = g.cmd.Err()
+		}
 	}
-	_, err := pipe.Exec(ctx)
 	vals := make(map[string]uint64, read)
-	for _, slot := range order {
+	for _, slot := range r.order {
 		if err != nil {
 			break
 		}
-		g := bySlot[slot]
+		g := r.bySlot[slot]
 		for i, v := range g.cmd.Val() {
 			var n uint64
 			if s, ok := v.(string); ok {

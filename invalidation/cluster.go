@@ -279,6 +279,7 @@ func (h *hub) watchMasters(ctx context.Context) {
 		default:
 			backoff = 0
 			h.syncSubs(nodes)
+			wait = time.Until(h.grid.after(time.Now(), iv)) // on the hub's grid (see grid.go)
 		}
 		t.Reset(wait)
 	}

@@ -54,7 +54,8 @@ type hub struct {
 	cluster *redis.ClusterClient // non-nil when client is a cluster client
 	cfg     Config               // the first member's, for the transport settings and Logger
 	log     *zap.Logger
-	refs    int // guarded by hubs.mu: members that started and have not closed
+	grid    grid // the schedule of the periodic work (see grid.go)
+	refs    int  // guarded by hubs.mu: members that started and have not closed
 
 	// routeChannel is subscribed beside the members' channels on a
 	// standalone or Sentinel-managed Redis, with the route check on, and
@@ -169,6 +170,11 @@ func newHub(key hubKey, b *Bus) *hub {
 		h.routeChannel = wire.RouteChannel(cfg.Namespace, cfg.InstanceID)
 		h.routeOn.Store(true)
 	}
+	route := cfg.RouteCheckInterval
+	if h.routeChannel == "" {
+		route = 0
+	}
+	h.grid = newGrid(route, cfg.AntiEntropyInterval, cfg.PingInterval)
 	quiet := max(episode.DefaultQuiet, 3*cfg.AntiEntropyInterval)
 	if cfg.testEpisodeQuiet > 0 {
 		quiet = cfg.testEpisodeQuiet

@@ -3,6 +3,7 @@ package invalidation_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -275,5 +276,82 @@ func TestSharedChurn(t *testing.T) {
 	})
 	if s := stay.Alls(); len(s) != 0 {
 		t.Errorf("the long-lived bus invalidated everything during the churn: %v", s)
+	}
+}
+
+// roundTrips counts the command client's round trips: single commands and
+// pipelines, by name.
+type roundTrips struct {
+	mu     sync.Mutex
+	single map[string]int
+	piped  int
+}
+
+func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		r.mu.Lock()
+		r.single[cmd.Name()]++
+		r.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+
+func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		r.mu.Lock()
+		r.piped++
+		r.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+func (r *roundTrips) snapshot() (map[string]int, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.single), r.piped
+}
+
+// On one server an anti-entropy round is one round trip: the epoch keys,
+// the run id (INFO) and the sequence keys go in one pipeline, whatever the
+// number of buses (an idle process pays per wake-up, see grid.go).
+func TestAERoundOneRoundTrip(t *testing.T) {
+	srv := redistest.StartServer(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	rt := &roundTrips{single: map[string]int{}}
+	c.AddHook(rt)
+	const n = 3
+	var buses []*invalidation.Bus
+	for i := range n {
+		cfg := invalidation.Config{Namespace: "rt" + strconv.Itoa(i), AntiEntropyInterval: 20 * time.Millisecond, RouteCheckInterval: -1}
+		buses = append(buses, startBus(t, c, cfg, newRecorder()))
+	}
+	// Traffic on two partitions, so that rounds read sequence keys.
+	for i := range n {
+		publishDelete(t, publisher(t, srv.Client(), "rt"+strconv.Itoa(i)), 1, "k")
+	}
+	warm := buses[n-1].Stats().AERounds
+	waitFor(t, 10*time.Second, "two rounds after the last Start", func() bool { return buses[n-1].Stats().AERounds >= warm+2 })
+	single0, piped0 := rt.snapshot()
+	r0 := buses[0].Stats().AERounds
+	waitFor(t, 10*time.Second, "ten more rounds", func() bool { return buses[0].Stats().AERounds >= r0+10 })
+	single1, piped1 := rt.snapshot()
+	rounds := int(buses[0].Stats().AERounds - r0)
+	for name, k := range single1 {
+		if d := k - single0[name]; d != 0 {
+			t.Errorf("%d single %s commands in %d rounds, want none (one pipeline per round)", d, strings.ToUpper(name), rounds)
+		}
+	}
+	// Rounds are counted after their pipeline: allow one in flight at
+	// each end.
+	if d := piped1 - piped0; d < rounds-1 || d > rounds+1 {
+		t.Errorf("%d pipelines in %d rounds, want one per round", d, rounds)
+	}
+	for i, b := range buses {
+		if s := b.Stats(); s.InvalidateAllTotal() != 0 || s.AEErrors != 0 {
+			t.Errorf("bus %d: InvalidateAll %v, anti-entropy errors %d, want none", i, s.InvalidateAll, s.AEErrors)
+		}
 	}
 }

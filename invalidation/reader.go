@@ -129,8 +129,11 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 	}
 	lastHeard = time.Now()
 	ping := h.cfg.PingInterval
+	// The silence is looked at every ping of it, at points of the
+	// hub's grid (see grid.go), up to slack early.
+	slack := h.grid.slack(ping)
 	for {
-		v, err := ps.ReceiveTimeout(ctx, ping)
+		v, err := ps.ReceiveTimeout(ctx, h.silenceWait(lastHeard, ping))
 		if ctx.Err() != nil {
 			return
 		}
@@ -180,11 +183,11 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 					}
 					continue
 				}
-				if silent >= 2*ping && !stalledOnce {
+				if silent >= 2*ping-slack && !stalledOnce {
 					stalledOnce = true
 					h.lost(s, CauseStall, reasonStalled, err)
 				}
-				if silent >= 4*ping {
+				if silent >= 4*ping-slack {
 					// Black hole: replace the connection; the new
 					// subscription's confirmation repairs again.
 					if ps = h.resubscribe(ctx, s, ps); ps == nil {
@@ -277,6 +280,18 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 					h.lost(s, CauseDisconnect, reasonDisconnected, err)
 				}
 			}
+		}
+	}
+}
+
+// silenceWait is how long the reader waits for a reply before it looks at
+// the subscription's silence again: until the first of lastHeard + k·ping
+// (k ≥ 1), moved onto the hub's grid, that is still ahead.
+func (h *hub) silenceWait(lastHeard time.Time, ping time.Duration) time.Duration {
+	now := time.Now()
+	for k := max(now.Sub(lastHeard)/ping, 1); ; k++ {
+		if d := h.grid.deadline(lastHeard.Add(k*ping), ping).Sub(now); d > 0 {
+			return d
 		}
 	}
 }

@@ -27,7 +27,8 @@ import (
 // invalidation channel only (&NS:inv) keeps its subscription, and the
 // refusal turns the route check off (routeRefused).
 
-// routeWatch runs the route check every RouteCheckInterval. After a
+// routeWatch runs the route check every RouteCheckInterval (on the hub's
+// grid, see grid.go). After a
 // replacement that the next check does not vindicate (the new subscription
 // landed on another server than the commands again: a client that sends
 // commands to replicas, or a proxy) it waits twice as long before the next
@@ -67,7 +68,10 @@ func (h *hub) routeWatch(ctx context.Context) {
 		for i := 0; i < streak && wait < maxRouteBackoff; i++ {
 			wait *= 2
 		}
-		t.Reset(min(wait, max(maxRouteBackoff, iv)))
+		wait = min(wait, max(maxRouteBackoff, iv))
+		// The next point of the grid at least wait-iv away: every iv,
+		// phase-locked with the hub's other periodic work.
+		t.Reset(time.Until(h.grid.after(time.Now().Add(wait-iv), iv)))
 		select {
 		case <-ctx.Done():
 			return

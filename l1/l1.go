@@ -45,6 +45,10 @@ const (
 	minGenBits = 10
 	maxGenBits = 22
 	noExpiry   = math.MaxInt64
+
+	// idleCleanupSecs is ristretto's TtlTickerDurationInSec: its expired
+	// entries cleanup runs every idleCleanupSecs/2 seconds.
+	idleCleanupSecs = 24 * 60 * 60
 )
 
 // Config sizes a [Cache]. Every zero field has a documented default; negative
@@ -250,7 +254,12 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 		MaxCost:            maxCost,
 		BufferItems:        cfg.BufferItems,
 		IgnoreInternalCost: true,
-		ShouldUpdate:       newerOrEqual[V],
+		// No entry has a ristretto TTL (expiry is the entry's own
+		// stamp), so ristretto's cleanup of expired entries has nothing
+		// to do: tick it twice a day rather than every 2.5 s, so that
+		// an idle Cache does not wake its process.
+		TtlTickerDurationInSec: idleCleanupSecs,
+		ShouldUpdate:           newerOrEqual[V],
 		OnEvict: func(it *ristretto.Item[*entry[V]]) {
 			if !c.closed.Load() {
 				c.evicted.Add(1)
