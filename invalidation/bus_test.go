@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -307,8 +308,11 @@ func TestStartTimesOutThenRecovers(t *testing.T) {
 	if err := b.Start(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Start: got %v, want DeadlineExceeded", err)
 	}
-	if h := b.Health(); h.Healthy || h.UnhealthySince.IsZero() {
-		t.Errorf("Health: got %+v, want unhealthy with a time", h)
+	if h := b.Health(); h.Healthy || h.UnhealthySince.IsZero() || h.Reasons&invalidation.NotSubscribed == 0 {
+		t.Errorf("Health: got %+v, want unhealthy with a time, not subscribed", h)
+	}
+	if b.Healthy() {
+		t.Error("Healthy() true while Health() is not")
 	}
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
@@ -334,8 +338,8 @@ func TestOverflow(t *testing.T) {
 		publishDelete(t, a, 0, fmt.Sprint("k", i))
 	}
 	waitFor(t, 5*time.Second, "drops", func() bool { return b.Stats().Dropped > 0 })
-	if h := b.Health(); h.Healthy {
-		t.Errorf("Health during overflow: got healthy")
+	if h := b.Health(); h.Healthy || h.Reasons&invalidation.Overflowed == 0 || h.Reasons.String() != "overflowed" {
+		t.Errorf("Health during overflow: got %+v (%s), want unhealthy: overflowed", h, h.Reasons)
 	}
 	close(gate)
 	waitFor(t, 5*time.Second, "the overflow repair", func() bool { return rb.HasAll(invalidation.CauseOverflow) })
@@ -432,5 +436,25 @@ func TestOwnHandler(t *testing.T) {
 	}
 	if got := ra.Alls(); len(got) != 0 {
 		t.Errorf("A's InvalidateAll got its own clear: %v", got)
+	}
+}
+
+func TestHealthReasonNames(t *testing.T) {
+	all := invalidation.AllHealthReasons()
+	var r invalidation.HealthReason
+	seen := map[string]bool{}
+	for _, one := range all {
+		n := one.Names()
+		if len(n) != 1 || n[0] != one.String() || seen[n[0]] || strings.ContainsAny(n[0], " ,") {
+			t.Errorf("reason %d: names %v, string %q", one, n, one.String())
+		}
+		seen[n[0]] = true
+		r |= one
+	}
+	if got := (invalidation.Disconnected | invalidation.Stalled).String(); got != "disconnected,stalled" {
+		t.Errorf("two reasons: %q", got)
+	}
+	if len(r.Names()) != len(all) || invalidation.HealthReason(0).String() != "" {
+		t.Errorf("all reasons: %v; none: %q", r.Names(), invalidation.HealthReason(0).String())
 	}
 }

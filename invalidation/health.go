@@ -65,5 +65,16 @@ func (h *healthState) get() Health {
 	if s == 0 {
 		return Health{Healthy: true}
 	}
-	return Health{UnhealthySince: time.Unix(0, s)}
+	return Health{UnhealthySince: time.Unix(0, s), Reasons: h.reasonsNow()}
+}
+
+// reasonsNow is the union of every source's reasons.
+func (h *healthState) reasonsNow() HealthReason {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var r reason
+	for _, v := range h.reasons {
+		r |= v
+	}
+	return HealthReason(r)
 }

@@ -1,6 +1,7 @@
 package invalidation
 
 import (
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -75,7 +76,15 @@ type Stats struct {
 	// Lag is the propagation delay from encoding (publisher's clock) to the
 	// Handler call (this instance's clock), over every message since New.
 	Lag LagStats
+	// LagHistogram is the same delays in fixed buckets (100µs to 10s),
+	// cumulative, with their sum: for exporters.
+	LagHistogram Histogram
 }
+
+// Histogram is a cumulative histogram with fixed bounds: Counts[i]
+// observations were at most Bounds[i], Count is every observation and Sum
+// their total.
+type Histogram = hist.Buckets
 
 // InvalidateAllTotal is the sum of InvalidateAll over all causes.
 func (s Stats) InvalidateAllTotal() uint64 {
@@ -98,6 +107,66 @@ type Health struct {
 	Healthy bool
 	// UnhealthySince is when the stream last became unhealthy (zero when healthy).
 	UnhealthySince time.Time
+	// Reasons says why it is unhealthy (zero when healthy).
+	Reasons HealthReason
+}
+
+// HealthReason is a set of reasons why the stream is unhealthy.
+type HealthReason uint32
+
+// Reasons of Health.Reasons.
+const (
+	NotSubscribed    HealthReason = HealthReason(reasonNotSubscribed) // not confirmed by Redis yet (starting, or a channel joining)
+	Disconnected     HealthReason = HealthReason(reasonDisconnected)  // the subscription failed and is being re-established
+	Stalled          HealthReason = HealthReason(reasonStalled)       // a ping went unanswered (a black-holed connection)
+	Overflowed       HealthReason = HealthReason(reasonOverflow)      // the receive queue overflowed; the repair is pending
+	AntiEntropyFails HealthReason = HealthReason(reasonAntiEntropy)   // anti-entropy cannot read Redis
+	Rerouting        HealthReason = HealthReason(reasonRerouted)      // the subscription is moving to the server the commands go to
+)
+
+var healthReasonNames = []struct {
+	r    HealthReason
+	name string
+}{
+	{NotSubscribed, "not_subscribed"}, {Disconnected, "disconnected"}, {Stalled, "stalled"},
+	{Overflowed, "overflowed"}, {AntiEntropyFails, "anti_entropy_failing"}, {Rerouting, "rerouting"},
+}
+
+// String lists the reasons, comma-separated ("" for none); each name is
+// also a stable label value ("not_subscribed", "disconnected", "stalled",
+// "overflowed", "anti_entropy_failing", "rerouting").
+func (r HealthReason) String() string {
+	var b strings.Builder
+	for _, n := range healthReasonNames {
+		if r&n.r != 0 {
+			if b.Len() > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(n.name)
+		}
+	}
+	return b.String()
+}
+
+// Names returns the name of each reason in r.
+func (r HealthReason) Names() []string {
+	var out []string
+	for _, n := range healthReasonNames {
+		if r&n.r != 0 {
+			out = append(out, n.name)
+		}
+	}
+	return out
+}
+
+// AllHealthReasons lists every reason, for exporters that report each as a
+// series.
+func AllHealthReasons() []HealthReason {
+	out := make([]HealthReason, len(healthReasonNames))
+	for i, n := range healthReasonNames {
+		out[i] = n.r
+	}
+	return out
 }
 
 // counters are the bus's atomic counters; any goroutine may update them.
@@ -129,6 +198,7 @@ func (c *counters) snapshot() Stats {
 		AERounds:      c.aeRounds.Load(),
 		AEErrors:      c.aeErrors.Load(),
 		Lag:           c.lag.Snapshot(),
+		LagHistogram:  c.lag.Buckets(),
 	}
 	for i := range s.InvalidateAll {
 		s.InvalidateAll[i] = c.invalidateAll[i].Load()

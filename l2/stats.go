@@ -21,7 +21,15 @@ type Stats struct {
 	TooLarge      uint64       // values refused (writes, CheckSize) or skipped (reads) for exceeding MaxValueSize
 	StaleRefused  uint64       // keys of versioned writes refused because Redis held a version as new or newer
 	Latency       LatencyStats // per round trip (one per operation or batch)
+	// LatencyHistogram is the same round trips in fixed buckets (100µs
+	// to 10s), cumulative, with their sum: for exporters.
+	LatencyHistogram Histogram
 }
+
+// Histogram is a cumulative histogram with fixed bounds: Counts[i]
+// observations were at most Bounds[i], Count is every observation and Sum
+// their total. The same type as invalidation.Histogram.
+type Histogram = hist.Buckets
 
 // LatencyStats summarises round-trip times. Percentiles are upper bounds of
 // log-linear histogram buckets (at most 12.5% above the true value, never
@@ -36,7 +44,7 @@ func (s *Store) Stats() Stats {
 		Notifications: s.notifies.Load(),
 		Errors:        s.errs.Load(), Timeouts: s.timeouts.Load(),
 		Corrupt: s.corrupt.Load(), TooLarge: s.large.Load(), StaleRefused: s.stale.Load(),
-		Latency: s.latency.Snapshot(),
+		Latency: s.latency.Snapshot(), LatencyHistogram: s.latency.Buckets(),
 	}
 }
 

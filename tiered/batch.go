@@ -174,6 +174,7 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 		st.keys = append(st.keys, k)
 	}
 	b.flights = flights[:n]
+	st.flights = b.flights
 	st.res = slices.Grow(st.res, n)[:n]
 	if n > 0 {
 		c.st.flights.Add(uint64(n))
@@ -277,7 +278,8 @@ type batchState[V any] struct {
 	looks   []lookup[V] // with a loader only: what L2 held, for batchLoad
 	l2err   error
 	res     []batchResult[V]
-	need    []int // keys (by index) the loader must answer
+	need    []int       // keys (by index) the loader must answer
+	flights []flight[V] // the batch's flights, indexed like keys (for Observer.LoadDone)
 }
 
 func (c *Cache[V]) getBatchState() *batchState[V] {
@@ -372,7 +374,24 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	}
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(uint64(len(need)))
-	loaded, err := load(ctx, need)
+	lctx, start := c.loadStart(ctx, need, true)
+	loaded, err := load(lctx, need)
+	ev := LoadDoneEvent{Keys: need, Batch: true, Err: err}
+	if o := c.cfg.Observer; o != nil && o.LoadDone != nil {
+		if err == nil {
+			for _, k := range need {
+				if _, ok := loaded[k]; !ok {
+					ev.NotFound++
+				}
+			}
+		}
+		c.flightMu.Lock()
+		for _, i := range st.need {
+			ev.Coalesced += st.flights[i].joined
+		}
+		c.flightMu.Unlock()
+	}
+	c.loadDone(lctx, ev, start)
 	now := time.Now()
 	if err != nil {
 		c.st.loaderErrors.Add(1)
@@ -381,6 +400,7 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 			if stale := st.looks[i].stale; stale != nil {
 				c.st.staleServed.Add(1)
 				c.staleServes.Fail(st.keys[i], lerr)
+				c.staleServed(st.keys[i], err)
 				c.fill(st.tickets[i], *stale, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
 				st.res[i] = batchResult[V]{it: *stale, ok: true}
 			} else {

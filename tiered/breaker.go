@@ -6,22 +6,23 @@ import (
 	"time"
 )
 
-// breakerState is the circuit breaker's state.
-type breakerState int
+// BreakerState is the circuit breaker's state (Stats.L2.Breaker,
+// Observer.BreakerChanged).
+type BreakerState int
 
 // Breaker states.
 const (
-	breakerClosed   breakerState = iota // Redis is used
-	breakerOpen                         // Redis is skipped until the cooldown ends
-	breakerHalfOpen                     // one probe is in progress
+	BreakerClosed   BreakerState = iota // Redis is used
+	BreakerOpen                         // Redis is skipped until the cooldown ends
+	BreakerHalfOpen                     // one probe is in progress
 )
 
 // String returns "closed", "open" or "half-open".
-func (s breakerState) String() string {
+func (s BreakerState) String() string {
 	switch s {
-	case breakerOpen:
+	case BreakerOpen:
 		return "open"
-	case breakerHalfOpen:
+	case BreakerHalfOpen:
 		return "half-open"
 	}
 	return "closed"
@@ -34,13 +35,17 @@ type breaker struct {
 	threshold int // <= 0: never opens
 	cooldown  time.Duration
 	now       func() time.Time
+	// changed, if set, hears every change of state, called after mu is
+	// released, in the order of the changes only as far as the callers'
+	// goroutines allow.
+	changed func(from, to BreakerState)
 
 	// healthy is true while the breaker is closed with no failure counted:
 	// then allow and a successful record need no lock. Written under mu.
 	healthy atomic.Bool
 
 	mu        sync.Mutex // guards the fields below
-	state     breakerState
+	state     BreakerState
 	failures  int
 	openUntil time.Time
 	opened    uint64 // times the breaker opened
@@ -52,51 +57,67 @@ func (b *breaker) allow() bool {
 		return true
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	ok, probe := b.allowLocked()
+	b.mu.Unlock()
+	if probe && b.changed != nil {
+		b.changed(BreakerOpen, BreakerHalfOpen)
+	}
+	return ok
+}
+
+// allowLocked is allow under mu; probe reports a change from open to
+// half-open.
+func (b *breaker) allowLocked() (ok, probe bool) {
 	switch b.state {
-	case breakerClosed:
-		return true
-	case breakerOpen:
+	case BreakerClosed:
+		return true, false
+	case BreakerOpen:
 		if b.now().Before(b.openUntil) {
-			return false
+			return false, false
 		}
-		b.state = breakerHalfOpen
+		b.state = BreakerHalfOpen
 		b.openUntil = b.now().Add(b.cooldown) // the probe's own deadline
-		return true
+		return true, true
 	default: // half-open: one probe at a time, and another if it never reported
 		if b.now().Before(b.openUntil) {
-			return false
+			return false, false
 		}
 		b.openUntil = b.now().Add(b.cooldown)
-		return true
+		return true, false
 	}
 }
 
 // record reports the outcome of a call allow let through; changed is true
 // when the breaker opened from closed or closed again (for logging): a
 // failed half-open probe reopens it, which is no news during an outage.
-func (b *breaker) record(connFailure bool) (changed bool, state breakerState) {
+func (b *breaker) record(connFailure bool) (changed bool, state BreakerState) {
 	if b.threshold <= 0 || (!connFailure && b.healthy.Load()) {
-		return false, breakerClosed
+		return false, BreakerClosed
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	defer func() { b.healthy.Store(b.state == breakerClosed && b.failures == 0) }()
 	prev := b.state
+	defer func() {
+		now := b.state
+		b.healthy.Store(now == BreakerClosed && b.failures == 0)
+		b.mu.Unlock()
+		if b.changed != nil && now != prev {
+			b.changed(prev, now)
+		}
+	}()
 	if !connFailure {
 		b.failures = 0
-		b.state = breakerClosed
+		b.state = BreakerClosed
 	} else {
 		b.failures++
-		if b.state == breakerHalfOpen || b.failures >= b.threshold {
-			if b.state != breakerOpen {
+		if b.state == BreakerHalfOpen || b.failures >= b.threshold {
+			if b.state != BreakerOpen {
 				b.opened++
 			}
-			b.state = breakerOpen
+			b.state = BreakerOpen
 			b.openUntil = b.now().Add(b.cooldown)
 		}
 	}
-	return prev != b.state && !(prev == breakerHalfOpen && b.state == breakerOpen), b.state
+	return prev != b.state && !(prev == BreakerHalfOpen && b.state == BreakerOpen), b.state
 }
 
 // release gives back a call that allow let through but that ended without
@@ -108,12 +129,12 @@ func (b *breaker) release() {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state == breakerHalfOpen {
+	if b.state == BreakerHalfOpen {
 		b.openUntil = b.now()
 	}
 }
 
-func (b *breaker) snapshot() (breakerState, uint64) {
+func (b *breaker) snapshot() (BreakerState, uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.state, b.opened

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/nearcache/nearcache/internal/episode"
+	"github.com/nearcache/nearcache/internal/hist"
 	"github.com/nearcache/nearcache/internal/wire"
 	"github.com/nearcache/nearcache/invalidation"
 	"github.com/nearcache/nearcache/l1"
@@ -76,6 +77,7 @@ type (
 		NotifyClear(partition int, keys []string) l2.Notification
 		PublishClear(ctx context.Context) error
 		Health() invalidation.Health
+		Healthy() bool
 		Stats() invalidation.Stats
 		Close() error
 	}
@@ -176,6 +178,7 @@ type loadCounters struct {
 	callers, flights, loaderCalls, loadedKeys, loaderErrors, panics atomic.Uint64
 	staleServed, negativeCached, decodeErrors, conflicts            atomic.Uint64
 	l2Lookups, l2Hits, l2Errors, l2Skipped, encodeErrors            atomic.Uint64
+	loadLatency                                                     hist.Histogram // loader calls
 }
 
 // New builds a Cache. With cfg.Redis set it subscribes to the namespace's
@@ -205,6 +208,9 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	}
 	if c.codec == nil {
 		c.codec = defaultCodec[V]()
+	}
+	if o := cfg.Observer; o != nil && o.BreakerChanged != nil {
+		c.brk.changed = c.breakerChanged
 	}
 	var cost func(item[V]) int64
 	if cfg.L1Cost != nil {
@@ -274,10 +280,20 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 type handler[V any] struct{ c *Cache[V] }
 
 // InvalidateKeys implements invalidation.Handler.
-func (h handler[V]) InvalidateKeys(keys []string) { h.c.invalidateLocal(keys...) }
+func (h handler[V]) InvalidateKeys(keys []string) {
+	h.c.invalidateLocal(keys...)
+	if o := h.c.cfg.Observer; o != nil && o.Invalidated != nil {
+		o.Invalidated(InvalidationEvent{Namespace: h.c.cfg.Namespace, Keys: keys})
+	}
+}
 
 // InvalidateAll implements invalidation.Handler.
-func (h handler[V]) InvalidateAll(invalidation.Cause) { h.c.dropAll() }
+func (h handler[V]) InvalidateAll(cause invalidation.Cause) {
+	h.c.dropAll()
+	if o := h.c.cfg.Observer; o != nil && o.Repaired != nil {
+		o.Repaired(RepairEvent{Namespace: h.c.cfg.Namespace, Cause: cause})
+	}
+}
 
 // OwnKeys implements invalidation.OwnHandler: an own message drops only the
 // keys whose write ended in doubt (see doubts).

@@ -762,7 +762,7 @@ func TestRedisDownAtStartup(t *testing.T) {
 	if err := c.Set(ctx, "k0", "new"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Set with Redis down: %v, want ErrUnavailable", err)
 	}
-	if st := c.Stats(); st.L2.Breaker != "open" && st.L2.BreakerOpened == 0 {
+	if st := c.Stats(); st.L2.Breaker != BreakerOpen && st.L2.BreakerOpened == 0 {
 		t.Fatalf("breaker never opened: %+v", st.L2)
 	}
 	if c.bus.Health().Healthy {

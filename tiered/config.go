@@ -189,6 +189,11 @@ type Config[V any] struct {
 	// invalidation.Config.Logger); its failed anti-entropy rounds are
 	// episodes too.
 	Logger *zap.Logger
+
+	// Observer, if set, hears loads, writes, invalidations, repairs,
+	// breaker changes and stale values served, off the L1-hit path (see
+	// Observer; JoinObservers combines several).
+	Observer *Observer
 }
 
 func (c Config[V]) withDefaults() (Config[V], error) {

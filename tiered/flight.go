@@ -31,6 +31,7 @@ type flight[V any] struct {
 	// Inline and batch flights; all guarded by flightMu.
 	done    chan struct{} // nil until a waiter needs it; closed when settled
 	settled bool
+	joined  int     // callers that joined after the one that started it (Observer.LoadDone)
 	it      item[V] // the result, set when settled
 	err     error
 }
@@ -133,9 +134,11 @@ func (w waiter[V]) wait(ctx context.Context) (item[V], error) {
 // flightMu held.
 func joinLocked[V any](table map[string]*flight[V], group *singleflight.Group, key string) (waiter[V], bool) {
 	f := table[key]
-	switch {
-	case f == nil:
+	if f == nil {
 		return waiter[V]{}, false
+	}
+	f.joined++
+	switch {
 	case f.sf != nil:
 		return waiter[V]{ch: group.DoChan(key, errFlightVanished), f: f}, true
 	}
@@ -232,7 +235,7 @@ func (c *Cache[V]) join(ctx context.Context, key string, load Loader[V], o callO
 				err = c.loadPanicked(key, r)
 			}
 		}()
-		v, err = c.fetch(wctx, key, load, o)
+		v, err = c.fetch(wctx, key, f, load, o)
 		returned = true
 		return v, err
 	})
@@ -293,7 +296,7 @@ func (c *Cache[V]) handLoad(ctx context.Context, table map[string]*flight[V], ke
 					lerr = c.loadPanicked(key, r)
 				}
 			}()
-			lit, lerr = c.fetchLoad(wctx, key, load, o, t, look)
+			lit, lerr = c.fetchLoad(wctx, key, f, load, o, t, look)
 		},
 		func() { c.finish(table, key, f, item[V]{}, errLoadOverran) }, // later callers start afresh
 		func(completed bool) {

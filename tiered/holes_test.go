@@ -52,7 +52,7 @@ func TestCallerDeadlineDoesNotOpenBreaker(t *testing.T) {
 			t.Fatalf("Set whose ctx ends mid-call: got %v, want context.DeadlineExceeded", err)
 		}
 	}
-	if st := c.Stats().L2; st.BreakerOpened != 0 || st.Breaker != "closed" {
+	if st := c.Stats().L2; st.BreakerOpened != 0 || st.Breaker != BreakerClosed {
 		t.Fatalf("breaker after callers' own deadlines: state %s, opened %d; want closed, 0", st.Breaker, st.BreakerOpened)
 	}
 	px.Delay(0)

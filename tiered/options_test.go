@@ -162,7 +162,7 @@ func TestOffSettings(t *testing.T) {
 				t.Errorf("BreakerFailures %d, %d failed reads: breaker opened %d times, %d operations skipped; want opened: %v",
 					tc.failures, 3*DefaultBreakerFailures, st.BreakerOpened, st.Skipped, tc.wantOpened)
 			}
-			if !tc.wantOpened && st.Breaker != "closed" {
+			if !tc.wantOpened && st.Breaker != BreakerClosed {
 				t.Errorf("NoBreaker: breaker %q, want closed", st.Breaker)
 			}
 		}

@@ -176,7 +176,7 @@ func TestSetManyOversized(t *testing.T) {
 		t.Errorf("set-a after the failed SetMany: %q, %v; want old", v, err)
 	}
 	st := c.Stats()
-	if d := st.L2.Errors - before.L2.Errors; d != 0 || st.L2.Breaker != "closed" {
+	if d := st.L2.Errors - before.L2.Errors; d != 0 || st.L2.Breaker != BreakerClosed {
 		t.Errorf("L2.Errors moved by %d, breaker %s; want 0, closed (no Redis operation failed)", d, st.L2.Breaker)
 	}
 }

@@ -80,12 +80,12 @@ func readErr(ctx context.Context, load bool, keys []string, err error) error {
 }
 
 // fetch is the shared work of one miss: ticket, L2, loader, L2 write, fill.
-func (c *Cache[V]) fetch(ctx context.Context, key string, load Loader[V], o callOptions) (item[V], error) {
+func (c *Cache[V]) fetch(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions) (item[V], error) {
 	t, look, it, err, done := c.fetchL2(ctx, key, load, o)
 	if done {
 		return it, err
 	}
-	return c.fetchLoad(ctx, key, load, o, t, look)
+	return c.fetchLoad(ctx, key, f, load, o, t, look)
 }
 
 // fetchL2 is the first part of a miss: the fill ticket, the L2 read, and on
@@ -109,18 +109,35 @@ func (c *Cache[V]) fetchL2(ctx context.Context, key string, load Loader[V], o ca
 }
 
 // fetchLoad is the rest of a miss that L2 did not answer: the loader, the
-// L2 write-back and the fill, or fail-safe's stale value.
-func (c *Cache[V]) fetchLoad(ctx context.Context, key string, load Loader[V], o callOptions, t l1.Ticket, look lookup[V]) (item[V], error) {
+// L2 write-back and the fill, or fail-safe's stale value. f is the flight
+// it settles (for Observer.LoadDone).
+func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions, t l1.Ticket, look lookup[V]) (item[V], error) {
 	now := time.Now()
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(1)
-	v, err := load(ctx, key)
+	keys := []string{key}
+	lctx, start := c.loadStart(ctx, keys, false)
+	v, err := load(lctx, key)
+	ev := LoadDoneEvent{Keys: keys}
+	switch {
+	case errors.Is(err, ErrNotFound):
+		ev.NotFound = 1
+	case err != nil:
+		ev.Err = err
+	}
+	if o := c.cfg.Observer; o != nil && o.LoadDone != nil {
+		c.flightMu.Lock()
+		ev.Coalesced = f.joined
+		c.flightMu.Unlock()
+	}
+	c.loadDone(lctx, ev, start)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		c.st.loaderErrors.Add(1)
 		lerr := &opError{op: "load", keys: []string{key}, err: err}
 		if look.stale != nil {
 			c.st.staleServed.Add(1)
 			c.staleServes.Fail(key, lerr)
+			c.staleServed(key, err)
 			c.fill(t, *look.stale, min(o.l1TTL, c.cfg.FailSafeRetryAfter), time.Time{}, now)
 			return *look.stale, nil
 		}
@@ -275,7 +292,7 @@ func (c *Cache[V]) fill(t l1.Ticket, it item[V], ttl time.Duration, until, now t
 		}
 	}
 	if c.bus != nil {
-		if h := c.bus.Health(); !h.Healthy {
+		if !c.bus.Healthy() {
 			if c.cfg.UnhealthyL1TTL < 0 {
 				return
 			}

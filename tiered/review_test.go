@@ -33,7 +33,7 @@ func TestReviewHalfOpenProbeCutByCaller(t *testing.T) {
 			t.Fatalf("Set against a slow Redis: %v", err)
 		}
 	}
-	if st := c.Stats().L2; st.Breaker != "open" {
+	if st := c.Stats().L2; st.Breaker != BreakerOpen {
 		t.Fatalf("breaker after 2 RedisTimeouts: %s, want open", st.Breaker)
 	}
 	opened := time.Now()

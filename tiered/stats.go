@@ -13,20 +13,38 @@ type Stats struct {
 	L1           l1.Stats
 	L2           L2Stats
 	Invalidation invalidation.Stats
-	Loads        LoadStats
-	Combined     Combined
+	// Health is the invalidation stream's health now: while it is not
+	// healthy, local copies may miss invalidations and fills are kept at
+	// most UnhealthyL1TTL. Always healthy in L1-only mode.
+	Health   invalidation.Health
+	Loads    LoadStats
+	Combined Combined
 }
+
+// StatsSource is what exporters read: any *Cache[V] satisfies it, whatever
+// V, so an exporter needs no type parameter (see contrib/prometheus and
+// contrib/otel).
+type StatsSource interface {
+	Namespace() string
+	Stats() Stats
+}
+
+var _ StatsSource = (*Cache[int])(nil)
+
+// Namespace returns the Cache's namespace (Config.Namespace, or
+// DefaultNamespace).
+func (c *Cache[V]) Namespace() string { return c.cfg.Namespace }
 
 // L2Stats are the shared tier's counters: the Store's own (per Redis
 // operation) and this Cache's view of them (per key looked up).
 type L2Stats struct {
-	Store         l2.Stats // the l2.Store's counters and round-trip latency
-	Lookups       uint64   // keys looked up in Redis on L1 misses
-	Hits          uint64   // of which found fresh and decodable
-	Errors        uint64   // Redis operations this Cache saw fail (reads and writes)
-	Skipped       uint64   // operations skipped because the breaker was open
-	Breaker       string   // the circuit breaker's state: "closed", "open" or "half-open"
-	BreakerOpened uint64   // times the breaker opened
+	Store         l2.Stats     // the l2.Store's counters and round-trip latency
+	Lookups       uint64       // keys looked up in Redis on L1 misses
+	Hits          uint64       // of which found fresh and decodable
+	Errors        uint64       // Redis operations this Cache saw fail (reads and writes)
+	Skipped       uint64       // operations skipped because the breaker was open
+	Breaker       BreakerState // the circuit breaker's state now (its String: "closed", "open" or "half-open")
+	BreakerOpened uint64       // times the breaker opened
 }
 
 // LoadStats count the miss path.
@@ -43,6 +61,11 @@ type LoadStats struct {
 	DecodeErrors   uint64 // Redis values that were corrupt or did not decode (reloaded)
 	EncodeErrors   uint64 // values the codec could not encode (kept out of Redis)
 	Conflicts      uint64 // loaded values not kept because a newer write or delete won
+	// Latency is the duration of loader calls (Loader or BatchLoader),
+	// as percentiles, and LatencyHistogram the same in fixed buckets (100µs
+	// to 10s), cumulative, with their sum: for exporters.
+	Latency          l2.LatencyStats
+	LatencyHistogram l2.Histogram
 }
 
 // Combined summarises the tiers.
@@ -62,11 +85,13 @@ func (c *Cache[V]) Stats() Stats {
 	st, opened := c.brk.snapshot()
 	s.L2 = L2Stats{
 		Lookups: c.st.l2Lookups.Load(), Hits: c.st.l2Hits.Load(), Errors: c.st.l2Errors.Load(),
-		Skipped: c.st.l2Skipped.Load(), Breaker: st.String(), BreakerOpened: opened,
+		Skipped: c.st.l2Skipped.Load(), Breaker: st, BreakerOpened: opened,
 	}
+	s.Health = invalidation.Health{Healthy: true}
 	if c.l2 != nil {
 		s.L2.Store = c.l2.Stats()
 		s.Invalidation = c.bus.Stats()
+		s.Health = c.bus.Health()
 	}
 	callers, flights := c.st.callers.Load(), c.st.flights.Load()
 	s.Loads = LoadStats{
@@ -75,6 +100,7 @@ func (c *Cache[V]) Stats() Stats {
 		Panics: c.st.panics.Load(), StaleServed: c.st.staleServed.Load(),
 		NegativeCached: c.st.negativeCached.Load(), DecodeErrors: c.st.decodeErrors.Load(),
 		EncodeErrors: c.st.encodeErrors.Load(), Conflicts: c.st.conflicts.Load(),
+		Latency: c.st.loadLatency.Snapshot(), LatencyHistogram: c.st.loadLatency.Buckets(),
 	}
 	if callers > flights {
 		s.Loads.Coalesced = callers - flights

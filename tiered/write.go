@@ -175,7 +175,7 @@ func (c *Cache[V]) claimLocalVersions(keys []string, v uint64) *l2.StaleError {
 
 // Clear removes every key of the namespace from Redis (SCAN + UNLINK, never
 // FLUSHDB) and tells every instance, this one included, to drop its whole L1.
-func (c *Cache[V]) Clear(ctx context.Context) error {
+func (c *Cache[V]) Clear(ctx context.Context) (err error) {
 	if c.isDone.Load() {
 		return ErrClosed
 	}
@@ -190,10 +190,15 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 		return nil
 	}
 	defer c.dropAll()
+	if c.cfg.Observer != nil {
+		var start time.Time
+		ctx, start = c.writeStart(ctx, "clear", nil)
+		defer func() { c.writeDone(ctx, "clear", nil, start, err) }()
+	}
 	// Tell every instance first, so that loads running anywhere see their
 	// tickets invalidated and do not write back values read before the
 	// clear; then remove the keys and tell them again.
-	err := c.callerOp(ctx, false, func(ctx context.Context) error {
+	err = c.callerOp(ctx, false, func(ctx context.Context) error {
 		c.dropAll()
 		if err := c.bus.PublishClear(ctx); err != nil {
 			return err
@@ -216,8 +221,13 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 // mid-call) may still run later: its keys are put in doubt, so that its own
 // invalidation, when the script runs, drops the copy a read refilled
 // meanwhile (see doubts).
-func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(context.Context) error) error {
+func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(context.Context) error) (err error) {
 	defer c.invalidateLocal(keys...)
+	if c.cfg.Observer != nil {
+		var start time.Time
+		ctx, start = c.writeStart(ctx, op, keys)
+		defer func() { c.writeDone(ctx, op, keys, start, err) }()
+	}
 	if err := c.callerOp(ctx, true, fn); err != nil {
 		// A batch over several partitions may have failed in one and run in
 		// another: unless Redis refused all of it, it is in doubt.

@@ -25,6 +25,48 @@ type Histogram struct {
 	buckets [n]atomic.Uint64
 	count   atomic.Uint64
 	max     atomic.Int64
+	// The exportable view: counts per fixed bound (Bounds, then +Inf)
+	// and the sum of the observations.
+	fixed [len(Bounds) + 1]atomic.Uint64
+	sum   atomic.Int64
+}
+
+// Bounds are the fixed upper bounds of the exportable buckets (Buckets),
+// in the spirit of Prometheus's defaults, from 100µs to 10s: they suit Redis
+// round trips, loader calls and propagation lag alike, so dashboards can
+// put the three side by side.
+var Bounds = [...]time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
+}
+
+// Buckets is a cumulative histogram with fixed bounds, as exporters want
+// it (a Prometheus histogram, an OpenTelemetry explicit-bucket histogram):
+// Counts[i] observations were at most Bounds[i]; Count is every
+// observation (the +Inf bucket) and Sum their total. Counts only grow.
+type Buckets struct {
+	Bounds []time.Duration // shared, do not modify
+	Counts []uint64
+	Count  uint64
+	Sum    time.Duration
+}
+
+// fixedOf is the index in Bounds of the first bound at or above ns
+// (len(Bounds) for +Inf).
+func fixedOf(ns int64) int {
+	lo, hi := 0, len(Bounds)
+	for lo < hi {
+		m := (lo + hi) / 2
+		if int64(Bounds[m]) >= ns {
+			hi = m
+		} else {
+			lo = m + 1
+		}
+	}
+	return lo
 }
 
 // Percentiles is a snapshot of a Histogram.
@@ -65,6 +107,8 @@ func upperBound(i int) time.Duration {
 func (h *Histogram) Record(d time.Duration) {
 	ns := max(int64(d), 0)
 	h.buckets[bucketOf(ns)].Add(1)
+	h.fixed[fixedOf(ns)].Add(1)
+	h.sum.Add(ns)
 	h.count.Add(1)
 	for {
 		m := h.max.Load()
@@ -99,4 +143,20 @@ func (h *Histogram) Snapshot() Percentiles {
 	}
 	p.P50, p.P90, p.P99, p.P999 = q(0.50), q(0.90), q(0.99), q(0.999)
 	return p
+}
+
+// Buckets returns the exportable view. Read while observations are being
+// recorded, Count is the sum of the buckets read, so that the +Inf bucket
+// is never below the last bound's.
+func (h *Histogram) Buckets() Buckets {
+	b := Buckets{Bounds: Bounds[:], Counts: make([]uint64, len(Bounds)), Sum: time.Duration(h.sum.Load())}
+	var cum uint64
+	for i := range h.fixed {
+		cum += h.fixed[i].Load()
+		if i < len(Bounds) {
+			b.Counts[i] = cum
+		}
+	}
+	b.Count = cum
+	return b
 }

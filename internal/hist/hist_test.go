@@ -51,3 +51,51 @@ func TestBucketBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestBuckets(t *testing.T) {
+	var h Histogram
+	b := h.Buckets()
+	if b.Count != 0 || b.Sum != 0 || len(b.Counts) != len(Bounds) || len(b.Bounds) != len(Bounds) {
+		t.Fatalf("empty: %+v", b)
+	}
+	obs := []time.Duration{
+		-time.Second,                     // clock skew: zero, first bucket
+		100 * time.Microsecond,           // exactly on the first bound: in it
+		100*time.Microsecond + 1,         // just above: second bucket
+		3 * time.Millisecond,             // (2.5ms, 5ms]
+		10 * time.Second,                 // the last bound
+		10*time.Second + time.Nanosecond, // +Inf only
+		time.Hour,                        // +Inf only
+	}
+	var sum time.Duration
+	for _, d := range obs {
+		h.Record(d)
+		sum += max(d, 0)
+	}
+	b = h.Buckets()
+	if b.Count != uint64(len(obs)) {
+		t.Errorf("Count %d, want %d", b.Count, len(obs))
+	}
+	if b.Sum != sum {
+		t.Errorf("Sum %v, want %v", b.Sum, sum)
+	}
+	want := map[time.Duration]uint64{
+		100 * time.Microsecond:  2,
+		250 * time.Microsecond:  3,
+		2500 * time.Microsecond: 3,
+		5 * time.Millisecond:    4,
+		5 * time.Second:         4,
+		10 * time.Second:        5,
+	}
+	for i, bound := range b.Bounds {
+		if i > 0 && b.Counts[i] < b.Counts[i-1] {
+			t.Errorf("Counts not cumulative at %v: %v", bound, b.Counts)
+		}
+		if w, ok := want[bound]; ok && b.Counts[i] != w {
+			t.Errorf("Counts[≤%v] = %d, want %d", bound, b.Counts[i], w)
+		}
+	}
+	if b.Counts[len(b.Counts)-1] > b.Count {
+		t.Errorf("last bound %d above Count %d", b.Counts[len(b.Counts)-1], b.Count)
+	}
+}
