@@ -54,6 +54,17 @@
 // gets repeated failures once per episode (when it starts and ends, with counts),
 // breaker changes and loader panics once per event.
 //
+// # Observability
+//
+// Stats reads every tier's counters without I/O: cumulative counts, latency
+// percentiles and fixed-bucket histograms (Redis round trips, loader calls,
+// invalidation lag), the breaker's state and the invalidation stream's health
+// with its reasons. Any *Cache[V] is a [StatsSource], which exporters read at
+// scrape time (the contrib/prometheus and contrib/otel modules). Config.Observer
+// hears loads, writes, invalidations, repairs, breaker changes and stale values
+// served, off the L1-hit path; [SlogLogger] routes Config.Logger to a
+// log/slog handler.
+//
 // A Cache is safe for concurrent use; Caches on one Config.Redis share one
 // invalidation transport (a pub/sub connection per server). Build Config.Redis
 // with ContextTimeoutEnabled; New refuses one that may read from a replica
