@@ -55,7 +55,7 @@ type source struct {
 // [prometheus.NewDesc] does: registering it fails with that error (errors.Is
 // [ErrDuplicateNamespace] or [ErrInvalidCache]; MustRegister panics with it),
 // and a Gather that reaches its Collect fails too, so two caches never end up
-// in one series.
+// in one series. Later calls of Add and Remove do not clear that error.
 func NewCollector(caches ...tiered.StatsSource) *Collector {
 	c := &Collector{d: newDescs(), now: time.Now}
 	empty := []source{}
@@ -69,9 +69,10 @@ func NewCollector(caches ...tiered.StatsSource) *Collector {
 
 // Add makes the Collector read caches too, from the next scrape on (safe
 // while scraping). It adds nothing and returns an error if one of the caches
-// is nil, has a namespace that is not valid UTF-8, or has the namespace of a
-// cache already read or of another one of caches (errors.Is
-// [ErrDuplicateNamespace]): Remove the old cache first to replace it.
+// is nil or has a namespace that is not valid UTF-8 (errors.Is
+// [ErrInvalidCache]), or has the namespace of a cache already read or of
+// another one of caches (errors.Is [ErrDuplicateNamespace]): Remove the old
+// cache first to replace it.
 func (c *Collector) Add(caches ...tiered.StatsSource) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

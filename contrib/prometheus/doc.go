@@ -23,7 +23,7 @@
 // on a cache's read or write path. At each scrape, Collect calls Stats once
 // per cache ([tiered.StatsSource], which every *tiered.Cache[V] satisfies)
 // and turns the snapshot into constant metrics; it does no I/O (Stats reads
-// atomic counters). Every series has a cache label, the cache's namespace;
+// counters in memory). Every series has a cache label, the cache's namespace;
 // no label holds a key, and the other labels take a few fixed values.
 // Counters are cumulative since the cache was created, durations are in
 // seconds, and there are no ratios: compute them in PromQL.

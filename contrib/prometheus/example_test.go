@@ -37,13 +37,13 @@ func ExampleNewCollector() {
 
 	ctx := context.Background()
 	load := func(ctx context.Context, id string) (string, error) { return "user " + id, nil }
-	_, _ = users.GetOrLoad(ctx, "42", load) // L1 miss, Redis miss, loader
-	_, _ = users.GetOrLoad(ctx, "42", load) // L1 hit
+	_, _ = users.GetOrLoad(ctx, "42", load) // L1 miss, Redis miss, loader, written to Redis
+	_, _ = users.GetOrLoad(ctx, "42", load) // from L1 (or from Redis, if read before the L1 store applied the fill)
 
 	rec := httptest.NewRecorder()
 	handler.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for line := range strings.SplitSeq(rec.Body.String(), "\n") {
-		for _, name := range []string{"nearcache_l1_hits_total", "nearcache_loader_calls_total", "nearcache_breaker_state"} {
+		for _, name := range []string{"nearcache_loader_calls_total", "nearcache_redis_sets_total", "nearcache_breaker_state"} {
 			if strings.HasPrefix(line, name+"{") {
 				fmt.Println(line)
 			}
@@ -53,6 +53,6 @@ func ExampleNewCollector() {
 	// nearcache_breaker_state{cache="users",state="closed"} 1
 	// nearcache_breaker_state{cache="users",state="half-open"} 0
 	// nearcache_breaker_state{cache="users",state="open"} 0
-	// nearcache_l1_hits_total{cache="users"} 1
 	// nearcache_loader_calls_total{cache="users"} 1
+	// nearcache_redis_sets_total{cache="users"} 1
 }
