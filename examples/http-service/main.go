@@ -1,25 +1,49 @@
 // Command http-service is a small HTTP service that serves records from a
 // deliberately slow backing store (an in-memory map behind a fixed latency,
-// standing in for a database) through a nearcache tiered.Cache.
+// standing in for a database) through a nearcache tiered.Cache, and shows
+// how to watch such a cache: Prometheus metrics and a debug page.
 //
-// Serve, with an embedded Redis (miniredis) or a real one:
+// It is a module of its own (it needs the Prometheus client, which the core
+// module does not depend on), so it is run from its directory:
 //
-//	go run ./examples/http-service
-//	go run ./examples/http-service -addr 127.0.0.1:6379 -listen 127.0.0.1:8080
+//	cd examples/http-service
+//	go run .
+//	go run . -addr 127.0.0.1:6379 -listen 127.0.0.1:8080
 //
-// then, from another terminal:
+// Without -addr (or $REDIS_ADDR) it starts an embedded Redis (miniredis).
+// Then, from another terminal:
 //
 //	curl -s localhost:8080/records/r1
 //	curl -s -X PUT localhost:8080/records/r1 -d '{"name":"renamed","value":42}'
 //	curl -s -X DELETE localhost:8080/records/r1
-//	curl -s localhost:8080/stats
+//	curl -s localhost:8080/metrics | grep '^nearcache_l1'
+//
+// and open http://localhost:8080/debug/nearcache in a browser.
 //
 // Endpoints:
 //
-//	GET    /records/{id}  the record, through the cache (404 if absent)
-//	PUT    /records/{id}  create or replace it: JSON {"name": ..., "value": ...}
-//	DELETE /records/{id}  delete it (404 if absent)
-//	GET    /stats         the cache's tiered.Stats, as JSON
+//	GET    /records/{id}           the record, through the cache (404 if absent)
+//	PUT    /records/{id}           create or replace it: JSON {"name": ..., "value": ...}
+//	DELETE /records/{id}           delete it (404 if absent)
+//	GET    /stats                  the cache's tiered.Stats, as JSON
+//	GET    /metrics                Prometheus metrics: the cache's (nearcache_*, from
+//	                               contrib/prometheus, label cache="NAMESPACE"), the Go
+//	                               runtime's (go_*) and the process's (process_*), from a
+//	                               registry of the service's own
+//	GET    /debug/nearcache        a self-contained HTML page, refreshed every 2 s: hit
+//	                               ratios (L1, L2, overall) and lookup counts per tier,
+//	                               histograms and percentiles of Redis round trips, loader
+//	                               calls and invalidation lag, the invalidation stream's
+//	                               health, the circuit breaker's state, and the last 20
+//	                               repairs (drops of the whole L1, with their cause),
+//	                               breaker changes and stale values served
+//	GET    /debug/nearcache.json   the same figures as JSON (durations in seconds)
+//
+// The page's figures come from one Stats snapshot per request; the events
+// come from a tiered.Observer that keeps the last few of each kind. Metrics
+// are read from Stats at scrape time: neither adds work to a cache hit.
+// Like net/http/pprof's pages, /metrics and /debug/ are for operators: a
+// real service serves them on an internal listener, not to the Internet.
 //
 // Several instances on different -listen ports with the same -addr behave as
 // one service: a PUT or DELETE on one evicts the others' local copies.
@@ -29,8 +53,9 @@
 // progress line each second, then throughput, latency percentiles and hit
 // ratios, and exits:
 //
-//	go run ./examples/http-service -load 10s
-//	go run ./examples/http-service -load 10s -clients 64 -keys 100000 -writes 0.05
+//	cd examples/http-service
+//	go run . -load 10s
+//	go run . -load 10s -clients 64 -keys 100000 -writes 0.05
 //
 // SIGINT or SIGTERM shuts the server down gracefully (in-flight requests
 // finish) in either mode.
@@ -39,7 +64,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -61,179 +85,7 @@ import (
 
 	"github.com/nearcache/nearcache/examples/internal/demo"
 	"github.com/nearcache/nearcache/internal/hist"
-	"github.com/nearcache/nearcache/tiered"
 )
-
-// Record is what the service stores and serves.
-type Record struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Value     int64     `json:"value"`
-	Version   int64     `json:"version"`
-	UpdatedAt time.Time `json:"updated_at"`
-}
-
-// store is the slow source of truth.
-type store struct {
-	latency       time.Duration
-	reads, writes atomic.Int64
-	mu            sync.RWMutex
-	rows          map[string]Record // guarded by mu
-}
-
-func newStore(latency time.Duration, n int) *store {
-	s := &store{latency: latency, rows: make(map[string]Record, n)}
-	now := time.Now().UTC()
-	for i := range n {
-		id := "r" + strconv.Itoa(i)
-		s.rows[id] = Record{ID: id, Name: "record " + strconv.Itoa(i), Value: int64(i), Version: 1, UpdatedAt: now}
-	}
-	return s
-}
-
-func (s *store) wait(ctx context.Context) error {
-	t := time.NewTimer(s.latency)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// Load is the cache's loader: one slow query.
-func (s *store) Load(ctx context.Context, id string) (Record, error) {
-	s.reads.Add(1)
-	if err := s.wait(ctx); err != nil {
-		return Record{}, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	r, ok := s.rows[id]
-	if !ok {
-		return Record{}, tiered.ErrNotFound
-	}
-	return r, nil
-}
-
-func (s *store) Put(ctx context.Context, r Record) (Record, error) {
-	s.writes.Add(1)
-	if err := s.wait(ctx); err != nil {
-		return Record{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r.Version = s.rows[r.ID].Version + 1
-	r.UpdatedAt = time.Now().UTC()
-	s.rows[r.ID] = r
-	return r, nil
-}
-
-func (s *store) Delete(ctx context.Context, id string) (bool, error) {
-	s.writes.Add(1)
-	if err := s.wait(ctx); err != nil {
-		return false, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.rows[id]
-	delete(s.rows, id)
-	return ok, nil
-}
-
-// service holds the HTTP handlers.
-type service struct {
-	cache *tiered.Cache[Record]
-	store *store
-	log   *log.Logger
-}
-
-func (s *service) routes() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /records/{id}", s.getRecord)
-	mux.HandleFunc("PUT /records/{id}", s.putRecord)
-	mux.HandleFunc("DELETE /records/{id}", s.deleteRecord)
-	mux.HandleFunc("GET /stats", s.stats)
-	return mux
-}
-
-func (s *service) getRecord(w http.ResponseWriter, r *http.Request) {
-	rec, err := s.cache.GetOrLoad(r.Context(), r.PathValue("id"), s.store.Load)
-	switch {
-	case errors.Is(err, tiered.ErrNotFound):
-		httpError(w, http.StatusNotFound, "record not found")
-	case r.Context().Err() != nil:
-		// The client went away; nobody reads the answer.
-	case err != nil:
-		s.log.Printf("GET %s: %v", r.PathValue("id"), err)
-		httpError(w, http.StatusServiceUnavailable, "backing store unavailable")
-	default:
-		writeJSON(w, http.StatusOK, rec)
-	}
-}
-
-func (s *service) putRecord(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		Name  string `json:"name"`
-		Value int64  `json:"value"`
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		httpError(w, http.StatusBadRequest, "body must be JSON {\"name\": string, \"value\": integer}: "+err.Error())
-		return
-	}
-	rec, err := s.store.Put(r.Context(), Record{ID: r.PathValue("id"), Name: body.Name, Value: body.Value})
-	if err != nil {
-		httpError(w, http.StatusServiceUnavailable, "backing store unavailable")
-		return
-	}
-	// Write-through: Redis and every instance's L1 learn of the change in
-	// one atomic step. If Redis is unavailable the write is not
-	// acknowledged by the cache; drop the key so nobody keeps the old value
-	// longer than needed (the store, the source of truth, has the new one).
-	if err := s.cache.Set(r.Context(), rec.ID, rec); err != nil {
-		s.log.Printf("PUT %s: cache: %v", rec.ID, err)
-		if err := s.cache.Delete(r.Context(), rec.ID); err != nil {
-			s.log.Printf("PUT %s: other instances may serve the old value until their L1 TTL ends: %v", rec.ID, err)
-		}
-	}
-	writeJSON(w, http.StatusOK, rec)
-}
-
-func (s *service) deleteRecord(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	existed, err := s.store.Delete(r.Context(), id)
-	if err != nil {
-		httpError(w, http.StatusServiceUnavailable, "backing store unavailable")
-		return
-	}
-	if err := s.cache.Delete(r.Context(), id); err != nil {
-		s.log.Printf("DELETE %s: other instances may serve the old value until their L1 TTL ends: %v", id, err)
-	}
-	if !existed {
-		httpError(w, http.StatusNotFound, "record not found")
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-func (s *service) stats(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.cache.Stats())
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func httpError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
-}
 
 type options struct {
 	redisAddr    string
@@ -305,17 +157,11 @@ func run(ctx context.Context, o options) error {
 		// removed at the end without touching anything else.
 		o.namespace = fmt.Sprintf("%s-load-%08x", o.namespace, rand.Uint32())
 	}
-	cache, err := tiered.New(tiered.Config[Record]{
-		Redis:       rc,
-		Namespace:   o.namespace,
-		NegativeTTL: 10 * time.Second, // cache 404s too
-	})
+	svc, err := newService(rc, o, logger)
 	if err != nil {
 		return err
 	}
-	defer cache.Close()
-
-	svc := &service{cache: cache, store: newStore(o.storeLatency, o.keys), log: logger}
+	defer svc.Close()
 	srv := &http.Server{Handler: svc.routes(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: logger}
 
 	listen := o.listen
@@ -349,7 +195,7 @@ func run(ctx context.Context, o options) error {
 		// requests the clients abandoned at the end (their values would
 		// otherwise land in Redis after a Clear), then remove the
 		// namespace's keys, data and invalidation bookkeeping alike.
-		if err := cache.Close(); err != nil {
+		if err := svc.Close(); err != nil {
 			logger.Printf("close cache: %v", err)
 		}
 		if err := removeNamespace(context.Background(), rc, o.namespace); err != nil {
@@ -362,6 +208,7 @@ func run(ctx context.Context, o options) error {
 	logger.Printf("  curl -s http://%s/records/r1", ln.Addr())
 	logger.Printf("  curl -s -X PUT http://%s/records/r1 -d '{\"name\":\"renamed\",\"value\":42}'", ln.Addr())
 	logger.Printf("  curl -s http://%s/stats", ln.Addr())
+	logger.Printf("metrics on http://%s/metrics, the cache's debug page on http://%s/debug/nearcache", ln.Addr(), ln.Addr())
 	select {
 	case err := <-serveErr:
 		return err
