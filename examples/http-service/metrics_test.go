@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -100,6 +101,26 @@ func TestMetrics(t *testing.T) {
 	var body string
 	var families map[string]*dto.MetricFamily
 	st := e.settled(t, func() { body, families = e.scrape(t) })
+
+	// The whole scrape, nearcache's families and the Go and process
+	// collectors', passes promlint.
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	// Every tier is there.
+	for _, prefix := range []string{"nearcache_l1_", "nearcache_l2_", "nearcache_redis_", "nearcache_load", "nearcache_invalidation_", "nearcache_breaker_"} {
+		found := false
+		for name := range families {
+			found = found || strings.HasPrefix(name, prefix)
+		}
+		if !found {
+			t.Errorf("/metrics has no %s* family", prefix)
+		}
+	}
 
 	// The exposition line itself, as the brief of /metrics promises it.
 	if line := fmt.Sprintf("\nnearcache_l1_hits_total{cache=%q} %d\n", testNamespace, st.L1.Hits); !strings.Contains(body, line) {
