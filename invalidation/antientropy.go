@@ -88,6 +88,7 @@ func (h *hub) antiEntropy(ctx context.Context) {
 	defer t.Stop()
 	var st aeState
 	for {
+		began := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
 		failed, err := h.aeRound(rctx, &st)
 		cancel()
@@ -106,9 +107,13 @@ func (h *hub) antiEntropy(ctx context.Context) {
 				m.health.clear(busWide, reasonAntiEntropy)
 			}
 		}
-		// Every iv on the hub's grid (see grid.go); a round that
-		// overran skips the points it covered, as a ticker would.
-		t.Reset(time.Until(h.grid.after(time.Now(), iv)))
+		// Every iv on the hub's grid (see grid.go): at the first point
+		// after the round began. A round that overran that point is
+		// followed at once, as a ticker's pending tick would have it
+		// (the sequence keys are read at least every max(iv, round),
+		// not up to a whole iv after a long round ends); the further
+		// points it covered are skipped.
+		t.Reset(time.Until(h.grid.after(began, iv)))
 		select {
 		case <-ctx.Done():
 			return
