@@ -244,6 +244,20 @@ func isKeyError(err error) bool {
 	return errors.Is(err, errNotSequence) || (errors.As(err, &re) && !errors.Is(err, redis.Nil))
 }
 
+// isPassingState reports whether err is Redis answering a state that
+// passes rather than a lasting refusal: busy with a script, loading its
+// data, a replica that lost its master, a slot in migration, a connection
+// not authenticated yet. Such an answer to INFO fails the round; it never
+// turns the run id check off for good (see checkRunIDs).
+func isPassingState(err error) bool {
+	for _, p := range []string{"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "NOAUTH"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // epochKeys lists the distinct epoch keys of ms's namespaces in slot.
 func epochKeys(ms []*Bus, slot int) []string {
 	keys := make([]string, 0, len(ms))
@@ -378,7 +392,7 @@ func (h *hub) checkRunIDs(ctx context.Context, st *aeState, ahead *aeAhead) erro
 			info, err = h.client.Info(ctx, "server").Result()
 		}
 		var rerr redis.Error
-		if errors.As(err, &rerr) {
+		if errors.As(err, &rerr) && !isPassingState(err) {
 			// miniredis has no server section; an ACL user may be refused
 			// INFO. Either way restarts are then found by the epoch key
 			// alone: say so once when it is a refusal.
