@@ -88,6 +88,7 @@ func (h *hub) antiEntropy(ctx context.Context) {
 	defer t.Stop()
 	var st aeState
 	for {
+		began := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
 		failed, err := h.aeRound(rctx, &st)
 		cancel()
@@ -106,9 +107,13 @@ func (h *hub) antiEntropy(ctx context.Context) {
 				m.health.clear(busWide, reasonAntiEntropy)
 			}
 		}
-		// Every iv on the hub's grid (see grid.go); a round that
-		// overran skips the points it covered, as a ticker would.
-		t.Reset(time.Until(h.grid.after(time.Now(), iv)))
+		// Every iv on the hub's grid (see grid.go): at the first point
+		// after the round began. A round that overran that point is
+		// followed at once, as a ticker's pending tick would have it
+		// (the sequence keys are read at least every max(iv, round),
+		// not up to a whole iv after a long round ends); the further
+		// points it covered are skipped.
+		t.Reset(time.Until(h.grid.after(began, iv)))
 		select {
 		case <-ctx.Done():
 			return
@@ -237,6 +242,20 @@ var errNotSequence = errors.New("invalidation: not a sequence")
 func isKeyError(err error) bool {
 	var re redis.Error
 	return errors.Is(err, errNotSequence) || (errors.As(err, &re) && !errors.Is(err, redis.Nil))
+}
+
+// isPassingState reports whether err is Redis answering a state that
+// passes rather than a lasting refusal: busy with a script, loading its
+// data, a replica that lost its master, a slot in migration, a connection
+// not authenticated yet. Such an answer to INFO fails the round; it never
+// turns the run id check off for good (see checkRunIDs).
+func isPassingState(err error) bool {
+	for _, p := range []string{"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "NOAUTH"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // epochKeys lists the distinct epoch keys of ms's namespaces in slot.
@@ -373,7 +392,7 @@ func (h *hub) checkRunIDs(ctx context.Context, st *aeState, ahead *aeAhead) erro
 			info, err = h.client.Info(ctx, "server").Result()
 		}
 		var rerr redis.Error
-		if errors.As(err, &rerr) {
+		if errors.As(err, &rerr) && !isPassingState(err) {
 			// miniredis has no server section; an ACL user may be refused
 			// INFO. Either way restarts are then found by the epoch key
 			// alone: say so once when it is a refusal.

@@ -113,6 +113,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 		ps          = h.subscribe(ctx, s, false)
 		failing     bool      // a failure was seen since the last confirmation
 		pingOut     bool      // a ping is unanswered
+		pingAt      time.Time // when that ping was sent
 		lastHeard   time.Time // last reply of any kind
 		backoff     time.Duration
 		stalledOnce bool // the current silence was already reported
@@ -130,10 +131,16 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 	lastHeard = time.Now()
 	ping := h.cfg.PingInterval
 	// The silence is looked at every ping of it, at points of the
-	// hub's grid (see grid.go), up to slack early.
+	// hub's grid (see grid.go), up to slack early; an unanswered ping is
+	// given its PingInterval (up to slack less) from when it was sent,
+	// wherever that fell on the grid.
 	slack := h.grid.slack(ping)
 	for {
-		v, err := ps.ReceiveTimeout(ctx, h.silenceWait(lastHeard, ping))
+		var out time.Time
+		if pingOut {
+			out = pingAt
+		}
+		v, err := ps.ReceiveTimeout(ctx, h.silenceWait(lastHeard, out, ping))
 		if ctx.Err() != nil {
 			return
 		}
@@ -176,18 +183,21 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				silent := now.Sub(lastHeard)
 				if !pingOut {
-					pingOut = true
+					pingOut, pingAt = true, now
 					if perr := ps.Ping(ctx); perr != nil && !failing {
 						failing = true
 						h.lost(s, CauseDisconnect, reasonDisconnected, perr)
 					}
 					continue
 				}
-				if silent >= 2*ping-slack && !stalledOnce {
+				// The ping had its interval: never a stall because
+				// the look after it fell early on the grid.
+				unanswered := now.Sub(pingAt) >= ping-slack
+				if unanswered && silent >= 2*ping-slack && !stalledOnce {
 					stalledOnce = true
 					h.lost(s, CauseStall, reasonStalled, err)
 				}
-				if silent >= 4*ping-slack {
+				if unanswered && silent >= 4*ping-slack {
 					// Black hole: replace the connection; the new
 					// subscription's confirmation repairs again.
 					if ps = h.resubscribe(ctx, s, ps); ps == nil {
@@ -286,12 +296,24 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 
 // silenceWait is how long the reader waits for a reply before it looks at
 // the subscription's silence again: until the first of lastHeard + k·ping
-// (k ≥ 1), moved onto the hub's grid, that is still ahead.
-func (h *hub) silenceWait(lastHeard time.Time, ping time.Duration) time.Duration {
+// (k ≥ 1), moved onto the hub's grid, that is still ahead; and, while a
+// ping sent at pingAt (zero: none) is unanswered, not before pingAt + ping
+// moved onto the grid. Without that floor, a ping sent late (a reader
+// that ran late, or a ping interval that is no multiple of the grid's
+// step) would be looked at again less than one PingInterval after it
+// left, and a pong on its way taken for a stall. Either end is a point
+// of the grid, so the wait still shares its wake-up; when the floor is
+// the later one, the silence is past 2·ping - slack there too (it is
+// after the lastHeard + 2·ping point).
+func (h *hub) silenceWait(lastHeard, pingAt time.Time, ping time.Duration) time.Duration {
 	now := time.Now()
+	var floor time.Duration
+	if !pingAt.IsZero() {
+		floor = h.grid.deadline(pingAt.Add(ping), ping).Sub(now)
+	}
 	for k := max(now.Sub(lastHeard)/ping, 1); ; k++ {
 		if d := h.grid.deadline(lastHeard.Add(k*ping), ping).Sub(now); d > 0 {
-			return d
+			return max(d, floor)
 		}
 	}
 }
