@@ -303,7 +303,9 @@ func (b *Bus) PublishClear(ctx context.Context) error {
 	return b.Publish(ctx, 0, b.EncodeClear(0))
 }
 
-// Health reports whether the stream is healthy. It is a single atomic load.
+// Health reports whether the stream is healthy: a single atomic load while
+// it is; while it is not, a short lock that reads the reasons and their
+// time together.
 func (b *Bus) Health() Health { return b.health.get() }
 
 // Healthy is Health().Healthy, at the cost of one atomic load.

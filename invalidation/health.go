@@ -60,21 +60,23 @@ func (h *healthState) clear(src int, r reason) {
 // drop forgets a source (a subscription that was stopped).
 func (h *healthState) drop(src int) { h.clear(src, ^reason(0)) }
 
+// get returns the health now: one atomic load while healthy; while
+// unhealthy, since and the reasons are read together under mu, so that a
+// change in between (the stream turning healthy) cannot pair an unhealthy
+// state with no reason.
 func (h *healthState) get() Health {
+	if h.since.Load() == 0 {
+		return Health{Healthy: true}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	s := h.since.Load()
 	if s == 0 {
 		return Health{Healthy: true}
 	}
-	return Health{UnhealthySince: time.Unix(0, s), Reasons: h.reasonsNow()}
-}
-
-// reasonsNow is the union of every source's reasons.
-func (h *healthState) reasonsNow() HealthReason {
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	var r reason
 	for _, v := range h.reasons {
 		r |= v
 	}
-	return HealthReason(r)
+	return Health{UnhealthySince: time.Unix(0, s), Reasons: HealthReason(r)}
 }

@@ -83,7 +83,7 @@ type Stats struct {
 
 // Histogram is a cumulative histogram with fixed bounds: Counts[i]
 // observations were at most Bounds[i], Count is every observation and Sum
-// their total.
+// their total (which stops at the largest Duration rather than wrap).
 type Histogram = hist.Buckets
 
 // InvalidateAllTotal is the sum of InvalidateAll over all causes.

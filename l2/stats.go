@@ -28,7 +28,8 @@ type Stats struct {
 
 // Histogram is a cumulative histogram with fixed bounds: Counts[i]
 // observations were at most Bounds[i], Count is every observation and Sum
-// their total. The same type as invalidation.Histogram.
+// their total (which stops at the largest Duration rather than wrap). The
+// same type as invalidation.Histogram.
 type Histogram = hist.Buckets
 
 // LatencyStats summarises round-trip times. Percentiles are upper bounds of

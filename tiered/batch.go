@@ -159,20 +159,27 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 		c.putBatchState(st)
 		return ErrClosed
 	}
-	c.st.callers.Add(uint64(len(keys)))
-	n := 0
+	n, repeated := 0, 0
 	for i, k := range keys {
+		if f := table[k]; f != nil && f.batch == b {
+			// k is repeated in keys: the same caller, not another one
+			// that joins the flight.
+			waiters[i] = waiter[V]{done: b.done, f: f}
+			repeated++
+			continue
+		}
 		if w, ok := joinLocked(table, group, k); ok {
 			waiters[i] = w
 			continue
 		}
 		f := &flights[n]
 		n++
-		f.key = k
+		f.key, f.batch = k, b
 		table[k] = f
 		waiters[i] = waiter[V]{done: b.done, f: f}
 		st.keys = append(st.keys, k)
 	}
+	c.st.callers.Add(uint64(len(keys) - repeated))
 	b.flights = flights[:n]
 	st.flights = b.flights
 	st.res = slices.Grow(st.res, n)[:n]
@@ -306,8 +313,9 @@ func (c *Cache[V]) putBatchState(st *batchState[V]) {
 	c.statePool.Put(st)
 }
 
-// protect runs fn; a panic in it (a batch loader's) becomes the error of
-// every key that has no result yet.
+// protect runs fn; a panic in it becomes the error of every key that has
+// no result yet. (The batch loader's own panics are recovered closer, by
+// runBatchLoader, so that Observer.LoadDone hears of them.)
 func (c *Cache[V]) protect(st *batchState[V], fn func()) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -374,24 +382,13 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	}
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(uint64(len(need)))
-	lctx, start := c.loadStart(ctx, need, true)
-	loaded, err := load(lctx, need)
-	ev := LoadDoneEvent{Keys: need, Batch: true, Err: err}
-	if o := c.cfg.Observer; o != nil && o.LoadDone != nil {
-		if err == nil {
-			for _, k := range need {
-				if _, ok := loaded[k]; !ok {
-					ev.NotFound++
-				}
-			}
-		}
-		c.flightMu.Lock()
+	loaded, err, panicked := c.runBatchLoader(ctx, st, need, load)
+	if panicked {
 		for _, i := range st.need {
-			ev.Coalesced += st.flights[i].joined
+			st.res[i] = batchResult[V]{err: err, ok: true}
 		}
-		c.flightMu.Unlock()
+		return
 	}
-	c.loadDone(lctx, ev, start)
 	now := time.Now()
 	if err != nil {
 		c.st.loaderErrors.Add(1)
@@ -455,6 +452,57 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		}
 		c.fill(st.tickets[i], st.res[i].it, min(o.l1TTL, ttl), time.Time{}, now)
 	}
+}
+
+// runBatchLoader calls load for the keys need of batch st between the
+// Observer's LoadStart and LoadDone. A panic in load is recovered here,
+// counted and logged (loadPanicked), and returned as err with panicked
+// set; if load exits through runtime.Goexit, LoadDone is still called
+// (with errLoaderGoexit) before the goroutine goes on exiting.
+func (c *Cache[V]) runBatchLoader(ctx context.Context, st *batchState[V], need []string, load BatchLoader[V]) (loaded map[string]V, err error, panicked bool) {
+	lctx, start := c.loadStart(ctx, need, true)
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		if r := recover(); r != nil {
+			err, panicked = c.loadPanicked("", r, zap.Int("batch_keys", len(st.keys))), true
+		} else {
+			err = errLoaderGoexit
+		}
+		c.loadDone(lctx, LoadDoneEvent{Keys: need, Batch: true, Err: err, Coalesced: c.batchJoined(st)}, start)
+	}()
+	loaded, err = load(lctx, need)
+	returned = true
+	ev := LoadDoneEvent{Keys: need, Batch: true, Err: err}
+	if c.observesLoadDone() {
+		if err == nil {
+			for _, k := range need {
+				if _, ok := loaded[k]; !ok {
+					ev.NotFound++
+				}
+			}
+		}
+		ev.Coalesced = c.batchJoined(st)
+	}
+	c.loadDone(lctx, ev, start)
+	return loaded, err, false
+}
+
+// batchJoined returns the callers that joined the flights of st's keys
+// that the loader answers, if an Observer wants them; 0 otherwise.
+func (c *Cache[V]) batchJoined(st *batchState[V]) int {
+	if !c.observesLoadDone() {
+		return 0
+	}
+	n := 0
+	c.flightMu.Lock()
+	for _, i := range st.need {
+		n += st.flights[i].joined
+	}
+	c.flightMu.Unlock()
+	return n
 }
 
 // readManyL2 reads st.keys from L2 in one round trip into st.entries,

@@ -35,9 +35,9 @@ type breaker struct {
 	threshold int // <= 0: never opens
 	cooldown  time.Duration
 	now       func() time.Time
-	// changed, if set, hears every change of state, called after mu is
-	// released, in the order of the changes only as far as the callers'
-	// goroutines allow.
+	// changed, if set, hears every change of state, in the order of the
+	// changes and one call at a time, without mu held (see notify). It
+	// must not panic (Cache.breakerChanged recovers the Observer's).
 	changed func(from, to BreakerState)
 
 	// healthy is true while the breaker is closed with no failure counted:
@@ -48,7 +48,57 @@ type breaker struct {
 	state     BreakerState
 	failures  int
 	openUntil time.Time
-	opened    uint64 // times the breaker opened
+	opened    uint64        // times the breaker opened
+	notes     []stateChange // changes not yet passed to changed, oldest first
+	noting    bool          // a goroutine is passing notes to changed
+}
+
+// stateChange is a change of the breaker's state, for changed.
+type stateChange struct{ from, to BreakerState }
+
+// noteLocked records a change of state for changed. Called with mu held.
+func (b *breaker) noteLocked(from, to BreakerState) {
+	if b.changed != nil && from != to {
+		b.notes = append(b.notes, stateChange{from, to})
+	}
+}
+
+// notify passes the recorded changes to changed, in order and one call at
+// a time, with mu released during each call. The goroutine that finds no
+// one passing them on passes every change, including those that others
+// record meanwhile; the others return at once. Without that, two
+// goroutines that change the state one after the other could call changed
+// in the other order (or at once), and an Observer that keeps the last
+// state it heard of would keep a wrong one until the next change.
+func (b *breaker) notify() {
+	if b.changed == nil {
+		return
+	}
+	b.mu.Lock()
+	if b.noting || len(b.notes) == 0 {
+		b.mu.Unlock()
+		return
+	}
+	b.noting = true
+	locked := true
+	defer func() { // also if changed panics: later changes must still be passed on
+		if !locked {
+			b.mu.Lock()
+		}
+		b.noting = false
+		b.mu.Unlock()
+	}()
+	for len(b.notes) > 0 {
+		notes := b.notes
+		b.notes = nil
+		b.mu.Unlock()
+		locked = false
+		for _, n := range notes {
+			b.changed(n.from, n.to)
+		}
+		b.mu.Lock()
+		locked = true
+	}
 }
 
 // allow reports whether a Redis call may go ahead.
@@ -58,9 +108,12 @@ func (b *breaker) allow() bool {
 	}
 	b.mu.Lock()
 	ok, probe := b.allowLocked()
+	if probe {
+		b.noteLocked(BreakerOpen, BreakerHalfOpen)
+	}
 	b.mu.Unlock()
-	if probe && b.changed != nil {
-		b.changed(BreakerOpen, BreakerHalfOpen)
+	if probe {
+		b.notify()
 	}
 	return ok
 }
@@ -99,9 +152,10 @@ func (b *breaker) record(connFailure bool) (changed bool, state BreakerState) {
 	defer func() {
 		now := b.state
 		b.healthy.Store(now == BreakerClosed && b.failures == 0)
+		b.noteLocked(prev, now)
 		b.mu.Unlock()
-		if b.changed != nil && now != prev {
-			b.changed(prev, now)
+		if now != prev {
+			b.notify()
 		}
 	}()
 	if !connFailure {

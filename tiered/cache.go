@@ -163,6 +163,10 @@ type Cache[V any] struct {
 	staleServes *episode.Tracker // stale values served by fail-safe
 	unreadable  *episode.Tracker // values read from Redis that were corrupt or did not decode
 	unstored    *episode.Tracker // loaded values left out of Redis: unencodable, or above MaxValueSize
+	// Panics recovered from Observer callbacks.
+	observerFails *episode.Tracker
+
+	obs []*Observer // Config.Observer, or the members it joined (see joined); read-only after New
 }
 
 // Messages of the episodes (see Config.Logger); an episode's end is logged
@@ -205,12 +209,17 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		staleServes: episode.New(cfg.Logger, msgStaleServes, episode.DefaultQuiet),
 		unreadable:  episode.New(cfg.Logger, msgUnreadable, episode.DefaultQuiet),
 		unstored:    episode.New(cfg.Logger, msgUnstored, episode.DefaultQuiet),
+
+		observerFails: episode.New(cfg.Logger, msgObserverPanics, episode.DefaultQuiet),
+		obs:           joined(cfg.Observer),
 	}
 	if c.codec == nil {
 		c.codec = defaultCodec[V]()
 	}
-	if o := cfg.Observer; o != nil && o.BreakerChanged != nil {
-		c.brk.changed = c.breakerChanged
+	for _, o := range c.obs {
+		if o.BreakerChanged != nil {
+			c.brk.changed = c.breakerChanged
+		}
 	}
 	var cost func(item[V]) int64
 	if cfg.L1Cost != nil {
@@ -282,17 +291,13 @@ type handler[V any] struct{ c *Cache[V] }
 // InvalidateKeys implements invalidation.Handler.
 func (h handler[V]) InvalidateKeys(keys []string) {
 	h.c.invalidateLocal(keys...)
-	if o := h.c.cfg.Observer; o != nil && o.Invalidated != nil {
-		o.Invalidated(InvalidationEvent{Namespace: h.c.cfg.Namespace, Keys: keys})
-	}
+	h.c.invalidated(keys)
 }
 
 // InvalidateAll implements invalidation.Handler.
 func (h handler[V]) InvalidateAll(cause invalidation.Cause) {
 	h.c.dropAll()
-	if o := h.c.cfg.Observer; o != nil && o.Repaired != nil {
-		o.Repaired(RepairEvent{Namespace: h.c.cfg.Namespace, Cause: cause})
-	}
+	h.c.repaired(cause)
 }
 
 // OwnKeys implements invalidation.OwnHandler: an own message drops only the

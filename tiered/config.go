@@ -175,12 +175,15 @@ type Config[V any] struct {
 	// the open breaker included), stale values served by fail-safe (one per
 	// value), values read from Redis that are corrupt or do not decode (one
 	// per value), and loaded values left out of Redis because the Codec
-	// cannot encode them or they exceed MaxValueSize (one per value). The
-	// first failure of a kind logs a Warn with its key and error
-	// ("nearcache: redis writes failing", "nearcache: loader failing;
-	// serving stale values (fail-safe)", "nearcache: unreadable values in
-	// Redis; reloading them", "nearcache: loaded values not stored in Redis
-	// (kept in this instance's L1 only)"); later ones are only counted; once
+	// cannot encode them or they exceed MaxValueSize (one per value), and
+	// panics of Observer callbacks (one per panic; the error's
+	// "errorVerbose" has the stack). The first failure of a kind logs a
+	// Warn with its key and error ("nearcache: redis writes failing",
+	// "nearcache: loader failing; serving stale values (fail-safe)",
+	// "nearcache: unreadable values in Redis; reloading them", "nearcache:
+	// loaded values not stored in Redis (kept in this instance's L1 only)",
+	// "nearcache: Observer callback panicked (recovered; its event is
+	// lost)"); later ones are only counted; once
 	// 10s pass without another, or at Close, an Info with the same message
 	// followed by ": episode ended" gives the count, the time from the
 	// first failure to the last, and the last key and error.

@@ -62,8 +62,9 @@
 // with its reasons. Any *Cache[V] is a [StatsSource], which exporters read at
 // scrape time (the contrib/prometheus and contrib/otel modules). Config.Observer
 // hears loads, writes, invalidations, repairs, breaker changes and stale values
-// served, off the L1-hit path; [SlogLogger] routes Config.Logger to a
-// log/slog handler.
+// served, off the L1-hit path; a panic in one of its callbacks is recovered
+// and logged, never the Cache's failure. [SlogLogger] routes Config.Logger
+// to a log/slog handler.
 //
 // A Cache is safe for concurrent use; Caches on one Config.Redis share one
 // invalidation transport (a pub/sub connection per server). Build Config.Redis

@@ -25,8 +25,9 @@ import (
 // their result or an abort error (settleLocked); their waiters wait on done,
 // which the first waiter makes, so a flight nobody joins costs no channel.
 type flight[V any] struct {
-	sf  *sfState // DoChan flights only (nil otherwise)
-	key string   // batch flights only: the key, for settleBatch
+	sf    *sfState  // DoChan flights only (nil otherwise)
+	key   string    // batch flights only: the key, for settleBatch
+	batch *batch[V] // batch flights only: the batch that leads it
 
 	// Inline and batch flights; all guarded by flightMu.
 	done    chan struct{} // nil until a waiter needs it; closed when settled

@@ -2,6 +2,9 @@ package tiered
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"runtime/debug"
 	"time"
 
 	"github.com/nearcache/nearcache/invalidation"
@@ -14,15 +17,27 @@ import (
 //
 // Callbacks run synchronously on the goroutine where the event happens (a
 // load's, a writer's, the invalidation worker's): keep them short, never
-// block in them, and never call the Cache that calls them. Slices in an
-// event are borrowed: read them during the call only.
+// block in them, and never call the Cache that calls them (Stats is the
+// exception: it is safe in every callback). Slices in an event are
+// borrowed: read them during the call only.
+//
+// A callback that panics is the Observer's bug, and the Cache contains it:
+// the panic is recovered and logged to Config.Logger (a Warn with the
+// callback's name, the panic value and the stack, once per episode of
+// such panics, as for the Cache's other degradations), the event is lost,
+// and the operation goes on as if no Observer were set. A LoadStart or
+// WriteStart that panics or returns nil leaves the ctx as it was. The
+// Cache calls the callback again on the next event.
 type Observer struct {
 	// LoadStart is called before a Loader or BatchLoader runs, with the
 	// load's ctx (detached from its callers' cancellation, with their
 	// values). The ctx it returns is the one the loader and LoadDone get
 	// (a span, say); returning ctx itself is fine.
 	LoadStart func(ctx context.Context, ev LoadStartEvent) context.Context
-	// LoadDone is called when that loader call has returned.
+	// LoadDone is called when that loader call has ended, after every
+	// LoadStart, also when the loader panicked (Err is then the
+	// *PanicError its callers get) or exited through runtime.Goexit, so
+	// that a span started in LoadStart is always ended.
 	LoadDone func(ctx context.Context, ev LoadDoneEvent)
 	// WriteStart is called before Set, SetMany, Delete, DeleteMany or Clear
 	// goes to Redis (not in L1-only mode), with the caller's ctx; the ctx
@@ -37,11 +52,18 @@ type Observer struct {
 	// invalidation stream may have lost messages (see invalidation.Cause).
 	Repaired func(ev RepairEvent)
 	// BreakerChanged is called on every change of the circuit breaker's
-	// state.
+	// state, one at a time and in the order of the changes (each event's
+	// From is the previous event's To): a change made while the callback
+	// runs for an earlier one, by whatever goroutine, is passed on once it
+	// returns.
 	BreakerChanged func(ev BreakerEvent)
 	// StaleServed is called when fail-safe serves a stale value because
 	// the loader failed.
 	StaleServed func(ev StaleEvent)
+
+	// members are the Observers JoinObservers joined; a Cache calls each
+	// on its own (see joined).
+	members []*Observer
 }
 
 // LoadStartEvent describes a loader call about to run.
@@ -58,12 +80,15 @@ type LoadDoneEvent struct {
 	Batch     bool
 	Duration  time.Duration // the loader call alone
 	// Err is the loader's error; ErrNotFound (a negative result) is not
-	// an error here: NotFound counts such keys.
+	// an error here: NotFound counts such keys. A loader that panicked
+	// has a *PanicError; one that exited through runtime.Goexit an error
+	// that says so.
 	Err      error
 	NotFound int // keys the loader reported absent
 	// Coalesced is the number of callers that joined the load's flights
 	// (beyond the caller that started each) by the time the loader
 	// returned: they waited for this load instead of starting their own.
+	// A key repeated in one GetManyOrLoad call is not another caller.
 	Coalesced int
 }
 
@@ -110,12 +135,18 @@ type StaleEvent struct {
 
 // JoinObservers returns an Observer that calls each of obs in turn (nil
 // ones are skipped); the ctx returned by one's LoadStart or WriteStart is
-// passed to the next. It returns nil when none is left, the only one when
-// one is.
+// passed to the next (a nil one leaves the ctx as it was). It returns nil
+// when none is left, the only one when one is. A Cache calls the members
+// one by one, each with its own recovery: a member that panics loses only
+// its own event, and the ctx the members before it returned is kept.
 func JoinObservers(obs ...*Observer) *Observer {
 	var list []*Observer
 	for _, o := range obs {
-		if o != nil {
+		switch {
+		case o == nil:
+		case o.members != nil:
+			list = append(list, o.members...)
+		default:
 			list = append(list, o)
 		}
 	}
@@ -125,11 +156,11 @@ func JoinObservers(obs ...*Observer) *Observer {
 	case 1:
 		return list[0]
 	}
-	j := &Observer{}
+	j := &Observer{members: list}
 	j.LoadStart = func(ctx context.Context, ev LoadStartEvent) context.Context {
 		for _, o := range list {
 			if o.LoadStart != nil {
-				ctx = o.LoadStart(ctx, ev)
+				ctx = orCtx(o.LoadStart(ctx, ev), ctx)
 			}
 		}
 		return ctx
@@ -144,7 +175,7 @@ func JoinObservers(obs ...*Observer) *Observer {
 	j.WriteStart = func(ctx context.Context, ev WriteStartEvent) context.Context {
 		for _, o := range list {
 			if o.WriteStart != nil {
-				ctx = o.WriteStart(ctx, ev)
+				ctx = orCtx(o.WriteStart(ctx, ev), ctx)
 			}
 		}
 		return ctx
@@ -187,52 +218,187 @@ func JoinObservers(obs ...*Observer) *Observer {
 	return j
 }
 
-// observe helpers: each is a no-op without an Observer or its callback.
+// orCtx returns ctx, or old if ctx is nil.
+func orCtx(ctx, old context.Context) context.Context {
+	if ctx == nil {
+		return old
+	}
+	return ctx
+}
+
+// joined returns the Observers a Cache calls: the members of one that
+// JoinObservers made, each on its own, or o alone (none for nil).
+func joined(o *Observer) []*Observer {
+	switch {
+	case o == nil:
+		return nil
+	case o.members != nil:
+		return o.members
+	}
+	return []*Observer{o}
+}
+
+// msgObserverPanics is the message of the episodes of Observer panics (see
+// Observer).
+const msgObserverPanics = "nearcache: Observer callback panicked (recovered; its event is lost)"
+
+// observerPanic is a panic recovered from an Observer callback, as logged.
+type observerPanic struct {
+	hook  string // the callback: "LoadStart", ...
+	value any    // passed to panic
+	stack []byte // the panicking goroutine's stack
+}
+
+func (e *observerPanic) Error() string {
+	return fmt.Sprintf("tiered: Observer.%s panicked: %v", e.hook, e.value)
+}
+
+// Format writes Error, followed by the stack for %+v (which zap logs as
+// the "errorVerbose" field).
+func (e *observerPanic) Format(s fmt.State, verb rune) {
+	_, _ = io.WriteString(s, e.Error())
+	if verb == 'v' && s.Flag('+') {
+		_, _ = io.WriteString(s, "\n")
+		_, _ = s.Write(e.stack)
+	}
+}
+
+// recoverObserver, deferred around a call of an Observer callback,
+// recovers the callback's panic and reports it to the episode of Observer
+// panics, with key (the event's first key, if any).
+func (c *Cache[V]) recoverObserver(hook, key string) {
+	if r := recover(); r != nil {
+		c.observerFails.Fail(key, &observerPanic{hook: hook, value: r, stack: debug.Stack()})
+	}
+}
+
+// The helpers below call each Observer's callback, if set, through a call
+// of its own that recovers a panic (callX). Without an Observer each is
+// a loop over nothing.
 
 func (c *Cache[V]) loadStart(ctx context.Context, keys []string, batch bool) (context.Context, time.Time) {
 	start := time.Now()
-	if o := c.cfg.Observer; o != nil && o.LoadStart != nil {
-		if nctx := o.LoadStart(ctx, LoadStartEvent{Namespace: c.cfg.Namespace, Keys: keys, Batch: batch}); nctx != nil {
-			ctx = nctx
+	for _, o := range c.obs {
+		if o.LoadStart != nil {
+			ctx = c.callLoadStart(o, ctx, LoadStartEvent{Namespace: c.cfg.Namespace, Keys: keys, Batch: batch})
 		}
 	}
 	return ctx, start
 }
 
-func (c *Cache[V]) loadDone(ctx context.Context, ev LoadDoneEvent, start time.Time) time.Duration {
+func (c *Cache[V]) callLoadStart(o *Observer, ctx context.Context, ev LoadStartEvent) (out context.Context) {
+	out = ctx
+	defer c.recoverObserver("LoadStart", firstKey(ev.Keys))
+	return orCtx(o.LoadStart(ctx, ev), ctx)
+}
+
+func (c *Cache[V]) loadDone(ctx context.Context, ev LoadDoneEvent, start time.Time) {
 	d := time.Since(start)
 	c.st.loadLatency.Record(d)
-	if o := c.cfg.Observer; o != nil && o.LoadDone != nil {
-		ev.Namespace, ev.Duration = c.cfg.Namespace, d
-		o.LoadDone(ctx, ev)
+	ev.Namespace, ev.Duration = c.cfg.Namespace, d
+	for _, o := range c.obs {
+		if o.LoadDone != nil {
+			c.callLoadDone(o, ctx, ev)
+		}
 	}
-	return d
+}
+
+func (c *Cache[V]) callLoadDone(o *Observer, ctx context.Context, ev LoadDoneEvent) {
+	defer c.recoverObserver("LoadDone", firstKey(ev.Keys))
+	o.LoadDone(ctx, ev)
 }
 
 func (c *Cache[V]) writeStart(ctx context.Context, op string, keys []string) (context.Context, time.Time) {
 	start := time.Now()
-	if o := c.cfg.Observer; o != nil && o.WriteStart != nil {
-		if nctx := o.WriteStart(ctx, WriteStartEvent{Namespace: c.cfg.Namespace, Op: op, Keys: keys}); nctx != nil {
-			ctx = nctx
+	for _, o := range c.obs {
+		if o.WriteStart != nil {
+			ctx = c.callWriteStart(o, ctx, WriteStartEvent{Namespace: c.cfg.Namespace, Op: op, Keys: keys})
 		}
 	}
 	return ctx, start
 }
 
+func (c *Cache[V]) callWriteStart(o *Observer, ctx context.Context, ev WriteStartEvent) (out context.Context) {
+	out = ctx
+	defer c.recoverObserver("WriteStart", firstKey(ev.Keys))
+	return orCtx(o.WriteStart(ctx, ev), ctx)
+}
+
 func (c *Cache[V]) writeDone(ctx context.Context, op string, keys []string, start time.Time, err error) {
-	if o := c.cfg.Observer; o != nil && o.WriteDone != nil {
-		o.WriteDone(ctx, WriteDoneEvent{Namespace: c.cfg.Namespace, Op: op, Keys: keys, Duration: time.Since(start), Err: err})
+	ev := WriteDoneEvent{Namespace: c.cfg.Namespace, Op: op, Keys: keys, Duration: time.Since(start), Err: err}
+	for _, o := range c.obs {
+		if o.WriteDone != nil {
+			c.callWriteDone(o, ctx, ev)
+		}
 	}
+}
+
+func (c *Cache[V]) callWriteDone(o *Observer, ctx context.Context, ev WriteDoneEvent) {
+	defer c.recoverObserver("WriteDone", firstKey(ev.Keys))
+	o.WriteDone(ctx, ev)
+}
+
+func (c *Cache[V]) invalidated(keys []string) {
+	for _, o := range c.obs {
+		if o.Invalidated != nil {
+			c.callInvalidated(o, InvalidationEvent{Namespace: c.cfg.Namespace, Keys: keys})
+		}
+	}
+}
+
+func (c *Cache[V]) callInvalidated(o *Observer, ev InvalidationEvent) {
+	defer c.recoverObserver("Invalidated", firstKey(ev.Keys))
+	o.Invalidated(ev)
+}
+
+func (c *Cache[V]) repaired(cause invalidation.Cause) {
+	for _, o := range c.obs {
+		if o.Repaired != nil {
+			c.callRepaired(o, RepairEvent{Namespace: c.cfg.Namespace, Cause: cause})
+		}
+	}
+}
+
+func (c *Cache[V]) callRepaired(o *Observer, ev RepairEvent) {
+	defer c.recoverObserver("Repaired", "")
+	o.Repaired(ev)
 }
 
 func (c *Cache[V]) staleServed(key string, err error) {
-	if o := c.cfg.Observer; o != nil && o.StaleServed != nil {
-		o.StaleServed(StaleEvent{Namespace: c.cfg.Namespace, Key: key, Err: err})
+	for _, o := range c.obs {
+		if o.StaleServed != nil {
+			c.callStaleServed(o, StaleEvent{Namespace: c.cfg.Namespace, Key: key, Err: err})
+		}
 	}
 }
 
+func (c *Cache[V]) callStaleServed(o *Observer, ev StaleEvent) {
+	defer c.recoverObserver("StaleServed", ev.Key)
+	o.StaleServed(ev)
+}
+
+// breakerChanged is the breaker's changed (set only when an Observer has
+// BreakerChanged).
 func (c *Cache[V]) breakerChanged(from, to BreakerState) {
-	if o := c.cfg.Observer; o != nil && o.BreakerChanged != nil {
-		o.BreakerChanged(BreakerEvent{Namespace: c.cfg.Namespace, From: from, To: to})
+	for _, o := range c.obs {
+		if o.BreakerChanged != nil {
+			c.callBreakerChanged(o, BreakerEvent{Namespace: c.cfg.Namespace, From: from, To: to})
+		}
 	}
+}
+
+func (c *Cache[V]) callBreakerChanged(o *Observer, ev BreakerEvent) {
+	defer c.recoverObserver("BreakerChanged", "")
+	o.BreakerChanged(ev)
+}
+
+// observesLoadDone reports whether some Observer has LoadDone: only then
+// are a load's not-found keys and joined callers counted for it.
+func (c *Cache[V]) observesLoadDone() bool {
+	for _, o := range c.obs {
+		if o.LoadDone != nil {
+			return true
+		}
+	}
+	return false
 }

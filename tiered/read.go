@@ -88,6 +88,57 @@ func (c *Cache[V]) fetch(ctx context.Context, key string, f *flight[V], load Loa
 	return c.fetchLoad(ctx, key, f, load, o, t, look)
 }
 
+// errLoaderGoexit is the Err of Observer.LoadDone for a loader that exited
+// through runtime.Goexit (its callers get an error naming the key).
+var errLoaderGoexit = errors.New("tiered: the loader exited through runtime.Goexit")
+
+// runLoader calls load for key of flight f between the Observer's LoadStart
+// and LoadDone. A panic in load is recovered here, counted and logged
+// (loadPanicked), and returned as err with panicked set: the flight's
+// callers get it. If load exits through runtime.Goexit, LoadDone is still
+// called (with errLoaderGoexit) before the goroutine goes on exiting.
+func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load Loader[V]) (v V, err error, panicked bool) {
+	var keys []string
+	if c.obs != nil {
+		keys = []string{key}
+	}
+	lctx, start := c.loadStart(ctx, keys, false)
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		if r := recover(); r != nil {
+			err, panicked = c.loadPanicked(key, r), true
+		} else {
+			err = errLoaderGoexit
+		}
+		c.loadDone(lctx, LoadDoneEvent{Keys: keys, Err: err, Coalesced: c.joinedOf(f)}, start)
+	}()
+	v, err = load(lctx, key)
+	returned = true
+	ev := LoadDoneEvent{Keys: keys, Coalesced: c.joinedOf(f)}
+	switch {
+	case errors.Is(err, ErrNotFound):
+		ev.NotFound = 1
+	case err != nil:
+		ev.Err = err
+	}
+	c.loadDone(lctx, ev, start)
+	return v, err, false
+}
+
+// joinedOf returns the callers that joined flight f so far, if an Observer
+// wants them (LoadDoneEvent.Coalesced); 0 otherwise.
+func (c *Cache[V]) joinedOf(f *flight[V]) int {
+	if !c.observesLoadDone() {
+		return 0
+	}
+	c.flightMu.Lock()
+	defer c.flightMu.Unlock()
+	return f.joined
+}
+
 // fetchL2 is the first part of a miss: the fill ticket, the L2 read, and on
 // a fresh L2 value the L1 fill. done reports that the miss is settled with
 // it and err: an L2 hit, or a Get (no loader) that missed. Otherwise the
@@ -115,22 +166,10 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 	now := time.Now()
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(1)
-	keys := []string{key}
-	lctx, start := c.loadStart(ctx, keys, false)
-	v, err := load(lctx, key)
-	ev := LoadDoneEvent{Keys: keys}
-	switch {
-	case errors.Is(err, ErrNotFound):
-		ev.NotFound = 1
-	case err != nil:
-		ev.Err = err
+	v, err, panicked := c.runLoader(ctx, key, f, load)
+	if panicked {
+		return item[V]{}, err
 	}
-	if o := c.cfg.Observer; o != nil && o.LoadDone != nil {
-		c.flightMu.Lock()
-		ev.Coalesced = f.joined
-		c.flightMu.Unlock()
-	}
-	c.loadDone(lctx, ev, start)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		c.st.loaderErrors.Add(1)
 		lerr := &opError{op: "load", keys: []string{key}, err: err}

@@ -190,7 +190,7 @@ func (c *Cache[V]) Clear(ctx context.Context) (err error) {
 		return nil
 	}
 	defer c.dropAll()
-	if c.cfg.Observer != nil {
+	if c.obs != nil {
 		var start time.Time
 		ctx, start = c.writeStart(ctx, "clear", nil)
 		defer func() { c.writeDone(ctx, "clear", nil, start, err) }()
@@ -223,7 +223,7 @@ func (c *Cache[V]) Clear(ctx context.Context) (err error) {
 // meanwhile (see doubts).
 func (c *Cache[V]) write(ctx context.Context, op string, keys []string, fn func(context.Context) error) (err error) {
 	defer c.invalidateLocal(keys...)
-	if c.cfg.Observer != nil {
+	if c.obs != nil {
 		var start time.Time
 		ctx, start = c.writeStart(ctx, op, keys)
 		defer func() { c.writeDone(ctx, op, keys, start, err) }()
@@ -318,5 +318,6 @@ func (c *Cache[V]) Close() error {
 	c.staleServes.Close()
 	c.unreadable.Close()
 	c.unstored.Close()
+	c.observerFails.Close()
 	return errors.Join(errs...)
 }

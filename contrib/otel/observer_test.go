@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -407,6 +408,67 @@ func TestLoadDurationHistogram(t *testing.T) {
 		cum += buckets[i]
 		if cum != st.Counts[i] {
 			t.Errorf("at most %v: %d loads, want the Stats' %d", st.Bounds[i], cum, st.Counts[i])
+		}
+	}
+}
+
+// A loader that panics or exits through runtime.Goexit still ends its
+// load span, with the Error status (the *tiered.PanicError its callers
+// get, for a panic), and records its duration: no span is left open.
+func TestLoadSpanEndedOnPanicAndGoexit(t *testing.T) {
+	for _, ctxCase := range []struct {
+		name string
+		ctx  func(*testing.T) context.Context
+	}{
+		{"inline", func(*testing.T) context.Context { return context.Background() }},
+		{"detached", func(t *testing.T) context.Context {
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			return ctx
+		}},
+	} {
+		for _, how := range []string{"panic", "goexit"} {
+			t.Run(ctxCase.name+"/"+how, func(t *testing.T) {
+				ctx := ctxCase.ctx(t)
+				tp, rec := newTracer(t)
+				mp, reader := newMeter(t)
+				c := newCache(t, tiered.Config[string]{Redis: newClient(t, miniredis.RunT(t).Addr()), Namespace: "dying",
+					Observer: NewObserver(WithTracerProvider(tp), WithMeterProvider(mp))})
+				die := func() {
+					if how == "panic" {
+						panic("loader bug")
+					}
+					runtime.Goexit()
+				}
+				if _, err := c.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { die(); return "", nil }); err == nil {
+					t.Fatal("GetOrLoad of a dying loader: no error")
+				}
+				if _, err := c.GetManyOrLoad(ctx, []string{"a", "b"}, func(context.Context, []string) (map[string]string, error) {
+					die()
+					return nil, nil
+				}); err == nil {
+					t.Fatal("GetManyOrLoad of a dying loader: no error")
+				}
+				if started, ended := len(rec.Started()), len(rec.Ended()); started != 2 || ended != 2 {
+					t.Fatalf("%d load spans started, %d ended; want 2 and 2", started, ended)
+				}
+				for _, s := range spansNamed(rec, nameLoadSpan) {
+					if s.Status().Code != codes.Error {
+						t.Errorf("span %v: status %+v, want Error", attrs(s.Attributes())[BatchKey].Emit(), s.Status())
+					}
+					if how == "panic" && !strings.Contains(s.Status().Description, "loader bug") {
+						t.Errorf("status description %q, want the panic value", s.Status().Description)
+					}
+				}
+				h := collect(t, reader)[nameLoadDuration].Data.(metricdata.Histogram[float64])
+				var count uint64
+				for _, dp := range h.DataPoints {
+					count += dp.Count
+				}
+				if count != 2 {
+					t.Errorf("%d load durations recorded, want 2", count)
+				}
+			})
 		}
 	}
 }

@@ -7,6 +7,7 @@
 package hist
 
 import (
+	"math"
 	"math/bits"
 	"sync/atomic"
 	"time"
@@ -46,7 +47,11 @@ var Bounds = [...]time.Duration{
 // Buckets is a cumulative histogram with fixed bounds, as exporters want
 // it (a Prometheus histogram, an OpenTelemetry explicit-bucket histogram):
 // Counts[i] observations were at most Bounds[i]; Count is every
-// observation (the +Inf bucket) and Sum their total. Counts only grow.
+// observation (the +Inf bucket) and Sum their total. Counts only grow,
+// and so does Sum, which stops at the largest Duration (about 292 years of
+// summed observations: years of uptime at a high rate, or a few
+// propagation lags from a publisher whose clock is decades off) instead of
+// wrapping to a negative total.
 type Buckets struct {
 	Bounds []time.Duration // shared, do not modify
 	Counts []uint64
@@ -108,11 +113,26 @@ func (h *Histogram) Record(d time.Duration) {
 	ns := max(int64(d), 0)
 	h.buckets[bucketOf(ns)].Add(1)
 	h.fixed[fixedOf(ns)].Add(1)
-	h.sum.Add(ns)
+	h.addSum(ns)
 	h.count.Add(1)
 	for {
 		m := h.max.Load()
 		if ns <= m || h.max.CompareAndSwap(m, ns) {
+			return
+		}
+	}
+}
+
+// addSum adds ns (>= 0) to the sum, which stops at the largest Duration
+// instead of wrapping to a negative total.
+func (h *Histogram) addSum(ns int64) {
+	for {
+		s := h.sum.Load()
+		t := s + ns
+		if t < s { // overflow
+			t = math.MaxInt64
+		}
+		if t == s || h.sum.CompareAndSwap(s, t) {
 			return
 		}
 	}

@@ -1,6 +1,10 @@
 package hist
 
 import (
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -97,5 +101,83 @@ func TestBuckets(t *testing.T) {
 	}
 	if b.Counts[len(b.Counts)-1] > b.Count {
 		t.Errorf("last bound %d above Count %d", b.Counts[len(b.Counts)-1], b.Count)
+	}
+}
+
+// Sum never wraps to a negative total: a few observations from a clock
+// decades off (propagation lag from a publisher whose clock is wrong) or
+// years of uptime at a high rate would pass the largest Duration (about
+// 292 years of summed nanoseconds); Sum then stays at that largest value,
+// which an exporter still reads as a counter that grew.
+func TestSumSaturates(t *testing.T) {
+	var h Histogram
+	const century = 100 * 365 * 24 * time.Hour
+	for i := range 5 {
+		h.Record(century)
+		if b := h.Buckets(); b.Sum < 0 || (i < 2 && b.Sum != time.Duration(i+1)*century) {
+			t.Fatalf("after %d centuries: Sum %v", i+1, b.Sum)
+		}
+	}
+	b := h.Buckets()
+	if b.Sum != math.MaxInt64 || b.Count != 5 {
+		t.Errorf("Sum %d, Count %d; want the largest Duration and 5", int64(b.Sum), b.Count)
+	}
+}
+
+// Record from many goroutines while Buckets and Snapshot read: every read
+// is cumulative, its Count is its last bucket at most, and once the writers
+// are done every observation is counted once, with the exact sum.
+func TestConcurrentRecord(t *testing.T) {
+	var h Histogram
+	const writers, each = 4, 5000
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var readErr atomic.Value
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var last uint64
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b := h.Buckets()
+			for i := 1; i < len(b.Counts); i++ {
+				if b.Counts[i] < b.Counts[i-1] {
+					readErr.Store(fmt.Sprintf("not cumulative: %v", b.Counts))
+				}
+			}
+			if b.Counts[len(b.Counts)-1] > b.Count || b.Count < last {
+				readErr.Store(fmt.Sprintf("Count %d (before %d) below the last bound's %d", b.Count, last, b.Counts[len(b.Counts)-1]))
+			}
+			last = b.Count
+			_ = h.Snapshot()
+		}
+	}()
+	var ww sync.WaitGroup
+	for w := range writers {
+		ww.Add(1)
+		go func() {
+			defer ww.Done()
+			for i := range each {
+				h.Record(time.Duration(w*each+i) * time.Microsecond)
+			}
+		}()
+	}
+	ww.Wait()
+	close(stop)
+	wg.Wait()
+	if e := readErr.Load(); e != nil {
+		t.Fatal(e)
+	}
+	const total = writers * each
+	b, s := h.Buckets(), h.Snapshot()
+	if b.Count != total || s.Count != total {
+		t.Errorf("Count %d, percentiles' %d; want %d", b.Count, s.Count, total)
+	}
+	if want := time.Duration(total*(total-1)/2) * time.Microsecond; b.Sum != want {
+		t.Errorf("Sum %v, want %v", b.Sum, want)
 	}
 }
