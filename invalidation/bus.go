@@ -402,8 +402,15 @@ func (b *Bus) Close() error {
 const CloseWait = 2 * time.Second
 
 // requestInvalidateAll asks the worker to call InvalidateAll(c) soon.
+//
+// The stream is unhealthy (RepairPending) from the request until the worker
+// has called the Handler, so that Health never reports healthy while a
+// decided repair is not applied (a confirmation that clears the other
+// reasons races with the worker). The bit is set after pending and cleared
+// by applyPending only when nothing is pending, both under the health lock.
 func (b *Bus) requestInvalidateAll(c Cause) {
 	b.pending.Or(1 << c)
+	b.health.set(busWide, reasonRepairPending)
 	if h := b.hub.Load(); h != nil {
 		h.poke()
 	}
@@ -418,6 +425,7 @@ func isNoPerm(err error) bool {
 
 // applyPending calls InvalidateAll for the pending causes. Worker only.
 func (b *Bus) applyPending() {
+	defer b.health.clearIf(busWide, reasonRepairPending, func() bool { return b.pending.Load() == 0 })
 	m := b.pending.Swap(0)
 	if m == 0 {
 		return

@@ -15,7 +15,8 @@ const (
 	reasonStalled
 	reasonOverflow
 	reasonAntiEntropy
-	reasonRerouted // the subscription is being moved to the server the commands go to
+	reasonRerouted      // the subscription is being moved to the server the commands go to
+	reasonRepairPending // an InvalidateAll was requested and the worker has not called the Handler yet
 )
 
 // busWide is the health source of reasons that concern the whole bus
@@ -55,6 +56,28 @@ func (h *healthState) clear(src int, r reason) {
 		h.since.Store(0)
 	}
 	h.mu.Unlock()
+}
+
+// clearIf clears r of src if cond holds, deciding under mu: a set that
+// follows a change cond looks at (see Bus.requestInvalidateAll) is never
+// lost. While healthy it costs one atomic load.
+func (h *healthState) clearIf(src int, r reason, cond func() bool) {
+	if h.since.Load() == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.reasons[src]&r == 0 || !cond() {
+		return
+	}
+	if v := h.reasons[src] &^ r; v != 0 {
+		h.reasons[src] = v
+	} else {
+		delete(h.reasons, src)
+	}
+	if len(h.reasons) == 0 {
+		h.since.Store(0)
+	}
 }
 
 // drop forgets a source (a subscription that was stopped).

@@ -122,6 +122,7 @@ const (
 	Overflowed       HealthReason = HealthReason(reasonOverflow)      // the receive queue overflowed; the repair is pending
 	AntiEntropyFails HealthReason = HealthReason(reasonAntiEntropy)   // anti-entropy cannot read Redis
 	Rerouting        HealthReason = HealthReason(reasonRerouted)      // the subscription is moving to the server the commands go to
+	RepairPending    HealthReason = HealthReason(reasonRepairPending) // a repair (InvalidateAll) is decided and not applied yet
 )
 
 var healthReasonNames = []struct {
@@ -130,11 +131,12 @@ var healthReasonNames = []struct {
 }{
 	{NotSubscribed, "not_subscribed"}, {Disconnected, "disconnected"}, {Stalled, "stalled"},
 	{Overflowed, "overflowed"}, {AntiEntropyFails, "anti_entropy_failing"}, {Rerouting, "rerouting"},
+	{RepairPending, "repair_pending"},
 }
 
 // String lists the reasons, comma-separated ("" for none); each name is
 // also a stable label value ("not_subscribed", "disconnected", "stalled",
-// "overflowed", "anti_entropy_failing", "rerouting").
+// "overflowed", "anti_entropy_failing", "rerouting", "repair_pending").
 func (r HealthReason) String() string {
 	var b strings.Builder
 	for _, n := range healthReasonNames {

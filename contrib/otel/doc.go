@@ -126,7 +126,8 @@
 //	nearcache.invalidation.unhealthy_reason     1             1 for each nearcache.reason it is
 //	                                                          not, 0 for the others: not_subscribed,
 //	                                                          disconnected, stalled, overflowed,
-//	                                                          anti_entropy_failing, rerouting
+//	                                                          anti_entropy_failing, rerouting,
+//	                                                          repair_pending
 //
 // Durations, Float64ObservableGauge:
 //

@@ -424,7 +424,7 @@ func TestMetricsMapping(t *testing.T) {
 	if got := c.mustInt64(t, nameBreakerState, attrSet("fake", StateKey.String("half-open"))); got != 1 {
 		t.Errorf("breaker state half-open = %d, want 1", got)
 	}
-	for reason, want := range map[string]int64{"disconnected": 1, "rerouting": 1, "not_subscribed": 0, "stalled": 0, "overflowed": 0, "anti_entropy_failing": 0} {
+	for reason, want := range map[string]int64{"disconnected": 1, "rerouting": 1, "not_subscribed": 0, "stalled": 0, "overflowed": 0, "anti_entropy_failing": 0, "repair_pending": 0} {
 		if got := c.mustInt64(t, nameUnhealthyReason, attrSet("fake", ReasonKey.String(reason))); got != want {
 			t.Errorf("%s{reason=%s} = %d, want %d", nameUnhealthyReason, reason, got, want)
 		}

@@ -10,7 +10,7 @@ import (
 )
 
 // BenchmarkCollect is one scrape's Collect of one cache with Redis: one
-// Stats and 84 constant metrics.
+// Stats and 85 constant metrics.
 func BenchmarkCollect(b *testing.B) {
 	s := newBenchCache(b)
 	col := NewCollector(s)

@@ -117,7 +117,8 @@
 //	nearcache_invalidation_healthy                   1 while the invalidation stream is healthy
 //	nearcache_invalidation_unhealthy_reasons{reason} 1 for each reason it is not, 0 for the others:
 //	                                                 not_subscribed, disconnected, stalled,
-//	                                                 overflowed, anti_entropy_failing, rerouting
+//	                                                 overflowed, anti_entropy_failing, rerouting,
+//	                                                 repair_pending
 //	nearcache_invalidation_unhealthy_seconds         seconds since it became unhealthy, 0 while healthy
 //
 // Histograms, with the same buckets from 100µs to 10s:
