@@ -47,6 +47,12 @@ func (h *healthState) set(src int, r reason) {
 
 func (h *healthState) clear(src int, r reason) {
 	h.mu.Lock()
+	h.clearLocked(src, r)
+	h.mu.Unlock()
+}
+
+// clearLocked clears r of src; mu is held.
+func (h *healthState) clearLocked(src int, r reason) {
 	if v := h.reasons[src] &^ r; v != 0 {
 		h.reasons[src] = v
 	} else {
@@ -55,7 +61,6 @@ func (h *healthState) clear(src int, r reason) {
 	if len(h.reasons) == 0 {
 		h.since.Store(0)
 	}
-	h.mu.Unlock()
 }
 
 // clearIf clears r of src if cond holds, deciding under mu: a set that
@@ -67,16 +72,8 @@ func (h *healthState) clearIf(src int, r reason, cond func() bool) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.reasons[src]&r == 0 || !cond() {
-		return
-	}
-	if v := h.reasons[src] &^ r; v != 0 {
-		h.reasons[src] = v
-	} else {
-		delete(h.reasons, src)
-	}
-	if len(h.reasons) == 0 {
-		h.since.Store(0)
+	if h.reasons[src]&r != 0 && cond() {
+		h.clearLocked(src, r)
 	}
 }
 
