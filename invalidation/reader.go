@@ -112,8 +112,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 	var (
 		ps          = h.subscribe(ctx, s, false)
 		failing     bool      // a failure was seen since the last confirmation
-		pingOut     bool      // a ping is unanswered
-		pingAt      time.Time // when that ping was sent
+		pingAt      time.Time // when the unanswered ping was sent (zero: none is)
 		lastHeard   time.Time // last reply of any kind
 		backoff     time.Duration
 		stalledOnce bool // the current silence was already reported
@@ -136,11 +135,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 	// wherever that fell on the grid.
 	slack := h.grid.slack(ping)
 	for {
-		var out time.Time
-		if pingOut {
-			out = pingAt
-		}
-		v, err := ps.ReceiveTimeout(ctx, h.silenceWait(lastHeard, out, ping))
+		v, err := ps.ReceiveTimeout(ctx, h.silenceWait(lastHeard, pingAt, ping))
 		if ctx.Err() != nil {
 			return
 		}
@@ -153,7 +148,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			if ps = h.resubscribe(ctx, s, ps); ps == nil {
 				return
 			}
-			failing, pingOut, lastHeard, stalledOnce, backoff = true, false, now, false, 0
+			failing, pingAt, lastHeard, stalledOnce, backoff = true, time.Time{}, now, false, 0
 			routeSent, routePending = false, false
 			continue
 		}
@@ -171,7 +166,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 				h.subscribeAgain(s)
 			}
 			routeSent, routePending = false, false
-			lastHeard, pingOut = now, false
+			lastHeard, pingAt = now, time.Time{}
 			if uerr != nil && !failing {
 				failing = true
 				h.lost(s, CauseDisconnect, reasonDisconnected, uerr)
@@ -182,8 +177,8 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				silent := now.Sub(lastHeard)
-				if !pingOut {
-					pingOut, pingAt = true, now
+				if pingAt.IsZero() {
+					pingAt = now
 					if perr := ps.Ping(ctx); perr != nil && !failing {
 						failing = true
 						h.lost(s, CauseDisconnect, reasonDisconnected, perr)
@@ -203,7 +198,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 					if ps = h.resubscribe(ctx, s, ps); ps == nil {
 						return
 					}
-					failing, pingOut, lastHeard, stalledOnce = true, false, now, false
+					failing, pingAt, lastHeard, stalledOnce = true, time.Time{}, now, false
 					routeSent, routePending = false, false
 				}
 				continue
@@ -223,7 +218,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			}
 			continue
 		}
-		lastHeard, pingOut, backoff = now, false, 0
+		lastHeard, pingAt, backoff = now, time.Time{}, 0
 		if stalledOnce {
 			stalledOnce = false
 			for _, mb := range h.everyone() {
