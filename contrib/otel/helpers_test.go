@@ -12,6 +12,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/tiered"
 )
 
@@ -38,13 +39,7 @@ func newCache(t testing.TB, cfg tiered.Config[string]) *tiered.Cache[string] {
 // the test can order.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	redistest.WaitFor(t, 10*time.Second, what, cond)
 }
 
 // newMeter returns a MeterProvider read by a ManualReader, shut down at

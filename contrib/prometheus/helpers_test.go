@@ -10,6 +10,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/tiered"
 )
 
@@ -36,13 +37,7 @@ func newCache(t testing.TB, cfg tiered.Config[string]) *tiered.Cache[string] {
 // the test can order.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	redistest.WaitFor(t, 10*time.Second, what, cond)
 }
 
 // gather gathers reg and indexes the families by name.

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/tiered"
 )
 
@@ -145,17 +146,10 @@ func withoutAERounds(st tiered.Stats) tiered.Stats {
 	return st
 }
 
-// eventually polls cond every few milliseconds for at most 10 seconds.
+// eventually polls cond (redistest.WaitFor) for at most 10 seconds.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	const limit = 10 * time.Second
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", limit, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	redistest.WaitFor(t, 10*time.Second, what, cond)
 }
 
 // TestRunLoad runs the -load mode end to end on a Redis of the test's own:
