@@ -339,57 +339,43 @@ func (c *Cache[V]) callWriteDone(o *Observer, ctx context.Context, ev WriteDoneE
 }
 
 func (c *Cache[V]) invalidated(keys []string) {
+	ev := InvalidationEvent{Namespace: c.cfg.Namespace, Keys: keys}
 	for _, o := range c.obs {
-		if o.Invalidated != nil {
-			c.callInvalidated(o, InvalidationEvent{Namespace: c.cfg.Namespace, Keys: keys})
-		}
+		callEvent(c, "Invalidated", firstKey(keys), o.Invalidated, ev)
 	}
-}
-
-func (c *Cache[V]) callInvalidated(o *Observer, ev InvalidationEvent) {
-	defer c.recoverObserver("Invalidated", firstKey(ev.Keys))
-	o.Invalidated(ev)
 }
 
 func (c *Cache[V]) repaired(cause invalidation.Cause) {
+	ev := RepairEvent{Namespace: c.cfg.Namespace, Cause: cause}
 	for _, o := range c.obs {
-		if o.Repaired != nil {
-			c.callRepaired(o, RepairEvent{Namespace: c.cfg.Namespace, Cause: cause})
-		}
+		callEvent(c, "Repaired", "", o.Repaired, ev)
 	}
-}
-
-func (c *Cache[V]) callRepaired(o *Observer, ev RepairEvent) {
-	defer c.recoverObserver("Repaired", "")
-	o.Repaired(ev)
 }
 
 func (c *Cache[V]) staleServed(key string, err error) {
+	ev := StaleEvent{Namespace: c.cfg.Namespace, Key: key, Err: err}
 	for _, o := range c.obs {
-		if o.StaleServed != nil {
-			c.callStaleServed(o, StaleEvent{Namespace: c.cfg.Namespace, Key: key, Err: err})
-		}
+		callEvent(c, "StaleServed", key, o.StaleServed, ev)
 	}
-}
-
-func (c *Cache[V]) callStaleServed(o *Observer, ev StaleEvent) {
-	defer c.recoverObserver("StaleServed", ev.Key)
-	o.StaleServed(ev)
 }
 
 // breakerChanged is the breaker's changed (set only when an Observer has
 // BreakerChanged).
 func (c *Cache[V]) breakerChanged(from, to BreakerState) {
+	ev := BreakerEvent{Namespace: c.cfg.Namespace, From: from, To: to}
 	for _, o := range c.obs {
-		if o.BreakerChanged != nil {
-			c.callBreakerChanged(o, BreakerEvent{Namespace: c.cfg.Namespace, From: from, To: to})
-		}
+		callEvent(c, "BreakerChanged", "", o.BreakerChanged, ev)
 	}
 }
 
-func (c *Cache[V]) callBreakerChanged(o *Observer, ev BreakerEvent) {
-	defer c.recoverObserver("BreakerChanged", "")
-	o.BreakerChanged(ev)
+// callEvent calls fn (an Observer callback without a ctx; nil: none) with
+// ev, recovering its panic (see recoverObserver).
+func callEvent[V, E any](c *Cache[V], hook, key string, fn func(E), ev E) {
+	if fn == nil {
+		return
+	}
+	defer c.recoverObserver(hook, key)
+	fn(ev)
 }
 
 // observesLoadDone reports whether some Observer has LoadDone: only then
