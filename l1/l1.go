@@ -23,6 +23,7 @@ const (
 	DefaultMaxEntries      = 100_000
 	DefaultBufferItems     = 64
 	DefaultClockResolution = time.Millisecond
+	DefaultRefreshRetry    = time.Second
 )
 
 // MaxGenerationSlots is the largest [Config.GenerationSlots] that [New]
@@ -89,6 +90,13 @@ type Config struct {
 	// expected number of entries (NumCounters/10) rounded up to a power of
 	// two is used, clamped to [2^10, 2^22].
 	GenerationSlots int
+
+	// RefreshRetry is how long [Cache.GetRefresh] waits, once it has
+	// reported an entry due for refresh, before it reports that entry due
+	// again (the refresh it asked for failed, or was left to another
+	// process, and the entry is still there). If zero, DefaultRefreshRetry
+	// (1 s).
+	RefreshRetry time.Duration
 }
 
 // entry is what L1 stores in ristretto. It is immutable once published by
@@ -99,6 +107,10 @@ type entry[V any] struct {
 	exp   int64  // expiry, nanoseconds since Cache.base; noExpiry if none
 	gen   uint32 // the key's generation slot at Reserve
 	value V
+	// due is when the entry is due for refresh, in the clock's ns;
+	// noExpiry if never. The one mutable field: GetRefresh moves it
+	// forward by RefreshRetry when it reports the entry due.
+	due atomic.Int64
 }
 
 // shard is one stripe of the close gate and of the hot-path counters. Padded
@@ -159,6 +171,7 @@ type Cache[V any] struct {
 	maxCost int64
 	clk     *clock     // the process's shared coarse clock for this resolution
 	clkUser *clockUser // this cache's registration with clk; released by Close
+	retry   int64      // RefreshRetry in ns
 
 	epoch  atomic.Uint64 // starts at 1; bumped by InvalidateAll
 	closed atomic.Bool   // set first thing in Close; gates every ristretto call
@@ -214,6 +227,8 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 		return nil, fmt.Errorf("%w: ClockResolution %v is negative", ErrConfig, cfg.ClockResolution)
 	case cfg.GenerationSlots < 0:
 		return nil, fmt.Errorf("%w: GenerationSlots %d is negative", ErrConfig, cfg.GenerationSlots)
+	case cfg.RefreshRetry < 0:
+		return nil, fmt.Errorf("%w: RefreshRetry %v is negative", ErrConfig, cfg.RefreshRetry)
 	case cfg.GenerationSlots > MaxGenerationSlots:
 		return nil, fmt.Errorf("%w: GenerationSlots %d is above the maximum %d (MaxGenerationSlots)",
 			ErrConfig, cfg.GenerationSlots, MaxGenerationSlots)
@@ -236,6 +251,9 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 	if cfg.ClockResolution == 0 {
 		cfg.ClockResolution = DefaultClockResolution
 	}
+	if cfg.RefreshRetry == 0 {
+		cfg.RefreshRetry = DefaultRefreshRetry
+	}
 	if cfg.GenerationSlots == 0 {
 		cfg.GenerationSlots = int(min(max(cfg.NumCounters/10, 1), 1<<maxGenBits))
 	}
@@ -247,6 +265,7 @@ func New[V any](cfg Config, cost func(V) int64) (*Cache[V], error) {
 		genMask: 1<<genBits - 1,
 		cost:    cost,
 		maxCost: maxCost,
+		retry:   int64(cfg.RefreshRetry),
 	}
 	c.epoch.Store(1)
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry[V]]{
@@ -364,43 +383,71 @@ func (s *shard) idle() bool {
 // equals the key's current generation. It does not allocate or read the
 // wall clock.
 func (c *Cache[V]) Get(key string) (V, bool) {
+	e, _ := c.lookup(key)
+	if e == nil {
+		var zero V
+		return zero, false
+	}
+	return e.value, true
+}
+
+// GetRefresh is Get for entries filled with [Cache.FillRefresh]: refresh
+// also reports that the entry is due for refresh. It does so to one caller
+// only, then not again for [Config.RefreshRetry] (while the entry stays),
+// so the caller that gets true is the one to start the refresh. An entry
+// filled with Fill is never due. It costs Get's lookup and one atomic load
+// more; it does not allocate or read the wall clock.
+func (c *Cache[V]) GetRefresh(key string) (v V, ok, refresh bool) {
+	e, now := c.lookup(key)
+	if e == nil {
+		return v, false, false
+	}
+	if d := e.due.Load(); d <= now {
+		refresh = e.due.CompareAndSwap(d, now+c.retry)
+	}
+	return e.value, true, refresh
+}
+
+// lookup finds key's usable entry (nil if none) and the clock reading it
+// was checked against.
+func (c *Cache[V]) lookup(key string) (*entry[V], int64) {
 	h := c.hash(key)
 	i := h >> (64 - 6)
 	s := &c.shards[i]
 	s.in.Add(1)
 	if !c.closed.Load() {
 		e, ok := c.rc.Get(h)
-		if ok && c.usable(e, h, key) {
-			s.hits.Add(1)
-			return e.value, true
-		}
 		if ok {
+			now := c.clk.read()
+			if c.usable(e, h, key, now) {
+				s.hits.Add(1)
+				return e, now
+			}
 			c.reject(h, key, e)
 		}
 		if st := &c.stages[i]; st.n.Load() > 0 {
-			if e := c.stagedEntry(st, h, key); e != nil {
+			now := c.clk.read()
+			if e := c.stagedEntry(st, h, key, now); e != nil {
 				s.hits.Add(1)
-				return e.value, true
+				return e, now
 			}
 		}
 	}
 	s.misses.Add(1)
-	var zero V
-	return zero, false
+	return nil, 0
 }
 
-// usable reports whether e, found under hash h, may be served for key: same
-// key, current stamps, not expired.
-func (c *Cache[V]) usable(e *entry[V], h uint64, key string) bool {
+// usable reports whether e, found under hash h, may be served for key at
+// clock reading now: same key, current stamps, not expired.
+func (c *Cache[V]) usable(e *entry[V], h uint64, key string, now int64) bool {
 	return e.key == key && e.epoch == c.epoch.Load() &&
-		e.gen == c.gens[h&c.genMask].Load() && e.exp > c.clk.read()
+		e.gen == c.gens[h&c.genMask].Load() && e.exp > now
 }
 
-// stagedEntry returns the usable staged fill of key, if any.
-func (c *Cache[V]) stagedEntry(st *stage[V], h uint64, key string) *entry[V] {
-	// The clock is read before st.mu is taken: waking a stopped clock takes
-	// its mu, which the ticker holds while its flush takes st.mu.
-	now := c.clk.read()
+// stagedEntry returns the usable staged fill of key at clock reading now,
+// if any. The clock must be read before st.mu is taken: waking a stopped
+// clock takes its mu, which the ticker holds while its flush takes st.mu.
+func (c *Cache[V]) stagedEntry(st *stage[V], h uint64, key string, now int64) *entry[V] {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for j := range int(st.n.Load()) {
@@ -460,6 +507,19 @@ func (c *Cache[V]) Valid(t Ticket) bool {
 // key that is already staged supersedes the older of the two (counted as
 // refused).
 func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
+	return c.fill(t, v, ttl, -1)
+}
+
+// FillRefresh is Fill for an entry that becomes due for refresh after
+// refreshIn (at once if refreshIn is zero): from then on [Cache.GetRefresh]
+// reports it due (see there). Refresh never extends the entry's life: it
+// still expires after ttl.
+func (c *Cache[V]) FillRefresh(t Ticket, v V, ttl, refreshIn time.Duration) bool {
+	return c.fill(t, v, ttl, max(refreshIn, 0))
+}
+
+// fill is Fill and FillRefresh; refreshIn < 0: never due.
+func (c *Cache[V]) fill(t Ticket, v V, ttl, refreshIn time.Duration) bool {
 	if ttl < 0 {
 		return false
 	}
@@ -476,13 +536,22 @@ func (c *Cache[V]) Fill(t Ticket, v V, ttl time.Duration) bool {
 		h()
 	}
 	e := &entry[V]{key: t.key, epoch: t.epoch, gen: t.gen, exp: noExpiry, value: v}
-	if ttl > 0 {
+	e.due.Store(noExpiry)
+	if ttl > 0 || refreshIn >= 0 {
 		// From the coarse clock, which lags real time by up to a tick, as
 		// it does when Get compares: the bound "served at most one tick
 		// past the TTL" holds as with the wall clock, without reading it.
-		e.exp = c.clk.read() + int64(ttl)
-		if e.exp < 0 { // overflow: ttl beyond ~290 years
-			e.exp = noExpiry
+		now := c.clk.read()
+		if ttl > 0 {
+			e.exp = now + int64(ttl)
+			if e.exp < 0 { // overflow: ttl beyond ~290 years
+				e.exp = noExpiry
+			}
+		}
+		if refreshIn >= 0 {
+			if d := now + int64(refreshIn); d >= 0 {
+				e.due.Store(d)
+			}
 		}
 	}
 	cost := int64(1)

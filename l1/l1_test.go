@@ -63,6 +63,7 @@ func TestNewConfigErrors(t *testing.T) {
 		{"negative BufferItems", Config{BufferItems: -1}, nil},
 		{"negative ClockResolution", Config{ClockResolution: -time.Second}, nil},
 		{"negative GenerationSlots", Config{GenerationSlots: -1}, nil},
+		{"negative RefreshRetry", Config{RefreshRetry: -time.Second}, nil},
 		{"GenerationSlots above the maximum", Config{GenerationSlots: MaxGenerationSlots + 1}, nil},
 		{"GenerationSlots MaxInt", Config{GenerationSlots: math.MaxInt}, nil},
 	}
@@ -331,16 +332,16 @@ func TestGenerationSlotSharing(t *testing.T) {
 
 func TestNewerOrEqual(t *testing.T) {
 	tests := []struct {
-		cur, prev entry[int]
+		cur, prev *entry[int]
 		want      bool
 	}{
-		{entry[int]{epoch: 2, gen: 0}, entry[int]{epoch: 1, gen: 5}, true},
-		{entry[int]{epoch: 1, gen: 5}, entry[int]{epoch: 2, gen: 0}, false},
-		{entry[int]{epoch: 1, gen: 3}, entry[int]{epoch: 1, gen: 3}, true},
-		{entry[int]{epoch: 1, gen: 2}, entry[int]{epoch: 1, gen: 3}, false},
+		{&entry[int]{epoch: 2, gen: 0}, &entry[int]{epoch: 1, gen: 5}, true},
+		{&entry[int]{epoch: 1, gen: 5}, &entry[int]{epoch: 2, gen: 0}, false},
+		{&entry[int]{epoch: 1, gen: 3}, &entry[int]{epoch: 1, gen: 3}, true},
+		{&entry[int]{epoch: 1, gen: 2}, &entry[int]{epoch: 1, gen: 3}, false},
 	}
 	for _, tc := range tests {
-		if got := newerOrEqual(&tc.cur, &tc.prev); got != tc.want {
+		if got := newerOrEqual(tc.cur, tc.prev); got != tc.want {
 			t.Errorf("newerOrEqual(epoch %d gen %d, epoch %d gen %d) = %v, want %v",
 				tc.cur.epoch, tc.cur.gen, tc.prev.epoch, tc.prev.gen, got, tc.want)
 		}

@@ -13,11 +13,13 @@ import (
 //	byte 2      flags: 0x01 negative entry, 0x02 has metadata,
 //	            0x04 has soft expiry, 0x08 has hard expiry,
 //	            0x10 tombstone (a delete that blocks late fills; payload is a nonce)
-//	            0x20 has version
+//	            0x20 has version, 0x40 has refresh time
 //	[8 bytes]   soft expiry, Unix milliseconds (if 0x04)
 //	[8 bytes]   hard expiry, Unix milliseconds (if 0x08)
 //	[8 bytes]   version (if 0x20): the writer's version of the value; the
 //	            write scripts read it here (see the write scripts in notify.go)
+//	[8 bytes]   refresh time, Unix milliseconds (if 0x40): when readers
+//	            should start refreshing the value ahead of its expiry
 //	[metadata]  uvarint pair count, then per pair: uvarint len, key bytes,
 //	            uvarint len, value bytes (if 0x02)
 //	payload     the rest
@@ -31,7 +33,8 @@ const (
 	flagHard     = 0x08
 	flagTomb     = 0x10
 	flagVersion  = 0x20
-	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard | flagTomb | flagVersion
+	flagRefresh  = 0x40
+	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard | flagTomb | flagVersion | flagRefresh
 
 	headerLen = 3
 	// maxMetaPairs bounds the metadata map a decoder will build.
@@ -52,6 +55,10 @@ type Entry struct {
 	// still be served by a fail-safe until TTL. If zero, the entry has no
 	// soft expiry.
 	FreshFor time.Duration
+	// RefreshAfter is, on write, how long after the write readers should
+	// start refreshing the value (refresh-ahead), read back as RefreshAt.
+	// If zero, the entry has no refresh time.
+	RefreshAfter time.Duration
 	// Negative marks a cached "not found".
 	Negative bool
 	// Tombstone marks a deleted key kept briefly so that a load which began
@@ -78,6 +85,9 @@ type Entry struct {
 	// ExpiresAt is the hard expiry read back (zero if none). It is written
 	// from the writer's clock; instances' clocks are assumed within a few ms.
 	ExpiresAt time.Time
+	// RefreshAt is the refresh time read back (zero if none), from the
+	// writer's clock like ExpiresAt.
+	RefreshAt time.Time
 }
 
 // encode appends the envelope of e, with expiries computed from now.
@@ -101,6 +111,9 @@ func encode(dst []byte, e *Entry, now time.Time) []byte {
 	if e.Version != 0 {
 		flags |= flagVersion
 	}
+	if e.RefreshAfter > 0 {
+		flags |= flagRefresh
+	}
 	dst = append(dst, envMagic, envVersion, flags)
 	if flags&flagSoft != 0 {
 		dst = binary.BigEndian.AppendUint64(dst, uint64(now.Add(e.FreshFor).UnixMilli()))
@@ -110,6 +123,9 @@ func encode(dst []byte, e *Entry, now time.Time) []byte {
 	}
 	if flags&flagVersion != 0 {
 		dst = binary.BigEndian.AppendUint64(dst, e.Version)
+	}
+	if flags&flagRefresh != 0 {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(now.Add(e.RefreshAfter).UnixMilli()))
 	}
 	if flags&flagMeta != 0 {
 		dst = binary.AppendUvarint(dst, uint64(len(e.Metadata)))
@@ -133,6 +149,9 @@ func encodedLen(e *Entry) int {
 		n += 8
 	}
 	if e.Version != 0 {
+		n += 8
+	}
+	if e.RefreshAfter > 0 {
 		n += 8
 	}
 	if len(e.Metadata) > 0 {
@@ -194,6 +213,13 @@ func decode(b []byte, maxSize int) (Entry, error) {
 		if e.Version == 0 {
 			return e, fmt.Errorf("%w: version flag with version 0", ErrCorrupt)
 		}
+		p = p[8:]
+	}
+	if flags&flagRefresh != 0 {
+		if len(p) < 8 {
+			return e, fmt.Errorf("%w: truncated refresh time", ErrCorrupt)
+		}
+		e.RefreshAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p)))
 		p = p[8:]
 	}
 	if flags&flagMeta != 0 {

@@ -16,6 +16,8 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 		{},
 		{Value: []byte("v")},
 		{Value: []byte("v"), TTL: time.Hour, FreshFor: time.Minute},
+		{Value: []byte("v"), TTL: time.Hour, FreshFor: time.Minute, RefreshAfter: 40 * time.Second, Version: 9,
+			Metadata: map[string]string{"m": "1"}},
 		{Negative: true, TTL: time.Second},
 		{Value: bytes.Repeat([]byte{0xC7}, 300), Metadata: map[string]string{"a": "1", "long": string(bytes.Repeat([]byte("x"), 200))}},
 	}
@@ -37,21 +39,28 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 		if in.FreshFor > 0 && !out.StaleAt.Equal(now.Add(in.FreshFor)) {
 			t.Fatalf("case %d: StaleAt %v", i, out.StaleAt)
 		}
+		if (in.RefreshAfter > 0) != !out.RefreshAt.IsZero() || (in.RefreshAfter > 0 && !out.RefreshAt.Equal(now.Add(in.RefreshAfter))) {
+			t.Fatalf("case %d: RefreshAt %v", i, out.RefreshAt)
+		}
+		if out.Version != in.Version {
+			t.Fatalf("case %d: Version %d, want %d", i, out.Version, in.Version)
+		}
 	}
 }
 
 func TestDecodeRejects(t *testing.T) {
 	cases := map[string][]byte{
-		"empty":           nil,
-		"short":           {envMagic, envVersion},
-		"magic":           {'{', envVersion, 0},
-		"version":         {envMagic, 9, 0},
-		"unknown flag":    {envMagic, envVersion, 0x80},
-		"truncated soft":  {envMagic, envVersion, flagSoft, 1, 2, 3},
-		"truncated hard":  {envMagic, envVersion, flagHard, 1},
-		"meta count lie":  {envMagic, envVersion, flagMeta, 0xff, 0xff, 0xff, 0x7f, 1, 1},
-		"meta len lie":    {envMagic, envVersion, flagMeta, 1, 50, 'a'},
-		"meta bad varint": {envMagic, envVersion, flagMeta, 0x80},
+		"empty":             nil,
+		"short":             {envMagic, envVersion},
+		"magic":             {'{', envVersion, 0},
+		"version":           {envMagic, 9, 0},
+		"unknown flag":      {envMagic, envVersion, 0x80},
+		"truncated soft":    {envMagic, envVersion, flagSoft, 1, 2, 3},
+		"truncated hard":    {envMagic, envVersion, flagHard, 1},
+		"truncated refresh": {envMagic, envVersion, flagRefresh, 1, 2},
+		"meta count lie":    {envMagic, envVersion, flagMeta, 0xff, 0xff, 0xff, 0x7f, 1, 1},
+		"meta len lie":      {envMagic, envVersion, flagMeta, 1, 50, 'a'},
+		"meta bad varint":   {envMagic, envVersion, flagMeta, 0x80},
 	}
 	for name, b := range cases {
 		if _, err := decode(b, 0); !errors.Is(err, ErrCorrupt) {

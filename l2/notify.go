@@ -108,7 +108,8 @@ func applyWrite(opts []WriteOption) writeOptions {
 // wrote at least one key. The others return a count (keys written, or keys
 // that existed). The stored version is read from the envelope (see
 // envelope.go): magic 0xC7, format 1, flags, then the soft and hard expiries
-// when flagged, then the version when flag 0x20 is set.
+// when flagged, then the version when flag 0x20 is set (the refresh time of
+// flag 0x40 follows it).
 const luaEnvelope = `
 local function verOffset(flags)
   local off = 4
@@ -121,9 +122,11 @@ local function version(v)
     return nil
   end
   local flags = string.byte(v, 3)
-  if flags >= 64 or flags < 32 then return nil end
+  if flags >= 128 or flags % 64 < 32 then return nil end
   local off = verOffset(flags)
-  if #v < off + 7 then return nil end
+  local need = off + 7
+  if flags % 128 >= 64 then need = need + 8 end
+  if #v < need then return nil end
   local ver = string.sub(v, off, off + 7)
   if ver == string.char(0, 0, 0, 0, 0, 0, 0, 0) then return nil end
   return ver

@@ -84,23 +84,28 @@ func TestReviewCorruptBytesDoNotHoldAVersion(t *testing.T) {
 	s := openStore(t, Config{Addrs: []string{srv.Addr()}, KeyPrefix: "app:"})
 	ctx := context.Background()
 	nf := Notify(testNotify("inv"))
-	bad := []byte{0xC7, 1, 0x60, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 'x'}
-	for _, k := range []string{"v", "u"} {
-		if err := srv.Client().Set(ctx, "app:"+k, bad, 0).Err(); err != nil {
-			t.Fatal(err)
+	for name, flags := range map[string]byte{
+		"unknown flag 0x80":                  0xA0,
+		"refresh flag 0x40, its 8 bytes cut": 0x60,
+	} {
+		bad := []byte{0xC7, 1, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 'x'}
+		for _, k := range []string{"v", "u"} {
+			if err := srv.Client().Set(ctx, "app:"+k, bad, 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if e, err := s.Read(ctx, k); err == nil && !e.Corrupt {
+				t.Fatalf("%s: precondition: the bytes decode: %+v", name, e)
+			}
 		}
-		if e, err := s.Read(ctx, k); err == nil && !e.Corrupt {
-			t.Fatalf("precondition: bytes with an unknown flag decode: %+v", e)
+		if err := s.Set(ctx, "v", Entry{Value: []byte("v5"), Version: 5, TTL: time.Minute}, nf); err != nil {
+			t.Errorf("%s: versioned Set over corrupt bytes: %v, want it written", name, err)
 		}
-	}
-	if err := s.Set(ctx, "v", Entry{Value: []byte("v5"), Version: 5, TTL: time.Minute}, nf); err != nil {
-		t.Errorf("versioned Set over corrupt bytes: %v, want it written", err)
-	}
-	if err := s.Set(ctx, "u", Entry{Value: []byte("new"), TTL: time.Minute}, nf); err != nil {
-		t.Fatalf("unversioned Set over corrupt bytes: %v", err)
-	}
-	if e, err := s.Read(ctx, "u"); err != nil || e.Version != 0 {
-		t.Errorf("unversioned Set over corrupt bytes: Read version %#x, err %v; want no version (the corrupt bytes had none)", e.Version, err)
+		if err := s.Set(ctx, "u", Entry{Value: []byte("new"), TTL: time.Minute}, nf); err != nil {
+			t.Fatalf("%s: unversioned Set over corrupt bytes: %v", name, err)
+		}
+		if e, err := s.Read(ctx, "u"); err != nil || e.Version != 0 {
+			t.Errorf("%s: unversioned Set over corrupt bytes: Read version %#x, err %v; want no version (the corrupt bytes had none)", name, e.Version, err)
+		}
 	}
 }
 

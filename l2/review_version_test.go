@@ -29,6 +29,9 @@ func flagEntry(bits int, val string, version uint64) Entry {
 	if bits&16 != 0 {
 		e.Tombstone = true
 	}
+	if bits&32 != 0 {
+		e.RefreshAfter = 30 * time.Second
+	}
 	return e
 }
 
@@ -44,8 +47,8 @@ func TestReviewVersionSurvivesEveryFlagCombination(t *testing.T) {
 	ctx := context.Background()
 	nf := Notify(testNotify("inv"))
 	const stored = uint64(1)<<40 + 7
-	for old := 0; old < 32; old++ {
-		for nw := 0; nw < 32; nw++ {
+	for old := 0; old < 64; old++ {
+		for nw := 0; nw < 64; nw++ {
 			for _, how := range []string{"set", "vset-mixed", "tomb"} {
 				if how == "tomb" && nw != 0 {
 					continue
@@ -77,7 +80,7 @@ func TestReviewVersionSurvivesEveryFlagCombination(t *testing.T) {
 				}
 				if e.Negative != want.Negative || e.Tombstone != want.Tombstone ||
 					len(e.Metadata) != len(want.Metadata) || e.StaleAt.IsZero() != (want.FreshFor == 0) ||
-					e.ExpiresAt.IsZero() != (want.TTL == 0) {
+					e.ExpiresAt.IsZero() != (want.TTL == 0) || e.RefreshAt.IsZero() != (want.RefreshAfter == 0) {
 					t.Fatalf("%s: fields after inherit: %+v, want those of %+v", k, e, want)
 				}
 				if how != "tomb" && string(e.Value) != "new" {

@@ -84,9 +84,12 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		if _, dup := out[k]; dup {
 			continue
 		}
-		if it, ok := c.hot.Get(k); ok {
+		if it, ok, due := c.hot.GetRefresh(k); ok {
 			if !it.neg {
 				out[k] = it.v
+			}
+			if due && load != nil {
+				c.refreshAhead(ctx, k, oneKey(load), opts)
 			}
 			continue
 		}
@@ -356,7 +359,7 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 		}
 		switch {
 		case lk.fresh:
-			c.fill(st.tickets[i], lk.it, o.l1TTL, lk.until, now)
+			c.fillAhead(st.tickets[i], lk.it, o.l1TTL, lk.until, now, lk.refreshAt)
 			st.res[i] = batchResult[V]{it: lk.it, ok: true}
 		case load != nil:
 			st.looks[i] = lk
@@ -450,7 +453,25 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 			c.st.conflicts.Add(1)
 			continue // a newer write or delete won
 		}
-		c.fill(st.tickets[i], st.res[i].it, min(o.l1TTL, ttl), time.Time{}, now)
+		it := st.res[i].it
+		c.fillAhead(st.tickets[i], it, min(o.l1TTL, ttl), time.Time{}, now, c.refreshAt(it, ttl, now))
+	}
+}
+
+// oneKey is load for one key: how a refresh-ahead, which refreshes keys one
+// by one, calls a BatchLoader.
+func oneKey[V any](load BatchLoader[V]) Loader[V] {
+	return func(ctx context.Context, key string) (V, error) {
+		m, err := load(ctx, []string{key})
+		if err != nil {
+			var zero V
+			return zero, err
+		}
+		v, ok := m[key]
+		if !ok {
+			return v, ErrNotFound
+		}
+		return v, nil
 	}
 }
 

@@ -55,6 +55,7 @@ type (
 		Reserve(key string) l1.Ticket
 		Valid(t l1.Ticket) bool
 		Fill(t l1.Ticket, v V, ttl time.Duration) bool
+		FillRefresh(t l1.Ticket, v V, ttl, refreshIn time.Duration) bool
 		Invalidate(keys ...string)
 		InvalidateAll()
 		Stats() l1.Stats
@@ -68,6 +69,8 @@ type (
 		CheckSize(key string, e l2.Entry) error
 		DeleteMany(ctx context.Context, keys []string, opts ...l2.WriteOption) (int64, error)
 		Clear(ctx context.Context, opts ...l2.WriteOption) (int64, error)
+		Claim(ctx context.Context, key, token string, ttl time.Duration) (bool, error)
+		Release(ctx context.Context, key, token string, keep time.Duration) error
 		Stats() l2.Stats
 		Close() error
 	}
@@ -156,6 +159,7 @@ type Cache[V any] struct {
 	flightDeadlines *opDeadlines
 
 	st loadCounters
+	rf refreshCounters
 
 	// Degradations logged once per episode (see Config.Logger); closed by
 	// Close.
@@ -230,7 +234,9 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 			return cfg.L1Cost(it.v)
 		}
 	}
-	local, err := l1.New[item[V]](l1.Config{MaxEntries: cfg.L1MaxEntries, MaxBytes: cfg.L1MaxBytes}, cost)
+	local, err := l1.New[item[V]](l1.Config{
+		MaxEntries: cfg.L1MaxEntries, MaxBytes: cfg.L1MaxBytes, RefreshRetry: cfg.FailSafeRetryAfter,
+	}, cost)
 	if err != nil {
 		return nil, fmt.Errorf("tiered: %w", err) // l1's errors name their package
 	}

@@ -106,9 +106,30 @@ type Config[V any] struct {
 	// fail-safe is off.
 	FailSafeMaxStale time.Duration
 	// FailSafeRetryAfter is how long a stale value served by fail-safe is
-	// kept locally before the loader is tried again. If zero,
-	// DefaultFailSafeRetryAfter.
+	// kept locally before the loader is tried again, and how long a
+	// refresh-ahead that failed or was left to another instance waits
+	// before it is tried again. If zero, DefaultFailSafeRetryAfter.
 	FailSafeRetryAfter time.Duration
+
+	// RefreshAhead, a fraction of the TTL between 0 and 1, turns
+	// refresh-ahead on: a value written with TTL t (by a load or a Set) is
+	// due for refresh RefreshAhead×t after it was written. A GetOrLoad or
+	// GetManyOrLoad that finds a due value in L1 returns it at once and
+	// starts one background refresh of the key, coalesced with every other
+	// reader and any load of the key running in this process. The refresh
+	// reads Redis first and takes a value another instance has already
+	// refreshed; only when Redis's value is due too does it call the
+	// loader, and then only in the one instance that takes the key's claim
+	// in Redis (the others keep serving their value). A refresh that fails
+	// or is left to another instance is tried again after
+	// FailSafeRetryAfter; meanwhile the current value is served until it
+	// expires. The refreshed value is written back like any loaded value
+	// (compare-and-set, invalidation), so a refresh that races a write
+	// never brings the old value back. Refresh never extends a value's
+	// life. Get and GetMany, which have no loader, never refresh.
+	// Zero: off. With Redis ACLs, the Cache's user needs the claim keys
+	// (~*NS:claim:*).
+	RefreshAhead float64
 
 	// RedisTimeout bounds each Redis operation. If zero,
 	// DefaultRedisTimeout. Negative: the Cache sets no bound of its own, so
@@ -259,6 +280,8 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: FailSafeRetryAfter %v is negative", c.FailSafeRetryAfter)
 	case c.BreakerCooldown < 0:
 		return c, fmt.Errorf("tiered: BreakerCooldown %v is negative", c.BreakerCooldown)
+	case !(c.RefreshAhead >= 0 && c.RefreshAhead < 1): // also NaN
+		return c, fmt.Errorf("tiered: RefreshAhead %v must be at least 0 and below 1 (a fraction of the TTL)", c.RefreshAhead)
 	case !(c.L1TTLJitter < 1): // also NaN
 		return c, fmt.Errorf("tiered: L1TTLJitter %v must be below 1", c.L1TTLJitter)
 	}
@@ -336,14 +359,14 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 		AntiEntropyInterval, BreakerCooldown          time.Duration
 		L1MaxEntries, L1MaxBytes                      int64
 		BreakerFailures, MaxValueSize                 int
-		L1TTLJitter                                   float64
+		L1TTLJitter, RefreshAhead                     float64
 		HasRedis                                      bool
 		HMACKey                                       string `json:",omitempty"`
 	}{
 		c.Namespace, c.TTL, c.MaxL1TTL, c.RedisTimeout, c.LoadTimeout,
 		c.NegativeTTL, c.FailSafeMaxStale, c.UnhealthyL1TTL,
 		c.AntiEntropyInterval, c.BreakerCooldown,
-		c.L1MaxEntries, c.L1MaxBytes, c.BreakerFailures, c.MaxValueSize, c.L1TTLJitter,
+		c.L1MaxEntries, c.L1MaxBytes, c.BreakerFailures, c.MaxValueSize, c.L1TTLJitter, c.RefreshAhead,
 		c.Redis != nil, hmacKey,
 	})
 }

@@ -60,6 +60,9 @@ type Observer struct {
 	// StaleServed is called when fail-safe serves a stale value because
 	// the loader failed.
 	StaleServed func(ev StaleEvent)
+	// Refreshed is called when a refresh-ahead ends (see
+	// Config.RefreshAhead), whatever its outcome.
+	Refreshed func(ev RefreshEvent)
 
 	// members are the Observers JoinObservers joined; a Cache calls each
 	// on its own (see joined).
@@ -215,6 +218,13 @@ func JoinObservers(obs ...*Observer) *Observer {
 			}
 		}
 	}
+	j.Refreshed = func(ev RefreshEvent) {
+		for _, o := range list {
+			if o.Refreshed != nil {
+				o.Refreshed(ev)
+			}
+		}
+	}
 	return j
 }
 
@@ -356,6 +366,13 @@ func (c *Cache[V]) staleServed(key string, err error) {
 	ev := StaleEvent{Namespace: c.cfg.Namespace, Key: key, Err: err}
 	for _, o := range c.obs {
 		callEvent(c, "StaleServed", key, o.StaleServed, ev)
+	}
+}
+
+// refreshEvent tells the Observers that a refresh-ahead ended.
+func (c *Cache[V]) refreshEvent(ev RefreshEvent) {
+	for _, o := range c.obs {
+		callEvent(c, "Refreshed", ev.Key, o.Refreshed, ev)
 	}
 }
 

@@ -28,7 +28,10 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 // it (see Option); each caller waits on its own ctx. An L1 hit costs one
 // ristretto lookup: no allocation, no lock, no clock read.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], opts ...Option) (V, error) {
-	if it, ok := c.hot.Get(key); ok {
+	if it, ok, due := c.hot.GetRefresh(key); ok {
+		if due {
+			c.refreshAhead(ctx, key, load, opts)
+		}
 		return it.result()
 	}
 	if load == nil {
@@ -147,7 +150,7 @@ func (c *Cache[V]) fetchL2(ctx context.Context, key string, load Loader[V], o ca
 	t = c.local.Reserve(key)
 	look = c.readL2(ctx, key)
 	if look.fresh {
-		c.fill(t, look.it, o.l1TTL, look.until, look.at)
+		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, look.refreshAt)
 		return t, look, look.it, nil, true
 	}
 	if load == nil {
@@ -202,8 +205,18 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 			return it, nil // a newer write or delete won: serve, do not keep
 		}
 	}
-	c.fill(t, it, min(o.l1TTL, ttl), time.Time{}, time.Now())
+	now = time.Now()
+	c.fillAhead(t, it, min(o.l1TTL, ttl), time.Time{}, now, c.refreshAt(it, ttl, now))
 	return it, nil
+}
+
+// refreshAt is when a value loaded at now with freshness ttl is due for
+// refresh (zero: never; refresh-ahead is off, or it is a not-found).
+func (c *Cache[V]) refreshAt(it item[V], ttl time.Duration, now time.Time) time.Time {
+	if it.neg || !c.refreshOn() {
+		return time.Time{}
+	}
+	return now.Add(c.refreshAfter(ttl))
 }
 
 // lookup is the outcome of reading one key from L2.
@@ -211,6 +224,7 @@ type lookup[V any] struct {
 	it        item[V]
 	fresh     bool      // it can be served and cached
 	until     time.Time // when the L2 value stops being fresh (zero: no bound)
+	refreshAt time.Time // when the L2 value is due for refresh (zero: never)
 	at        time.Time // when it was classified (the clock until is compared with)
 	stale     *item[V]  // a soft-expired value for fail-safe
 	raw       []byte    // the bytes read (nil: absent), for SetIf
@@ -269,6 +283,9 @@ func (c *Cache[V]) classify(key string, e *l2.Entry, derr error, now time.Time) 
 	if !e.StaleAt.IsZero() {
 		lk.until = e.StaleAt
 	}
+	if !it.neg {
+		lk.refreshAt = e.RefreshAt
+	}
 	return lk
 }
 
@@ -297,7 +314,7 @@ func (c *Cache[V]) entry(it item[V], ttl time.Duration) (l2.Entry, error) {
 		c.st.encodeErrors.Add(1)
 		return l2.Entry{}, err
 	}
-	e := l2.Entry{Value: b, TTL: ttl}
+	e := l2.Entry{Value: b, TTL: ttl, RefreshAfter: c.refreshAfter(ttl)}
 	if c.cfg.FailSafeMaxStale > 0 {
 		e.TTL, e.FreshFor = ttl+c.cfg.FailSafeMaxStale, ttl
 	}
@@ -325,6 +342,13 @@ func (c *Cache[V]) storeLoaded(ctx context.Context, key string, it item[V], ttl 
 // (the L2 value's freshness), and briefly or not at all while the
 // invalidation stream is unhealthy.
 func (c *Cache[V]) fill(t l1.Ticket, it item[V], ttl time.Duration, until, now time.Time) {
+	c.fillAhead(t, it, ttl, until, now, time.Time{})
+}
+
+// fillAhead is fill for a value due for refresh at refreshAt (zero: never;
+// ignored while refresh-ahead is off): the L1 copy is due then (see
+// l1.Cache.FillRefresh).
+func (c *Cache[V]) fillAhead(t l1.Ticket, it item[V], ttl time.Duration, until, now, refreshAt time.Time) {
 	if !until.IsZero() {
 		if r := until.Sub(now); r < ttl {
 			ttl = r
@@ -342,6 +366,10 @@ func (c *Cache[V]) fill(t l1.Ticket, it item[V], ttl time.Duration, until, now t
 		ttl -= time.Duration(rand.Float64() * c.cfg.L1TTLJitter * float64(ttl))
 	}
 	if ttl <= 0 {
+		return
+	}
+	if !refreshAt.IsZero() && c.refreshOn() {
+		c.local.FillRefresh(t, it, ttl, refreshAt.Sub(now))
 		return
 	}
 	c.local.Fill(t, it, ttl)

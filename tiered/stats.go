@@ -66,6 +66,8 @@ type LoadStats struct {
 	// to 10s), cumulative, with their sum: for exporters.
 	Latency          l2.LatencyStats
 	LatencyHistogram l2.Histogram
+	// Refreshes count refresh-ahead (Config.RefreshAhead).
+	Refreshes RefreshStats
 }
 
 // Combined summarises the tiers.
@@ -102,6 +104,7 @@ func (c *Cache[V]) Stats() Stats {
 		EncodeErrors: c.st.encodeErrors.Load(), Conflicts: c.st.conflicts.Load(),
 		Latency: c.st.loadLatency.Snapshot(), LatencyHistogram: c.st.loadLatency.Buckets(),
 	}
+	s.Loads.Refreshes = c.rf.snapshot()
 	if callers > flights {
 		s.Loads.Coalesced = callers - flights
 	}

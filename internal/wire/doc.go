@@ -16,7 +16,9 @@
 //     ([EpochKey]), where tag(p) hashes to Redis Cluster slot p. The tag
 //     comes first, so a script that writes a data key of slot p and its
 //     sequence key stays single-slot, and these keys never start with
-//     "NS:": a SCAN of the namespace's data never sees them.
+//     "NS:": a SCAN of the namespace's data never sees them;
+//   - the refresh claim of data key "NS:"+key is "{tag(s)}NS:claim:" + key
+//     ([ClaimKey]), where s is the data key's slot.
 //
 // A partition is a hash slot on Redis Cluster and 0 elsewhere.
 //

@@ -32,6 +32,16 @@ func RouteChannels(ns string) string { return Channel(ns) + routeInfix + "*" }
 
 const routeInfix = ":route:"
 
+// ClaimKey is the refresh claim of the data key prefix+key (prefix is
+// KeyPrefix(ns)): "{tag(s)}NS:claim:key", where s is the data key's hash
+// slot, so the claim lives on the node of the value it guards. The tag comes
+// first, so it never starts with "NS:" (a SCAN of the namespace's data never
+// sees it) and never equals a sequence or epoch key ("claim:" is not
+// "inv:").
+func ClaimKey(prefix, key string) string {
+	return "{" + hashslot.Tag(hashslot.Slot(prefix+key)) + "}" + prefix + "claim:" + key
+}
+
 // SeqKey is the sequence key of partition p, hash-tagged to slot p. A
 // partition outside [0, 16384) is reduced modulo 16384.
 func SeqKey(ns string, p int) string {

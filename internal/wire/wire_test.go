@@ -30,6 +30,7 @@ func TestNames(t *testing.T) {
 		{wire.EpochKey("ns", 0), "{" + hashslot.Tag(0) + "}ns:inv:epoch"},
 		{wire.SeqKey("ns", -1), wire.SeqKey("ns", hashslot.Count-1)},
 		{wire.SeqKey("ns", hashslot.Count), wire.SeqKey("ns", 0)},
+		{wire.ClaimKey("ns:", "k"), "{" + hashslot.Tag(hashslot.Slot("ns:k")) + "}ns:claim:k"},
 	} {
 		if c.got != c.want {
 			t.Errorf("got %q, want %q", c.got, c.want)
@@ -43,6 +44,21 @@ func TestNames(t *testing.T) {
 			if strings.HasPrefix(k, wire.KeyPrefix("a{b}c")) {
 				t.Fatalf("%q is under the data prefix: a SCAN of the namespace would see it", k)
 			}
+		}
+	}
+}
+
+// TestClaimKeySlot checks that a claim lives in its data key's slot (also
+// for a key with a hash tag of its own) and outside the data prefix.
+func TestClaimKeySlot(t *testing.T) {
+	for _, key := range []string{"", "k", "user:42", "{tag}x", "a{b}c{d}", "{}", strings.Repeat("x", 300)} {
+		data := wire.KeyPrefix("ns") + key
+		ck := wire.ClaimKey(wire.KeyPrefix("ns"), key)
+		if got, want := hashslot.Slot(ck), hashslot.Slot(data); got != want {
+			t.Errorf("claim %q in slot %d, its data key %q in %d", ck, got, data, want)
+		}
+		if strings.HasPrefix(ck, wire.KeyPrefix("ns")) {
+			t.Errorf("claim %q is under the data prefix", ck)
 		}
 	}
 }

@@ -1,0 +1,58 @@
+package l2
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/wire"
+)
+
+// Claim takes the refresh claim of key for ttl if nobody holds it (SET NX
+// PX of the claim key, see wire.ClaimKey): of the processes that race for
+// a key's claim, one gets true, and the others false until the holder
+// releases it or ttl passes. token identifies the holder for Release; make
+// it unique per attempt. A claim is advisory: it orders refreshes, it
+// guards no data (the write-back's compare-and-set does).
+func (s *Store) Claim(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
+	if s.closed.Load() {
+		return false, s.closedErr("claim", key)
+	}
+	if ttl < time.Millisecond {
+		return false, newError("claim", []string{key}, ErrOperation, fmt.Errorf("claim ttl %v is below 1ms", ttl))
+	}
+	ok, err := s.client.SetNX(ctx, wire.ClaimKey(s.prefix, key), token, ttl).Result()
+	if err != nil {
+		return false, s.fail("claim", err, key)
+	}
+	return ok, nil
+}
+
+// releaseScript drops (ARGV[2] == "0") or shortens to ARGV[2] ms the claim
+// KEYS[1] if ARGV[1] still holds it.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+`)
+
+// Release gives up the claim of key taken with token: at once if keep is
+// zero, else after keep (so that a failed refresh holds the others back
+// that long). A claim that expired or that another holder took meanwhile is
+// left alone.
+func (s *Store) Release(ctx context.Context, key, token string, keep time.Duration) error {
+	if s.closed.Load() {
+		return s.closedErr("release", key)
+	}
+	ms := max(keep.Milliseconds(), 0)
+	if keep > 0 && ms == 0 {
+		ms = 1
+	}
+	err := releaseScript.Run(ctx, s.client, []string{wire.ClaimKey(s.prefix, key)}, token, ms).Err()
+	if err != nil && err != redis.Nil {
+		return s.fail("release", err, key)
+	}
+	return nil
+}

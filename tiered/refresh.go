@@ -1,0 +1,243 @@
+package tiered
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nearcache/nearcache/internal/errfmt"
+	"github.com/nearcache/nearcache/l1"
+)
+
+// RefreshOutcome says how a refresh-ahead ended (see Config.RefreshAhead).
+type RefreshOutcome int
+
+const (
+	// RefreshFromRedis: Redis already held a value fresher than the
+	// threshold (another instance had refreshed it); it was taken, and
+	// the loader was not called.
+	RefreshFromRedis RefreshOutcome = iota
+	// RefreshFromLoader: the loader was called and its value stored.
+	RefreshFromLoader
+	// RefreshSkipped: another instance holds the key's refresh claim and
+	// is refreshing it; this instance keeps serving its value.
+	RefreshSkipped
+	// RefreshFailed: the loader or Redis failed (Err says which); the
+	// current value is still served until it expires, and the refresh is
+	// tried again after Config.FailSafeRetryAfter.
+	RefreshFailed
+)
+
+// String returns "redis", "loader", "skipped" or "failed".
+func (o RefreshOutcome) String() string {
+	switch o {
+	case RefreshFromRedis:
+		return "redis"
+	case RefreshFromLoader:
+		return "loader"
+	case RefreshSkipped:
+		return "skipped"
+	case RefreshFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("RefreshOutcome(%d)", int(o))
+}
+
+// RefreshEvent describes a refresh-ahead that ended.
+type RefreshEvent struct {
+	Namespace string
+	Key       string
+	Outcome   RefreshOutcome
+	Duration  time.Duration // from the trigger to the outcome
+	Err       error         // RefreshFailed only: why
+}
+
+// RefreshStats count refresh-ahead (see Config.RefreshAhead). Started is
+// the sum of the four outcomes once the refreshes running have ended.
+type RefreshStats struct {
+	Started    uint64 // refreshes started by a hit past the threshold
+	FromRedis  uint64 // ended taking a fresher value another instance stored
+	FromLoader uint64 // ended with the loader's value
+	Skipped    uint64 // left to another instance that holds the claim
+	Failed     uint64 // the loader or Redis failed; the old value is kept
+}
+
+type refreshCounters struct {
+	started, fromRedis, fromLoader, skipped, failed atomic.Uint64
+}
+
+func (r *refreshCounters) snapshot() RefreshStats {
+	return RefreshStats{
+		Started: r.started.Load(), FromRedis: r.fromRedis.Load(), FromLoader: r.fromLoader.Load(),
+		Skipped: r.skipped.Load(), Failed: r.failed.Load(),
+	}
+}
+
+// refreshOn reports whether refresh-ahead is on.
+func (c *Cache[V]) refreshOn() bool { return c.cfg.RefreshAhead > 0 }
+
+// refreshAfter is how long after a write of freshness ttl its value is due
+// for refresh (0: never, refresh-ahead off).
+func (c *Cache[V]) refreshAfter(ttl time.Duration) time.Duration {
+	if !c.refreshOn() || ttl <= 0 {
+		return 0
+	}
+	return max(time.Duration(c.cfg.RefreshAhead*float64(ttl)), time.Millisecond)
+}
+
+// refreshAhead starts the refresh of key, whose L1 copy a hit found past
+// its refresh time, unless a load of key is running already (it will bring
+// the fresh value). It returns at once: the refresh runs as a flight of key
+// on its own goroutine, on a context detached from ctx (keeping its
+// values), bounded by LoadTimeout, and readers that miss L1 meanwhile join
+// it like any load.
+func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V], opts []Option) {
+	if load == nil {
+		return
+	}
+	o := c.options(opts)
+	start := time.Now()
+	c.flightMu.Lock()
+	defer c.flightMu.Unlock()
+	if c.closed || c.flights[key] != nil {
+		return
+	}
+	c.rf.started.Add(1)
+	c.st.flights.Add(1)
+	c.work.Add(1)
+	f := newSFFlight[V]()
+	c.flights[key] = f
+	wctx, cancel := c.detached(ctx, start.Add(c.cfg.LoadTimeout))
+	overrun := time.AfterFunc(c.cfg.LoadTimeout+abortGrace, func() {
+		c.release(c.flights, &c.loads, key, f)
+		f.abortWith(errLoadOverran)
+	})
+	// Nobody reads the channel: DoChan's is buffered, the result is dropped.
+	c.loads.DoChan(key, func() (v any, err error) {
+		var returned, panicked bool
+		defer func() {
+			overrun.Stop()
+			if !returned && !panicked {
+				f.abortWith(fmt.Errorf("tiered: refresh %s aborted (runtime.Goexit in the loader)", errfmt.Key(key)))
+				c.refreshed(key, RefreshFailed, start, errLoaderGoexit)
+			}
+		}()
+		defer c.work.Done()
+		defer cancel()
+		defer c.release(c.flights, &c.loads, key, f)
+		defer func() {
+			if r := recover(); r != nil {
+				panicked = true
+				err = c.loadPanicked(key, r)
+				c.refreshed(key, RefreshFailed, start, err)
+			}
+		}()
+		v, err = c.refreshFetch(wctx, key, f, load, o, start)
+		returned = true
+		return v, err
+	})
+}
+
+// refreshFetch is the work of a refresh flight. It reads Redis first: a
+// value whose refresh time has not come (another instance refreshed it) is
+// taken as it is. A value past it is refreshed from the loader by the one
+// instance that takes the key's claim; the others keep theirs. A key Redis
+// does not hold fresh (absent, stale, unreadable, Redis unreachable or
+// absent) is loaded as by any miss. The loaded value goes through the
+// ticket, the compare-and-set write-back and the invalidation of every
+// load. The flight's result, for readers that joined it, is the refreshed
+// value, or the current one when the refresh did not replace it.
+func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions, start time.Time) (item[V], error) {
+	t := c.local.Reserve(key)
+	look := c.readL2(ctx, key)
+	if !look.fresh {
+		it, err := c.fetchLoad(ctx, key, f, load, o, t, look)
+		if err != nil {
+			c.refreshed(key, RefreshFailed, start, err)
+		} else {
+			c.refreshed(key, RefreshFromLoader, start, nil)
+		}
+		return it, err
+	}
+	if look.refreshAt.IsZero() || look.at.Before(look.refreshAt) {
+		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, look.refreshAt)
+		c.refreshed(key, RefreshFromRedis, start, nil)
+		return look.it, nil
+	}
+	retry := look.at.Add(c.cfg.FailSafeRetryAfter)
+	token := rand.Text()
+	won, err := c.claim(ctx, key, token)
+	if err != nil || !won {
+		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, retry)
+		if err != nil {
+			c.refreshed(key, RefreshFailed, start, err)
+		} else {
+			c.refreshed(key, RefreshSkipped, start, nil)
+		}
+		return look.it, nil
+	}
+	it, err := c.fetchLoadFresh(ctx, key, f, load, o, t, look)
+	keep := time.Duration(0)
+	if err != nil {
+		keep = c.cfg.FailSafeRetryAfter // hold the fleet back as long as this instance
+	}
+	c.unclaim(ctx, key, token, keep)
+	if err != nil {
+		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, retry)
+		c.refreshed(key, RefreshFailed, start, err)
+		return look.it, nil
+	}
+	c.refreshed(key, RefreshFromLoader, start, nil)
+	return it, nil
+}
+
+// fetchLoadFresh is fetchLoad for a refresh whose Redis value is still
+// fresh: a loader error is returned as it is (the caller keeps the fresh
+// value) rather than served stale.
+func (c *Cache[V]) fetchLoadFresh(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions, t l1.Ticket, look lookup[V]) (item[V], error) {
+	look.stale = nil
+	return c.fetchLoad(ctx, key, f, load, o, t, look)
+}
+
+// claim takes key's refresh claim for LoadTimeout (see l2.Store.Claim).
+func (c *Cache[V]) claim(ctx context.Context, key, token string) (bool, error) {
+	var won bool
+	err := c.redisOp(ctx, func(rctx context.Context) error {
+		var err error
+		won, err = c.l2.Claim(rctx, key, token, c.cfg.LoadTimeout)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, errBreakerOpen) {
+			return false, &opError{op: "refresh", keys: []string{key}, err: err}
+		}
+		return false, remoteError("refresh", []string{key}, ErrUnavailable, err)
+	}
+	return won, nil
+}
+
+// unclaim releases key's claim (see l2.Store.Release). A failure is
+// harmless: the claim expires after LoadTimeout.
+func (c *Cache[V]) unclaim(ctx context.Context, key, token string, keep time.Duration) {
+	_ = c.redisOp(ctx, func(rctx context.Context) error {
+		return c.l2.Release(rctx, key, token, keep)
+	})
+}
+
+// refreshed counts a refresh's outcome and tells the Observer.
+func (c *Cache[V]) refreshed(key string, out RefreshOutcome, start time.Time, err error) {
+	switch out {
+	case RefreshFromRedis:
+		c.rf.fromRedis.Add(1)
+	case RefreshFromLoader:
+		c.rf.fromLoader.Add(1)
+	case RefreshSkipped:
+		c.rf.skipped.Add(1)
+	case RefreshFailed:
+		c.rf.failed.Add(1)
+	}
+	c.refreshEvent(RefreshEvent{Namespace: c.cfg.Namespace, Key: key, Outcome: out, Duration: time.Since(start), Err: err})
+}
