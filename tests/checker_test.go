@@ -44,6 +44,31 @@ func TestConsistencyStandalone(t *testing.T) {
 	})
 }
 
+// TestConsistencyRefreshAhead runs the checker with refresh-ahead on and
+// every value due for refresh about 0.1 s after it was written, so that the
+// GetOrLoad readers keep starting refreshes (claims, loader calls and
+// write-backs) that race the writers and deleters: no read may return a
+// value a write or delete overtook more than the bound before it.
+func TestConsistencyRefreshAhead(t *testing.T) {
+	srv := redistest.StartServer(t)
+	var outcomes [4]atomic.Int64 // by tiered.RefreshOutcome
+	runChecker(t, "chkra", checkerDuration(t, 10*time.Second), propagationBound, func(t *testing.T) redis.UniversalClient {
+		return newClient(t, srv.Addr(), healthyTimeouts)
+	}, checkerFault{config: func(cfg *tiered.Config[int64]) {
+		cfg.RefreshAhead = 0.00003 // of the hour-long TTL: 108 ms
+		cfg.FailSafeRetryAfter = 100 * time.Millisecond
+		cfg.Observer = &tiered.Observer{Refreshed: func(ev tiered.RefreshEvent) {
+			outcomes[ev.Outcome].Add(1)
+		}}
+	}})
+	t.Logf("refreshes of the int64 lane: from the loader %d, from Redis %d, skipped (claimed elsewhere) %d, failed %d",
+		outcomes[tiered.RefreshFromLoader].Load(), outcomes[tiered.RefreshFromRedis].Load(),
+		outcomes[tiered.RefreshSkipped].Load(), outcomes[tiered.RefreshFailed].Load())
+	if outcomes[tiered.RefreshFromLoader].Load() == 0 {
+		t.Error("no refresh called the loader: the run did not exercise refresh-ahead against the writers")
+	}
+}
+
 func TestConsistencyCluster(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	const ns = "chk"
@@ -204,6 +229,10 @@ type checkerFault struct {
 	// it may be overtaken for longer than the bound, and operations or
 	// reads may fail before it: those are counted and logged, not failed.
 	run func(t *testing.T, caches []*tiered.Cache[int64], since func() time.Duration) time.Duration
+	// config, if set, adjusts every instance's Config (a run with a
+	// feature on); a checkerFault with config and no run is a run without
+	// a fault.
+	config func(cfg *tiered.Config[int64])
 }
 
 // The checked caches: each instance holds one Cache per value type, all on
@@ -265,9 +294,11 @@ const numLanes = 3
 func newLanes(t *testing.T, cfg func(rc redis.UniversalClient) tiered.Config[int64], rc redis.UniversalClient) (*tiered.Cache[int64], []laneCache) {
 	base := cfg(rc)
 	recCfg := tiered.Config[record]{Redis: rc, Namespace: base.Namespace + "-rec", TTL: base.TTL, MaxL1TTL: base.MaxL1TTL,
-		NegativeTTL: base.NegativeTTL, RedisTimeout: base.RedisTimeout, LoadTimeout: base.LoadTimeout, AntiEntropyInterval: base.AntiEntropyInterval}
+		NegativeTTL: base.NegativeTTL, RedisTimeout: base.RedisTimeout, LoadTimeout: base.LoadTimeout, AntiEntropyInterval: base.AntiEntropyInterval,
+		RefreshAhead: base.RefreshAhead, FailSafeRetryAfter: base.FailSafeRetryAfter}
 	strCfg := tiered.Config[string]{Redis: rc, Namespace: base.Namespace + "-str", TTL: base.TTL, MaxL1TTL: base.MaxL1TTL,
-		NegativeTTL: base.NegativeTTL, RedisTimeout: base.RedisTimeout, LoadTimeout: base.LoadTimeout, AntiEntropyInterval: base.AntiEntropyInterval}
+		NegativeTTL: base.NegativeTTL, RedisTimeout: base.RedisTimeout, LoadTimeout: base.LoadTimeout, AntiEntropyInterval: base.AntiEntropyInterval,
+		RefreshAhead: base.RefreshAhead, FailSafeRetryAfter: base.FailSafeRetryAfter}
 	rec := lane[record]{c: newCache(t, recCfg),
 		to: func(v int64) record { return record{Ver: v, Note: "v" + strconv.FormatInt(v, 10)} },
 		from: func(r record) (int64, error) {
@@ -291,7 +322,15 @@ func newLanes(t *testing.T, cfg func(rc redis.UniversalClient) tiered.Config[int
 // every read (a read may return a value overtaken at most bound
 // before it started) and the convergence of every instance. With a fault,
 // the run lasts d after the fault has returned as well.
-func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *testing.T) redis.UniversalClient, fault ...checkerFault) {
+func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *testing.T) redis.UniversalClient, variant ...checkerFault) {
+	var fault []checkerFault // the fault event, if any
+	var tweak func(*tiered.Config[int64])
+	if len(variant) > 0 {
+		if variant[0].run != nil {
+			fault = variant[:1]
+		}
+		tweak = variant[0].config
+	}
 	// Key i is name i/numLanes of lane i%numLanes.
 	names := checkerKeys()
 	numKeys := len(names) * numLanes
@@ -308,7 +347,7 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 	)
 	ctx := context.Background()
 	cfg := func(rc redis.UniversalClient) tiered.Config[int64] {
-		return tiered.Config[int64]{
+		c := tiered.Config[int64]{
 			Redis:               rc,
 			Namespace:           ns,
 			TTL:                 time.Hour,   // nothing expires in Redis during the run
@@ -318,6 +357,10 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			LoadTimeout:         3 * time.Second,
 			AntiEntropyInterval: 500 * time.Millisecond,
 		}
+		if tweak != nil {
+			tweak(&c)
+		}
+		return c
 	}
 	caches := make([]*tiered.Cache[int64], instances) // the int64 lane, for faults and stats
 	lanes := make([][]laneCache, instances)

@@ -278,6 +278,20 @@ func BenchmarkL1Hit(b *testing.B) {
 		serial.report(b)
 		serialNoTTL.reportAs(b, "x-raw-nottl")
 	})
+	// Refresh-ahead on, entries not yet due: the hit also checks the
+	// entry's refresh time.
+	b.Run("serial/nearcache-refresh-ahead", func(b *testing.B) {
+		c := newCache(b, Config[benchValue]{Redis: rdb, Namespace: "l1benchra", MaxL1TTL: time.Hour, TTL: time.Hour, RefreshAhead: 0.9})
+		warmL1(b, c, keys)
+		b.ReportAllocs()
+		var s benchValue
+		for i := 0; b.Loop(); i++ {
+			v, _ := c.GetOrLoad(ctx, keys[i&(benchL1Keys-1)], load)
+			s.ID += v.ID
+		}
+		benchSink = s
+		serialNoTTL.reportAs(b, "x-raw-nottl")
+	})
 	b.Run("parallel/raw-ristretto", func(b *testing.B) {
 		rc := rawRistretto(b, keys, time.Hour)
 		b.ReportAllocs()
