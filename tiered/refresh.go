@@ -76,6 +76,13 @@ func (r *refreshCounters) snapshot() RefreshStats {
 	}
 }
 
+// refreshSlack is how close to its refresh time a Redis value counts as due
+// already: the L1 copy that triggered a refresh was timed on the coarse
+// clock, which may lag the wall clock, and the value's refresh time on the
+// writer's clock. A value another instance has refreshed is due a whole
+// RefreshAhead×TTL later.
+const refreshSlack = 50 * time.Millisecond
+
 // refreshOn reports whether refresh-ahead is on.
 func (c *Cache[V]) refreshOn() bool { return c.cfg.RefreshAhead > 0 }
 
@@ -162,7 +169,7 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		}
 		return it, err
 	}
-	if look.refreshAt.IsZero() || look.at.Before(look.refreshAt) {
+	if look.refreshAt.IsZero() || look.at.Add(refreshSlack).Before(look.refreshAt) {
 		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, look.refreshAt)
 		c.refreshed(key, RefreshFromRedis, start, nil)
 		return look.it, nil
