@@ -29,6 +29,12 @@
 // no answer from Redis is in doubt: if its script runs within a minute, the
 // writer still drops the copy it read back meanwhile.
 //
+// With Config.RefreshAhead, a GetOrLoad or GetManyOrLoad that finds an L1 value
+// past that fraction of its TTL returns it and starts one background refresh:
+// a fresher value in Redis is taken, else the one instance holding the key's
+// claim in Redis calls the loader, and the result is written back like any
+// load (compare-and-set, invalidation).
+//
 // # Consistency contract
 //
 //   - Once a write's or delete's invalidation is delivered (well under 2 ms on a
@@ -61,8 +67,8 @@
 // invalidation lag), the breaker's state and the invalidation stream's health
 // with its reasons. Any *Cache[V] is a [StatsSource], which exporters read at
 // scrape time (the contrib/prometheus and contrib/otel modules). Config.Observer
-// hears loads, writes, invalidations, repairs, breaker changes and stale values
-// served, off the L1-hit path; a panic in one of its callbacks is recovered
+// hears loads, writes, invalidations, repairs, breaker changes, stale values
+// served and refreshes, off the L1-hit path; a panic in one of its callbacks is recovered
 // and logged, never the Cache's failure. [SlogLogger] routes Config.Logger
 // to a log/slog handler.
 //
