@@ -88,6 +88,11 @@
 //	nearcache.load.decode_errors                {value}       Redis values that did not decode (reloaded)
 //	nearcache.load.encode_errors                {value}       values the codec could not encode
 //	nearcache.load.conflicts                    {value}       loaded values not kept: a newer write won
+//	nearcache.refresh.started                   {refresh}     refresh-ahead refreshes started
+//	nearcache.refresh.from_redis                {refresh}     refreshes that took a fresher Redis value
+//	nearcache.refresh.from_loader               {refresh}     refreshes that called the loader
+//	nearcache.refresh.skipped                   {refresh}     refreshes left to the instance with the claim
+//	nearcache.refresh.failed                    {refresh}     refreshes that failed (old value kept)
 //	nearcache.invalidation.published            {message}     invalidation messages published
 //	nearcache.invalidation.received             {message}     payloads read from the subscription
 //	nearcache.invalidation.applied              {message}     other instances' messages applied

@@ -89,6 +89,11 @@ var counterDefs = [...]counterDef{
 	{"nearcache.load.decode_errors", "{value}", "Values read from Redis that were corrupt or did not decode (reloaded).", func(s *tiered.Stats) uint64 { return s.Loads.DecodeErrors }},
 	{"nearcache.load.encode_errors", "{value}", "Values the codec could not encode (kept out of Redis).", func(s *tiered.Stats) uint64 { return s.Loads.EncodeErrors }},
 	{"nearcache.load.conflicts", "{value}", "Loaded values not kept because a newer write or delete won.", func(s *tiered.Stats) uint64 { return s.Loads.Conflicts }},
+	{"nearcache.refresh.started", "{refresh}", "Refresh-ahead refreshes started by a hit past the refresh threshold.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Started }},
+	{"nearcache.refresh.from_redis", "{refresh}", "Refreshes that took a fresher value another instance had stored.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.FromRedis }},
+	{"nearcache.refresh.from_loader", "{refresh}", "Refreshes that called the loader and stored its value.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.FromLoader }},
+	{"nearcache.refresh.skipped", "{refresh}", "Refreshes left to another instance holding the key's claim.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Skipped }},
+	{"nearcache.refresh.failed", "{refresh}", "Refreshes whose loader or Redis failed (the old value is kept).", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Failed }},
 
 	// The invalidation stream.
 	{"nearcache.invalidation.published", "{message}", "Invalidation messages published.", func(s *tiered.Stats) uint64 { return s.Invalidation.Published }},

@@ -85,6 +85,11 @@
 //	nearcache_decode_errors_total                    Redis values that did not decode (reloaded)
 //	nearcache_encode_errors_total                    values the codec could not encode
 //	nearcache_load_conflicts_total                   loaded values not kept: a newer write won
+//	nearcache_refresh_started_total                  refresh-ahead refreshes started
+//	nearcache_refresh_from_redis_total               refreshes that took a fresher Redis value
+//	nearcache_refresh_from_loader_total              refreshes that called the loader
+//	nearcache_refresh_skipped_total                  refreshes left to the instance with the claim
+//	nearcache_refresh_failed_total                   refreshes that failed (old value kept)
 //	nearcache_invalidation_published_total           invalidation messages published
 //	nearcache_invalidation_received_total            payloads read from the subscription
 //	nearcache_invalidation_applied_total             other instances' messages applied
