@@ -20,6 +20,14 @@
 // [Stats].FillsRefused); [Cache.Valid] tells whether it would. Get also misses
 // on an expired entry and on one stored for another key with the same hash.
 //
+// # Refresh times
+//
+// [Cache.FillRefresh] fills an entry that also has a refresh time;
+// [Cache.GetRefresh] serves it like Get and, once that time has come, tells
+// one caller (and no other for [Config.RefreshRetry]) that the entry is due:
+// that caller starts the refresh. The check uses the clock reading Get makes
+// for expiry; it never extends the entry's life.
+//
 // # Sizing and expiry
 //
 // [Config.MaxEntries] counts entries (ristretto's internal cost is ignored);
