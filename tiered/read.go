@@ -93,21 +93,24 @@ func (c *Cache[V]) fetch(ctx context.Context, key string, f *flight[V], load Loa
 var errLoaderGoexit = errors.New("tiered: the loader exited through runtime.Goexit")
 
 // runLoader calls load for key of flight f between the Observer's LoadStart
-// and LoadDone. A panic in load is recovered here, counted and logged
+// and LoadDone, and returns what load set with SetTTL, SetKeyTTL and
+// SetL1TTL. A panic in load is recovered here, counted and logged
 // (loadPanicked), and returned as err with panicked set: the flight's
 // callers get it. If load exits through runtime.Goexit, LoadDone is still
 // called (with errLoaderGoexit) before the goroutine goes on exiting.
-func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load Loader[V]) (v V, err error, panicked bool) {
+func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load Loader[V]) (v V, err error, set loadSet, panicked bool) {
 	var keys []string
 	if c.obs != nil {
 		keys = []string{key}
 	}
+	ctx, lt := loaderCtx(ctx)
 	lctx, start := c.loadStart(ctx, keys, false)
 	returned := false
 	defer func() {
 		if returned {
 			return
 		}
+		lt.end()
 		if r := recover(); r != nil {
 			err, panicked = c.loadPanicked(key, r), true
 		} else {
@@ -115,8 +118,10 @@ func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load
 		}
 		c.loadDone(lctx, LoadDoneEvent{Keys: keys, Err: err, Coalesced: c.joinedOf(f)}, start)
 	}()
+	lt.begin(key, nil)
 	v, err = load(lctx, key)
 	returned = true
+	set = lt.end()
 	ev := LoadDoneEvent{Keys: keys, Coalesced: c.joinedOf(f)}
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -125,7 +130,7 @@ func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load
 		ev.Err = err
 	}
 	c.loadDone(lctx, ev, start)
-	return v, err, false
+	return v, err, set, false
 }
 
 // joinedOf returns the callers that joined flight f so far, if an Observer
@@ -166,7 +171,7 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 	now := time.Now()
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(1)
-	v, err, panicked := c.runLoader(ctx, key, f, load)
+	v, err, set, panicked := c.runLoader(ctx, key, f, load)
 	if panicked {
 		return item[V]{}, err
 	}
@@ -183,13 +188,9 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		return item[V]{}, lerr
 	}
 	it := item[V]{v: v, neg: err != nil}
-	ttl := o.ttl
-	if it.neg {
-		if o.negativeTTL <= 0 {
-			return it, nil // not cached
-		}
-		ttl = o.negativeTTL
-		c.st.negativeCached.Add(1)
+	ttl, keep := c.storeTTL(o, set, key, it.neg)
+	if !keep {
+		return it, nil // not cached
 	}
 	if !c.local.Valid(t) {
 		// Invalidated while loading: the value may predate that write. Serve
@@ -202,7 +203,7 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 			return it, nil // a newer write or delete won: serve, do not keep
 		}
 	}
-	c.fill(t, it, min(o.l1TTL, ttl), time.Time{}, time.Now())
+	c.fill(t, it, min(c.loadL1TTL(o, set), ttl), time.Time{}, time.Now())
 	return it, nil
 }
 
