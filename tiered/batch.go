@@ -385,7 +385,7 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	}
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(uint64(len(need)))
-	loaded, err, panicked := c.runBatchLoader(ctx, st, need, load)
+	loaded, err, set, panicked := c.runBatchLoader(ctx, st, need, load)
 	if panicked {
 		for _, i := range st.need {
 			st.res[i] = batchResult[V]{err: err, ok: true}
@@ -418,13 +418,9 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		v, ok := loaded[k]
 		it := item[V]{v: v, neg: !ok}
 		st.res[i] = batchResult[V]{it: it, ok: true}
-		ttl := o.ttl
-		if it.neg {
-			if o.negativeTTL <= 0 {
-				continue
-			}
-			ttl = o.negativeTTL
-			c.st.negativeCached.Add(1)
+		ttl, keep := c.storeTTL(o, set, k, it.neg)
+		if !keep {
+			continue
 		}
 		if !c.local.Valid(st.tickets[i]) {
 			c.st.conflicts.Add(1)
@@ -447,6 +443,7 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	}
 	written := c.storeLoadedMany(ctx, entries, old, announce)
 	now = time.Now()
+	l1TTL := c.loadL1TTL(o, set)
 	for i, ttl := range ttls {
 		k := st.keys[i]
 		if _, tried := entries[k]; tried && written != nil && !written[k] {
@@ -454,7 +451,7 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 			continue // a newer write or delete won
 		}
 		it := st.res[i].it
-		c.fillAhead(st.tickets[i], it, min(o.l1TTL, ttl), time.Time{}, now, c.refreshAt(it, ttl, now))
+		c.fillAhead(st.tickets[i], it, min(l1TTL, ttl), time.Time{}, now, c.refreshAt(it, ttl, now))
 	}
 }
 
@@ -476,17 +473,20 @@ func oneKey[V any](load BatchLoader[V]) Loader[V] {
 }
 
 // runBatchLoader calls load for the keys need of batch st between the
-// Observer's LoadStart and LoadDone. A panic in load is recovered here,
+// Observer's LoadStart and LoadDone, and returns what load set with
+// SetTTL, SetKeyTTL and SetL1TTL. A panic in load is recovered here,
 // counted and logged (loadPanicked), and returned as err with panicked
 // set; if load exits through runtime.Goexit, LoadDone is still called
 // (with errLoaderGoexit) before the goroutine goes on exiting.
-func (c *Cache[V]) runBatchLoader(ctx context.Context, st *batchState[V], need []string, load BatchLoader[V]) (loaded map[string]V, err error, panicked bool) {
+func (c *Cache[V]) runBatchLoader(ctx context.Context, st *batchState[V], need []string, load BatchLoader[V]) (loaded map[string]V, err error, set loadSet, panicked bool) {
+	ctx, lt := loaderCtx(ctx)
 	lctx, start := c.loadStart(ctx, need, true)
 	returned := false
 	defer func() {
 		if returned {
 			return
 		}
+		lt.end()
 		if r := recover(); r != nil {
 			err, panicked = c.loadPanicked("", r, zap.Int("batch_keys", len(st.keys))), true
 		} else {
@@ -494,8 +494,10 @@ func (c *Cache[V]) runBatchLoader(ctx context.Context, st *batchState[V], need [
 		}
 		c.loadDone(lctx, LoadDoneEvent{Keys: need, Batch: true, Err: err, Coalesced: c.batchJoined(st)}, start)
 	}()
+	lt.begin("", need)
 	loaded, err = load(lctx, need)
 	returned = true
+	set = lt.end()
 	ev := LoadDoneEvent{Keys: need, Batch: true, Err: err}
 	if c.observesLoadDone() {
 		if err == nil {
@@ -508,7 +510,7 @@ func (c *Cache[V]) runBatchLoader(ctx context.Context, st *batchState[V], need [
 		ev.Coalesced = c.batchJoined(st)
 	}
 	c.loadDone(lctx, ev, start)
-	return loaded, err, false
+	return loaded, err, set, false
 }
 
 // batchJoined returns the callers that joined the flights of st's keys

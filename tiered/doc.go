@@ -17,6 +17,12 @@
 // for every waiter. GetMany and GetManyOrLoad batch this (one L2 round trip, one
 // [BatchLoader] call) and share flights with single-key calls.
 //
+// TTLs come from Config (TTL, MaxL1TTL, NegativeTTL), the leading call's
+// options ([WithTTL], [WithL1TTL], [WithNegativeTTL]), or the loaded value
+// itself: a loader calls [SetTTL], [SetKeyTTL] or [SetL1TTL] with its ctx
+// (a token cached until it expires; <= 0: returned, stored nowhere), which
+// overrides the options for what it returns.
+//
 // Set, SetMany, Delete and DeleteMany write Redis and publish the invalidation
 // in one atomic script per partition (on Redis Cluster, a batch's partitions
 // succeed or fail apart), then drop the writer's L1 copies; Delete leaves a
@@ -88,7 +94,7 @@
 //
 // NOTE: a call that joins a flight another call started gets that flight's
 // result, loaded with the other call's loader and options (WithTTL, WithL1TTL,
-// WithNegativeTTL); its own are not used.
+// WithNegativeTTL, and the TTLs that loader sets); its own are not used.
 //
 // NOTE: a caller whose ctx cannot end (context.Background) runs its flight's L2
 // read itself, bounded by RedisTimeout and LoadTimeout, whichever is shorter;

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
@@ -122,4 +123,49 @@ func ExampleCache_GetOrLoad() {
 	// set v2: <nil>
 	// set v1: true
 	// read: 120
+}
+
+// A loader sets the TTL of what it loads from the value itself: an access
+// token is cached until a minute before it expires, and one that is about
+// to expire is returned but not cached.
+func ExampleSetTTL() {
+	mr, _ := miniredis.Run() // a real service passes its own Redis address
+	defer mr.Close()
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
+	defer rdb.Close()
+	type Token struct {
+		Value     string
+		ExpiresIn time.Duration // as the identity provider says
+	}
+	c, err := tiered.New(tiered.Config[Token]{Redis: rdb, Namespace: "tokens"})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+
+	issued := 0
+	issue := func(ctx context.Context, client string) (Token, error) {
+		issued++ // a call to the identity provider
+		tok := Token{Value: fmt.Sprint("tok-", issued), ExpiresIn: time.Hour}
+		if client == "legacy" {
+			tok.ExpiresIn = 30 * time.Second
+		}
+		// <= 0 (expires within the minute): return it, cache it nowhere.
+		return tok, tiered.SetTTL(ctx, tok.ExpiresIn-time.Minute)
+	}
+
+	tok, _ := c.GetOrLoad(ctx, "billing", issue)
+	fmt.Println(tok.Value, "cached for", mr.TTL("tokens:billing"))
+	tok, _ = c.GetOrLoad(ctx, "billing", issue)
+	fmt.Println(tok.Value, "again")
+	tok, _ = c.GetOrLoad(ctx, "legacy", issue)
+	fmt.Println(tok.Value, "cached:", mr.Exists("tokens:legacy"))
+	tok, _ = c.GetOrLoad(ctx, "legacy", issue)
+	fmt.Println(tok.Value, "issued anew")
+	// Output:
+	// tok-1 cached for 59m0s
+	// tok-1 again
+	// tok-2 cached: false
+	// tok-3 issued anew
 }

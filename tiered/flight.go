@@ -377,7 +377,7 @@ func (c *Cache[V]) release(table map[string]*flight[V], group *singleflight.Grou
 // every miss.)
 func (c *Cache[V]) detached(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
 	d, cancel := context.WithDeadline(c.base, deadline)
-	return valuesFrom{Context: d, values: context.WithoutCancel(ctx)}, cancel
+	return &valuesFrom{Context: d, values: context.WithoutCancel(ctx)}, cancel
 }
 
 // valuesFrom is a context whose deadline, Done, Err and cancellation are
@@ -385,14 +385,26 @@ func (c *Cache[V]) detached(ctx context.Context, deadline time.Time) (context.Co
 // seen through context.WithoutCancel, which hides the caller's cancellation
 // from the context package, so context.Cause reports this context's own
 // cause.
+//
+// It is also the loader's context, and carries what the loader sets with
+// SetTTL, SetKeyTTL and SetL1TTL (lt, see loaderCtx): inside the context,
+// so that a load costs no allocation for it.
 type valuesFrom struct {
 	context.Context
 	values context.Context
+	lt     loadTTL
 }
 
-// Value implements context.Context with the caller's values.
-func (v valuesFrom) Value(key any) any { return v.values.Value(key) }
+// Value implements context.Context with the caller's values, and lt under
+// loadCtxKey (hiding any loadTTL of the caller's: a loader that calls
+// another Cache sets the TTLs of its own load only).
+func (v *valuesFrom) Value(key any) any {
+	if _, ok := key.(loadCtxKey); ok {
+		return &v.lt
+	}
+	return v.values.Value(key)
+}
 
 // AfterFunc lets contexts derived from this one (WithTimeout, WithCancel)
 // register on it instead of starting a goroutine each to watch Done.
-func (v valuesFrom) AfterFunc(f func()) func() bool { return context.AfterFunc(v.Context, f) }
+func (v *valuesFrom) AfterFunc(f func()) func() bool { return context.AfterFunc(v.Context, f) }

@@ -32,7 +32,8 @@ type Observer struct {
 	// LoadStart is called before a Loader or BatchLoader runs, with the
 	// load's ctx (detached from its callers' cancellation, with their
 	// values). The ctx it returns is the one the loader and LoadDone get
-	// (a span, say); returning ctx itself is fine.
+	// (a span, say); returning ctx itself is fine. Derive it from ctx: the
+	// loader's SetTTL, SetKeyTTL and SetL1TTL find their load through it.
 	LoadStart func(ctx context.Context, ev LoadStartEvent) context.Context
 	// LoadDone is called when that loader call has ended, after every
 	// LoadStart, also when the loader panicked (Err is then the

@@ -32,7 +32,8 @@ func (f optionFunc) apply(o *callOptions) { f(o) }
 // (by Set and SetMany, and by the loads a GetOrLoad or GetManyOrLoad leads),
 // which also bounds their local copies, and the least lifetime of a
 // versioned DeleteMany's tombstones. If d <= 0, Config.TTL. A key whose load
-// the call joins keeps the leading call's TTL (see Option).
+// the call joins keeps the leading call's TTL (see Option). A loader's
+// SetTTL or SetKeyTTL overrides it for what that loader returns.
 func WithTTL(d time.Duration) Option { return optionFunc(func(o *callOptions) { o.ttl = d }) }
 
 // WithL1TTL caps the local TTL of the copies this call fills: by the loads
@@ -40,13 +41,15 @@ func WithTTL(d time.Duration) Option { return optionFunc(func(o *callOptions) { 
 // Set and SetMany without Redis. The TTL never exceeds Config.MaxL1TTL or
 // the value's remaining Redis TTL. If d <= 0, Config.MaxL1TTL. A copy
 // already in L1, or filled by a load the call joins, keeps the TTL it was
-// filled with (see Option).
+// filled with (see Option). A loader's SetL1TTL overrides it for what that
+// loader returns.
 func WithL1TTL(d time.Duration) Option { return optionFunc(func(o *callOptions) { o.l1TTL = d }) }
 
 // WithNegativeTTL caches a not-found result of the loads this call leads
 // for d, in Redis and in L1. If d is zero, Config.NegativeTTL; negative: the
 // result is not cached. A key whose load the call joins is cached, or not,
-// as the leading call says (see Option).
+// as the leading call says (see Option). A loader's SetTTL or SetKeyTTL
+// overrides it for the not-found results that loader returns.
 func WithNegativeTTL(d time.Duration) Option {
 	return optionFunc(func(o *callOptions) {
 		if d != 0 {

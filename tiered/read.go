@@ -96,21 +96,24 @@ func (c *Cache[V]) fetch(ctx context.Context, key string, f *flight[V], load Loa
 var errLoaderGoexit = errors.New("tiered: the loader exited through runtime.Goexit")
 
 // runLoader calls load for key of flight f between the Observer's LoadStart
-// and LoadDone. A panic in load is recovered here, counted and logged
+// and LoadDone, and returns what load set with SetTTL, SetKeyTTL and
+// SetL1TTL. A panic in load is recovered here, counted and logged
 // (loadPanicked), and returned as err with panicked set: the flight's
 // callers get it. If load exits through runtime.Goexit, LoadDone is still
 // called (with errLoaderGoexit) before the goroutine goes on exiting.
-func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load Loader[V]) (v V, err error, panicked bool) {
+func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load Loader[V]) (v V, err error, set loadSet, panicked bool) {
 	var keys []string
 	if c.obs != nil {
 		keys = []string{key}
 	}
+	ctx, lt := loaderCtx(ctx)
 	lctx, start := c.loadStart(ctx, keys, false)
 	returned := false
 	defer func() {
 		if returned {
 			return
 		}
+		lt.end()
 		if r := recover(); r != nil {
 			err, panicked = c.loadPanicked(key, r), true
 		} else {
@@ -118,8 +121,10 @@ func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load
 		}
 		c.loadDone(lctx, LoadDoneEvent{Keys: keys, Err: err, Coalesced: c.joinedOf(f)}, start)
 	}()
+	lt.begin(key, nil)
 	v, err = load(lctx, key)
 	returned = true
+	set = lt.end()
 	ev := LoadDoneEvent{Keys: keys, Coalesced: c.joinedOf(f)}
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -128,7 +133,7 @@ func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load
 		ev.Err = err
 	}
 	c.loadDone(lctx, ev, start)
-	return v, err, false
+	return v, err, set, false
 }
 
 // joinedOf returns the callers that joined flight f so far, if an Observer
@@ -169,7 +174,7 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 	now := time.Now()
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(1)
-	v, err, panicked := c.runLoader(ctx, key, f, load)
+	v, err, set, panicked := c.runLoader(ctx, key, f, load)
 	if panicked {
 		return item[V]{}, err
 	}
@@ -186,13 +191,9 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		return item[V]{}, lerr
 	}
 	it := item[V]{v: v, neg: err != nil}
-	ttl := o.ttl
-	if it.neg {
-		if o.negativeTTL <= 0 {
-			return it, nil // not cached
-		}
-		ttl = o.negativeTTL
-		c.st.negativeCached.Add(1)
+	ttl, keep := c.storeTTL(o, set, key, it.neg)
+	if !keep {
+		return it, nil // not cached
 	}
 	if !c.local.Valid(t) {
 		// Invalidated while loading: the value may predate that write. Serve
@@ -206,17 +207,18 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		}
 	}
 	now = time.Now()
-	c.fillAhead(t, it, min(o.l1TTL, ttl), time.Time{}, now, c.refreshAt(it, ttl, now))
+	c.fillAhead(t, it, min(c.loadL1TTL(o, set), ttl), time.Time{}, now, c.refreshAt(it, ttl, now))
 	return it, nil
 }
 
 // refreshAt is when a value loaded at now with freshness ttl is due for
 // refresh (zero: never; refresh-ahead is off, or it is a not-found).
 func (c *Cache[V]) refreshAt(it item[V], ttl time.Duration, now time.Time) time.Time {
-	if it.neg || !c.refreshOn() {
+	d := c.refreshAfter(ttl)
+	if it.neg || d == 0 {
 		return time.Time{}
 	}
-	return now.Add(c.refreshAfter(ttl))
+	return now.Add(d)
 }
 
 // lookup is the outcome of reading one key from L2.

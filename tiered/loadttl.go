@@ -1,0 +1,250 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nearcache/nearcache/internal/errfmt"
+)
+
+// SetTTL, called by a Loader or BatchLoader with the ctx it was given,
+// sets how long what it returns stays fresh in Redis (and so bounds local
+// copies): for a value, its TTL; for a not-found result (ErrNotFound, or a
+// key absent from a batch's map), its negative-cache TTL, even if
+// Config.NegativeTTL is zero. In a BatchLoader it applies to every key of
+// the call that SetKeyTTL did not set. ttl <= 0: the result is returned to
+// its callers but stored nowhere (neither Redis nor L1), e.g. a token that
+// has already expired.
+//
+// It overrides the leading call's WithTTL, WithNegativeTTL, Config.TTL and
+// Config.NegativeTTL. With Config.FailSafeMaxStale, a value stays fresh
+// for ttl and Redis keeps it ttl + FailSafeMaxStale, as for any other TTL.
+// A ctx derived from the loader's (WithTimeout, WithValue, ...) works too,
+// from any goroutine, until the loader returns; a later call changes
+// nothing and returns an error saying so. It also returns an error when
+// ctx is not a loader's ctx (a caller's ctx, context.Background()).
+func SetTTL(ctx context.Context, ttl time.Duration) error {
+	h, err := lockLoadTTL(ctx, "SetTTL")
+	if err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	h.ttl, h.ttlSet = ttl, true
+	return nil
+}
+
+// SetKeyTTL is SetTTL for one key of a BatchLoader's call (or the key of a
+// Loader's call).
+//
+// It takes precedence over SetTTL for that key, whichever is called first.
+// It returns an error naming key when key is not one of the keys the
+// loader was asked for.
+func SetKeyTTL(ctx context.Context, key string, ttl time.Duration) error {
+	h, err := lockLoadTTL(ctx, "SetKeyTTL")
+	if err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	if !h.hasLocked(key) {
+		asked := errfmt.Key(h.key)
+		if h.keys != nil {
+			asked = errfmt.Keys(h.keys)
+		}
+		return fmt.Errorf("tiered: SetKeyTTL %s: %w (the loader was asked for %s)", errfmt.Key(key), errNotLoadKey, asked)
+	}
+	if h.perKey == nil {
+		h.perKey = make(map[string]time.Duration, 1)
+	}
+	h.perKey[key] = ttl
+	return nil
+}
+
+// SetL1TTL caps the local copies of what the loader returns (every key of
+// a batch), within Config.MaxL1TTL and never past the Redis TTL; ttl <= 0:
+// not kept in L1 (the next read goes to Redis).
+//
+// It overrides the leading call's WithL1TTL for the copies this load
+// fills. A copy filled later from Redis, by this instance or another, is
+// capped as the call that reads it says (WithL1TTL, Config.MaxL1TTL), and
+// by the value's remaining Redis TTL, which SetTTL sets. Errors as for
+// SetTTL.
+func SetL1TTL(ctx context.Context, ttl time.Duration) error {
+	h, err := lockLoadTTL(ctx, "SetL1TTL")
+	if err != nil {
+		return err
+	}
+	defer h.mu.Unlock()
+	h.l1, h.l1Set = ttl, true
+	return nil
+}
+
+// Why a setter refused; wrapped in errors that name the setter (and key).
+var (
+	errNotLoaderCtx   = errors.New("ctx is not the ctx a Cache gave a Loader or BatchLoader, nor derived from it")
+	errLoaderReturned = errors.New("the loader has returned; nothing changed")
+	errNotLoadKey     = errors.New("not a key of this load")
+)
+
+// loadCtxKey is the context key under which a flight's context (valuesFrom)
+// answers with its loadTTL.
+type loadCtxKey struct{}
+
+// The states of a loadTTL.
+const (
+	loadIdle     uint8 = iota // no loader runs with it (yet): setters refuse
+	loadRunning               // its loader runs: setters record
+	loadReturned              // its loader returned: setters refuse
+)
+
+// smallLoad is the largest batch whose keys SetKeyTTL looks through one by
+// one; a larger one gets an index on the first SetKeyTTL.
+const smallLoad = 8
+
+// loadTTL records what one loader call sets with SetTTL, SetKeyTTL and
+// SetL1TTL. It lives inside the flight's context (valuesFrom), so that a
+// load costs no allocation for it; it serves one loader call, from begin
+// to end. Every field is guarded by mu: setters may run on any goroutine.
+type loadTTL struct {
+	mu     sync.Mutex
+	state  uint8
+	ttlSet bool                // ttl was set by SetTTL
+	l1Set  bool                // l1 was set by SetL1TTL
+	key    string              // a Loader's key
+	keys   []string            // a BatchLoader's keys (nil for a Loader)
+	index  map[string]struct{} // keys as a set, once SetKeyTTL needs it (large batches)
+	ttl    time.Duration
+	l1     time.Duration
+	perKey map[string]time.Duration // set by SetKeyTTL
+}
+
+// lockLoadTTL returns, with its mu held, the loadTTL of the running
+// loader whose ctx is ctx or an ancestor of ctx; otherwise an error that
+// says why, naming fn (the setter).
+func lockLoadTTL(ctx context.Context, fn string) (*loadTTL, error) {
+	var h *loadTTL
+	if ctx != nil {
+		h, _ = ctx.Value(loadCtxKey{}).(*loadTTL)
+	}
+	if h == nil {
+		return nil, fmt.Errorf("tiered: %s: %w", fn, errNotLoaderCtx)
+	}
+	h.mu.Lock()
+	switch h.state {
+	case loadIdle:
+		h.mu.Unlock()
+		return nil, fmt.Errorf("tiered: %s: %w", fn, errNotLoaderCtx)
+	case loadReturned:
+		h.mu.Unlock()
+		return nil, fmt.Errorf("tiered: %s: %w", fn, errLoaderReturned)
+	}
+	return h, nil
+}
+
+// hasLocked reports whether key is one of the load's keys. Called with mu
+// held.
+func (h *loadTTL) hasLocked(key string) bool {
+	if h.keys == nil {
+		return key == h.key
+	}
+	if len(h.keys) <= smallLoad {
+		return slices.Contains(h.keys, key)
+	}
+	if h.index == nil {
+		h.index = make(map[string]struct{}, len(h.keys))
+		for _, k := range h.keys {
+			h.index[k] = struct{}{}
+		}
+	}
+	_, ok := h.index[key]
+	return ok
+}
+
+// idle reports whether no loader has used h yet.
+func (h *loadTTL) idle() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.state == loadIdle
+}
+
+// begin opens h to the setters: the loader of key (a Loader) or keys (a
+// BatchLoader) is about to run.
+func (h *loadTTL) begin(key string, keys []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.state, h.key, h.keys = loadRunning, key, keys
+}
+
+// end closes h to the setters (its loader has returned) and returns what
+// they set.
+func (h *loadTTL) end() loadSet {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.state = loadReturned
+	h.keys, h.index = nil, nil // the batch's; not needed any more
+	return loadSet{ttl: h.ttl, l1: h.l1, ttlSet: h.ttlSet, l1Set: h.l1Set, perKey: h.perKey}
+}
+
+// loaderCtx returns the ctx to hand to a loader (through the Observer's
+// LoadStart) and the loadTTL it answers with, for begin and end around the
+// loader call. ctx is the load's flight context (see detached), which
+// carries an unused loadTTL; any other ctx is wrapped in one of its own.
+func loaderCtx(ctx context.Context) (context.Context, *loadTTL) {
+	if v, ok := ctx.(*valuesFrom); ok && v.lt.idle() {
+		return v, &v.lt
+	}
+	v := &valuesFrom{Context: ctx, values: ctx}
+	return v, &v.lt
+}
+
+// loadSet is what a loader set, read once it has returned.
+type loadSet struct {
+	ttl, l1       time.Duration
+	ttlSet, l1Set bool
+	perKey        map[string]time.Duration
+}
+
+// ttlFor returns the TTL the loader set for key, if any: SetKeyTTL's, else
+// SetTTL's.
+func (s loadSet) ttlFor(key string) (time.Duration, bool) {
+	if d, ok := s.perKey[key]; ok {
+		return d, true
+	}
+	return s.ttl, s.ttlSet
+}
+
+// storeTTL returns how long a loaded result of key (neg: not found) stays
+// fresh in Redis: what its loader set (see SetTTL), else the leading
+// call's TTL, or its negative TTL for a not-found result. keep is false
+// when the result is stored nowhere: a loader's ttl <= 0, or a not-found
+// result without a negative TTL. A not-found result that is kept is
+// counted in Stats.
+func (c *Cache[V]) storeTTL(o callOptions, set loadSet, key string, neg bool) (ttl time.Duration, keep bool) {
+	ttl, ok := set.ttlFor(key)
+	switch {
+	case !ok && !neg:
+		return o.ttl, true
+	case !ok:
+		ttl = o.negativeTTL
+	}
+	if ttl <= 0 {
+		return 0, false
+	}
+	if neg {
+		c.st.negativeCached.Add(1)
+	}
+	return ttl, true
+}
+
+// loadL1TTL returns the cap of the local copies a load fills: its
+// loader's SetL1TTL within MaxL1TTL, else the leading call's (WithL1TTL).
+// At most 0 means none.
+func (c *Cache[V]) loadL1TTL(o callOptions, set loadSet) time.Duration {
+	if set.l1Set {
+		return min(set.l1, c.cfg.MaxL1TTL)
+	}
+	return o.l1TTL
+}
