@@ -57,8 +57,10 @@ type Observer struct {
 	// runs for an earlier one, by whatever goroutine, is passed on once it
 	// returns.
 	BreakerChanged func(ev BreakerEvent)
-	// StaleServed is called when fail-safe serves a stale value because
-	// the loader failed.
+	// StaleServed is called when fail-safe serves a stale value: once per
+	// value served because the loader failed, and, with
+	// Config.SoftTimeout, once per caller and key served because the
+	// loader was still running (StaleEvent.SoftTimeout).
 	StaleServed func(ev StaleEvent)
 
 	// members are the Observers JoinObservers joined; a Cache calls each
@@ -130,7 +132,11 @@ type BreakerEvent struct {
 type StaleEvent struct {
 	Namespace string
 	Key       string
-	Err       error // the loader's error that made it stale
+	Err       error // the loader's error that made it stale (nil for SoftTimeout)
+	// SoftTimeout reports a value served because the loader had run for
+	// Config.SoftTimeout without returning; the load goes on, and its value
+	// replaces the stale one when it returns.
+	SoftTimeout bool
 }
 
 // JoinObservers returns an Observer that calls each of obs in turn (nil
@@ -354,6 +360,17 @@ func (c *Cache[V]) repaired(cause invalidation.Cause) {
 
 func (c *Cache[V]) staleServed(key string, err error) {
 	ev := StaleEvent{Namespace: c.cfg.Namespace, Key: key, Err: err}
+	for _, o := range c.obs {
+		callEvent(c, "StaleServed", key, o.StaleServed, ev)
+	}
+}
+
+// softServed counts a stale value of key served to one caller by the soft
+// timeout (see Config.SoftTimeout) and tells the Observers. It is not
+// logged: a slow loader is no failure.
+func (c *Cache[V]) softServed(key string) {
+	c.st.staleServedSoft.Add(1)
+	ev := StaleEvent{Namespace: c.cfg.Namespace, Key: key, SoftTimeout: true}
 	for _, o := range c.obs {
 		callEvent(c, "StaleServed", key, o.StaleServed, ev)
 	}
