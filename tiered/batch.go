@@ -108,9 +108,17 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 	var errs []error
 	var failed []*flight[V] // a repeated key's flight reports its error once
 	var overran []string
+	var softKeys map[string]bool // keys served a stale value by the soft timeout (counted once each)
 	for i := range waiters {
 		w := &waiters[i]
-		it, err := w.wait(ctx)
+		it, soft, err := w.wait(ctx)
+		if soft && !softKeys[missing[i]] {
+			if softKeys == nil {
+				softKeys = make(map[string]bool)
+			}
+			softKeys[missing[i]] = true
+			c.softServed(missing[i])
+		}
 		switch {
 		case err != nil && err == ctx.Err():
 			return out, readErr(ctx, load != nil, slices.Clone(missing), err)
@@ -376,8 +384,9 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 }
 
 // batchLoad is the rest of a batch: one loader call for st.need, fail-safe
-// stale values on its failure, the write-back to L2 in one round trip, and
-// the guarded fills.
+// stale values on its failure (or, while it runs, on the soft timeout: see
+// Config.SoftTimeout), the write-back to L2 in one round trip, and the
+// guarded fills.
 func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchLoader[V], o callOptions) {
 	need := make([]string, len(st.need))
 	for j, i := range st.need {
@@ -385,7 +394,12 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	}
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(uint64(len(need)))
+	soft := c.softTimerForBatch(st)
+	if soft != nil {
+		defer soft.stop() // runtime.Goexit in the loader: st must not be read once returned to the pool
+	}
 	loaded, err, set, panicked := c.runBatchLoader(ctx, st, need, load)
+	soft.stop() // before st.res is written; now the flights' soft is known
 	if panicked {
 		for _, i := range st.need {
 			st.res[i] = batchResult[V]{err: err, ok: true}
@@ -397,7 +411,10 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		c.st.loaderErrors.Add(1)
 		lerr := &opError{op: "load", keys: need, err: err}
 		for _, i := range st.need {
-			if stale := st.looks[i].stale; stale != nil {
+			if stale := st.looks[i].stale; stale != nil && soft != nil && st.flights[i].soft {
+				// Its callers have it already (see Config.SoftTimeout).
+				st.res[i] = batchResult[V]{it: *stale, ok: true}
+			} else if stale != nil {
 				c.st.staleServed.Add(1)
 				c.staleServes.Fail(st.keys[i], lerr)
 				c.staleServed(st.keys[i], err)

@@ -183,10 +183,10 @@ const (
 )
 
 type loadCounters struct {
-	callers, flights, loaderCalls, loadedKeys, loaderErrors, panics atomic.Uint64
-	staleServed, negativeCached, decodeErrors, conflicts            atomic.Uint64
-	l2Lookups, l2Hits, l2Errors, l2Skipped, encodeErrors            atomic.Uint64
-	loadLatency                                                     hist.Histogram // loader calls
+	callers, flights, loaderCalls, loadedKeys, loaderErrors, panics       atomic.Uint64
+	staleServed, staleServedSoft, negativeCached, decodeErrors, conflicts atomic.Uint64
+	l2Lookups, l2Hits, l2Errors, l2Skipped, encodeErrors                  atomic.Uint64
+	loadLatency                                                           hist.Histogram // loader calls
 }
 
 // New builds a Cache. With cfg.Redis set it subscribes to the namespace's

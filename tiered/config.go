@@ -110,6 +110,23 @@ type Config[V any] struct {
 	// refresh-ahead that failed or was left to another instance waits
 	// before it is tried again. If zero, DefaultFailSafeRetryAfter.
 	FailSafeRetryAfter time.Duration
+	// SoftTimeout, with FailSafeMaxStale, bounds how long callers wait for
+	// a slow loader when Redis holds a stale value of the key (past TTL,
+	// within FailSafeMaxStale). Once the loader has run this long, every
+	// caller of its flight gets the stale value, and so does every caller
+	// that joins the flight later, at once; the load goes on detached
+	// (bounded by LoadTimeout) and, when it returns, writes its value back
+	// to Redis and fills L1 as any load does, unless a write or delete of
+	// the key overtook it. Each such serve is counted (one per caller and
+	// key) in Stats.Loads.StaleServedSoftTimeout and reported to
+	// Observer.StaleServed with StaleEvent.SoftTimeout set; it is not
+	// logged, and the stale value is not kept in L1. A loader that fails
+	// before the soft timeout is answered by fail-safe as usual; one that
+	// fails after it changes nothing for its callers, who have the stale
+	// value already. Without a stale value callers wait for the loader. If
+	// zero, off; it has no effect without FailSafeMaxStale, nor at or above
+	// LoadTimeout.
+	SoftTimeout time.Duration
 
 	// RefreshAhead, a fraction of the TTL between 0 and 1, turns
 	// refresh-ahead on: a value written with TTL t (by a load or a Set) is
@@ -193,11 +210,12 @@ type Config[V any] struct {
 	// Once per episode, so that an outage does not log at request rate:
 	// Redis writes that fail (one per call of Set, SetMany, Delete,
 	// DeleteMany and Clear, and per write-back of loaded values; skips by
-	// the open breaker included), stale values served by fail-safe (one per
-	// value), values read from Redis that are corrupt or do not decode (one
-	// per value), and loaded values left out of Redis because the Codec
-	// cannot encode them or they exceed MaxValueSize (one per value), and
-	// panics of Observer callbacks (one per panic; the error's
+	// the open breaker included), stale values served by fail-safe because
+	// the loader failed (one per value; those served by SoftTimeout are
+	// not logged), values read from Redis that are corrupt or do not
+	// decode (one per value), and loaded values left out of Redis because
+	// the Codec cannot encode them or they exceed MaxValueSize (one per
+	// value), and panics of Observer callbacks (one per panic; the error's
 	// "errorVerbose" has the stack). The first failure of a kind logs a
 	// Warn with its key and error ("nearcache: redis writes failing",
 	// "nearcache: loader failing; serving stale values (fail-safe)",
@@ -278,6 +296,8 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: L1MaxBytes %d needs L1Cost (the size of a value)", c.L1MaxBytes)
 	case c.FailSafeRetryAfter < 0:
 		return c, fmt.Errorf("tiered: FailSafeRetryAfter %v is negative", c.FailSafeRetryAfter)
+	case c.SoftTimeout < 0:
+		return c, fmt.Errorf("tiered: SoftTimeout %v is negative", c.SoftTimeout)
 	case c.BreakerCooldown < 0:
 		return c, fmt.Errorf("tiered: BreakerCooldown %v is negative", c.BreakerCooldown)
 	case !(c.RefreshAhead >= 0 && c.RefreshAhead < 1): // also NaN
@@ -356,6 +376,7 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 		Namespace                                     string
 		TTL, MaxL1TTL, RedisTimeout, LoadTimeout      time.Duration
 		NegativeTTL, FailSafeMaxStale, UnhealthyL1TTL time.Duration
+		FailSafeRetryAfter, SoftTimeout               time.Duration
 		AntiEntropyInterval, BreakerCooldown          time.Duration
 		L1MaxEntries, L1MaxBytes                      int64
 		BreakerFailures, MaxValueSize                 int
@@ -365,6 +386,7 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 	}{
 		c.Namespace, c.TTL, c.MaxL1TTL, c.RedisTimeout, c.LoadTimeout,
 		c.NegativeTTL, c.FailSafeMaxStale, c.UnhealthyL1TTL,
+		c.FailSafeRetryAfter, c.SoftTimeout,
 		c.AntiEntropyInterval, c.BreakerCooldown,
 		c.L1MaxEntries, c.L1MaxBytes, c.BreakerFailures, c.MaxValueSize, c.L1TTLJitter, c.RefreshAhead,
 		c.Redis != nil, hmacKey,

@@ -62,9 +62,14 @@
 // (a caller's ctx ending is none) a circuit breaker skips Redis: L1 serves,
 // misses go to the loader, writes fail with [ErrUnavailable]. Fail-safe serves a
 // stale value read from Redis when the loader fails; while Redis is down the
-// loader's error is returned. Corrupt values in Redis are reloaded. Config.Logger
-// gets repeated failures once per episode (when it starts and ends, with counts),
-// breaker changes and loader panics once per event.
+// loader's error is returned. With Config.SoftTimeout, fail-safe also serves it
+// when the loader is slow: once the loader has run that long, its callers (and
+// those that join its flight later) get the stale value, while the load goes
+// on and stores its value as usual when it returns, unless a write overtook
+// it; such serves are counted and reported to Config.Observer, never logged.
+// Corrupt values in Redis are reloaded. Config.Logger gets repeated failures
+// once per episode (when it starts and ends, with counts), breaker changes and
+// loader panics once per event.
 //
 // # Observability
 //

@@ -22,26 +22,34 @@ import (
 //     the batch.
 //
 // Inline and batch flights are settled exactly once, under flightMu, with
-// their result or an abort error (settleLocked); their waiters wait on done,
+// their result or an abort error (settleLocked), or early with a stale
+// value by the soft timeout (serveStaleLocked); their waiters wait on done,
 // which the first waiter makes, so a flight nobody joins costs no channel.
 type flight[V any] struct {
 	sf    *sfState  // DoChan flights only (nil otherwise)
 	key   string    // batch flights only: the key, for settleBatch
 	batch *batch[V] // batch flights only: the batch that leads it
 
-	// Inline and batch flights; all guarded by flightMu.
+	// Inline and batch flights, unless noted; all guarded by flightMu.
 	done    chan struct{} // nil until a waiter needs it; closed when settled
 	settled bool
-	joined  int     // callers that joined after the one that started it (Observer.LoadDone)
-	it      item[V] // the result, set when settled
+	joined  int     // any flight: callers that joined after the one that started it (Observer.LoadDone)
+	it      item[V] // the result, set when settled; a DoChan flight's stale value (soft)
 	err     error
+	// soft: the flight was settled (a DoChan flight: aborted) with a stale
+	// value by the soft timeout (see Config.SoftTimeout), it being that
+	// value. Set once, by the soft timer, under flightMu (a DoChan
+	// flight's also under sf.once, before abort is closed).
+	soft bool
 }
 
 // sfState is what a DoChan flight adds: abort is closed (once) when waiters
-// must stop waiting without a result: the work exited through
+// must stop waiting for the work's result: the work exited through
 // runtime.Goexit (x/sync then sends nothing), or it overran LoadTimeout by
-// abortGrace (a loader that ignores its ctx). err is set before abort is
-// closed.
+// abortGrace (a loader that ignores its ctx), and err says why; or the soft
+// timeout fired, and the flight's soft and it hold the stale value that
+// waiters get instead (serveStaleLocked). err, or soft and it, are set
+// before abort is closed.
 type sfState struct {
 	abort chan struct{}
 	once  sync.Once
@@ -69,6 +77,24 @@ func (f *flight[V]) settleLocked(it item[V], err error) {
 	f.it, f.err, f.settled = it, err, true
 	if f.done != nil {
 		close(f.done)
+	}
+}
+
+// serveStaleLocked gives the waiters of flight f, and the callers that join
+// it from now on, the stale value instead of the work's result (see
+// Config.SoftTimeout), unless f is settled or aborted already. The work
+// goes on. Called by the soft timer with flightMu held.
+func (f *flight[V]) serveStaleLocked(stale item[V]) {
+	if f.sf != nil {
+		f.sf.once.Do(func() {
+			f.it, f.soft = stale, true
+			close(f.sf.abort)
+		})
+		return
+	}
+	if !f.settled {
+		f.soft = true
+		f.settleLocked(stale, nil)
 	}
 }
 
@@ -101,33 +127,47 @@ type waiter[V any] struct {
 }
 
 // wait returns the flight's result, or ctx's error if ctx ends first, or the
-// flight's abort error.
-func (w waiter[V]) wait(ctx context.Context) (item[V], error) {
+// flight's abort error. soft reports that the result is the stale value
+// the soft timeout served (see Config.SoftTimeout).
+func (w waiter[V]) wait(ctx context.Context) (it item[V], soft bool, err error) {
 	if w.f.sf == nil {
 		// A batch's leader finds most of its waiters settled: a
 		// non-blocking receive is much cheaper than the select below.
 		select {
 		case <-w.done:
-			return w.f.it, w.f.err
+			return w.f.it, w.f.soft, w.f.err
 		default:
 		}
 		select {
 		case <-w.done:
-			return w.f.it, w.f.err
+			return w.f.it, w.f.soft, w.f.err
 		case <-ctx.Done():
-			return item[V]{}, ctx.Err()
+			return item[V]{}, false, ctx.Err()
 		}
 	}
 	select {
 	case r := <-w.ch:
-		if r.Err != nil {
-			return item[V]{}, r.Err
+		// The soft timer stops before the work can return, so a stale
+		// value it served was there first: a caller that finds both gets
+		// the stale value, as every other caller did.
+		select {
+		case <-w.f.sf.abort:
+			if w.f.soft {
+				return w.f.it, true, nil
+			}
+		default:
 		}
-		return r.Val.(item[V]), nil
+		if r.Err != nil {
+			return item[V]{}, false, r.Err
+		}
+		return r.Val.(item[V]), false, nil
 	case <-w.f.sf.abort:
-		return item[V]{}, w.f.sf.err
+		if w.f.soft {
+			return w.f.it, true, nil
+		}
+		return item[V]{}, false, w.f.sf.err
 	case <-ctx.Done():
-		return item[V]{}, ctx.Err()
+		return item[V]{}, false, ctx.Err()
 	}
 }
 
@@ -248,8 +288,10 @@ func (c *Cache[V]) join(ctx context.Context, key string, load Loader[V], o callO
 // the L1 fill. When the loader must run, the rest of the work is handed to
 // a goroutine with a detached context bounded by LoadTimeout (see
 // goDetached), and the caller waits for it like any follower, so a
-// loader that ignores its ctx holds no caller past LoadTimeout+abortGrace.
-func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions) (it item[V], err error) {
+// loader that ignores its ctx holds no caller past LoadTimeout+abortGrace,
+// and the soft timeout (see Config.SoftTimeout) serves it too; soft reports
+// such a stale value.
+func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions) (it item[V], soft bool, err error) {
 	table, _ := c.flightsFor(load == nil)
 	deadline := time.Now().Add(c.cfg.LoadTimeout) // the whole flight's, as for a DoChan flight
 	settled, handed := false, false
@@ -273,7 +315,7 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 	t, look, it, err, done := c.fetchL2(ctx, key, load, o)
 	if done {
 		settled = true
-		return it, err
+		return it, false, err
 	}
 	handed = true
 	return c.handLoad(ctx, table, key, f, load, o, deadline, t, look)
@@ -284,7 +326,7 @@ func (c *Cache[V]) leadInline(ctx context.Context, key string, f *flight[V], loa
 // goroutine (see goDetached) and waits for them like a follower. A function
 // of its own, so that what its closures capture (t, look, the result) is
 // moved to the heap only on this path, not on every L2 hit.
-func (c *Cache[V]) handLoad(ctx context.Context, table map[string]*flight[V], key string, f *flight[V], load Loader[V], o callOptions, deadline time.Time, t l1.Ticket, look lookup[V]) (item[V], error) {
+func (c *Cache[V]) handLoad(ctx context.Context, table map[string]*flight[V], key string, f *flight[V], load Loader[V], o callOptions, deadline time.Time, t l1.Ticket, look lookup[V]) (item[V], bool, error) {
 	c.flightMu.Lock()
 	fdone := f.doneLocked()
 	c.flightMu.Unlock()

@@ -58,8 +58,10 @@ type Observer struct {
 	// runs for an earlier one, by whatever goroutine, is passed on once it
 	// returns.
 	BreakerChanged func(ev BreakerEvent)
-	// StaleServed is called when fail-safe serves a stale value because
-	// the loader failed.
+	// StaleServed is called when fail-safe serves a stale value: once per
+	// value served because the loader failed, and, with
+	// Config.SoftTimeout, once per caller and key served because the
+	// loader was still running (StaleEvent.SoftTimeout).
 	StaleServed func(ev StaleEvent)
 	// Refreshed is called when a refresh-ahead ends (see
 	// Config.RefreshAhead), whatever its outcome.
@@ -134,7 +136,11 @@ type BreakerEvent struct {
 type StaleEvent struct {
 	Namespace string
 	Key       string
-	Err       error // the loader's error that made it stale
+	Err       error // the loader's error that made it stale (nil for SoftTimeout)
+	// SoftTimeout reports a value served because the loader had run for
+	// Config.SoftTimeout without returning; the load goes on, and its value
+	// replaces the stale one when it returns.
+	SoftTimeout bool
 }
 
 // JoinObservers returns an Observer that calls each of obs in turn (nil
@@ -374,6 +380,17 @@ func (c *Cache[V]) staleServed(key string, err error) {
 func (c *Cache[V]) refreshEvent(ev RefreshEvent) {
 	for _, o := range c.obs {
 		callEvent(c, "Refreshed", ev.Key, o.Refreshed, ev)
+	}
+}
+
+// softServed counts a stale value of key served to one caller by the soft
+// timeout (see Config.SoftTimeout) and tells the Observers. It is not
+// logged: a slow loader is no failure.
+func (c *Cache[V]) softServed(key string) {
+	c.st.staleServedSoft.Add(1)
+	ev := StaleEvent{Namespace: c.cfg.Namespace, Key: key, SoftTimeout: true}
+	for _, o := range c.obs {
+		callEvent(c, "StaleServed", key, o.StaleServed, ev)
 	}
 }
 

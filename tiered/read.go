@@ -57,13 +57,17 @@ func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []
 		return zero, err
 	}
 	var it item[V]
+	var soft bool
 	if lead {
-		it, err = c.leadInline(ctx, key, w.f, load, o)
+		it, soft, err = c.leadInline(ctx, key, w.f, load, o)
 	} else {
-		it, err = w.wait(ctx)
+		it, soft, err = w.wait(ctx)
 	}
 	if err != nil {
 		return zero, readErr(ctx, load != nil, []string{key}, err)
+	}
+	if soft {
+		c.softServed(key)
 	}
 	return it.result()
 }
@@ -169,17 +173,29 @@ func (c *Cache[V]) fetchL2(ctx context.Context, key string, load Loader[V], o ca
 
 // fetchLoad is the rest of a miss that L2 did not answer: the loader, the
 // L2 write-back and the fill, or fail-safe's stale value. f is the flight
-// it settles (for Observer.LoadDone).
+// it settles (for Observer.LoadDone, and the soft timeout: see
+// Config.SoftTimeout).
 func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions, t l1.Ticket, look lookup[V]) (item[V], error) {
 	now := time.Now()
 	c.st.loaderCalls.Add(1)
 	c.st.loadedKeys.Add(1)
+	var soft *softTimer
+	if look.stale != nil && c.softTimeoutOn() {
+		soft = c.softTimerFor(key, f, *look.stale)
+		defer soft.stop() // runtime.Goexit in the loader
+	}
 	v, err, set, panicked := c.runLoader(ctx, key, f, load)
+	soft.stop() // now f.soft is known, and stays as it is
 	if panicked {
 		return item[V]{}, err
 	}
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		c.st.loaderErrors.Add(1)
+		if soft != nil && f.soft {
+			// The callers have the stale value already: nothing more
+			// to serve, count or log (see Config.SoftTimeout).
+			return *look.stale, nil
+		}
 		lerr := &opError{op: "load", keys: []string{key}, err: err}
 		if look.stale != nil {
 			c.st.staleServed.Add(1)

@@ -49,18 +49,22 @@ type L2Stats struct {
 
 // LoadStats count the miss path.
 type LoadStats struct {
-	Callers        uint64 // calls that missed L1 and waited for a flight
-	Flights        uint64 // keys fetched by a flight this Cache started
-	Coalesced      uint64 // callers served by a flight another caller started
-	LoaderCalls    uint64 // calls of a Loader or BatchLoader
-	LoadedKeys     uint64 // keys passed to those calls
-	LoaderErrors   uint64 // of which failed (ErrNotFound excluded)
-	Panics         uint64 // loader panics turned into errors
-	StaleServed    uint64 // fail-safe: stale values served instead of an error
-	NegativeCached uint64 // not-found results cached
-	DecodeErrors   uint64 // Redis values that were corrupt or did not decode (reloaded)
-	EncodeErrors   uint64 // values the codec could not encode (kept out of Redis)
-	Conflicts      uint64 // loaded values not kept because a newer write or delete won
+	Callers      uint64 // calls that missed L1 and waited for a flight
+	Flights      uint64 // keys fetched by a flight this Cache started
+	Coalesced    uint64 // callers served by a flight another caller started
+	LoaderCalls  uint64 // calls of a Loader or BatchLoader
+	LoadedKeys   uint64 // keys passed to those calls
+	LoaderErrors uint64 // of which failed (ErrNotFound excluded)
+	Panics       uint64 // loader panics turned into errors
+	StaleServed  uint64 // fail-safe: stale values served instead of an error (one per value)
+	// StaleServedSoftTimeout counts stale values served because the loader
+	// was still running after Config.SoftTimeout: one per caller and key
+	// served (not in StaleServed).
+	StaleServedSoftTimeout uint64
+	NegativeCached         uint64 // not-found results cached
+	DecodeErrors           uint64 // Redis values that were corrupt or did not decode (reloaded)
+	EncodeErrors           uint64 // values the codec could not encode (kept out of Redis)
+	Conflicts              uint64 // loaded values not kept because a newer write or delete won
 	// Latency is the duration of loader calls (Loader or BatchLoader),
 	// as percentiles, and LatencyHistogram the same in fixed buckets (100µs
 	// to 10s), cumulative, with their sum: for exporters.
@@ -99,7 +103,7 @@ func (c *Cache[V]) Stats() Stats {
 	s.Loads = LoadStats{
 		Callers: callers, Flights: flights,
 		LoaderCalls: c.st.loaderCalls.Load(), LoadedKeys: c.st.loadedKeys.Load(), LoaderErrors: c.st.loaderErrors.Load(),
-		Panics: c.st.panics.Load(), StaleServed: c.st.staleServed.Load(),
+		Panics: c.st.panics.Load(), StaleServed: c.st.staleServed.Load(), StaleServedSoftTimeout: c.st.staleServedSoft.Load(),
 		NegativeCached: c.st.negativeCached.Load(), DecodeErrors: c.st.decodeErrors.Load(),
 		EncodeErrors: c.st.encodeErrors.Load(), Conflicts: c.st.conflicts.Load(),
 		Latency: c.st.loadLatency.Snapshot(), LatencyHistogram: c.st.loadLatency.Buckets(),

@@ -84,6 +84,7 @@
 //	nearcache.load.errors                       {call}        of the calls, failed (not found excluded)
 //	nearcache.load.panics                       {panic}       loader panics turned into errors
 //	nearcache.load.stale_served                 {value}       stale values served by fail-safe
+//	nearcache.load.stale_served_soft_timeout    {value}       stale values served by the soft timeout
 //	nearcache.load.negative_cached              {key}         not-found results cached
 //	nearcache.load.decode_errors                {value}       Redis values that did not decode (reloaded)
 //	nearcache.load.encode_errors                {value}       values the codec could not encode

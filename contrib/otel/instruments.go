@@ -85,6 +85,7 @@ var counterDefs = [...]counterDef{
 	{"nearcache.load.errors", "{call}", "Loader calls that failed (not-found results excluded).", func(s *tiered.Stats) uint64 { return s.Loads.LoaderErrors }},
 	{"nearcache.load.panics", "{panic}", "Loader panics turned into errors.", func(s *tiered.Stats) uint64 { return s.Loads.Panics }},
 	{"nearcache.load.stale_served", "{value}", "Stale values served by fail-safe instead of an error.", func(s *tiered.Stats) uint64 { return s.Loads.StaleServed }},
+	{"nearcache.load.stale_served_soft_timeout", "{value}", "Stale values served because the loader was still running after the soft timeout.", func(s *tiered.Stats) uint64 { return s.Loads.StaleServedSoftTimeout }},
 	{"nearcache.load.negative_cached", "{key}", "Not-found results cached.", func(s *tiered.Stats) uint64 { return s.Loads.NegativeCached }},
 	{"nearcache.load.decode_errors", "{value}", "Values read from Redis that were corrupt or did not decode (reloaded).", func(s *tiered.Stats) uint64 { return s.Loads.DecodeErrors }},
 	{"nearcache.load.encode_errors", "{value}", "Values the codec could not encode (kept out of Redis).", func(s *tiered.Stats) uint64 { return s.Loads.EncodeErrors }},

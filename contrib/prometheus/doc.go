@@ -81,6 +81,7 @@
 //	nearcache_loader_errors_total                    of the calls, failed (not found excluded)
 //	nearcache_loader_panics_total                    loader panics turned into errors
 //	nearcache_stale_served_total                     stale values served by fail-safe
+//	nearcache_stale_served_soft_timeout_total        stale values served by the soft timeout
 //	nearcache_negative_cached_total                  not-found results cached
 //	nearcache_decode_errors_total                    Redis values that did not decode (reloaded)
 //	nearcache_encode_errors_total                    values the codec could not encode

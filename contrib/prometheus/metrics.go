@@ -71,6 +71,7 @@ var counters = [...]counter{
 	{"nearcache_loader_errors_total", "Loader calls that failed (not-found results excluded).", func(s *tiered.Stats) uint64 { return s.Loads.LoaderErrors }},
 	{"nearcache_loader_panics_total", "Loader panics turned into errors.", func(s *tiered.Stats) uint64 { return s.Loads.Panics }},
 	{"nearcache_stale_served_total", "Stale values served by fail-safe instead of an error.", func(s *tiered.Stats) uint64 { return s.Loads.StaleServed }},
+	{"nearcache_stale_served_soft_timeout_total", "Stale values served because the loader was still running after the soft timeout.", func(s *tiered.Stats) uint64 { return s.Loads.StaleServedSoftTimeout }},
 	{"nearcache_negative_cached_total", "Not-found results cached.", func(s *tiered.Stats) uint64 { return s.Loads.NegativeCached }},
 	{"nearcache_decode_errors_total", "Values read from Redis that were corrupt or did not decode (reloaded).", func(s *tiered.Stats) uint64 { return s.Loads.DecodeErrors }},
 	{"nearcache_encode_errors_total", "Values the codec could not encode (kept out of Redis).", func(s *tiered.Stats) uint64 { return s.Loads.EncodeErrors }},
