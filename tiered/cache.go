@@ -25,7 +25,7 @@ var (
 	// error wrapping it) to say the key does not exist; with NegativeTTL the
 	// answer is cached.
 	ErrNotFound = errors.New("tiered: not found")
-	// ErrClosed reports use of a closed Cache.
+	// ErrClosed reports use of a closed Cache (or Invalidator).
 	ErrClosed = errors.New("tiered: cache closed")
 	// ErrUnavailable reports that Redis could not be used for a write (or
 	// for a read without a loader): it is down, too slow, or the circuit

@@ -35,6 +35,13 @@
 // no answer from Redis is in doubt: if its script runs within a minute, the
 // writer still drops the copy it read back meanwhile.
 //
+// A program that changes the data without a Cache (another service, a
+// migration, a change-data-capture follower) invalidates every instance's
+// copies with an [Invalidator]: [Invalidator.Delete] after a database
+// change, [Invalidator.Invalidate] after writing Redis itself,
+// [Invalidator.InvalidateAll] after a bulk change. Programs in other
+// languages follow the wire contract in docs/WIRE.md of the repository.
+//
 // With Config.RefreshAhead, a GetOrLoad or GetManyOrLoad that finds an L1 value
 // past that fraction of its TTL returns it and starts one background refresh:
 // a fresher value in Redis is taken, else the one instance holding the key's

@@ -169,3 +169,50 @@ func ExampleSetTTL() {
 	// tok-2 cached: false
 	// tok-3 issued anew
 }
+
+// A program that changes the database without a Cache (a change-stream
+// follower, a migration, another service) tells every instance with an
+// Invalidator. Delete leaves tombstones, so a load that read the old row
+// before the change cannot write it back.
+func ExampleInvalidator() {
+	mr, _ := miniredis.Run() // a real service passes its own Redis address
+	defer mr.Close()
+	ctx := context.Background()
+
+	// A service instance, caching product rows.
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
+	defer rdb.Close()
+	c, err := tiered.New(tiered.Config[Product]{Redis: rdb, Namespace: "products"})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	db := map[string]Product{"sku-1": {SKU: "sku-1", Price: 100}} // the database
+	load := func(ctx context.Context, sku string) (Product, error) { return db[sku], nil }
+	p, _ := c.GetOrLoad(ctx, "sku-1", load)
+	fmt.Println("cached:", p.Price)
+
+	// The other program, with its own client: it updates the row, then
+	// invalidates the key.
+	other := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
+	defer other.Close()
+	inv, err := tiered.NewInvalidator(other, tiered.InvalidatorConfig{Namespace: "products"})
+	if err != nil {
+		panic(err)
+	}
+	defer inv.Close()
+	db["sku-1"] = Product{SKU: "sku-1", Price: 120}
+	if err := inv.Delete(ctx, "sku-1"); err != nil {
+		panic(err)
+	}
+
+	// The instance drops its copy when the message arrives (well under a
+	// millisecond on a healthy network), and loads the new row.
+	for start := time.Now(); p.Price != 120 && time.Since(start) < 5*time.Second; time.Sleep(time.Millisecond) {
+		p, _ = c.GetOrLoad(ctx, "sku-1", load)
+	}
+	fmt.Println("after the change:", p.Price)
+	// Output:
+	// cached: 100
+	// after the change: 120
+}
