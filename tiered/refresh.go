@@ -155,8 +155,11 @@ func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V],
 // does not hold fresh (absent, stale, unreadable, Redis unreachable or
 // absent) is loaded as by any miss. The loaded value goes through the
 // ticket, the compare-and-set write-back and the invalidation of every
-// load. The flight's result, for readers that joined it, is the refreshed
-// value, or the current one when the refresh did not replace it.
+// load. The instance that wins the claim reads Redis once more first: a
+// claim released after this refresh's first read was released after its
+// holder's write-back. The flight's result, for readers that joined it, is
+// the refreshed value, or the current one when the refresh did not replace
+// it.
 func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions, start time.Time) (item[V], error) {
 	t := c.local.Reserve(key)
 	look := c.readL2(ctx, key)
@@ -169,7 +172,7 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		}
 		return it, err
 	}
-	if look.refreshAt.IsZero() || look.at.Add(refreshSlack).Before(look.refreshAt) {
+	if notDue(look) {
 		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, look.refreshAt)
 		c.refreshed(key, RefreshFromRedis, start, nil)
 		return look.it, nil
@@ -186,6 +189,15 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		}
 		return look.it, nil
 	}
+	// A holder that released the claim between this refresh's read and its
+	// claim had written its value back before: read again, and take that
+	// value rather than call the loader twice in one refresh period.
+	if again := c.readL2(ctx, key); again.fresh && notDue(again) {
+		c.unclaim(ctx, key, token, 0)
+		c.fillAhead(t, again.it, o.l1TTL, again.until, again.at, again.refreshAt)
+		c.refreshed(key, RefreshFromRedis, start, nil)
+		return again.it, nil
+	}
 	it, err := c.fetchLoadFresh(ctx, key, f, load, o, t, look)
 	keep := time.Duration(0)
 	if err != nil {
@@ -199,6 +211,13 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	}
 	c.refreshed(key, RefreshFromLoader, start, nil)
 	return it, nil
+}
+
+// notDue reports whether a fresh value read from Redis is not due for
+// refresh: it has no refresh time, or one more than refreshSlack away (see
+// there), so another instance has refreshed it.
+func notDue[V any](look lookup[V]) bool {
+	return look.refreshAt.IsZero() || look.at.Add(refreshSlack).Before(look.refreshAt)
 }
 
 // fetchLoadFresh is fetchLoad for a refresh whose Redis value is still
