@@ -198,12 +198,19 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		c.refreshed(key, RefreshFromRedis, start, nil)
 		return again.it, nil
 	}
+	released := false
+	defer func() {
+		if !released { // the loader exited through runtime.Goexit: a failure
+			c.unclaim(ctx, key, token, c.cfg.FailSafeRetryAfter)
+		}
+	}()
 	it, err := c.fetchLoadFresh(ctx, key, f, load, o, t, look)
 	keep := time.Duration(0)
 	if err != nil {
 		keep = c.cfg.FailSafeRetryAfter // hold the fleet back as long as this instance
 	}
 	c.unclaim(ctx, key, token, keep)
+	released = true
 	if err != nil {
 		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, retry)
 		c.refreshed(key, RefreshFailed, start, err)
@@ -246,8 +253,22 @@ func (c *Cache[V]) claim(ctx context.Context, key, token string) (bool, error) {
 }
 
 // unclaim releases key's claim (see l2.Store.Release). A failure is
-// harmless: the claim expires after LoadTimeout.
+// harmless: the claim expires after LoadTimeout. On a refresh's ctx that
+// has ended (Close cancelled it, or LoadTimeout passed) the release still
+// runs, bounded by RedisTimeout (or DefaultRedisTimeout if that is
+// negative), so that a refresh cut short holds the rest of the fleet back
+// for FailSafeRetryAfter, as any failed one does, not for the claim's whole
+// LoadTimeout.
 func (c *Cache[V]) unclaim(ctx context.Context, key, token string, keep time.Duration) {
+	if ctx.Err() != nil {
+		d := c.cfg.RedisTimeout
+		if d <= 0 {
+			d = DefaultRedisTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), d)
+		defer cancel()
+	}
 	_ = c.redisOp(ctx, func(rctx context.Context) error {
 		return c.l2.Release(rctx, key, token, keep)
 	})
