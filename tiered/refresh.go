@@ -153,7 +153,8 @@ func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V],
 // taken as it is. A value past it is refreshed from the loader by the one
 // instance that takes the key's claim; the others keep theirs. A key Redis
 // does not hold fresh (absent, stale, unreadable, Redis unreachable or
-// absent) is loaded as by any miss. The loaded value goes through the
+// absent) is loaded as by any miss (a loader failure that fail-safe covers
+// with Redis's stale value is a failed refresh). The loaded value goes through the
 // ticket, the compare-and-set write-back and the invalidation of every
 // load. The instance that wins the claim reads Redis once more first: a
 // claim released after this refresh's first read was released after its
@@ -164,10 +165,22 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	t := c.local.Reserve(key)
 	look := c.readL2(ctx, key)
 	if !look.fresh {
+		var lerr error // the loader's own error, which fail-safe hides
+		if look.stale != nil {
+			inner := load
+			load = func(ctx context.Context, key string) (V, error) {
+				v, err := inner(ctx, key)
+				lerr = err
+				return v, err
+			}
+		}
 		it, err := c.fetchLoad(ctx, key, f, load, o, t, look)
-		if err != nil {
+		switch {
+		case err != nil:
 			c.refreshed(key, RefreshFailed, start, err)
-		} else {
+		case lerr != nil && !errors.Is(lerr, ErrNotFound): // fail-safe served the stale value
+			c.refreshed(key, RefreshFailed, start, &opError{op: "load", keys: []string{key}, err: lerr})
+		default:
 			c.refreshed(key, RefreshFromLoader, start, nil)
 		}
 		return it, err
