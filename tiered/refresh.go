@@ -67,6 +67,10 @@ type RefreshStats struct {
 
 type refreshCounters struct {
 	started, fromRedis, fromLoader, skipped, failed atomic.Uint64
+	// loaded counts the keys refreshes passed to a loader, which answer no
+	// request (Combined.HitRatio leaves them out). Added before the load's
+	// own count (loadCounters.loadedKeys).
+	loaded atomic.Uint64
 }
 
 func (r *refreshCounters) snapshot() RefreshStats {
@@ -112,8 +116,8 @@ func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V],
 	if c.closed || c.flights[key] != nil {
 		return
 	}
+	c.st.flights.Add(1) // before started: Stats reads started first
 	c.rf.started.Add(1)
-	c.st.flights.Add(1)
 	c.work.Add(1)
 	f := newSFFlight[V]()
 	c.flights[key] = f
@@ -174,6 +178,7 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 				return v, err
 			}
 		}
+		c.rf.loaded.Add(1)
 		it, err := c.fetchLoad(ctx, key, f, load, o, t, look)
 		switch {
 		case err != nil:
@@ -217,6 +222,7 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 			c.unclaim(ctx, key, token, c.cfg.FailSafeRetryAfter)
 		}
 	}()
+	c.rf.loaded.Add(1)
 	it, err := c.fetchLoadFresh(ctx, key, f, load, o, t, look)
 	keep := time.Duration(0)
 	if err != nil {
