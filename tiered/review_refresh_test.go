@@ -516,3 +516,181 @@ func TestReviewRefreshHitAllocs(t *testing.T) {
 		t.Fatalf("%d refreshes started on a value due in 54 minutes", st.Started)
 	}
 }
+
+// TestReviewRefreshRacingWritesL1Only: without Redis, a refresh whose
+// loader read the old row before a Set, Delete, versioned Set or Clear
+// leaves its value out of L1.
+func TestReviewRefreshRacingWritesL1Only(t *testing.T) {
+	ctx := context.Background()
+	for _, w := range []struct {
+		name string
+		fn   func(c *Cache[string]) error
+		want string // "": not found
+	}{
+		{"set", func(c *Cache[string]) error { return c.Set(ctx, "k", "new") }, "new"},
+		{"delete", func(c *Cache[string]) error { return c.Delete(ctx, "k") }, ""},
+		{"set-versioned", func(c *Cache[string]) error { return c.Set(ctx, "k", "new", WithVersion(3)) }, "new"},
+		{"clear", func(c *Cache[string]) error { return c.Clear(ctx) }, ""},
+	} {
+		t.Run(w.name, func(t *testing.T) {
+			var rec refreshRecorder
+			c := newCache(t, Config[string]{TTL: 4 * time.Second, RefreshAhead: 0.1, L1TTLJitter: NoJitter, Observer: rec.observer()})
+			var l gatedLoader
+			if _, err := c.GetOrLoad(ctx, "k", l.load); err != nil {
+				t.Fatal(err)
+			}
+			c.hot.Wait() // in ristretto: a miss now would not be the refresh under test
+			release := l.hold()
+			waitRefreshStarted(t, c, "k", l.load, 1)
+			redistest.WaitFor(t, 5*time.Second, "the refresh to call the loader", func() bool { return l.calls.Load() == 2 })
+			if err := w.fn(c); err != nil {
+				t.Fatal(err)
+			}
+			close(release)
+			waitOutcomes(t, &rec, 1)
+			c.hot.Wait()
+			for range 20 {
+				v, err := c.Get(ctx, "k")
+				if w.want == "" && !errors.Is(err, ErrNotFound) || w.want != "" && (v != w.want || err != nil) {
+					t.Fatalf("Get after the refresh = %q, %v; want %q", v, err, w.want)
+				}
+			}
+		})
+	}
+}
+
+// TestReviewRefreshRedisBlackHoled: while Redis does not answer the
+// refresh's read, hits still return at once; the refresh falls back to the
+// loader (as a miss does) and its value is served.
+func TestReviewRefreshRedisBlackHoled(t *testing.T) {
+	srv := redistest.StartServer(t)
+	proxy := redistest.StartProxy(t, srv.Addr())
+	var rec refreshRecorder
+	c := newCache(t, Config[string]{Redis: newClient(t, proxy.Addr()), Namespace: "rbh", TTL: 4 * time.Second,
+		RefreshAhead: 0.1, FailSafeRetryAfter: 300 * time.Millisecond, L1TTLJitter: NoJitter, Observer: rec.observer()})
+	var l gatedLoader
+	ctx := context.Background()
+	if _, err := c.GetOrLoad(ctx, "k", l.load); err != nil {
+		t.Fatal(err)
+	}
+	c.hot.Wait() // in ristretto: a miss now would not be the refresh under test
+	release := proxy.Hold("get", "rbh:k")
+	defer release()
+	redistest.WaitFor(t, 10*time.Second, "a refresh to start", func() bool {
+		t0 := time.Now()
+		v, err := c.GetOrLoad(ctx, "k", l.load)
+		if d := time.Since(t0); d > time.Second || err != nil || v != "k@1" {
+			t.Fatalf("GetOrLoad = %q, %v in %v; want k@1 at once", v, err, d)
+		}
+		return c.Stats().Loads.Refreshes.Started >= 1
+	})
+	if ev := waitOutcomes(t, &rec, 1)[0]; ev.Outcome != RefreshFromLoader {
+		t.Fatalf("refresh with Redis's read held: %v (%v), want loader", ev.Outcome, ev.Err)
+	}
+	redistest.WaitFor(t, 10*time.Second, "the refreshed value", func() bool {
+		v, _ := c.GetOrLoad(ctx, "k", l.load)
+		return v == "k@2"
+	})
+}
+
+// TestReviewRefreshLoaderIgnoresCtx: a refresh whose loader ignores its
+// ctx never holds a reader; its flight is released after LoadTimeout (a
+// miss then starts a fresh load), and its outcome is counted once it
+// returns.
+func TestReviewRefreshLoaderIgnoresCtx(t *testing.T) {
+	var rec refreshRecorder
+	c := newCache(t, Config[string]{TTL: 4 * time.Second, RefreshAhead: 0.1, LoadTimeout: 300 * time.Millisecond,
+		FailSafeRetryAfter: time.Minute, L1TTLJitter: NoJitter, Observer: rec.observer()})
+	stuck := make(chan struct{})
+	var calls atomic.Int64
+	load := func(_ context.Context, key string) (string, error) {
+		if calls.Add(1) == 2 {
+			<-stuck // ignores ctx
+		}
+		return fmt.Sprintf("v%d", calls.Load()), nil
+	}
+	ctx := context.Background()
+	if _, err := c.GetOrLoad(ctx, "k", load); err != nil {
+		t.Fatal(err)
+	}
+	c.hot.Wait() // in ristretto: a miss now would not be the refresh under test
+	waitRefreshStarted(t, c, "k", load, 1)
+	redistest.WaitFor(t, 10*time.Second, "the refresh flight released after LoadTimeout", func() bool {
+		c.flightMu.Lock()
+		defer c.flightMu.Unlock()
+		return c.flights["k"] == nil
+	})
+	t0 := time.Now()
+	if v, err := c.GetOrLoad(ctx, "k", load); err != nil || v != "v1" || time.Since(t0) > time.Second {
+		t.Fatalf("GetOrLoad during the stuck refresh = %q, %v in %v; want v1 at once", v, err, time.Since(t0))
+	}
+	close(stuck)
+	waitOutcomes(t, &rec, 1)
+	if r := c.Stats().Loads.Refreshes; r.Started != r.FromRedis+r.FromLoader+r.Skipped+r.Failed {
+		t.Fatalf("RefreshStats %+v: Started is not the sum of the outcomes", r)
+	}
+}
+
+// TestReviewRefreshBatchLoader: GetManyOrLoad refreshes its due keys with
+// its BatchLoader, each key on its own; a key the batch loader no longer
+// returns is a not-found.
+func TestReviewRefreshBatchLoader(t *testing.T) {
+	var rec refreshRecorder
+	c := newCache(t, Config[string]{TTL: 4 * time.Second, RefreshAhead: 0.1, L1TTLJitter: NoJitter, Observer: rec.observer()})
+	var round atomic.Int64
+	var batches [][]string
+	var mu sync.Mutex
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		mu.Lock()
+		batches = append(batches, append([]string(nil), keys...))
+		mu.Unlock()
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = fmt.Sprintf("%s#%d", k, round.Load())
+		}
+		return m, nil
+	}
+	ctx := context.Background()
+	keys := []string{"a", "b", "c"}
+	if m, err := c.GetManyOrLoad(ctx, keys, load); err != nil || len(m) != 3 {
+		t.Fatalf("GetManyOrLoad = %v, %v", m, err)
+	}
+	round.Store(1)
+	redistest.WaitFor(t, 10*time.Second, "every key refreshed", func() bool {
+		m, err := c.GetManyOrLoad(ctx, keys, load)
+		if err != nil || len(m) != 3 {
+			t.Fatalf("GetManyOrLoad = %v, %v", m, err)
+		}
+		return m["a"] == "a#1" && m["b"] == "b#1" && m["c"] == "c#1"
+	})
+	if r := c.Stats().Loads.Refreshes; r.Started != 3 || r.FromLoader != 3 {
+		t.Fatalf("RefreshStats %+v, want 3 started, 3 from the loader", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, b := range batches[1:] {
+		if len(b) != 1 {
+			t.Fatalf("refresh batches %v: want one key per refresh", batches[1:])
+		}
+	}
+}
+
+// TestReviewRefreshNegativeNeverDue: a cached not-found is never refreshed
+// (DESIGN: "a not-found ... is never due").
+func TestReviewRefreshNegativeNeverDue(t *testing.T) {
+	srv := redistest.StartServer(t)
+	c := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rneg", TTL: 4 * time.Second,
+		NegativeTTL: 2 * time.Second, RefreshAhead: 0.01, L1TTLJitter: NoJitter})
+	var calls atomic.Int64
+	load := func(context.Context, string) (string, error) { calls.Add(1); return "", ErrNotFound }
+	ctx := context.Background()
+	start := time.Now()
+	for time.Since(start) < 500*time.Millisecond {
+		if _, err := c.GetOrLoad(ctx, "k", load); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("GetOrLoad = %v, want ErrNotFound", err)
+		}
+	}
+	if r := c.Stats().Loads.Refreshes; r.Started != 0 || calls.Load() != 1 {
+		t.Fatalf("a cached not-found: %d refreshes, %d loader calls; want 0 and 1", r.Started, calls.Load())
+	}
+}
