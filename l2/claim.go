@@ -31,11 +31,15 @@ func (s *Store) Claim(ctx context.Context, key, token string, ttl time.Duration)
 }
 
 // releaseScript drops (ARGV[2] == "0") or shortens to ARGV[2] ms the claim
-// KEYS[1] if ARGV[1] still holds it.
+// KEYS[1] if ARGV[1] still holds it. It uses only commands the Cache's
+// Redis user has anyway (README, "Redis ACLs"): a script's commands are
+// checked against the caller's ACL, and a refused release would leave the
+// claim held until it expires.
 var releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[2] == '0' then return redis.call('UNLINK', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 `)
 
 // Release gives up the claim of key taken with token: at once if keep is

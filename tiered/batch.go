@@ -84,11 +84,11 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		if _, dup := out[k]; dup {
 			continue
 		}
-		if it, ok, due := c.hot.GetRefresh(k); ok {
+		if it, ok, due := c.hit(k, load != nil); ok {
 			if !it.neg {
 				out[k] = it.v
 			}
-			if due && load != nil {
+			if due {
 				c.refreshAhead(ctx, k, oneKey(load), opts)
 			}
 			continue
@@ -141,6 +141,18 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		errs = append(errs, readErr(ctx, load != nil, overran, errLoadOverran))
 	}
 	return out, errors.Join(errs...)
+}
+
+// hit looks key up in L1. With refresh, due reports that the caller is
+// the one to start the key's refresh (see l1.Cache.GetRefresh); without
+// (GetMany, which has no loader), the entry's due report is left for a
+// reader that can refresh.
+func (c *Cache[V]) hit(key string, refresh bool) (it item[V], ok, due bool) {
+	if refresh {
+		return c.hot.GetRefresh(key)
+	}
+	it, ok = c.hot.Get(key)
+	return it, ok, false
 }
 
 // batch is the set of flights one GetMany/GetManyOrLoad call leads.

@@ -67,6 +67,10 @@ type RefreshStats struct {
 
 type refreshCounters struct {
 	started, fromRedis, fromLoader, skipped, failed atomic.Uint64
+	// loaded counts the keys refreshes passed to a loader, which answer no
+	// request (Combined.HitRatio leaves them out). Added before the load's
+	// own count (loadCounters.loadedKeys).
+	loaded atomic.Uint64
 }
 
 func (r *refreshCounters) snapshot() RefreshStats {
@@ -112,8 +116,8 @@ func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V],
 	if c.closed || c.flights[key] != nil {
 		return
 	}
+	c.st.flights.Add(1) // before started: Stats reads started first
 	c.rf.started.Add(1)
-	c.st.flights.Add(1)
 	c.work.Add(1)
 	f := newSFFlight[V]()
 	c.flights[key] = f
@@ -153,23 +157,40 @@ func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V],
 // taken as it is. A value past it is refreshed from the loader by the one
 // instance that takes the key's claim; the others keep theirs. A key Redis
 // does not hold fresh (absent, stale, unreadable, Redis unreachable or
-// absent) is loaded as by any miss. The loaded value goes through the
+// absent) is loaded as by any miss (a loader failure that fail-safe covers
+// with Redis's stale value is a failed refresh). The loaded value goes through the
 // ticket, the compare-and-set write-back and the invalidation of every
-// load. The flight's result, for readers that joined it, is the refreshed
-// value, or the current one when the refresh did not replace it.
+// load. The instance that wins the claim reads Redis once more first: a
+// claim released after this refresh's first read was released after its
+// holder's write-back. The flight's result, for readers that joined it, is
+// the refreshed value, or the current one when the refresh did not replace
+// it.
 func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], load Loader[V], o callOptions, start time.Time) (item[V], error) {
 	t := c.local.Reserve(key)
 	look := c.readL2(ctx, key)
 	if !look.fresh {
+		var lerr error // the loader's own error, which fail-safe hides
+		if look.stale != nil {
+			inner := load
+			load = func(ctx context.Context, key string) (V, error) {
+				v, err := inner(ctx, key)
+				lerr = err
+				return v, err
+			}
+		}
+		c.rf.loaded.Add(1)
 		it, err := c.fetchLoad(ctx, key, f, load, o, t, look)
-		if err != nil {
+		switch {
+		case err != nil:
 			c.refreshed(key, RefreshFailed, start, err)
-		} else {
+		case lerr != nil && !errors.Is(lerr, ErrNotFound): // fail-safe served the stale value
+			c.refreshed(key, RefreshFailed, start, &opError{op: "load", keys: []string{key}, err: lerr})
+		default:
 			c.refreshed(key, RefreshFromLoader, start, nil)
 		}
 		return it, err
 	}
-	if look.refreshAt.IsZero() || look.at.Add(refreshSlack).Before(look.refreshAt) {
+	if notDue(look) {
 		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, look.refreshAt)
 		c.refreshed(key, RefreshFromRedis, start, nil)
 		return look.it, nil
@@ -186,12 +207,29 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		}
 		return look.it, nil
 	}
+	// A holder that released the claim between this refresh's read and its
+	// claim had written its value back before: read again, and take that
+	// value rather than call the loader twice in one refresh period.
+	if again := c.readL2(ctx, key); again.fresh && notDue(again) {
+		c.unclaim(ctx, key, token, 0)
+		c.fillAhead(t, again.it, o.l1TTL, again.until, again.at, again.refreshAt)
+		c.refreshed(key, RefreshFromRedis, start, nil)
+		return again.it, nil
+	}
+	released := false
+	defer func() {
+		if !released { // the loader exited through runtime.Goexit: a failure
+			c.unclaim(ctx, key, token, c.cfg.FailSafeRetryAfter)
+		}
+	}()
+	c.rf.loaded.Add(1)
 	it, err := c.fetchLoadFresh(ctx, key, f, load, o, t, look)
 	keep := time.Duration(0)
 	if err != nil {
 		keep = c.cfg.FailSafeRetryAfter // hold the fleet back as long as this instance
 	}
 	c.unclaim(ctx, key, token, keep)
+	released = true
 	if err != nil {
 		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, retry)
 		c.refreshed(key, RefreshFailed, start, err)
@@ -199,6 +237,13 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	}
 	c.refreshed(key, RefreshFromLoader, start, nil)
 	return it, nil
+}
+
+// notDue reports whether a fresh value read from Redis is not due for
+// refresh: it has no refresh time, or one more than refreshSlack away (see
+// there), so another instance has refreshed it.
+func notDue[V any](look lookup[V]) bool {
+	return look.refreshAt.IsZero() || look.at.Add(refreshSlack).Before(look.refreshAt)
 }
 
 // fetchLoadFresh is fetchLoad for a refresh whose Redis value is still
@@ -227,8 +272,22 @@ func (c *Cache[V]) claim(ctx context.Context, key, token string) (bool, error) {
 }
 
 // unclaim releases key's claim (see l2.Store.Release). A failure is
-// harmless: the claim expires after LoadTimeout.
+// harmless: the claim expires after LoadTimeout. On a refresh's ctx that
+// has ended (Close cancelled it, or LoadTimeout passed) the release still
+// runs, bounded by RedisTimeout (or DefaultRedisTimeout if that is
+// negative), so that a refresh cut short holds the rest of the fleet back
+// for FailSafeRetryAfter, as any failed one does, not for the claim's whole
+// LoadTimeout.
 func (c *Cache[V]) unclaim(ctx context.Context, key, token string, keep time.Duration) {
+	if ctx.Err() != nil {
+		d := c.cfg.RedisTimeout
+		if d <= 0 {
+			d = DefaultRedisTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), d)
+		defer cancel()
+	}
 	_ = c.redisOp(ctx, func(rctx context.Context) error {
 		return c.l2.Release(rctx, key, token, keep)
 	})

@@ -79,7 +79,7 @@ type Combined struct {
 	Requests   uint64  // key lookups (L1 hits + L1 misses)
 	L1Hits     uint64  // answered by L1
 	L2Hits     uint64  // answered by Redis (fresh), per flight
-	HitRatio   float64 // share of requests answered without calling a loader
+	HitRatio   float64 // share of requests answered without calling a loader (a background refresh answers none)
 	L1HitRatio float64 // L1Hits / Requests
 	L2HitRatio float64 // L2Hits / L2 lookups
 }
@@ -99,6 +99,10 @@ func (c *Cache[V]) Stats() Stats {
 		s.Invalidation = c.bus.Stats()
 		s.Health = c.bus.Health()
 	}
+	// Refreshes first: a refresh is counted in flights before it is in
+	// Started, so the flights read next include it; its loaded key reaches
+	// loadedKeys a moment after refreshLoaded (hence the min below).
+	refreshes, refreshLoaded := c.rf.snapshot(), c.rf.loaded.Load()
 	callers, flights := c.st.callers.Load(), c.st.flights.Load()
 	s.Loads = LoadStats{
 		Callers: callers, Flights: flights,
@@ -108,15 +112,17 @@ func (c *Cache[V]) Stats() Stats {
 		EncodeErrors: c.st.encodeErrors.Load(), Conflicts: c.st.conflicts.Load(),
 		Latency: c.st.loadLatency.Snapshot(), LatencyHistogram: c.st.loadLatency.Buckets(),
 	}
-	s.Loads.Refreshes = c.rf.snapshot()
-	if callers > flights {
-		s.Loads.Coalesced = callers - flights
+	s.Loads.Refreshes = refreshes
+	// A refresh is a flight that no caller started.
+	if started := flights - min(flights, refreshes.Started); callers > started {
+		s.Loads.Coalesced = callers - started
 	}
 	req := s.L1.Hits + s.L1.Misses
 	s.Combined = Combined{Requests: req, L1Hits: s.L1.Hits, L2Hits: s.L2.Hits}
 	if req > 0 {
 		s.Combined.L1HitRatio = float64(s.L1.Hits) / float64(req)
-		loaded := min(s.Loads.LoadedKeys, req)
+		// Keys loaded by refresh-ahead answered no request.
+		loaded := min(s.Loads.LoadedKeys-min(s.Loads.LoadedKeys, refreshLoaded), req)
 		s.Combined.HitRatio = 1 - float64(loaded)/float64(req)
 	}
 	if s.L2.Lookups > 0 {

@@ -115,7 +115,7 @@ func (c *Cache[V]) setLocal(keys []string, items map[string]V, o callOptions) er
 	if o.version == 0 {
 		c.invalidateLocal(keys...)
 		for k, v := range items {
-			c.local.Fill(c.local.Reserve(k), item[V]{v: v}, c.l1TTL(o))
+			c.fillWritten(k, v, o)
 		}
 		return nil
 	}
@@ -127,12 +127,24 @@ func (c *Cache[V]) setLocal(keys []string, items map[string]V, o callOptions) er
 			continue
 		}
 		c.invalidateLocal(k)
-		c.local.Fill(c.local.Reserve(k), item[V]{v: items[k]}, c.l1TTL(o))
+		c.fillWritten(k, items[k], o)
 	}
 	if len(stale.Stored) > 0 {
 		return &opError{op: "set", class: ErrStale, err: stale} // stale names the keys
 	}
 	return nil
+}
+
+// fillWritten fills L1 with a value written in L1-only mode, for l1TTL(o)
+// and, with refresh-ahead on, due for refresh RefreshAhead×TTL after the
+// write, as a value written to Redis is.
+func (c *Cache[V]) fillWritten(key string, v V, o callOptions) {
+	t := c.local.Reserve(key)
+	if after := c.refreshAfter(o.ttl); after > 0 {
+		c.local.FillRefresh(t, item[V]{v: v}, c.l1TTL(o), after)
+		return
+	}
+	c.local.Fill(t, item[V]{v: v}, c.l1TTL(o))
 }
 
 // deleteLocal is DeleteMany in L1-only mode: a versioned delete leaves
