@@ -143,7 +143,11 @@ type Config[V any] struct {
 	// expires. The refreshed value is written back like any loaded value
 	// (compare-and-set, invalidation), so a refresh that races a write
 	// never brings the old value back. Refresh never extends a value's
-	// life. Get and GetMany, which have no loader, never refresh.
+	// life. Get and GetMany, which have no loader, never refresh; a
+	// GetManyOrLoad refreshes its due keys one by one (a BatchLoader call
+	// of one key each). A refresh whose loader reports the key not found,
+	// where the not-found is not cached, deletes the value (a tombstone,
+	// compare-and-set, and its invalidation), as Delete would.
 	// Zero: off. With Redis ACLs, the Cache's user needs the claim keys
 	// (~*NS:claim:*).
 	RefreshAhead float64
@@ -215,13 +219,17 @@ type Config[V any] struct {
 	// not logged), values read from Redis that are corrupt or do not
 	// decode (one per value), and loaded values left out of Redis because
 	// the Codec cannot encode them or they exceed MaxValueSize (one per
-	// value), and panics of Observer callbacks (one per panic; the error's
-	// "errorVerbose" has the stack). The first failure of a kind logs a
+	// value), refresh-ahead refreshes that fail (the loader, Redis, or a
+	// claim refused, for instance by an ACL without the claim keys; one
+	// per refresh), and panics of Observer callbacks (one per panic; the
+	// error's "errorVerbose" has the stack). The first failure of a kind
+	// logs a
 	// Warn with its key and error ("nearcache: redis writes failing",
 	// "nearcache: loader failing; serving stale values (fail-safe)",
 	// "nearcache: unreadable values in Redis; reloading them", "nearcache:
 	// loaded values not stored in Redis (kept in this instance's L1 only)",
-	// "nearcache: Observer callback panicked (recovered; its event is
+	// "nearcache: refresh-ahead failing; serving current values until they
+	// expire", "nearcache: Observer callback panicked (recovered; its event is
 	// lost)"); later ones are only counted; once
 	// 10s pass without another, or at Close, an Info with the same message
 	// followed by ": episode ended" gives the count, the time from the

@@ -3,6 +3,8 @@ package tiered
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
+	mrand "math/rand/v2"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/nearcache/nearcache/internal/errfmt"
 	"github.com/nearcache/nearcache/l1"
+	"github.com/nearcache/nearcache/l2"
 )
 
 // RefreshOutcome says how a refresh-ahead ended (see Config.RefreshAhead).
@@ -190,7 +193,7 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		}
 		return it, err
 	}
-	if notDue(look) {
+	if c.notDue(look, o) {
 		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, look.refreshAt)
 		c.refreshed(key, RefreshFromRedis, start, nil)
 		return look.it, nil
@@ -210,7 +213,7 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	// A holder that released the claim between this refresh's read and its
 	// claim had written its value back before: read again, and take that
 	// value rather than call the loader twice in one refresh period.
-	if again := c.readL2(ctx, key); again.fresh && notDue(again) {
+	if again := c.readL2(ctx, key); again.fresh && c.notDue(again, o) {
 		c.unclaim(ctx, key, token, 0)
 		c.fillAhead(t, again.it, o.l1TTL, again.until, again.at, again.refreshAt)
 		c.refreshed(key, RefreshFromRedis, start, nil)
@@ -235,15 +238,45 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		c.refreshed(key, RefreshFailed, start, err)
 		return look.it, nil
 	}
+	if it.neg {
+		c.deleteGone(ctx, key, look)
+	}
 	c.refreshed(key, RefreshFromLoader, start, nil)
 	return it, nil
 }
 
+// deleteGone handles a refresh whose loader reported key not found when
+// the not-found is not cached (no negative TTL for it): the value Redis
+// still holds is replaced by a tombstone, compare-and-set against what the
+// refresh read (a write since wins), and the invalidation drops every
+// instance's copy, as a Delete would. Without it every instance would serve
+// the deleted value until it expired, calling the loader at every retry.
+// It reports whether the tombstone was written.
+func (c *Cache[V]) deleteGone(ctx context.Context, key string, look lookup[V]) bool {
+	if look.raw == nil || c.l2 == nil {
+		return false // nothing to delete
+	}
+	// A not-found that fetchLoad cached has replaced look.raw already: the
+	// compare-and-set below then writes nothing.
+	var nonce [8]byte
+	binary.BigEndian.PutUint64(nonce[:], mrand.Uint64())
+	tomb := l2.Entry{Tombstone: true, Value: nonce[:], TTL: c.cfg.LoadTimeout + 2*max(c.cfg.RedisTimeout, 0) + time.Second}
+	written := c.storeLoadedMany(ctx, map[string]l2.Entry{key: tomb}, map[string][]byte{key: look.raw}, map[string]bool{key: true})
+	if !written[key] {
+		return false
+	}
+	c.invalidateLocal(key)
+	return true
+}
+
 // notDue reports whether a fresh value read from Redis is not due for
 // refresh: it has no refresh time, or one more than refreshSlack away (see
-// there), so another instance has refreshed it.
-func notDue[V any](look lookup[V]) bool {
-	return look.refreshAt.IsZero() || look.at.Add(refreshSlack).Before(look.refreshAt)
+// there; at most half the refresh period of a value written with the
+// call's TTL, so that short periods keep a slack of their own), so another
+// instance has refreshed it.
+func (c *Cache[V]) notDue(look lookup[V], o callOptions) bool {
+	slack := min(refreshSlack, c.refreshAfter(o.ttl)/2)
+	return look.refreshAt.IsZero() || look.at.Add(slack).Before(look.refreshAt)
 }
 
 // fetchLoadFresh is fetchLoad for a refresh whose Redis value is still
@@ -304,6 +337,7 @@ func (c *Cache[V]) refreshed(key string, out RefreshOutcome, start time.Time, er
 		c.rf.skipped.Add(1)
 	case RefreshFailed:
 		c.rf.failed.Add(1)
+		c.refreshFail.Fail(key, err)
 	}
 	c.refreshEvent(RefreshEvent{Namespace: c.cfg.Namespace, Key: key, Outcome: out, Duration: time.Since(start), Err: err})
 }

@@ -347,17 +347,61 @@ func TestRefreshAheadConfig(t *testing.T) {
 // TestRefreshAheadL1Only: without Redis a due hit refreshes from the loader
 // in the background (no claim), and the new value replaces the old.
 func TestRefreshAheadL1Only(t *testing.T) {
-	c := newCache(t, Config[string]{TTL: 2 * time.Second, RefreshAhead: 0.2, L1TTLJitter: NoJitter})
+	var rec refreshRecorder
+	c := newCache(t, Config[string]{TTL: 2 * time.Second, RefreshAhead: 0.2, L1TTLJitter: NoJitter, Observer: rec.observer()})
 	var l gatedLoader
 	ctx := context.Background()
 	if _, err := c.GetOrLoad(ctx, "k", l.load); err != nil {
 		t.Fatal(err)
 	}
+	c.hot.Wait() // a new key can miss until ristretto has applied its fill: that miss would load
 	redistest.WaitFor(t, 10*time.Second, "the refreshed value", func() bool {
 		v, _ := c.GetOrLoad(ctx, "k", l.load)
 		return v == "k@2"
 	})
+	redistest.WaitFor(t, 5*time.Second, "the refresh to end", func() bool { return len(rec.outcomes()) == 1 })
 	if st := c.Stats().Loads.Refreshes; st.FromLoader != 1 {
 		t.Fatalf("RefreshStats %+v", st)
+	}
+}
+
+// TestRefreshFindsKeyGone: a refresh whose loader reports the key not found
+// (no negative caching) deletes the value Redis holds, leaving a tombstone,
+// and every instance stops serving it, instead of serving the deleted value
+// until it expires while calling the loader at every retry.
+func TestRefreshFindsKeyGone(t *testing.T) {
+	srv := redistest.StartServer(t)
+	var rec refreshRecorder
+	a := refreshCache(t, newClient(t, srv.Addr()), "rg", &rec)
+	b := refreshCache(t, newClient(t, srv.Addr()), "rg", &refreshRecorder{})
+	var gone atomic.Bool
+	var calls atomic.Int64
+	load := func(_ context.Context, key string) (string, error) {
+		calls.Add(1)
+		if gone.Load() {
+			return "", ErrNotFound
+		}
+		return key + "@row", nil
+	}
+	ctx := context.Background()
+	for _, c := range []*Cache[string]{a, b} {
+		if v, err := c.GetOrLoad(ctx, "k", load); err != nil || v != "k@row" {
+			t.Fatalf("GetOrLoad = %q, %v", v, err)
+		}
+	}
+	gone.Store(true)
+	waitRefreshStarted(t, a, "k", load, 1)
+	for _, c := range []*Cache[string]{a, b} {
+		redistest.WaitFor(t, 5*time.Second, "the deleted row gone everywhere", func() bool {
+			_, err := c.Get(ctx, "k")
+			return errors.Is(err, ErrNotFound)
+		})
+	}
+	raw, err := newClient(t, srv.Addr()).Get(ctx, "rg:k").Bytes()
+	if err != nil || len(raw) < 3 || raw[2]&0x10 == 0 {
+		t.Fatalf("Redis holds %x (%v), want a tombstone", raw, err)
+	}
+	if n := calls.Load(); n > 4 {
+		t.Fatalf("loader called %d times", n)
 	}
 }

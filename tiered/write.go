@@ -328,6 +328,7 @@ func (c *Cache[V]) Close() error {
 	// episode, whose end is logged now.
 	c.writeFails.Close()
 	c.staleServes.Close()
+	c.refreshFail.Close()
 	c.unreadable.Close()
 	c.unstored.Close()
 	c.observerFails.Close()
