@@ -4,9 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	mrand "math/rand/v2"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"sync/atomic"
 	"time"
 
