@@ -160,6 +160,12 @@ type Cache[V any] struct {
 
 	st loadCounters
 	rf refreshCounters
+	cl claimCounters
+
+	// claimWaits holds, per key, the channel that wakes loads waiting for
+	// another instance's claimed load of it (see loadClaimed); guarded by
+	// flightMu.
+	claimWaits map[string]chan struct{}
 
 	// Degradations logged once per episode (see Config.Logger); closed by
 	// Close.
@@ -331,6 +337,9 @@ func (h handler[V]) OwnClear() {
 func (c *Cache[V]) dropAll() {
 	c.local.InvalidateAll()
 	c.forgetAll()
+	c.flightMu.Lock()
+	c.wakeClaimsLocked(nil)
+	c.flightMu.Unlock()
 }
 
 // invalidateLocal drops keys from L1 (bumping their generations, so fills
@@ -343,5 +352,6 @@ func (c *Cache[V]) invalidateLocal(keys ...string) {
 		forgetLocked(c.flights, &c.loads, k)
 		forgetLocked(c.gets, &c.getsSF, k)
 	}
+	c.wakeClaimsLocked(keys)
 	c.flightMu.Unlock()
 }

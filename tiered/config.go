@@ -152,6 +152,26 @@ type Config[V any] struct {
 	// (~*NS:claim:*).
 	RefreshAhead float64
 
+	// LoadClaim turns fleet-wide stampede protection on, and is the lease
+	// of a load's claim. Without it, instances that miss one key in Redis
+	// at once each call their loader. With it, the first to miss takes the
+	// key's claim in Redis (SET NX PX LoadClaim, renewed every third of it
+	// while its loader runs, removed when its value is written back), and
+	// the others wait for that value instead of calling their loader: the
+	// owner's write-back announces the key, which wakes them, and they poll
+	// Redis meanwhile as a fallback. A claim whose owner died expires after
+	// LoadClaim, and the next waiter takes it over. A waiter that has
+	// waited LoadClaimWait loads by itself. The write-back keeps its rules
+	// (compare-and-set against what was read, tombstones), so a write
+	// racing a claimed load wins as it does without claims. Zero: off.
+	// With Redis ACLs, the Cache's user needs the claim keys
+	// (~*NS:claim:*).
+	LoadClaim time.Duration
+	// LoadClaimWait bounds how long an instance waits for another
+	// instance's claimed load before it calls its own loader. If zero,
+	// LoadTimeout/2; at most LoadTimeout (the bound of every load).
+	LoadClaimWait time.Duration
+
 	// RedisTimeout bounds each Redis operation. If zero,
 	// DefaultRedisTimeout. Negative: the Cache sets no bound of its own, so
 	// an operation is bounded by its ctx (the caller's for a write,
@@ -260,6 +280,8 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 	def(&c.RedisTimeout, DefaultRedisTimeout)
 	def(&c.LoadTimeout, DefaultLoadTimeout)
 	def(&c.StartTimeout, DefaultStartTimeout)
+	def(&c.LoadClaimWait, c.LoadTimeout/2)
+	c.LoadClaimWait = min(c.LoadClaimWait, c.LoadTimeout)
 	def(&c.BreakerCooldown, DefaultBreakerCooldown)
 	def(&c.UnhealthyL1TTL, DefaultUnhealthyL1TTL)
 	def(&c.FailSafeRetryAfter, DefaultFailSafeRetryAfter)
@@ -308,6 +330,12 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: SoftTimeout %v is negative", c.SoftTimeout)
 	case c.BreakerCooldown < 0:
 		return c, fmt.Errorf("tiered: BreakerCooldown %v is negative", c.BreakerCooldown)
+	case c.LoadClaim < 0:
+		return c, fmt.Errorf("tiered: LoadClaim %v is negative", c.LoadClaim)
+	case c.LoadClaim > 0 && c.LoadClaim < 10*time.Millisecond:
+		return c, fmt.Errorf("tiered: LoadClaim %v is below 10ms (the lease must outlast a Redis round trip)", c.LoadClaim)
+	case c.LoadClaimWait < 0:
+		return c, fmt.Errorf("tiered: LoadClaimWait %v is negative", c.LoadClaimWait)
 	case !(c.RefreshAhead >= 0 && c.RefreshAhead < 1): // also NaN
 		return c, fmt.Errorf("tiered: RefreshAhead %v must be at least 0 and below 1 (a fraction of the TTL)", c.RefreshAhead)
 	case !(c.L1TTLJitter < 1): // also NaN
@@ -385,6 +413,7 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 		TTL, MaxL1TTL, RedisTimeout, LoadTimeout      time.Duration
 		NegativeTTL, FailSafeMaxStale, UnhealthyL1TTL time.Duration
 		FailSafeRetryAfter, SoftTimeout               time.Duration
+		LoadClaim, LoadClaimWait                      time.Duration
 		AntiEntropyInterval, BreakerCooldown          time.Duration
 		L1MaxEntries, L1MaxBytes                      int64
 		BreakerFailures, MaxValueSize                 int
@@ -395,6 +424,7 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 		c.Namespace, c.TTL, c.MaxL1TTL, c.RedisTimeout, c.LoadTimeout,
 		c.NegativeTTL, c.FailSafeMaxStale, c.UnhealthyL1TTL,
 		c.FailSafeRetryAfter, c.SoftTimeout,
+		c.LoadClaim, c.LoadClaimWait,
 		c.AntiEntropyInterval, c.BreakerCooldown,
 		c.L1MaxEntries, c.L1MaxBytes, c.BreakerFailures, c.MaxValueSize, c.L1TTLJitter, c.RefreshAhead,
 		c.Redis != nil, hmacKey,

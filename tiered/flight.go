@@ -339,7 +339,7 @@ func (c *Cache[V]) handLoad(ctx context.Context, table map[string]*flight[V], ke
 					lerr = c.loadPanicked(key, r)
 				}
 			}()
-			lit, lerr = c.fetchLoad(wctx, key, f, load, o, t, look)
+			lit, lerr = c.loadClaimed(wctx, key, f, load, o, t, look)
 		},
 		func() { c.finish(table, key, f, item[V]{}, errLoadOverran) }, // later callers start afresh
 		func(completed bool) {

@@ -92,7 +92,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key string, f *flight[V], load Loa
 	if done {
 		return it, err
 	}
-	return c.fetchLoad(ctx, key, f, load, o, t, look)
+	return c.loadClaimed(ctx, key, f, load, o, t, look)
 }
 
 // errLoaderGoexit is the Err of Observer.LoadDone for a loader that exited

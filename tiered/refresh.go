@@ -182,7 +182,7 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 			}
 		}
 		c.rf.loaded.Add(1)
-		it, err := c.fetchLoad(ctx, key, f, load, o, t, look)
+		it, err := c.loadClaimed(ctx, key, f, load, o, t, look)
 		switch {
 		case err != nil:
 			c.refreshed(key, RefreshFailed, start, err)
@@ -289,10 +289,15 @@ func (c *Cache[V]) fetchLoadFresh(ctx context.Context, key string, f *flight[V],
 
 // claim takes key's refresh claim for LoadTimeout (see l2.Store.Claim).
 func (c *Cache[V]) claim(ctx context.Context, key, token string) (bool, error) {
+	return c.claimFor(ctx, key, token, c.cfg.LoadTimeout)
+}
+
+// claimFor takes key's claim for ttl (see l2.Store.Claim).
+func (c *Cache[V]) claimFor(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
 	var won bool
 	err := c.redisOp(ctx, func(rctx context.Context) error {
 		var err error
-		won, err = c.l2.Claim(rctx, key, token, c.cfg.LoadTimeout)
+		won, err = c.l2.Claim(rctx, key, token, ttl)
 		return err
 	})
 	if err != nil {

@@ -72,6 +72,8 @@ type LoadStats struct {
 	LatencyHistogram l2.Histogram
 	// Refreshes count refresh-ahead (Config.RefreshAhead).
 	Refreshes RefreshStats
+	// Claims count fleet-wide stampede protection (Config.LoadClaim).
+	Claims ClaimStats
 }
 
 // Combined summarises the tiers.
@@ -113,6 +115,7 @@ func (c *Cache[V]) Stats() Stats {
 		Latency: c.st.loadLatency.Snapshot(), LatencyHistogram: c.st.loadLatency.Buckets(),
 	}
 	s.Loads.Refreshes = refreshes
+	s.Loads.Claims = c.cl.snapshot()
 	// A refresh is a flight that no caller started.
 	if started := flights - min(flights, refreshes.Started); callers > started {
 		s.Loads.Coalesced = callers - started
