@@ -94,6 +94,11 @@
 //	nearcache.refresh.from_loader               {refresh}     refreshes that called the loader
 //	nearcache.refresh.skipped                   {refresh}     refreshes left to the instance with the claim
 //	nearcache.refresh.failed                    {refresh}     refreshes that failed (old value kept)
+//	nearcache.claim.won                         {load}        loads run holding the key's fleet-wide claim
+//	nearcache.claim.waited                      {load}        loads that waited for another instance's claim
+//	nearcache.claim.from_other                  {load}        values taken from another instance's claimed load
+//	nearcache.claim.expired                     {load}        claims taken over after their owner stopped
+//	nearcache.claim.wait_bound                  {load}        waits that reached LoadClaimWait
 //	nearcache.invalidation.published            {message}     invalidation messages published
 //	nearcache.invalidation.received             {message}     payloads read from the subscription
 //	nearcache.invalidation.applied              {message}     other instances' messages applied

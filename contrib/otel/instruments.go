@@ -95,6 +95,11 @@ var counterDefs = [...]counterDef{
 	{"nearcache.refresh.from_loader", "{refresh}", "Refreshes that called the loader and stored its value.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.FromLoader }},
 	{"nearcache.refresh.skipped", "{refresh}", "Refreshes left to another instance holding the key's claim.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Skipped }},
 	{"nearcache.refresh.failed", "{refresh}", "Refreshes whose loader or Redis failed (the old value is kept).", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Failed }},
+	{"nearcache.claim.won", "{load}", "Loads run holding the key's fleet-wide claim.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Won }},
+	{"nearcache.claim.waited", "{load}", "Loads that found the key's claim held by another instance and waited.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Waited }},
+	{"nearcache.claim.from_other", "{load}", "Loads that took the value another instance loaded under its claim.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.FromOther }},
+	{"nearcache.claim.expired", "{load}", "Loads that took over a claim its owner stopped renewing.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Expired }},
+	{"nearcache.claim.wait_bound", "{load}", "Loads that waited LoadClaimWait and loaded by themselves.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.WaitBound }},
 
 	// The invalidation stream.
 	{"nearcache.invalidation.published", "{message}", "Invalidation messages published.", func(s *tiered.Stats) uint64 { return s.Invalidation.Published }},

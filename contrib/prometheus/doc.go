@@ -91,6 +91,11 @@
 //	nearcache_refresh_from_loader_total              refreshes that called the loader
 //	nearcache_refresh_skipped_total                  refreshes left to the instance with the claim
 //	nearcache_refresh_failed_total                   refreshes that failed (old value kept)
+//	nearcache_claims_won_total                       loads run holding the key's fleet-wide claim
+//	nearcache_claims_waited_total                    loads that waited for another instance's claim
+//	nearcache_claims_from_other_total                values taken from another instance's claimed load
+//	nearcache_claims_expired_total                   claims taken over after their owner stopped
+//	nearcache_claims_wait_bound_total                waits that reached LoadClaimWait
 //	nearcache_invalidation_published_total           invalidation messages published
 //	nearcache_invalidation_received_total            payloads read from the subscription
 //	nearcache_invalidation_applied_total             other instances' messages applied

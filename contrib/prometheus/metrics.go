@@ -81,6 +81,11 @@ var counters = [...]counter{
 	{"nearcache_refresh_from_loader_total", "Refreshes that called the loader and stored its value.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.FromLoader }},
 	{"nearcache_refresh_skipped_total", "Refreshes left to another instance holding the key's claim.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Skipped }},
 	{"nearcache_refresh_failed_total", "Refreshes whose loader or Redis failed (the old value is kept).", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Failed }},
+	{"nearcache_claims_won_total", "Loads run holding the key's fleet-wide claim.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Won }},
+	{"nearcache_claims_waited_total", "Loads that found the key's claim held by another instance and waited.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Waited }},
+	{"nearcache_claims_from_other_total", "Loads that took the value another instance loaded under its claim.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.FromOther }},
+	{"nearcache_claims_expired_total", "Loads that took over a claim its owner stopped renewing.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Expired }},
+	{"nearcache_claims_wait_bound_total", "Loads that waited LoadClaimWait and loaded by themselves.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.WaitBound }},
 
 	// The invalidation stream.
 	{"nearcache_invalidation_published_total", "Invalidation messages published.", func(s *tiered.Stats) uint64 { return s.Invalidation.Published }},
