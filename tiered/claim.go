@@ -73,6 +73,12 @@ func (c *Cache[V]) loadClaimed(ctx context.Context, key string, f *flight[V], lo
 		if !waited {
 			waited = true
 			c.cl.waited.Add(1)
+			if look.stale != nil && c.softTimeoutOn() {
+				// Waiting for another instance's loader is waiting for a
+				// loader: the soft timeout serves the stale value meanwhile.
+				soft := c.softTimerFor(key, f, *look.stale)
+				defer soft.stop()
+			}
 		}
 		if !time.Now().Before(waitUntil) {
 			c.cl.waitBound.Add(1)

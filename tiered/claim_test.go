@@ -181,3 +181,35 @@ func TestLoadClaimConfig(t *testing.T) {
 		t.Fatalf("JSON %s lacks LoadClaim", b)
 	}
 }
+
+// TestLoadClaimSoftTimeout: a waiter with a stale value in Redis and
+// SoftTimeout set returns the stale value after SoftTimeout while another
+// instance's claimed load is still running, as it would for its own loader.
+func TestLoadClaimSoftTimeout(t *testing.T) {
+	srv := redistest.StartServer(t)
+	cfg := func() Config[string] {
+		return Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "cls", TTL: 200 * time.Millisecond,
+			FailSafeMaxStale: time.Hour, SoftTimeout: 200 * time.Millisecond, LoadClaim: time.Second, LoadClaimWait: 5 * time.Second}
+	}
+	owner, waiter := newCache(t, cfg()), newCache(t, cfg())
+	ctx := context.Background()
+	if err := owner.Set(ctx, "k", "old"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // past TTL: Redis holds it stale (its local copies expired with its freshness)
+	release := make(chan struct{})
+	defer close(release)
+	holdLoad(t, owner, "k", "new", release)
+	start := time.Now()
+	v, err := waiter.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { return "waiter-row", nil })
+	took := time.Since(start)
+	if err != nil || v != "old" {
+		t.Fatalf("waiter GetOrLoad = %q, %v; want the stale old", v, err)
+	}
+	if took > 200*time.Millisecond+time.Second {
+		t.Fatalf("waiter returned after %v, want about SoftTimeout (200ms)", took)
+	}
+	if st := waiter.Stats().Loads; st.StaleServedSoftTimeout != 1 || st.Claims.Waited != 1 {
+		t.Fatalf("waiter stats: soft %d, claims %+v", st.StaleServedSoftTimeout, st.Claims)
+	}
+}
