@@ -60,3 +60,60 @@ func (s *Store) Release(ctx context.Context, key, token string, keep time.Durati
 	}
 	return nil
 }
+
+// ClaimMany is Claim for several keys in one pipeline (one round trip per
+// node on a Cluster): it reports, per key, whether this token took its
+// claim. A key whose claim someone else holds is false.
+func (s *Store) ClaimMany(ctx context.Context, keys []string, token string, ttl time.Duration) (map[string]bool, error) {
+	if s.closed.Load() {
+		return nil, s.closedErr("claim", keys...)
+	}
+	if ttl < time.Millisecond {
+		return nil, newError("claim", keys, ErrOperation, fmt.Errorf("claim ttl %v is below 1ms", ttl))
+	}
+	if len(keys) == 0 {
+		return map[string]bool{}, nil
+	}
+	cmds := make([]*redis.BoolCmd, len(keys))
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.SetNX(ctx, wire.ClaimKey(s.prefix, k), token, ttl)
+		}
+		return nil
+	})
+	won := make(map[string]bool, len(keys))
+	for i, k := range keys {
+		ok, cerr := cmds[i].Result()
+		if cerr == nil && ok {
+			won[k] = true
+		}
+	}
+	if err != nil {
+		return won, s.fail("claim", err, keys...)
+	}
+	return won, nil
+}
+
+// ReleaseMany is Release for several keys of one token, in one pipeline.
+func (s *Store) ReleaseMany(ctx context.Context, keys []string, token string, keep time.Duration) error {
+	if s.closed.Load() {
+		return s.closedErr("release", keys...)
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	ms := max(keep.Milliseconds(), 0)
+	if keep > 0 && ms == 0 {
+		ms = 1
+	}
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			releaseScript.Eval(ctx, p, []string{wire.ClaimKey(s.prefix, k)}, token, ms)
+		}
+		return nil
+	})
+	if err != nil && err != redis.Nil {
+		return s.fail("release", err, keys...)
+	}
+	return nil
+}

@@ -94,3 +94,42 @@ func TestClaimErrors(t *testing.T) {
 		t.Fatal("Release after Close: nil error")
 	}
 }
+
+// TestClaimMany checks, on each backend, that a pipelined claim of several
+// keys takes exactly the free ones, and that ReleaseMany renews and drops
+// only the token's own claims.
+func TestClaimMany(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			s, raw := b.open(t, Config{KeyPrefix: "app:"})
+			ctx := context.Background()
+			if ok, _ := s.Claim(ctx, "b", "other", time.Minute); !ok {
+				t.Fatal("precondition: Claim(b)")
+			}
+			got, err := s.ClaimMany(ctx, []string{"a", "b", "c"}, "mine", 10*time.Second)
+			if err != nil || !got["a"] || got["b"] || !got["c"] {
+				t.Fatalf("ClaimMany = %v, %v; want a and c", got, err)
+			}
+			if err := s.ReleaseMany(ctx, []string{"a", "b"}, "mine", 2*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if pttl := raw.PTTL(ctx, wire.ClaimKey("app:", "a")).Val(); pttl <= 0 || pttl > 2*time.Second {
+				t.Fatalf("renewed claim PTTL %v, want at most 2s", pttl)
+			}
+			if pttl := raw.PTTL(ctx, wire.ClaimKey("app:", "b")).Val(); pttl <= 30*time.Second {
+				t.Fatalf("another holder's claim PTTL %v: ReleaseMany touched it", pttl)
+			}
+			if err := s.ReleaseMany(ctx, []string{"a", "b", "c"}, "mine", 0); err != nil {
+				t.Fatal(err)
+			}
+			for k, want := range map[string]int64{"a": 0, "b": 1, "c": 0} {
+				if n := raw.Exists(ctx, wire.ClaimKey("app:", k)).Val(); n != want {
+					t.Errorf("claim of %s exists %d after ReleaseMany, want %d", k, n, want)
+				}
+			}
+			if _, err := s.ClaimMany(ctx, []string{"a"}, "t", 0); err == nil {
+				t.Fatal("ClaimMany with ttl 0: nil error")
+			}
+		})
+	}
+}

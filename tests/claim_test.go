@@ -126,3 +126,82 @@ func TestLoadClaimOwnerDies(t *testing.T) {
 		t.Errorf("take-overs %d, want 1", st[0].Expired+st[1].Expired)
 	}
 }
+
+// TestLoadClaimBatches: three instances whose GetManyOrLoad callers ask for
+// overlapping sets of 50 cold keys at once (and single-key callers among
+// them): with LoadClaim on, every key is loaded exactly once in the fleet,
+// and every caller gets every value.
+func TestLoadClaimBatches(t *testing.T) {
+	srv := redistest.StartServer(t)
+	keys := make([]string, 50)
+	for i := range keys {
+		keys[i] = "b" + string(rune('A'+i/26)) + string(rune('a'+i%26))
+	}
+	var mu sync.Mutex
+	loads := map[string]int{}
+	var calls atomic.Int64
+	batchLoad := func(ctx context.Context, ks []string) (map[string]string, error) {
+		calls.Add(1)
+		time.Sleep(100 * time.Millisecond)
+		out := make(map[string]string, len(ks))
+		mu.Lock()
+		for _, k := range ks {
+			loads[k]++
+			out[k] = "row-" + k
+		}
+		mu.Unlock()
+		return out, nil
+	}
+	load := func(ctx context.Context, k string) (string, error) {
+		m, err := batchLoad(ctx, []string{k})
+		return m[k], err
+	}
+	var caches [3]*tiered.Cache[string]
+	for i := range caches {
+		caches[i] = newCache(t, tiered.Config[string]{
+			Redis: newClient(t, srv.Addr(), healthyTimeouts), Namespace: "claimb",
+			LoadClaim: time.Second, LoadClaimWait: 5 * time.Second,
+		})
+	}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for ci, c := range caches {
+		want := keys[ci*10 : ci*10+30] // 0-29, 10-39, 20-49
+		for g := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				if g%5 == 0 { // some single-key callers among the batches
+					k := want[g]
+					if v, err := c.GetOrLoad(context.Background(), k, load); err != nil || v != "row-"+k {
+						t.Errorf("GetOrLoad(%s) = %q, %v", k, v, err)
+					}
+					return
+				}
+				m, err := c.GetManyOrLoad(context.Background(), want, batchLoad)
+				if err != nil {
+					t.Errorf("GetManyOrLoad: %v", err)
+					return
+				}
+				for _, k := range want {
+					if m[k] != "row-"+k {
+						t.Errorf("GetManyOrLoad[%s] = %q", k, m[k])
+					}
+				}
+			}()
+		}
+	}
+	close(start)
+	wg.Wait()
+	var st [3]tiered.ClaimStats
+	for i, c := range caches {
+		st[i] = c.Stats().Loads.Claims
+	}
+	t.Logf("loader calls %d for %d keys; claims per instance %+v", calls.Load(), len(keys), st)
+	for _, k := range keys {
+		if loads[k] != 1 {
+			t.Errorf("key %s loaded %d times in the fleet, want 1", k, loads[k])
+		}
+	}
+}

@@ -399,7 +399,9 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 // stale values on its failure (or, while it runs, on the soft timeout: see
 // Config.SoftTimeout), the write-back to L2 in one round trip, and the
 // guarded fills.
-func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchLoader[V], o callOptions) {
+// batchLoadRound calls the loader for the keys st.need and writes back
+// and fills what it returns (see batchLoad).
+func (c *Cache[V]) batchLoadRound(ctx context.Context, st *batchState[V], load BatchLoader[V], o callOptions) {
 	need := make([]string, len(st.need))
 	for j, i := range st.need {
 		need[j] = st.keys[i]

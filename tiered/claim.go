@@ -3,10 +3,12 @@ package tiered
 import (
 	"context"
 	"crypto/rand"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/nearcache/nearcache/l1"
+	"github.com/nearcache/nearcache/l2"
 )
 
 // ClaimStats count fleet-wide stampede protection (Config.LoadClaim).
@@ -178,4 +180,229 @@ func (c *Cache[V]) wakeClaimsLocked(keys []string) {
 			delete(c.claimWaits, k)
 		}
 	}
+}
+
+// batchLoad loads the keys st.need of a batch: with LoadClaim, behind their
+// claims, key by key as loadClaimed does for one key. The keys this batch
+// claims are loaded in one loader call (renewed, announced, released); the
+// keys another instance holds are waited for together, and taken from
+// Redis when their values land; the keys whose claim expires meanwhile,
+// and those still missing at LoadClaimWait, are loaded in a second call.
+// Without LoadClaim it is batchLoadRound.
+func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchLoader[V], o callOptions) {
+	if c.cfg.LoadClaim <= 0 || c.l2 == nil {
+		c.batchLoadRound(ctx, st, load, o)
+		return
+	}
+	all := st.need
+	defer func() { st.need = all }()
+	var ask, alone []int
+	for _, i := range all {
+		if st.looks[i].reachable {
+			ask = append(ask, i)
+		} else {
+			alone = append(alone, i) // Redis did not answer: load as without claims
+		}
+	}
+	token := rand.Text()
+	won, lost, err := c.claimIndexes(ctx, st, ask, token)
+	if err != nil {
+		alone, won, lost = append(alone, ask...), nil, nil
+	}
+	won = c.rereadWon(ctx, st, won, o, token)
+	c.loadClaimedRound(ctx, st, load, o, append(won, alone...), won, token)
+	if len(lost) == 0 {
+		return
+	}
+	c.cl.waited.Add(uint64(len(lost)))
+	waitUntil := time.Now().Add(c.cfg.LoadClaimWait)
+	for len(lost) > 0 {
+		if !time.Now().Before(waitUntil) {
+			c.cl.waitBound.Add(uint64(len(lost)))
+			c.loadClaimedRound(ctx, st, load, o, lost, nil, token)
+			return
+		}
+		wake := c.claimWake(st.keys[lost[0]])
+		timer := time.NewTimer(c.claimPoll())
+		select {
+		case <-wake:
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			err := &opError{op: "load", keys: indexKeys(st, lost), err: ctx.Err()}
+			for _, i := range lost {
+				st.res[i] = batchResult[V]{err: err, ok: true}
+			}
+			return
+		}
+		timer.Stop()
+		settled, left := c.rereadBatch(ctx, st, lost, o)
+		c.cl.fromOther.Add(uint64(len(settled)))
+		if len(left) == 0 {
+			return
+		}
+		taken, still, err := c.claimIndexes(ctx, st, left, token)
+		if err != nil {
+			c.loadClaimedRound(ctx, st, load, o, left, nil, token)
+			return
+		}
+		taken = c.rereadWon(ctx, st, taken, o, token)
+		c.cl.expired.Add(uint64(len(taken)))
+		c.loadClaimedRound(ctx, st, load, o, taken, taken, token)
+		lost = still
+	}
+}
+
+// rereadWon reads the keys of st at won, whose claims this batch has just
+// taken, once more (as loadClaimed does for one key: an owner may have
+// written back and released between this batch's read and its claims),
+// settles and releases those that are fresh now, and returns the others.
+func (c *Cache[V]) rereadWon(ctx context.Context, st *batchState[V], won []int, o callOptions, token string) []int {
+	if len(won) == 0 {
+		return nil
+	}
+	settled, left := c.rereadBatch(ctx, st, won, o)
+	c.releaseIndexes(ctx, st, settled, token)
+	c.cl.fromOther.Add(uint64(len(settled)))
+	return left
+}
+
+// loadClaimedRound runs batchLoadRound for the keys need, of which owned
+// hold this batch's claims: those are renewed while the loader runs,
+// announced on write-back, and released after.
+func (c *Cache[V]) loadClaimedRound(ctx context.Context, st *batchState[V], load BatchLoader[V], o callOptions, need, owned []int, token string) {
+	if len(need) == 0 {
+		return
+	}
+	c.cl.won.Add(uint64(len(owned)))
+	for _, i := range owned {
+		st.looks[i].announce = true
+	}
+	var stop, renewed chan struct{}
+	if len(owned) > 0 {
+		stop, renewed = make(chan struct{}), make(chan struct{})
+		keys := indexKeys(st, owned)
+		go func() {
+			defer close(renewed)
+			tick := time.NewTicker(c.cfg.LoadClaim / 3)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					c.releaseKeys(ctx, keys, token, c.cfg.LoadClaim)
+				}
+			}
+		}()
+	}
+	st.need = need
+	defer func() {
+		if stop != nil {
+			close(stop)
+			<-renewed
+			c.releaseIndexes(ctx, st, owned, token)
+		}
+	}()
+	c.batchLoadRound(ctx, st, load, o)
+}
+
+// claimIndexes claims the keys of st at idx for token: won and lost split
+// idx; err reports that Redis could not be asked.
+func (c *Cache[V]) claimIndexes(ctx context.Context, st *batchState[V], idx []int, token string) (won, lost []int, err error) {
+	if len(idx) == 0 {
+		return nil, nil, nil
+	}
+	keys := indexKeys(st, idx)
+	var got map[string]bool
+	err = c.redisOp(ctx, func(rctx context.Context) error {
+		var err error
+		got, err = c.l2.ClaimMany(rctx, keys, token, c.cfg.LoadClaim)
+		return err
+	})
+	if err != nil {
+		c.releaseKeys(ctx, keys, token, 0) // those it may have taken
+		return nil, nil, err
+	}
+	for _, i := range idx {
+		if got[st.keys[i]] {
+			won = append(won, i)
+		} else {
+			lost = append(lost, i)
+		}
+	}
+	return won, lost, nil
+}
+
+// rereadBatch reads the keys of st at idx from Redis again, each behind a
+// new ticket: a fresh value settles its key (filled into L1); the others
+// keep what was read, for their load's compare-and-set.
+func (c *Cache[V]) rereadBatch(ctx context.Context, st *batchState[V], idx []int, o callOptions) (settled, left []int) {
+	keys := indexKeys(st, idx)
+	tickets := make([]l1.Ticket, len(idx))
+	for j, k := range keys {
+		tickets[j] = c.local.Reserve(k)
+	}
+	var entries []l2.Entry
+	err := c.redisOp(ctx, func(rctx context.Context) error {
+		var err error
+		entries, err = c.l2.AppendReadMany(rctx, nil, keys)
+		c.st.l2Lookups.Add(uint64(len(keys)))
+		return err
+	})
+	if len(entries) != len(keys) {
+		return nil, idx // unreadable: keep what was read before
+	}
+	now := time.Now()
+	for j, i := range idx {
+		e := &entries[j]
+		lk := lookup[V]{reachable: true}
+		if e.Raw != nil || e.Corrupt {
+			lk = c.classify(keys[j], e, decodeErrOf(err, keys[j], e), now)
+		}
+		if lk.fresh {
+			c.fillAhead(tickets[j], lk.it, o.l1TTL, lk.until, now, lk.refreshAt)
+			st.res[i] = batchResult[V]{it: lk.it, ok: true}
+			settled = append(settled, i)
+			continue
+		}
+		lk.raw = slices.Clone(lk.raw) // entries alias the reply, which is not kept
+		st.tickets[i], st.looks[i] = tickets[j], lk
+		left = append(left, i)
+	}
+	return settled, left
+}
+
+// releaseIndexes releases token's claims of the keys of st at idx.
+func (c *Cache[V]) releaseIndexes(ctx context.Context, st *batchState[V], idx []int, token string) {
+	if len(idx) > 0 {
+		c.releaseKeys(ctx, indexKeys(st, idx), token, 0)
+	}
+}
+
+// releaseKeys releases (keep 0) or renews (keep > 0) token's claims of
+// keys, as unclaim does for one key.
+func (c *Cache[V]) releaseKeys(ctx context.Context, keys []string, token string, keep time.Duration) {
+	if ctx.Err() != nil {
+		d := c.cfg.RedisTimeout
+		if d <= 0 {
+			d = DefaultRedisTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), d)
+		defer cancel()
+	}
+	_ = c.redisOp(ctx, func(rctx context.Context) error {
+		return c.l2.ReleaseMany(rctx, keys, token, keep)
+	})
+}
+
+func indexKeys[V any](st *batchState[V], idx []int) []string {
+	keys := make([]string, len(idx))
+	for j, i := range idx {
+		keys[j] = st.keys[i]
+	}
+	return keys
 }

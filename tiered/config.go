@@ -163,7 +163,10 @@ type Config[V any] struct {
 	// LoadClaim, and the next waiter takes it over. A waiter that has
 	// waited LoadClaimWait loads by itself. The write-back keeps its rules
 	// (compare-and-set against what was read, tombstones), so a write
-	// racing a claimed load wins as it does without claims. Zero: off.
+	// racing a claimed load wins as it does without claims. A
+	// GetManyOrLoad claims its keys together: it loads those it claimed in
+	// one loader call, waits for the others, and loads the leftovers in a
+	// second call. Zero: off.
 	// With Redis ACLs, the Cache's user needs the claim keys
 	// (~*NS:claim:*).
 	LoadClaim time.Duration
