@@ -31,9 +31,13 @@ type softTimer struct {
 }
 
 // softTimeoutOn reports whether a load with a stale value at hand starts a
-// soft timer.
+// soft timer: not without fail-safe, nor at or above LoadTimeout (the
+// timer starts when the loader is called, after the flight's start, so it
+// would fire between LoadTimeout and the overrun's abortGrace, serving
+// the callers of a loader that ignores its ctx instead of releasing them
+// with the overrun error).
 func (c *Cache[V]) softTimeoutOn() bool {
-	return c.cfg.SoftTimeout > 0 && c.cfg.FailSafeMaxStale > 0
+	return c.cfg.SoftTimeout > 0 && c.cfg.SoftTimeout < c.cfg.LoadTimeout && c.cfg.FailSafeMaxStale > 0
 }
 
 // newSoftTimer calls fire after d, unless stop is called first.
