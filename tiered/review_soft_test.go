@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/internal/wait"
 )
 
 // Review tests of the soft timeout (Config.SoftTimeout) and of
@@ -810,18 +811,9 @@ func TestReviewSoftTimeoutLateLoaderBlamesNotRedis(t *testing.T) {
 				}
 				time.Sleep(50 * time.Millisecond)
 				g.open()
-				eventually(t, "the late loads to end", func() bool {
-					st := e.c.Stats()
-					// Each ends refused (conflict), failed (an L2 error),
-					// skipped by the breaker, or written.
-					n := st.Loads.Conflicts + st.L2.Errors + st.L2.Skipped
-					for _, k := range keys {
-						if e.redisHolds(k, "new-"+k) {
-							n++
-						}
-					}
-					return n >= uint64(len(keys))
-				})
+				if !wait.Within(&e.c.work, 5*time.Second) {
+					t.Fatal("the late loads did not end within 5s of their loaders' return")
+				}
 				st := e.c.Stats()
 				if st.L2.Errors != 0 || st.L2.BreakerOpened != 0 || st.L2.Breaker != BreakerClosed {
 					t.Errorf("after late loads: L2 errors %d, breaker opened %d times, now %v; want 0, 0, closed (Redis never failed)",
@@ -948,6 +940,58 @@ func TestReviewSoftTimeoutStaleExpires(t *testing.T) {
 					t.Fatalf("read: %q, %v; want the loaded value", r.v, r.err)
 				}
 				checkSoftEvents(t, e)
+			})
+		}
+	}
+}
+
+// A load that overran LoadTimeout (its loader ignored its ctx; its callers
+// were served the stale value and released) while a later load of the key
+// stored a newer value must not, when its loader finally returns, put its
+// older value in this instance's L1 over the newer one: the instance would
+// serve it, while Redis and every other instance have the newer value,
+// until the copy expires (MaxL1TTL).
+func TestReviewSoftTimeoutOverranLoadKeepsNothing(t *testing.T) {
+	rc := servers()[1].client(t)
+	for _, mode := range softModes() {
+		for _, batch := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/batch=%t", mode.name, batch), func(t *testing.T) {
+				cfg := softConfig()
+				cfg.LoadTimeout = 300 * time.Millisecond
+				e := newSoftEnv(t, rc, fmt.Sprintf("soft-overran-%t-%t", mode.inline, batch), cfg)
+				ctx := mode.ctx(t)
+				e.putStale(t, map[string]string{"k": "old"})
+				g := newStubbornLoader(t)
+				read := func(load Loader[string]) (string, error) {
+					if batch {
+						m, err := e.c.GetManyOrLoad(ctx, []string{"k"}, func(ctx context.Context, keys []string) (map[string]string, error) {
+							v, err := load(ctx, keys[0])
+							return map[string]string{keys[0]: v}, err
+						})
+						return m["k"], err
+					}
+					return e.c.GetOrLoad(ctx, "k", load)
+				}
+				if v, err := read(g.load); err != nil || v != "old" {
+					t.Fatalf("read with a stubborn loader: %q, %v; want the stale value", v, err)
+				}
+				<-g.started
+				flightEnded(t, e.c, "k") // the overrun released it
+				if v, err := read(func(context.Context, string) (string, error) { return "newer", nil }); err != nil || v != "newer" {
+					t.Fatalf("read after the overrun: %q, %v; want the value of its own load", v, err)
+				}
+				settleL1(e.c)
+				g.open()
+				if !wait.Within(&e.c.work, 5*time.Second) {
+					t.Fatal("the overran load did not end within 5s of its loader's return")
+				}
+				settleL1(e.c)
+				if v, err := e.c.GetOrLoad(ctx, "k", notCalled(t)); err != nil || v != "newer" {
+					t.Fatalf("GetOrLoad after the overran load returned: %q, %v; want %q, the newer value Redis holds", v, err, "newer")
+				}
+				if !e.redisHolds("k", "newer") {
+					t.Fatal("Redis does not hold the newer value")
+				}
 			})
 		}
 	}
