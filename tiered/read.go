@@ -207,6 +207,9 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		return item[V]{}, lerr
 	}
 	it := item[V]{v: v, neg: err != nil}
+	if overran(ctx) {
+		return it, nil
+	}
 	ttl, keep := c.storeTTL(o, set, key, it.neg)
 	if !keep {
 		return it, nil // not cached
@@ -226,6 +229,18 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 	c.fillAhead(t, it, min(c.loadL1TTL(o, set), ttl), time.Time{}, now, c.refreshAt(it, ttl, now))
 	return it, nil
 }
+
+// overran reports whether the ctx of a load (its flight's or batch's) has
+// ended: LoadTimeout passed, its loader having ignored the ctx, or Close
+// cancelled it. Such a load keeps what its loader returned nowhere; it
+// only serves the waiters still there, if any (within abortGrace). After
+// abortGrace the overrun has released its waiters and forgotten its
+// flight, so a later load may have stored a newer value already: filling
+// L1 with this older one would serve it here, while Redis and every other
+// instance have the newer one, until the copy expired. Its write-back
+// would fail on the ended ctx, too, and blame a healthy Redis (an error
+// counted, a breaker failure, a "redis writes failing" episode).
+func overran(ctx context.Context) bool { return ctx.Err() != nil }
 
 // refreshAt is when a value loaded at now with freshness ttl is due for
 // refresh (zero: never; refresh-ahead is off, or it is a not-found).
