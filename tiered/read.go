@@ -181,7 +181,7 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 	c.st.loadedKeys.Add(1)
 	var soft *softTimer
 	if look.stale != nil && c.softTimeoutOn() {
-		soft = c.softTimerFor(key, f, *look.stale)
+		soft = c.softTimerFor(key, f, *look.stale, look.staleEnd)
 		defer soft.stop() // runtime.Goexit in the loader
 	}
 	v, err, set, panicked := c.runLoader(ctx, key, f, load)
@@ -260,6 +260,7 @@ type lookup[V any] struct {
 	refreshAt time.Time // when the L2 value is due for refresh (zero: never)
 	at        time.Time // when it was classified (the clock until is compared with)
 	stale     *item[V]  // a soft-expired value for fail-safe
+	staleEnd  time.Time // when Redis drops stale (its hard expiry, FailSafeMaxStale past its TTL; zero: none)
 	raw       []byte    // the bytes read (nil: absent), for SetIf
 	announce  bool      // raw is a value (stale, expired, corrupt) that others may hold a copy of
 	reachable bool      // L2 answered: a loaded value may be written back
@@ -307,7 +308,7 @@ func (c *Cache[V]) classify(key string, e *l2.Entry, derr error, now time.Time) 
 	}
 	if !e.StaleAt.IsZero() && !now.Before(e.StaleAt) {
 		stale := it // a copy of its own, so that it stays off the heap on a hit
-		lk.stale = &stale
+		lk.stale, lk.staleEnd = &stale, e.ExpiresAt
 		return lk
 	}
 	c.st.l2Hits.Add(1)
