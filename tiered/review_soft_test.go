@@ -996,3 +996,56 @@ func TestReviewSoftTimeoutOverranLoadKeepsNothing(t *testing.T) {
 		}
 	}
 }
+
+// A refresh whose loader ignores its ctx and returns after LoadTimeout
+// stores nothing (see overran), so it is a failed refresh, with the
+// overrun as its error, not one "from the loader" (RefreshFromLoader: "the
+// loader was called and its value stored"); the current value stays, in
+// L1 and in Redis.
+func TestReviewRefreshOverranIsFailed(t *testing.T) {
+	for _, withRedis := range []bool{false, true} {
+		t.Run(fmt.Sprintf("redis=%t", withRedis), func(t *testing.T) {
+			var rec refreshRecorder
+			cfg := Config[string]{Namespace: "rover", TTL: 4 * time.Second, RefreshAhead: 0.1, LoadTimeout: 300 * time.Millisecond,
+				FailSafeRetryAfter: time.Minute, L1TTLJitter: NoJitter, Observer: rec.observer()}
+			if withRedis {
+				cfg.Redis = servers()[1].client(t)
+			}
+			c := newCache(t, cfg)
+			stuck := make(chan struct{})
+			t.Cleanup(func() {
+				select {
+				case <-stuck:
+				default:
+					close(stuck)
+				}
+			})
+			var calls atomic.Int64
+			load := func(_ context.Context, key string) (string, error) {
+				if calls.Add(1) == 2 {
+					<-stuck // ignores ctx
+				}
+				return fmt.Sprintf("v%d", calls.Load()), nil
+			}
+			ctx := context.Background()
+			if _, err := c.GetOrLoad(ctx, "k", load); err != nil {
+				t.Fatal(err)
+			}
+			settleL1(c)
+			waitRefreshStarted(t, c, "k", load, 1)
+			flightEnded(t, c, "k")
+			close(stuck)
+			evs := waitOutcomes(t, &rec, 1)
+			if evs[0].Outcome != RefreshFailed || !errors.Is(evs[0].Err, errLoadOverran) {
+				t.Fatalf("refresh that overran LoadTimeout: %v, %v; want failed with the overrun error", evs[0].Outcome, evs[0].Err)
+			}
+			if !wait.Within(&c.work, 5*time.Second) {
+				t.Fatal("the refresh did not end")
+			}
+			settleL1(c)
+			if v, err := c.GetOrLoad(ctx, "k", load); err != nil || v != "v1" {
+				t.Fatalf("GetOrLoad after the overran refresh: %q, %v; want the current value v1", v, err)
+			}
+		})
+	}
+}
