@@ -184,6 +184,8 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		c.rf.loaded.Add(1)
 		it, err := c.fetchLoad(ctx, key, f, load, o, t, look)
 		switch {
+		case err == nil && overran(ctx): // nothing stored
+			c.refreshed(key, RefreshFailed, start, overranErr(ctx, key))
 		case err != nil:
 			c.refreshed(key, RefreshFailed, start, err)
 		case lerr != nil && !errors.Is(lerr, ErrNotFound): // fail-safe served the stale value
@@ -227,6 +229,9 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	}()
 	c.rf.loaded.Add(1)
 	it, err := c.fetchLoadFresh(ctx, key, f, load, o, t, look)
+	if err == nil && overran(ctx) { // nothing stored
+		err = overranErr(ctx, key)
+	}
 	keep := time.Duration(0)
 	if err != nil {
 		keep = c.cfg.FailSafeRetryAfter // hold the fleet back as long as this instance
@@ -243,6 +248,16 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	}
 	c.refreshed(key, RefreshFromLoader, start, nil)
 	return it, nil
+}
+
+// overranErr is the error of a refresh of key whose ctx ended before its
+// loader returned (see overran): errLoadOverran, or Close's cancellation.
+func overranErr(ctx context.Context, key string) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = errLoadOverran
+	}
+	return &opError{op: "refresh", keys: []string{key}, err: err}
 }
 
 // deleteGone handles a refresh whose loader reported key not found when
