@@ -444,11 +444,15 @@ func (c *Cache[V]) batchLoadRound(ctx context.Context, st *batchState[V], load B
 	old := make(map[string][]byte, len(need))
 	announce := make(map[string]bool)
 	ttls := make(map[int]time.Duration, len(need))
+	late := overran(ctx) // keep nothing
 	for _, i := range st.need {
 		k := st.keys[i]
 		v, ok := loaded[k]
 		it := item[V]{v: v, neg: !ok}
 		st.res[i] = batchResult[V]{it: it, ok: true}
+		if late {
+			continue
+		}
 		ttl, keep := c.storeTTL(o, set, k, it.neg)
 		if !keep {
 			continue
@@ -622,8 +626,8 @@ func decodeErrOf(err error, key string, e *l2.Entry) error {
 // those write-backs are announced.
 func (c *Cache[V]) storeLoadedMany(ctx context.Context, entries map[string]l2.Entry, old map[string][]byte, announce map[string]bool) map[string]bool {
 	c.leaveOutOversized(entries)
-	if len(entries) == 0 {
-		return nil
+	if len(entries) == 0 || overran(ctx) {
+		return nil // nothing to write, or too late to (Redis is not to blame)
 	}
 	quiet, loud := entries, map[string]l2.Entry(nil)
 	if len(announce) > 0 {

@@ -78,7 +78,7 @@ func (c *Cache[V]) loadClaimed(ctx context.Context, key string, f *flight[V], lo
 			if look.stale != nil && c.softTimeoutOn() {
 				// Waiting for another instance's loader is waiting for a
 				// loader: the soft timeout serves the stale value meanwhile.
-				soft := c.softTimerFor(key, f, *look.stale)
+				soft := c.softTimerFor(key, f, *look.stale, look.staleEnd)
 				defer soft.stop()
 			}
 		}

@@ -114,11 +114,13 @@ type Config[V any] struct {
 	// a slow loader when Redis holds a stale value of the key (past TTL,
 	// within FailSafeMaxStale). Once the loader has run this long, every
 	// caller of its flight gets the stale value, and so does every caller
-	// that joins the flight later, at once; the load goes on detached
-	// (bounded by LoadTimeout) and, when it returns, writes its value back
-	// to Redis and fills L1 as any load does, unless a write or delete of
-	// the key overtook it. Each such serve is counted (one per caller and
-	// key) in Stats.Loads.StaleServedSoftTimeout and reported to
+	// that joins the flight later, at once, until FailSafeMaxStale has
+	// passed for it (a caller that comes after then starts a load of its
+	// own); the load goes on detached (bounded by LoadTimeout) and, when
+	// it returns, writes its value back to Redis and fills L1 as any load
+	// does, unless a write or delete of the key overtook it. Each such
+	// serve is counted (one per caller and key) in
+	// Stats.Loads.StaleServedSoftTimeout and reported to
 	// Observer.StaleServed with StaleEvent.SoftTimeout set; it is not
 	// logged, and the stale value is not kept in L1. A loader that fails
 	// before the soft timeout is answered by fail-safe as usual; one that

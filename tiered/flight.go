@@ -38,9 +38,11 @@ type flight[V any] struct {
 	err     error
 	// soft: the flight was settled (a DoChan flight: aborted) with a stale
 	// value by the soft timeout (see Config.SoftTimeout), it being that
-	// value. Set once, by the soft timer, under flightMu (a DoChan
-	// flight's also under sf.once, before abort is closed).
-	soft bool
+	// value, which Redis keeps until softEnd (zero: no bound). Set once, by
+	// the soft timer, under flightMu (a DoChan flight's also under sf.once,
+	// before abort is closed).
+	soft    bool
+	softEnd time.Time
 }
 
 // sfState is what a DoChan flight adds: abort is closed (once) when waiters
@@ -81,22 +83,31 @@ func (f *flight[V]) settleLocked(it item[V], err error) {
 }
 
 // serveStaleLocked gives the waiters of flight f, and the callers that join
-// it from now on, the stale value instead of the work's result (see
-// Config.SoftTimeout), unless f is settled or aborted already. The work
-// goes on. Called by the soft timer with flightMu held.
-func (f *flight[V]) serveStaleLocked(stale item[V]) {
+// it from now on until end (see joinLocked), the stale value instead of
+// the work's result (see Config.SoftTimeout), unless f is settled or
+// aborted already, or end, when Redis drops the stale value (zero: never),
+// has passed: a value past FailSafeMaxStale is not served. The work goes
+// on. Called by the soft timer with flightMu held.
+func (f *flight[V]) serveStaleLocked(stale item[V], end time.Time) {
+	if softEnded(end) {
+		return
+	}
 	if f.sf != nil {
 		f.sf.once.Do(func() {
-			f.it, f.soft = stale, true
+			f.it, f.soft, f.softEnd = stale, true, end
 			close(f.sf.abort)
 		})
 		return
 	}
 	if !f.settled {
-		f.soft = true
+		f.soft, f.softEnd = true, end
 		f.settleLocked(stale, nil)
 	}
 }
+
+// softEnded reports whether end, when Redis drops a stale value (zero:
+// never), has passed.
+func softEnded(end time.Time) bool { return !end.IsZero() && !time.Now().Before(end) }
 
 // doneLocked returns the channel closed when an inline or batch flight is
 // settled, making it on first use. Called with flightMu held.
@@ -171,11 +182,18 @@ func (w waiter[V]) wait(ctx context.Context) (it item[V], soft bool, err error) 
 	}
 }
 
-// joinLocked returns a waiter on key's running flight, if any. Called with
+// joinLocked returns a waiter on key's running flight, if any. A flight
+// that the soft timeout settled with a stale value that Redis has dropped
+// since (past FailSafeMaxStale) is forgotten instead, so that the caller
+// starts a load of its own rather than get that value. Called with
 // flightMu held.
 func joinLocked[V any](table map[string]*flight[V], group *singleflight.Group, key string) (waiter[V], bool) {
 	f := table[key]
 	if f == nil {
+		return waiter[V]{}, false
+	}
+	if f.soft && softEnded(f.softEnd) {
+		forgetLocked(table, group, key)
 		return waiter[V]{}, false
 	}
 	f.joined++

@@ -181,7 +181,7 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 	c.st.loadedKeys.Add(1)
 	var soft *softTimer
 	if look.stale != nil && c.softTimeoutOn() {
-		soft = c.softTimerFor(key, f, *look.stale)
+		soft = c.softTimerFor(key, f, *look.stale, look.staleEnd)
 		defer soft.stop() // runtime.Goexit in the loader
 	}
 	v, err, set, panicked := c.runLoader(ctx, key, f, load)
@@ -207,6 +207,9 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		return item[V]{}, lerr
 	}
 	it := item[V]{v: v, neg: err != nil}
+	if overran(ctx) {
+		return it, nil
+	}
 	ttl, keep := c.storeTTL(o, set, key, it.neg)
 	if !keep {
 		return it, nil // not cached
@@ -227,6 +230,18 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 	return it, nil
 }
 
+// overran reports whether the ctx of a load (its flight's or batch's) has
+// ended: LoadTimeout passed, its loader having ignored the ctx, or Close
+// cancelled it. Such a load keeps what its loader returned nowhere; it
+// only serves the waiters still there, if any (within abortGrace). After
+// abortGrace the overrun has released its waiters and forgotten its
+// flight, so a later load may have stored a newer value already: filling
+// L1 with this older one would serve it here, while Redis and every other
+// instance have the newer one, until the copy expired. Its write-back
+// would fail on the ended ctx, too, and blame a healthy Redis (an error
+// counted, a breaker failure, a "redis writes failing" episode).
+func overran(ctx context.Context) bool { return ctx.Err() != nil }
+
 // refreshAt is when a value loaded at now with freshness ttl is due for
 // refresh (zero: never; refresh-ahead is off, or it is a not-found).
 func (c *Cache[V]) refreshAt(it item[V], ttl time.Duration, now time.Time) time.Time {
@@ -245,6 +260,7 @@ type lookup[V any] struct {
 	refreshAt time.Time // when the L2 value is due for refresh (zero: never)
 	at        time.Time // when it was classified (the clock until is compared with)
 	stale     *item[V]  // a soft-expired value for fail-safe
+	staleEnd  time.Time // when Redis drops stale (its hard expiry, FailSafeMaxStale past its TTL; zero: none)
 	raw       []byte    // the bytes read (nil: absent), for SetIf
 	announce  bool      // raw is a value (stale, expired, corrupt) that others may hold a copy of
 	reachable bool      // L2 answered: a loaded value may be written back
@@ -292,7 +308,7 @@ func (c *Cache[V]) classify(key string, e *l2.Entry, derr error, now time.Time) 
 	}
 	if !e.StaleAt.IsZero() && !now.Before(e.StaleAt) {
 		stale := it // a copy of its own, so that it stays off the heap on a hit
-		lk.stale = &stale
+		lk.stale, lk.staleEnd = &stale, e.ExpiresAt
 		return lk
 	}
 	c.st.l2Hits.Add(1)

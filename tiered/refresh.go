@@ -184,6 +184,8 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		c.rf.loaded.Add(1)
 		it, err := c.loadClaimed(ctx, key, f, load, o, t, look)
 		switch {
+		case err == nil && overran(ctx): // nothing stored
+			c.refreshed(key, RefreshFailed, start, overranErr(ctx, key))
 		case err != nil:
 			c.refreshed(key, RefreshFailed, start, err)
 		case lerr != nil && !errors.Is(lerr, ErrNotFound): // fail-safe served the stale value
@@ -227,6 +229,9 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	}()
 	c.rf.loaded.Add(1)
 	it, err := c.fetchLoadFresh(ctx, key, f, load, o, t, look)
+	if err == nil && overran(ctx) { // nothing stored
+		err = overranErr(ctx, key)
+	}
 	keep := time.Duration(0)
 	if err != nil {
 		keep = c.cfg.FailSafeRetryAfter // hold the fleet back as long as this instance
@@ -243,6 +248,16 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	}
 	c.refreshed(key, RefreshFromLoader, start, nil)
 	return it, nil
+}
+
+// overranErr is the error of a refresh of key whose ctx ended before its
+// loader returned (see overran): errLoadOverran, or Close's cancellation.
+func overranErr(ctx context.Context, key string) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = errLoadOverran
+	}
+	return &opError{op: "refresh", keys: []string{key}, err: err}
 }
 
 // deleteGone handles a refresh whose loader reported key not found when
@@ -271,12 +286,29 @@ func (c *Cache[V]) deleteGone(ctx context.Context, key string, look lookup[V]) b
 
 // notDue reports whether a fresh value read from Redis is not due for
 // refresh: it has no refresh time, or one more than refreshSlack away (see
-// there; at most half the refresh period of a value written with the
-// call's TTL, so that short periods keep a slack of their own), so another
-// instance has refreshed it.
+// there; at most half the value's refresh period, so that short periods
+// keep a slack of their own), so another instance has refreshed it.
 func (c *Cache[V]) notDue(look lookup[V], o callOptions) bool {
-	slack := min(refreshSlack, c.refreshAfter(o.ttl)/2)
-	return look.refreshAt.IsZero() || look.at.Add(slack).Before(look.refreshAt)
+	if look.refreshAt.IsZero() {
+		return true
+	}
+	slack := min(refreshSlack, c.refreshPeriod(look, o)/2)
+	return look.at.Add(slack).Before(look.refreshAt)
+}
+
+// refreshPeriod returns the refresh period of the fresh value look read
+// (with a refresh time): RefreshAhead × the TTL it was written with, which
+// its loader may have chosen (SetTTL) or its writer (WithTTL). The
+// envelope does not hold that TTL, but the value is due RefreshAhead×TTL
+// and stops being fresh TTL after its write, so the time between the two
+// gives it (to the envelope's millisecond). A value without an end of
+// freshness is taken to have the call's TTL.
+func (c *Cache[V]) refreshPeriod(look lookup[V], o callOptions) time.Duration {
+	ra := c.cfg.RefreshAhead
+	if look.until.IsZero() || !look.until.After(look.refreshAt) {
+		return c.refreshAfter(o.ttl)
+	}
+	return time.Duration(float64(look.until.Sub(look.refreshAt)) * ra / (1 - ra))
 }
 
 // fetchLoadFresh is fetchLoad for a refresh whose Redis value is still

@@ -15,9 +15,12 @@ import (
 // invalidation has forgotten the flight meanwhile: a write or delete of the
 // key has overtaken the stale value, which must then never be served again,
 // so the flight's callers wait for the load (whose result is not kept). The
-// stale value is not filled into L1: the load is about to fill the fresh
-// one. Each caller that gets it counts it and tells the Observers
-// (softServed), on its own goroutine.
+// stale value is served only until Redis drops it (its hard expiry,
+// FailSafeMaxStale past its TTL): a timer that fires later serves nothing,
+// and a caller that finds a flight settled with it after then starts a load
+// of its own (joinLocked). The stale value is not filled into L1: the load
+// is about to fill the fresh one. Each caller that gets it counts it and
+// tells the Observers (softServed), on its own goroutine.
 //
 // When the loader returns first, the load stops the timer (stop) before it
 // looks at its result: stop returns once the timer's work has run to its
@@ -31,9 +34,13 @@ type softTimer struct {
 }
 
 // softTimeoutOn reports whether a load with a stale value at hand starts a
-// soft timer.
+// soft timer: not without fail-safe, nor at or above LoadTimeout (the
+// timer starts when the loader is called, after the flight's start, so it
+// would fire between LoadTimeout and the overrun's abortGrace, serving
+// the callers of a loader that ignores its ctx instead of releasing them
+// with the overrun error).
 func (c *Cache[V]) softTimeoutOn() bool {
-	return c.cfg.SoftTimeout > 0 && c.cfg.FailSafeMaxStale > 0
+	return c.cfg.SoftTimeout > 0 && c.cfg.SoftTimeout < c.cfg.LoadTimeout && c.cfg.FailSafeMaxStale > 0
 }
 
 // newSoftTimer calls fire after d, unless stop is called first.
@@ -54,12 +61,12 @@ func (s *softTimer) stop() {
 }
 
 // softTimerFor starts the soft timer of the load of key run by flight f,
-// which serves stale.
-func (c *Cache[V]) softTimerFor(key string, f *flight[V], stale item[V]) *softTimer {
+// which serves stale until end (when Redis drops it; zero: no bound).
+func (c *Cache[V]) softTimerFor(key string, f *flight[V], stale item[V], end time.Time) *softTimer {
 	return newSoftTimer(c.cfg.SoftTimeout, func() {
 		c.flightMu.Lock()
 		if c.flights[key] == f { // else forgotten: overtaken by a write, or ended
-			f.serveStaleLocked(stale)
+			f.serveStaleLocked(stale, end)
 		}
 		c.flightMu.Unlock()
 	})
@@ -94,7 +101,7 @@ func (c *Cache[V]) serveStaleBatch(st *batchState[V]) {
 		case st.res[i].ok:
 			f.settleLocked(st.res[i].it, st.res[i].err)
 		case st.looks[i].stale != nil && c.flights[f.key] == f:
-			f.serveStaleLocked(*st.looks[i].stale)
+			f.serveStaleLocked(*st.looks[i].stale, st.looks[i].staleEnd)
 		}
 	}
 	b := st.flights[0].batch
