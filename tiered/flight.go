@@ -43,6 +43,10 @@ type flight[V any] struct {
 	// before abort is closed).
 	soft    bool
 	softEnd time.Time
+	// early: a refresh flight (DoChan) was aborted with the fresh value
+	// Redis still held, it, so that callers who joined it need not wait
+	// for its loader (see serveCurrentLocked). Set like soft.
+	early bool
 }
 
 // sfState is what a DoChan flight adds: abort is closed (once) when waiters
@@ -103,6 +107,18 @@ func (f *flight[V]) serveStaleLocked(stale item[V], end time.Time) {
 		f.soft, f.softEnd = true, end
 		f.settleLocked(stale, nil)
 	}
+}
+
+// serveCurrentLocked releases the waiters of refresh flight f (a DoChan
+// flight) with it, the fresh value the refresh read from Redis, while the
+// refresh goes on: a caller that missed L1 during a refresh gets what
+// Redis holds, as it would without the refresh, instead of waiting for the
+// loader. Called with flightMu held, for a flight still in the table.
+func (f *flight[V]) serveCurrentLocked(it item[V]) {
+	f.sf.once.Do(func() {
+		f.it, f.early = it, true
+		close(f.sf.abort)
+	})
 }
 
 // softEnded reports whether end, when Redis drops a stale value (zero:
@@ -175,6 +191,9 @@ func (w waiter[V]) wait(ctx context.Context) (it item[V], soft bool, err error) 
 	case <-w.f.sf.abort:
 		if w.f.soft {
 			return w.f.it, true, nil
+		}
+		if w.f.early {
+			return w.f.it, false, nil
 		}
 		return item[V]{}, false, w.f.sf.err
 	case <-ctx.Done():

@@ -195,6 +195,13 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		}
 		return it, err
 	}
+	// Callers that missed L1 and joined this refresh get the fresh value
+	// Redis holds now, as they would without the refresh.
+	c.flightMu.Lock()
+	if c.flights[key] == f {
+		f.serveCurrentLocked(look.it)
+	}
+	c.flightMu.Unlock()
 	if c.notDue(look, o) {
 		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, look.refreshAt)
 		c.refreshed(key, RefreshFromRedis, start, nil)

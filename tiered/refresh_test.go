@@ -405,3 +405,40 @@ func TestRefreshFindsKeyGone(t *testing.T) {
 		t.Fatalf("loader called %d times", n)
 	}
 }
+
+// TestRefreshJoinersGetRedisValue: a caller that misses L1 while a
+// refresh of the key runs (its local copy expired: MaxL1TTL is shorter than
+// the TTL) joins the refresh and gets the fresh value Redis holds at once,
+// not after the refresh's loader.
+func TestRefreshJoinersGetRedisValue(t *testing.T) {
+	srv := redistest.StartServer(t)
+	var rec refreshRecorder
+	c := newCache(t, Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rj", TTL: 4 * time.Second,
+		MaxL1TTL: 300 * time.Millisecond, RefreshAhead: 0.25, L1TTLJitter: NoJitter, Observer: rec.observer()})
+	var l gatedLoader
+	ctx := context.Background()
+	if _, err := c.GetOrLoad(ctx, "k", l.load); err != nil {
+		t.Fatal(err)
+	}
+	release := l.hold()
+	defer close(release)
+	waitRefreshStarted(t, c, "k", l.load, 1)
+	redistest.WaitFor(t, 5*time.Second, "the refresh to call the loader", func() bool { return l.calls.Load() == 2 })
+	// Within MaxL1TTL the local copy expires: the next reads miss L1 and
+	// find the refresh's flight.
+	joined := c.Stats().Loads.Callers
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Loads.Callers == joined {
+		if time.Now().After(deadline) {
+			t.Fatal("no read missed L1")
+		}
+		start := time.Now()
+		v, err := c.GetOrLoad(ctx, "k", l.load)
+		if d := time.Since(start); err != nil || v != "k@1" || d > time.Second {
+			t.Fatalf("GetOrLoad during the refresh = %q, %v after %v; want Redis's k@1 at once", v, err, d)
+		}
+	}
+	if n := l.calls.Load(); n != 2 {
+		t.Fatalf("loader called %d times", n)
+	}
+}
