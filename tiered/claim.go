@@ -93,9 +93,11 @@ func (c *Cache[V]) loadClaimed(ctx context.Context, key string, f *flight[V], lo
 		case <-timer.C:
 		case <-ctx.Done():
 			timer.Stop()
+			c.claimUnwake(key, wake)
 			return item[V]{}, &opError{op: "load", keys: []string{key}, err: ctx.Err()}
 		}
 		timer.Stop()
+		c.claimUnwake(key, wake)
 		t = c.local.Reserve(key)
 		look = c.readL2(ctx, key)
 		switch {
@@ -144,21 +146,47 @@ func (c *Cache[V]) ownClaim(ctx context.Context, key, token string, waited bool,
 	return c.fetchLoad(ctx, key, f, load, o, t, look)
 }
 
+// claimWait is the wake-up of the loads waiting for another instance's
+// claimed load of one key (see claimWake); guarded by flightMu.
+type claimWait struct {
+	ch chan struct{} // closed by the key's invalidation
+	n  int           // loads waiting on ch that have not called claimUnwake
+}
+
 // claimWake returns a channel closed when an invalidation of key arrives
 // (invalidateLocal, dropAll): the value another instance loaded under its
-// claim has landed, or the key changed.
+// claim has landed, or the key changed. The caller must hand it back with
+// claimUnwake once it stops waiting on it.
 func (c *Cache[V]) claimWake(key string) <-chan struct{} {
 	c.flightMu.Lock()
 	defer c.flightMu.Unlock()
-	ch := c.claimWaits[key]
-	if ch == nil {
+	w := c.claimWaits[key]
+	if w == nil {
 		if c.claimWaits == nil {
-			c.claimWaits = map[string]chan struct{}{}
+			c.claimWaits = map[string]*claimWait{}
 		}
-		ch = make(chan struct{})
-		c.claimWaits[key] = ch
+		w = &claimWait{ch: make(chan struct{})}
+		c.claimWaits[key] = w
 	}
-	return ch
+	w.n++
+	return w.ch
+}
+
+// claimUnwake hands back ch, which claimWake returned for key: the last
+// load to stop waiting on it removes it, so that a key whose wait ended
+// without an invalidation (the owner failed, found nothing to store, or
+// died; the waiter found the value by polling, reached its bound or was
+// cancelled) keeps no channel.
+func (c *Cache[V]) claimUnwake(key string, ch <-chan struct{}) {
+	c.flightMu.Lock()
+	defer c.flightMu.Unlock()
+	w := c.claimWaits[key]
+	if w == nil || w.ch != ch { // closed and removed by an invalidation meanwhile
+		return
+	}
+	if w.n--; w.n == 0 {
+		delete(c.claimWaits, key)
+	}
 }
 
 // wakeClaimsLocked wakes the loads waiting for keys' claimed loads (all
@@ -168,15 +196,15 @@ func (c *Cache[V]) wakeClaimsLocked(keys []string) {
 		return
 	}
 	if keys == nil {
-		for k, ch := range c.claimWaits {
-			close(ch)
+		for k, w := range c.claimWaits {
+			close(w.ch)
 			delete(c.claimWaits, k)
 		}
 		return
 	}
 	for _, k := range keys {
-		if ch := c.claimWaits[k]; ch != nil {
-			close(ch)
+		if w := c.claimWaits[k]; w != nil {
+			close(w.ch)
 			delete(c.claimWaits, k)
 		}
 	}
@@ -222,13 +250,15 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 			c.loadClaimedRound(ctx, st, load, o, lost, nil, token)
 			return
 		}
-		wake := c.claimWake(st.keys[lost[0]])
+		first := st.keys[lost[0]]
+		wake := c.claimWake(first)
 		timer := time.NewTimer(c.claimPoll())
 		select {
 		case <-wake:
 		case <-timer.C:
 		case <-ctx.Done():
 			timer.Stop()
+			c.claimUnwake(first, wake)
 			err := &opError{op: "load", keys: indexKeys(st, lost), err: ctx.Err()}
 			for _, i := range lost {
 				st.res[i] = batchResult[V]{err: err, ok: true}
@@ -236,6 +266,7 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 			return
 		}
 		timer.Stop()
+		c.claimUnwake(first, wake)
 		settled, left := c.rereadBatch(ctx, st, lost, o)
 		c.cl.fromOther.Add(uint64(len(settled)))
 		if len(left) == 0 {
