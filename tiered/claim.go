@@ -244,6 +244,7 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	}
 	c.cl.waited.Add(uint64(len(lost)))
 	waitUntil := time.Now().Add(c.cfg.LoadClaimWait)
+	soft := c.waitSoftFor(st, lost)
 	for len(lost) > 0 {
 		if !time.Now().Before(waitUntil) {
 			c.cl.waitBound.Add(uint64(len(lost)))
@@ -253,10 +254,12 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		first := st.keys[lost[0]]
 		wake := c.claimWake(first)
 		timer := time.NewTimer(c.claimPoll())
+		soft.arm()
 		select {
 		case <-wake:
 		case <-timer.C:
 		case <-ctx.Done():
+			soft.disarm()
 			timer.Stop()
 			c.claimUnwake(first, wake)
 			err := &opError{op: "load", keys: indexKeys(st, lost), err: ctx.Err()}
@@ -265,6 +268,7 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 			}
 			return
 		}
+		soft.disarm() // before st is written
 		timer.Stop()
 		c.claimUnwake(first, wake)
 		settled, left := c.rereadBatch(ctx, st, lost, o)
@@ -282,6 +286,61 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		c.loadClaimedRound(ctx, st, load, o, taken, taken, token)
 		lost = still
 	}
+}
+
+// waitSoft is the soft timeout (see Config.SoftTimeout) of a batch waiting
+// for other instances' claimed loads: waiting for another instance's
+// loader is waiting for a loader, so SoftTimeout after the wait began the
+// waiting keys that have a stale value get it, as they would from the
+// batch's own loader (serveStaleBatch). Its timer runs only while the
+// batch is idle between polls (arm, disarm), because serveStaleBatch reads
+// what the polls write; a timeout that falls during a poll fires at the
+// next arm. Used by the batch's goroutine only.
+type waitSoft[V any] struct {
+	c  *Cache[V]
+	st *batchState[V]
+	at time.Time  // when the stale values are due
+	t  *softTimer // armed timer, or nil
+	// fired: the timer's work has run (written by it, read after disarm's
+	// stop, which orders the two).
+	fired bool
+}
+
+// waitSoftFor returns the soft timeout of batch st waiting for the keys at
+// lost, or nil when it has none: the soft timeout is off, or none of those
+// keys has a stale value.
+func (c *Cache[V]) waitSoftFor(st *batchState[V], lost []int) *waitSoft[V] {
+	if !c.softTimeoutOn() {
+		return nil
+	}
+	for _, i := range lost {
+		if st.looks[i].stale != nil {
+			return &waitSoft[V]{c: c, st: st, at: time.Now().Add(c.cfg.SoftTimeout)}
+		}
+	}
+	return nil
+}
+
+// arm starts the timer for what is left of the soft timeout, unless it has
+// fired (w nil: nothing).
+func (w *waitSoft[V]) arm() {
+	if w == nil || w.fired {
+		return
+	}
+	w.t = newSoftTimer(time.Until(w.at), func() {
+		w.c.serveStaleBatch(w.st)
+		w.fired = true
+	})
+}
+
+// disarm stops the timer; once it returns, the timer's work has run or
+// never will.
+func (w *waitSoft[V]) disarm() {
+	if w == nil || w.t == nil {
+		return
+	}
+	w.t.stop()
+	w.t = nil
 }
 
 // rereadWon reads the keys of st at won, whose claims this batch has just
