@@ -288,7 +288,7 @@ func TestReviewClaimRedisLostDuringWait(t *testing.T) {
 // TestReviewClaimRefreshOwnerDies: LoadClaim's promise holds for every
 // holder of the key's claim: a refresh-ahead holds the same claim, and
 // when the instance refreshing dies, a miss on another instance takes the
-// claim over after the lease (here 500ms) and loads, as it would from a
+// claim over after the lease (here 1.5s) and loads, as it would from a
 // load's dead owner — not after LoadClaimWait (8s), nor after the
 // refresh's LoadTimeout claim (20s).
 func TestReviewClaimRefreshOwnerDies(t *testing.T) {
@@ -296,8 +296,8 @@ func TestReviewClaimRefreshOwnerDies(t *testing.T) {
 	proxy := redistest.StartProxy(t, srv.Addr())
 	rc := newClient(t, srv.Addr())
 	cfg := func(addr string) Config[string] {
-		return Config[string]{Redis: newClient(t, addr), Namespace: "rcrf", TTL: 1500 * time.Millisecond, RefreshAhead: 0.3,
-			L1TTLJitter: NoJitter, LoadClaim: 500 * time.Millisecond, LoadClaimWait: 8 * time.Second,
+		return Config[string]{Redis: newClient(t, addr), Namespace: "rcrf", TTL: 3 * time.Second, RefreshAhead: 0.3,
+			L1TTLJitter: NoJitter, LoadClaim: 1500 * time.Millisecond, LoadClaimWait: 8 * time.Second,
 			LoadTimeout: 20 * time.Second, BreakerFailures: NoBreaker}
 	}
 	refresher := newCache(t, cfg(proxy.Addr()))
@@ -331,22 +331,28 @@ func TestReviewClaimRefreshOwnerDies(t *testing.T) {
 			return false
 		}
 	})
+	proxy.Close() // the refreshing instance dies: it neither renews nor releases
+	// The value goes (as if it expired) while the dead refresher's claim
+	// is still held.
+	if err := rc.Del(ctx, "rcrf:k").Err(); err != nil {
+		t.Fatal(err)
+	}
 	if !claimHeld(t, rc, "rcrf", "k") {
 		t.Fatal("the refresh does not hold the key's claim")
 	}
-	proxy.Close() // the refreshing instance dies: it neither renews nor releases
-	redistest.WaitFor(t, 10*time.Second, "the value to expire in Redis", func() bool {
-		return rc.Exists(ctx, "rcrf:k").Val() == 0
-	})
 	start := time.Now()
 	v, err := other.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { return "v2", nil })
 	took := time.Since(start)
-	t.Logf("miss served after %v; claims %+v", took, other.Stats().Loads.Claims)
+	st := other.Stats().Loads.Claims
+	t.Logf("miss served after %v; claims %+v", took, st)
 	if err != nil || v != "v2" {
 		t.Fatalf("GetOrLoad on the other instance = %q, %v", v, err)
 	}
 	if took > 4*time.Second {
-		t.Fatalf("the miss waited %v for a dead refresher's claim; want about the 500ms lease", took)
+		t.Fatalf("the miss waited %v for a dead refresher's claim; want about the 1.5s lease", took)
+	}
+	if st.Waited != 1 || st.Expired != 1 {
+		t.Fatalf("claims %+v: want one wait ended by taking the expired claim over", st)
 	}
 }
 
