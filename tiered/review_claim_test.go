@@ -727,8 +727,10 @@ func TestReviewClaimHugeBatch(t *testing.T) {
 		// claim pipeline that overruns it makes the batch load without
 		// claims (the fallback for Redis trouble), which is not what this
 		// test is about.
-		return Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rchb", LoadClaim: 600 * time.Millisecond,
-			LoadClaimWait: 10 * time.Second, LoadTimeout: 20 * time.Second, RedisTimeout: 5 * time.Second}
+		// LoadClaim 3s: the renewal of 20,000 claims is one pipeline of
+		// EVALs, 100-400ms by itself, so the lease must leave room for it.
+		return Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rchb", LoadClaim: 3 * time.Second,
+			LoadClaimWait: 15 * time.Second, LoadTimeout: 30 * time.Second, RedisTimeout: 5 * time.Second}
 	}
 	a, b := newCache(t, cfg()), newCache(t, cfg())
 	keys := keysN("h", 20000)
@@ -736,6 +738,9 @@ func TestReviewClaimHugeBatch(t *testing.T) {
 	loads := map[string]int{}
 	running := make(chan struct{}, 2)
 	proceed := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(proceed) }) }
+	defer release() // a failed assertion must not leave A's loader blocked until LoadTimeout
 	batch := func(_ context.Context, ks []string) (map[string]string, error) {
 		running <- struct{}{}
 		<-proceed
@@ -760,8 +765,8 @@ func TestReviewClaimHugeBatch(t *testing.T) {
 	<-running
 	go get(b)
 	redistest.WaitFor(t, 10*time.Second, "B to wait for A's keys", func() bool { return b.Stats().Loads.Claims.Waited == uint64(len(keys)) })
-	time.Sleep(time.Second) // A's loader outlives its 600ms lease: the renewals keep it
-	close(proceed)
+	time.Sleep(3500 * time.Millisecond) // A's loader outlives its 3s lease: the renewals keep it
+	release()
 	for range 2 {
 		if err := <-errs; err != nil {
 			t.Fatalf("GetManyOrLoad: %v", err)
