@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -120,30 +121,41 @@ func (c *Cache[V]) ownClaim(ctx context.Context, key, token string, waited bool,
 	if waited {
 		c.cl.expired.Add(1)
 	}
-	renewed := make(chan struct{})
-	stop := make(chan struct{})
-	go func() { // keeps the lease while the loader runs
-		defer close(renewed)
-		tick := time.NewTicker(c.cfg.LoadClaim / 3)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				c.unclaim(ctx, key, token, c.cfg.LoadClaim)
-			}
-		}
-	}()
+	stop := c.keepClaim(ctx, func() { c.unclaim(ctx, key, token, c.cfg.LoadClaim) })
 	defer func() {
-		close(stop)
-		<-renewed
+		stop()
 		c.unclaim(ctx, key, token, 0)
 	}()
 	look.announce = true
 	return c.fetchLoad(ctx, key, f, load, o, t, look)
+}
+
+// keepClaim keeps a claim's lease (LoadClaim) while its holder loads: it
+// calls renew every third of the lease, from a goroutine of its own, until
+// ctx ends or stop is called. stop returns once renew can no longer run,
+// so that a release after it is final; it may be called more than once.
+func (c *Cache[V]) keepClaim(ctx context.Context, renew func()) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(c.cfg.LoadClaim / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				renew()
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(quit) })
+		<-done
+	}
 }
 
 // claimWait is the wake-up of the loads waiting for another instance's
@@ -368,34 +380,15 @@ func (c *Cache[V]) loadClaimedRound(ctx context.Context, st *batchState[V], load
 	for _, i := range owned {
 		st.looks[i].announce = true
 	}
-	var stop, renewed chan struct{}
 	if len(owned) > 0 {
-		stop, renewed = make(chan struct{}), make(chan struct{})
 		keys := indexKeys(st, owned)
-		go func() {
-			defer close(renewed)
-			tick := time.NewTicker(c.cfg.LoadClaim / 3)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-					c.releaseKeys(ctx, keys, token, c.cfg.LoadClaim)
-				}
-			}
+		stop := c.keepClaim(ctx, func() { c.releaseKeys(ctx, keys, token, c.cfg.LoadClaim) })
+		defer func() {
+			stop()
+			c.releaseKeys(ctx, keys, token, 0)
 		}()
 	}
 	st.need = need
-	defer func() {
-		if stop != nil {
-			close(stop)
-			<-renewed
-			c.releaseIndexes(ctx, st, owned, token)
-		}
-	}()
 	c.batchLoadRound(ctx, st, load, o)
 }
 
