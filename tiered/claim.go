@@ -17,7 +17,12 @@ type ClaimStats struct {
 	Won       uint64 // loads this instance ran holding the key's claim
 	Waited    uint64 // loads that found the claim held by another instance and waited
 	FromOther uint64 // took the value another instance loaded under its claim
-	Expired   uint64 // of which took the claim over (its owner stopped renewing it) and loaded
+	// Expired: of the waits, those that took the claim over and loaded:
+	// its owner ended its load without a value in Redis to take (its
+	// loader failed, or found the key missing and the not-found is not
+	// cached) and released the claim, or stopped renewing it (it died, or
+	// lost Redis) and the lease ran out.
+	Expired   uint64
 	WaitBound uint64 // of which waited LoadClaimWait and loaded by themselves
 }
 
@@ -115,7 +120,7 @@ func (c *Cache[V]) loadClaimed(ctx context.Context, key string, f *flight[V], lo
 // ownClaim runs the load of key holding its claim: renewed while the
 // loader runs, the write-back announced (so that waiting instances wake),
 // then the claim released. A load that waited before it won (the owner's
-// claim expired) counts as a take-over.
+// claim expired, or was released without a value) counts as a take-over.
 func (c *Cache[V]) ownClaim(ctx context.Context, key, token string, waited bool, f *flight[V], load Loader[V], o callOptions, t l1.Ticket, look lookup[V]) (item[V], error) {
 	c.cl.won.Add(1)
 	if waited {

@@ -156,7 +156,15 @@ func TestReviewClaimOwnerEndsWithoutValue(t *testing.T) {
 			if n := calls.Load(); n != tc.waiterLoads {
 				t.Fatalf("waiter called its loader %d times, want %d", n, tc.waiterLoads)
 			}
-			t.Logf("waiter returned after %v; claims %+v", r.took, waiter.Stats().Loads.Claims)
+			st := waiter.Stats().Loads.Claims
+			t.Logf("waiter returned after %v; claims %+v", r.took, st)
+			want := ClaimStats{Won: 1, Waited: 1, Expired: 1} // took the released claim over (ClaimStats.Expired)
+			if tc.waiterLoads == 0 {
+				want = ClaimStats{Waited: 1, FromOther: 1}
+			}
+			if st != want {
+				t.Errorf("waiter claims %+v, want %+v", st, want)
+			}
 			redistest.WaitFor(t, 5*time.Second, "the claim released", func() bool { return !claimHeld(t, rc, ns, "k") })
 		})
 	}
