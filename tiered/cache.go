@@ -165,9 +165,10 @@ type Cache[V any] struct {
 	cl claimCounters
 
 	// claimWaits holds, per key, the channel that wakes loads waiting for
-	// another instance's claimed load of it (see loadClaimed); guarded by
-	// flightMu.
-	claimWaits map[string]chan struct{}
+	// another instance's claimed load of it (see loadClaimed), while any
+	// waits: removed by the key's invalidation or by the last load to stop
+	// waiting (claimUnwake); guarded by flightMu.
+	claimWaits map[string]*claimWait
 
 	// Degradations logged once per episode (see Config.Logger); closed by
 	// Close.

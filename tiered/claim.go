@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,7 +17,12 @@ type ClaimStats struct {
 	Won       uint64 // loads this instance ran holding the key's claim
 	Waited    uint64 // loads that found the claim held by another instance and waited
 	FromOther uint64 // took the value another instance loaded under its claim
-	Expired   uint64 // of which took the claim over (its owner stopped renewing it) and loaded
+	// Expired: of the waits, those that took the claim over and loaded:
+	// its owner ended its load without a value in Redis to take (its
+	// loader failed, or found the key missing and the not-found is not
+	// cached) and released the claim, or stopped renewing it (it died, or
+	// lost Redis) and the lease ran out.
+	Expired   uint64
 	WaitBound uint64 // of which waited LoadClaimWait and loaded by themselves
 }
 
@@ -93,9 +99,11 @@ func (c *Cache[V]) loadClaimed(ctx context.Context, key string, f *flight[V], lo
 		case <-timer.C:
 		case <-ctx.Done():
 			timer.Stop()
+			c.claimUnwake(key, wake)
 			return item[V]{}, &opError{op: "load", keys: []string{key}, err: ctx.Err()}
 		}
 		timer.Stop()
+		c.claimUnwake(key, wake)
 		t = c.local.Reserve(key)
 		look = c.readL2(ctx, key)
 		switch {
@@ -112,53 +120,90 @@ func (c *Cache[V]) loadClaimed(ctx context.Context, key string, f *flight[V], lo
 // ownClaim runs the load of key holding its claim: renewed while the
 // loader runs, the write-back announced (so that waiting instances wake),
 // then the claim released. A load that waited before it won (the owner's
-// claim expired) counts as a take-over.
+// claim expired, or was released without a value) counts as a take-over.
 func (c *Cache[V]) ownClaim(ctx context.Context, key, token string, waited bool, f *flight[V], load Loader[V], o callOptions, t l1.Ticket, look lookup[V]) (item[V], error) {
 	c.cl.won.Add(1)
 	if waited {
 		c.cl.expired.Add(1)
 	}
-	renewed := make(chan struct{})
-	stop := make(chan struct{})
-	go func() { // keeps the lease while the loader runs
-		defer close(renewed)
-		tick := time.NewTicker(c.cfg.LoadClaim / 3)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				c.unclaim(ctx, key, token, c.cfg.LoadClaim)
-			}
-		}
-	}()
+	stop := c.keepClaim(ctx, func() { c.unclaim(ctx, key, token, c.cfg.LoadClaim) })
 	defer func() {
-		close(stop)
-		<-renewed
+		stop()
 		c.unclaim(ctx, key, token, 0)
 	}()
 	look.announce = true
 	return c.fetchLoad(ctx, key, f, load, o, t, look)
 }
 
+// keepClaim keeps a claim's lease (LoadClaim) while its holder loads: it
+// calls renew every third of the lease, from a goroutine of its own, until
+// ctx ends or stop is called. stop returns once renew can no longer run,
+// so that a release after it is final; it may be called more than once.
+func (c *Cache[V]) keepClaim(ctx context.Context, renew func()) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(c.cfg.LoadClaim / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				renew()
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(quit) })
+		<-done
+	}
+}
+
+// claimWait is the wake-up of the loads waiting for another instance's
+// claimed load of one key (see claimWake); guarded by flightMu.
+type claimWait struct {
+	ch chan struct{} // closed by the key's invalidation
+	n  int           // loads waiting on ch that have not called claimUnwake
+}
+
 // claimWake returns a channel closed when an invalidation of key arrives
 // (invalidateLocal, dropAll): the value another instance loaded under its
-// claim has landed, or the key changed.
+// claim has landed, or the key changed. The caller must hand it back with
+// claimUnwake once it stops waiting on it.
 func (c *Cache[V]) claimWake(key string) <-chan struct{} {
 	c.flightMu.Lock()
 	defer c.flightMu.Unlock()
-	ch := c.claimWaits[key]
-	if ch == nil {
+	w := c.claimWaits[key]
+	if w == nil {
 		if c.claimWaits == nil {
-			c.claimWaits = map[string]chan struct{}{}
+			c.claimWaits = map[string]*claimWait{}
 		}
-		ch = make(chan struct{})
-		c.claimWaits[key] = ch
+		w = &claimWait{ch: make(chan struct{})}
+		c.claimWaits[key] = w
 	}
-	return ch
+	w.n++
+	return w.ch
+}
+
+// claimUnwake hands back ch, which claimWake returned for key: the last
+// load to stop waiting on it removes it, so that a key whose wait ended
+// without an invalidation (the owner failed, found nothing to store, or
+// died; the waiter found the value by polling, reached its bound or was
+// cancelled) keeps no channel.
+func (c *Cache[V]) claimUnwake(key string, ch <-chan struct{}) {
+	c.flightMu.Lock()
+	defer c.flightMu.Unlock()
+	w := c.claimWaits[key]
+	if w == nil || w.ch != ch { // closed and removed by an invalidation meanwhile
+		return
+	}
+	if w.n--; w.n == 0 {
+		delete(c.claimWaits, key)
+	}
 }
 
 // wakeClaimsLocked wakes the loads waiting for keys' claimed loads (all
@@ -168,15 +213,15 @@ func (c *Cache[V]) wakeClaimsLocked(keys []string) {
 		return
 	}
 	if keys == nil {
-		for k, ch := range c.claimWaits {
-			close(ch)
+		for k, w := range c.claimWaits {
+			close(w.ch)
 			delete(c.claimWaits, k)
 		}
 		return
 	}
 	for _, k := range keys {
-		if ch := c.claimWaits[k]; ch != nil {
-			close(ch)
+		if w := c.claimWaits[k]; w != nil {
+			close(w.ch)
 			delete(c.claimWaits, k)
 		}
 	}
@@ -216,26 +261,33 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 	}
 	c.cl.waited.Add(uint64(len(lost)))
 	waitUntil := time.Now().Add(c.cfg.LoadClaimWait)
+	soft := c.waitSoftFor(st, lost)
 	for len(lost) > 0 {
 		if !time.Now().Before(waitUntil) {
 			c.cl.waitBound.Add(uint64(len(lost)))
 			c.loadClaimedRound(ctx, st, load, o, lost, nil, token)
 			return
 		}
-		wake := c.claimWake(st.keys[lost[0]])
+		first := st.keys[lost[0]]
+		wake := c.claimWake(first)
 		timer := time.NewTimer(c.claimPoll())
+		soft.arm()
 		select {
 		case <-wake:
 		case <-timer.C:
 		case <-ctx.Done():
+			soft.disarm()
 			timer.Stop()
+			c.claimUnwake(first, wake)
 			err := &opError{op: "load", keys: indexKeys(st, lost), err: ctx.Err()}
 			for _, i := range lost {
 				st.res[i] = batchResult[V]{err: err, ok: true}
 			}
 			return
 		}
+		soft.disarm() // before st is written
 		timer.Stop()
+		c.claimUnwake(first, wake)
 		settled, left := c.rereadBatch(ctx, st, lost, o)
 		c.cl.fromOther.Add(uint64(len(settled)))
 		if len(left) == 0 {
@@ -251,6 +303,61 @@ func (c *Cache[V]) batchLoad(ctx context.Context, st *batchState[V], load BatchL
 		c.loadClaimedRound(ctx, st, load, o, taken, taken, token)
 		lost = still
 	}
+}
+
+// waitSoft is the soft timeout (see Config.SoftTimeout) of a batch waiting
+// for other instances' claimed loads: waiting for another instance's
+// loader is waiting for a loader, so SoftTimeout after the wait began the
+// waiting keys that have a stale value get it, as they would from the
+// batch's own loader (serveStaleBatch). Its timer runs only while the
+// batch is idle between polls (arm, disarm), because serveStaleBatch reads
+// what the polls write; a timeout that falls during a poll fires at the
+// next arm. Used by the batch's goroutine only.
+type waitSoft[V any] struct {
+	c  *Cache[V]
+	st *batchState[V]
+	at time.Time  // when the stale values are due
+	t  *softTimer // armed timer, or nil
+	// fired: the timer's work has run (written by it, read after disarm's
+	// stop, which orders the two).
+	fired bool
+}
+
+// waitSoftFor returns the soft timeout of batch st waiting for the keys at
+// lost, or nil when it has none: the soft timeout is off, or none of those
+// keys has a stale value.
+func (c *Cache[V]) waitSoftFor(st *batchState[V], lost []int) *waitSoft[V] {
+	if !c.softTimeoutOn() {
+		return nil
+	}
+	for _, i := range lost {
+		if st.looks[i].stale != nil {
+			return &waitSoft[V]{c: c, st: st, at: time.Now().Add(c.cfg.SoftTimeout)}
+		}
+	}
+	return nil
+}
+
+// arm starts the timer for what is left of the soft timeout, unless it has
+// fired (w nil: nothing).
+func (w *waitSoft[V]) arm() {
+	if w == nil || w.fired {
+		return
+	}
+	w.t = newSoftTimer(time.Until(w.at), func() {
+		w.c.serveStaleBatch(w.st)
+		w.fired = true
+	})
+}
+
+// disarm stops the timer; once it returns, the timer's work has run or
+// never will.
+func (w *waitSoft[V]) disarm() {
+	if w == nil || w.t == nil {
+		return
+	}
+	w.t.stop()
+	w.t = nil
 }
 
 // rereadWon reads the keys of st at won, whose claims this batch has just
@@ -278,34 +385,15 @@ func (c *Cache[V]) loadClaimedRound(ctx context.Context, st *batchState[V], load
 	for _, i := range owned {
 		st.looks[i].announce = true
 	}
-	var stop, renewed chan struct{}
 	if len(owned) > 0 {
-		stop, renewed = make(chan struct{}), make(chan struct{})
 		keys := indexKeys(st, owned)
-		go func() {
-			defer close(renewed)
-			tick := time.NewTicker(c.cfg.LoadClaim / 3)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-					c.releaseKeys(ctx, keys, token, c.cfg.LoadClaim)
-				}
-			}
+		stop := c.keepClaim(ctx, func() { c.releaseKeys(ctx, keys, token, c.cfg.LoadClaim) })
+		defer func() {
+			stop()
+			c.releaseKeys(ctx, keys, token, 0)
 		}()
 	}
 	st.need = need
-	defer func() {
-		if stop != nil {
-			close(stop)
-			<-renewed
-			c.releaseIndexes(ctx, st, owned, token)
-		}
-	}()
 	c.batchLoadRound(ctx, st, load, o)
 }
 

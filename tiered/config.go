@@ -162,7 +162,8 @@ type Config[V any] struct {
 	// the others wait for that value instead of calling their loader: the
 	// owner's write-back announces the key, which wakes them, and they poll
 	// Redis meanwhile as a fallback. A claim whose owner died expires after
-	// LoadClaim, and the next waiter takes it over. A waiter that has
+	// LoadClaim, and the next waiter takes it over; a refresh-ahead (see
+	// RefreshAhead) takes the same claim with the same lease. A waiter that has
 	// waited LoadClaimWait loads by itself. The write-back keeps its rules
 	// (compare-and-set against what was read, tombstones), so a write
 	// racing a claimed load wins as it does without claims. A

@@ -209,7 +209,7 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 	}
 	retry := look.at.Add(c.cfg.FailSafeRetryAfter)
 	token := rand.Text()
-	won, err := c.claim(ctx, key, token)
+	won, err := c.refreshClaim(ctx, key, token)
 	if err != nil || !won {
 		c.fillAhead(t, look.it, o.l1TTL, look.until, look.at, retry)
 		if err != nil {
@@ -228,14 +228,20 @@ func (c *Cache[V]) refreshFetch(ctx context.Context, key string, f *flight[V], l
 		c.refreshed(key, RefreshFromRedis, start, nil)
 		return again.it, nil
 	}
+	stopRenew := func() {}
+	if c.cfg.LoadClaim > 0 {
+		stopRenew = c.keepClaim(ctx, func() { c.unclaim(ctx, key, token, c.cfg.LoadClaim) })
+	}
 	released := false
 	defer func() {
 		if !released { // the loader exited through runtime.Goexit: a failure
+			stopRenew()
 			c.unclaim(ctx, key, token, c.cfg.FailSafeRetryAfter)
 		}
 	}()
 	c.rf.loaded.Add(1)
 	it, err := c.fetchLoadFresh(ctx, key, f, load, o, t, look)
+	stopRenew()                     // before the release, which a renewal must not undo
 	if err == nil && overran(ctx) { // nothing stored
 		err = overranErr(ctx, key)
 	}
@@ -326,8 +332,15 @@ func (c *Cache[V]) fetchLoadFresh(ctx context.Context, key string, f *flight[V],
 	return c.fetchLoad(ctx, key, f, load, o, t, look)
 }
 
-// claim takes key's refresh claim for LoadTimeout (see l2.Store.Claim).
-func (c *Cache[V]) claim(ctx context.Context, key, token string) (bool, error) {
+// refreshClaim takes key's claim for a refresh (see l2.Store.Claim): for
+// LoadTimeout, or with LoadClaim for its lease, which the refresh renews
+// while it loads (keepClaim), so that a refresh whose instance dies holds
+// the key's misses on other instances no longer than a load's dead owner
+// does.
+func (c *Cache[V]) refreshClaim(ctx context.Context, key, token string) (bool, error) {
+	if c.cfg.LoadClaim > 0 {
+		return c.claimFor(ctx, key, token, c.cfg.LoadClaim)
+	}
 	return c.claimFor(ctx, key, token, c.cfg.LoadTimeout)
 }
 

@@ -97,7 +97,7 @@
 //	nearcache.claim.won                         {load}        loads run holding the key's fleet-wide claim
 //	nearcache.claim.waited                      {load}        loads that waited for another instance's claim
 //	nearcache.claim.from_other                  {load}        values taken from another instance's claimed load
-//	nearcache.claim.expired                     {load}        claims taken over after their owner stopped
+//	nearcache.claim.expired                     {load}        claims taken over: owner stored nothing, or died
 //	nearcache.claim.wait_bound                  {load}        waits that reached LoadClaimWait
 //	nearcache.invalidation.published            {message}     invalidation messages published
 //	nearcache.invalidation.received             {message}     payloads read from the subscription

@@ -98,7 +98,7 @@ var counterDefs = [...]counterDef{
 	{"nearcache.claim.won", "{load}", "Loads run holding the key's fleet-wide claim.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Won }},
 	{"nearcache.claim.waited", "{load}", "Loads that found the key's claim held by another instance and waited.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Waited }},
 	{"nearcache.claim.from_other", "{load}", "Loads that took the value another instance loaded under its claim.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.FromOther }},
-	{"nearcache.claim.expired", "{load}", "Loads that took over a claim its owner stopped renewing.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Expired }},
+	{"nearcache.claim.expired", "{load}", "Loads that took over a claim whose owner ended without a value in Redis or stopped renewing it.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Expired }},
 	{"nearcache.claim.wait_bound", "{load}", "Loads that waited LoadClaimWait and loaded by themselves.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.WaitBound }},
 
 	// The invalidation stream.

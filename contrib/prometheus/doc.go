@@ -94,7 +94,7 @@
 //	nearcache_claims_won_total                       loads run holding the key's fleet-wide claim
 //	nearcache_claims_waited_total                    loads that waited for another instance's claim
 //	nearcache_claims_from_other_total                values taken from another instance's claimed load
-//	nearcache_claims_expired_total                   claims taken over after their owner stopped
+//	nearcache_claims_expired_total                   claims taken over: owner stored nothing, or died
 //	nearcache_claims_wait_bound_total                waits that reached LoadClaimWait
 //	nearcache_invalidation_published_total           invalidation messages published
 //	nearcache_invalidation_received_total            payloads read from the subscription

@@ -84,7 +84,7 @@ var counters = [...]counter{
 	{"nearcache_claims_won_total", "Loads run holding the key's fleet-wide claim.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Won }},
 	{"nearcache_claims_waited_total", "Loads that found the key's claim held by another instance and waited.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Waited }},
 	{"nearcache_claims_from_other_total", "Loads that took the value another instance loaded under its claim.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.FromOther }},
-	{"nearcache_claims_expired_total", "Loads that took over a claim its owner stopped renewing.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Expired }},
+	{"nearcache_claims_expired_total", "Loads that took over a claim whose owner ended without a value in Redis or stopped renewing it.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.Expired }},
 	{"nearcache_claims_wait_bound_total", "Loads that waited LoadClaimWait and loaded by themselves.", func(s *tiered.Stats) uint64 { return s.Loads.Claims.WaitBound }},
 
 	// The invalidation stream.
