@@ -473,15 +473,8 @@ func (c *Cache[V]) releaseIndexes(ctx context.Context, st *batchState[V], idx []
 // releaseKeys releases (keep 0) or renews (keep > 0) token's claims of
 // keys, as unclaim does for one key.
 func (c *Cache[V]) releaseKeys(ctx context.Context, keys []string, token string, keep time.Duration) {
-	if ctx.Err() != nil {
-		d := c.cfg.RedisTimeout
-		if d <= 0 {
-			d = DefaultRedisTimeout
-		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), d)
-		defer cancel()
-	}
+	ctx, cancel := c.liveCtx(ctx)
+	defer cancel()
 	_ = c.redisOp(ctx, func(rctx context.Context) error {
 		return c.l2.ReleaseMany(rctx, keys, token, keep)
 	})

@@ -369,18 +369,26 @@ func (c *Cache[V]) claimFor(ctx context.Context, key, token string, ttl time.Dur
 // for FailSafeRetryAfter, as any failed one does, not for the claim's whole
 // LoadTimeout.
 func (c *Cache[V]) unclaim(ctx context.Context, key, token string, keep time.Duration) {
-	if ctx.Err() != nil {
-		d := c.cfg.RedisTimeout
-		if d <= 0 {
-			d = DefaultRedisTimeout
-		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), d)
-		defer cancel()
-	}
+	ctx, cancel := c.liveCtx(ctx)
+	defer cancel()
 	_ = c.redisOp(ctx, func(rctx context.Context) error {
 		return c.l2.Release(rctx, key, token, keep)
 	})
+}
+
+// liveCtx returns ctx, or, once ctx has ended, a context with its values
+// that ends after RedisTimeout (DefaultRedisTimeout if that is negative):
+// for the release of a claim by a load that Close or LoadTimeout cut
+// short.
+func (c *Cache[V]) liveCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx.Err() == nil {
+		return ctx, func() {}
+	}
+	d := c.cfg.RedisTimeout
+	if d <= 0 {
+		d = DefaultRedisTimeout
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }
 
 // refreshed counts a refresh's outcome and tells the Observer.
