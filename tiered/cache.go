@@ -175,6 +175,7 @@ type Cache[V any] struct {
 	writeFails  *episode.Tracker // Redis writes that failed: callers' writes and write-backs
 	staleServes *episode.Tracker // stale values served by fail-safe
 	refreshFail *episode.Tracker // refresh-ahead refreshes that failed (loader, Redis, claim refused)
+	claimFail   *episode.Tracker // load claims (LoadClaim) Redis refused or did not answer
 	unreadable  *episode.Tracker // values read from Redis that were corrupt or did not decode
 	unstored    *episode.Tracker // loaded values left out of Redis: unencodable, or above MaxValueSize
 	// Panics recovered from Observer callbacks.
@@ -189,6 +190,7 @@ const (
 	msgWriteFails  = "nearcache: redis writes failing"
 	msgStaleServes = "nearcache: loader failing; serving stale values (fail-safe)"
 	msgRefreshFail = "nearcache: refresh-ahead failing; serving current values until they expire"
+	msgClaimFail   = "nearcache: load claims failing; loading without them"
 	msgUnreadable  = "nearcache: unreadable values in Redis; reloading them"
 	msgUnstored    = "nearcache: loaded values not stored in Redis (kept in this instance's L1 only)"
 )
@@ -223,6 +225,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		writeFails:  episode.New(cfg.Logger, msgWriteFails, episode.DefaultQuiet),
 		staleServes: episode.New(cfg.Logger, msgStaleServes, episode.DefaultQuiet),
 		refreshFail: episode.New(cfg.Logger, msgRefreshFail, episode.DefaultQuiet),
+		claimFail:   episode.New(cfg.Logger, msgClaimFail, episode.DefaultQuiet),
 		unreadable:  episode.New(cfg.Logger, msgUnreadable, episode.DefaultQuiet),
 		unstored:    episode.New(cfg.Logger, msgUnstored, episode.DefaultQuiet),
 

@@ -61,6 +61,7 @@ func (c *Cache[V]) loadClaimed(ctx context.Context, key string, f *flight[V], lo
 	for {
 		won, err := c.claimFor(ctx, key, token, c.cfg.LoadClaim)
 		if err != nil {
+			c.claimFail.Fail(key, err)
 			return c.fetchLoad(ctx, key, f, load, o, t, look) // Redis trouble: load alone, as without claims
 		}
 		if won {
@@ -411,6 +412,7 @@ func (c *Cache[V]) claimIndexes(ctx context.Context, st *batchState[V], idx []in
 		return err
 	})
 	if err != nil {
+		c.claimFail.Fail(keys[0], err)
 		c.releaseKeys(ctx, keys, token, 0) // those it may have taken
 		return nil, nil, err
 	}

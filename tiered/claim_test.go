@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/internal/wire"
 )
@@ -211,5 +214,27 @@ func TestLoadClaimSoftTimeout(t *testing.T) {
 	}
 	if st := waiter.Stats().Loads; st.StaleServedSoftTimeout != 1 || st.Claims.Waited != 1 {
 		t.Fatalf("waiter stats: soft %d, claims %+v", st.StaleServedSoftTimeout, st.Claims)
+	}
+}
+
+// TestLoadClaimFailureLogged: a claim that Redis does not answer (the
+// proxy holds the claim's SET) lets the load go on without it, and is
+// logged once as an episode, not silently.
+func TestLoadClaimFailureLogged(t *testing.T) {
+	srv := redistest.StartServer(t)
+	proxy := redistest.StartProxy(t, srv.Addr())
+	core, logs := observer.New(zap.WarnLevel)
+	c := newCache(t, Config[string]{Redis: newClient(t, proxy.Addr()), Namespace: "clf", LoadClaim: time.Second,
+		RedisTimeout: 200 * time.Millisecond, BreakerFailures: NoBreaker, Logger: zap.New(core)})
+	release := proxy.Hold("clf:claim:")
+	defer release()
+	for _, k := range []string{"a", "b"} {
+		v, err := c.GetOrLoad(context.Background(), k, func(context.Context, string) (string, error) { return "row", nil })
+		if err != nil || v != "row" {
+			t.Fatalf("GetOrLoad(%s) = %q, %v; want the load to go on without the claim", k, v, err)
+		}
+	}
+	if n := logs.FilterMessage(msgClaimFail).Len(); n != 1 {
+		t.Fatalf("%d %q warnings, want 1 (one episode)", n, msgClaimFail)
 	}
 }

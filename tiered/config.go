@@ -247,7 +247,8 @@ type Config[V any] struct {
 	// the Codec cannot encode them or they exceed MaxValueSize (one per
 	// value), refresh-ahead refreshes that fail (the loader, Redis, or a
 	// claim refused, for instance by an ACL without the claim keys; one
-	// per refresh), and panics of Observer callbacks (one per panic; the
+	// per refresh), load claims (LoadClaim) that Redis refuses or does not
+	// answer (one per claim; the load goes on without it), and panics of Observer callbacks (one per panic; the
 	// error's "errorVerbose" has the stack). The first failure of a kind
 	// logs a
 	// Warn with its key and error ("nearcache: redis writes failing",
@@ -255,7 +256,8 @@ type Config[V any] struct {
 	// "nearcache: unreadable values in Redis; reloading them", "nearcache:
 	// loaded values not stored in Redis (kept in this instance's L1 only)",
 	// "nearcache: refresh-ahead failing; serving current values until they
-	// expire", "nearcache: Observer callback panicked (recovered; its event is
+	// expire", "nearcache: load claims failing; loading without them",
+	// "nearcache: Observer callback panicked (recovered; its event is
 	// lost)"); later ones are only counted; once
 	// 10s pass without another, or at Close, an Info with the same message
 	// followed by ": episode ended" gives the count, the time from the

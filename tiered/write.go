@@ -329,6 +329,7 @@ func (c *Cache[V]) Close() error {
 	c.writeFails.Close()
 	c.staleServes.Close()
 	c.refreshFail.Close()
+	c.claimFail.Close()
 	c.unreadable.Close()
 	c.unstored.Close()
 	c.observerFails.Close()
