@@ -70,7 +70,6 @@ type (
 		DeleteMany(ctx context.Context, keys []string, opts ...l2.WriteOption) (int64, error)
 		Clear(ctx context.Context, opts ...l2.WriteOption) (int64, error)
 		Claim(ctx context.Context, key, token string, ttl time.Duration) (bool, error)
-		Release(ctx context.Context, key, token string, keep time.Duration) error
 		ClaimMany(ctx context.Context, keys []string, token string, ttl time.Duration) (map[string]bool, error)
 		ReleaseMany(ctx context.Context, keys []string, token string, keep time.Duration) error
 		Stats() l2.Stats

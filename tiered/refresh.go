@@ -369,11 +369,7 @@ func (c *Cache[V]) claimFor(ctx context.Context, key, token string, ttl time.Dur
 // for FailSafeRetryAfter, as any failed one does, not for the claim's whole
 // LoadTimeout.
 func (c *Cache[V]) unclaim(ctx context.Context, key, token string, keep time.Duration) {
-	ctx, cancel := c.liveCtx(ctx)
-	defer cancel()
-	_ = c.redisOp(ctx, func(rctx context.Context) error {
-		return c.l2.Release(rctx, key, token, keep)
-	})
+	c.releaseKeys(ctx, []string{key}, token, keep)
 }
 
 // liveCtx returns ctx, or, once ctx has ended, a context with its values
