@@ -38,6 +38,18 @@ type Handler interface {
 	InvalidateAll(cause Cause)
 }
 
+// TagHandler is implemented by a Handler that also wants tag invalidations
+// (op 3): tags whose version moved on, so that entries stamped with their
+// old versions are no longer current. It gets them from every instance,
+// its own included (an own invalidation whose script ran late, after a
+// timeout, must still reach the local tag versions). A Handler without it
+// drops its whole local cache on a tag invalidation from another instance.
+type TagHandler interface {
+	// InvalidateTags reports tags whose versions changed (valid during
+	// the call).
+	InvalidateTags(tags []string)
+}
+
 // OwnHandler is implemented by a Handler that also wants the bus's own
 // messages (same origin id), from the same goroutine: a writer whose write
 // timed out does not know whether its script ran, and may run later, after
@@ -273,6 +285,19 @@ func (b *Bus) NotifyDelete(partition int, keys []string) Notification {
 	return b.notification(partition, b.EncodeDelete(partition, keys))
 }
 
+// EncodeTags returns the body of a message that tells every instance that
+// tags have new versions (see l2.Store.InvalidateTags); one that would
+// exceed MaxBodySize becomes a clear-all.
+func (b *Bus) EncodeTags(partition int, tags []string) []byte {
+	return encode(b.cfg.InstanceID, wire.Partition(partition), opTags, time.Now().UnixNano(), tags, b.cfg.HMACKey)
+}
+
+// NotifyTags is the notification of EncodeTags, in NotifyDelete's shape:
+// the partition is the tags' slot (see wire.TagSlot), the keys are tags.
+func (b *Bus) NotifyTags(partition int, tags []string) Notification {
+	return b.notification(partition, b.EncodeTags(partition, tags))
+}
+
 // NotifyClear is the notification that makes every other instance drop its
 // whole local cache (keys are ignored), in NotifyDelete's shape.
 func (b *Bus) NotifyClear(partition int, _ []string) Notification {
@@ -503,6 +528,21 @@ func (b *Bus) handleDecoded(it item, m message, err error) {
 // an OwnHandler.
 func (b *Bus) deliver(m message) {
 	b.applyPending()
+	if m.op == opTags {
+		if m.origin == b.cfg.InstanceID {
+			b.stats.own.Add(1)
+		} else {
+			b.stats.lag.Record(time.Since(time.Unix(0, m.unixNanos)))
+			b.stats.applied.Add(1)
+		}
+		if th, ok := b.h.(TagHandler); ok {
+			th.InvalidateTags(m.keys)
+		} else if m.origin != b.cfg.InstanceID {
+			b.stats.invalidateAll[CauseClear].Add(1)
+			b.h.InvalidateAll(CauseClear)
+		}
+		return
+	}
 	if m.origin == b.cfg.InstanceID {
 		b.stats.own.Add(1)
 		if b.own != nil {

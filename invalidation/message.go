@@ -36,6 +36,7 @@ type opcode uint8
 const (
 	opDelete opcode = 1 // drop the listed keys
 	opClear  opcode = 2 // drop everything (Clear on some instance)
+	opTags   opcode = 3 // the listed tags have new versions (InvalidateTag)
 )
 
 // InstanceID identifies a bus (an instance) in the messages it publishes.
@@ -63,16 +64,16 @@ type message struct {
 // fit in MaxBodySize turn the message into a clear-all. The layout, all
 // integers big-endian:
 //
-//	magic 0xCE | version 1 | op (1 delete, 2 clear) | flags (bit 0: signed)
+//	magic 0xCE | version 1 | op (1 delete, 2 clear, 3 tags) | flags (bit 0: signed)
 //	origin instance id (16 bytes) | partition (uint16)
 //	publish time, Unix ns (int64) | body length incl. the MAC (uint32)
-//	key count (uint32) | per key: uvarint length, bytes
+//	key count (uint32) | per key (per tag for op 3): uvarint length, bytes
 //	[signed: HMAC-SHA256 of every byte before it]
 //
 // TestBodyFormat pins it.
 func encode(origin InstanceID, partition int, op opcode, unixNanos int64, keys []string, macKey []byte) []byte {
 	size := headerLen
-	if op == opDelete {
+	if op == opDelete || op == opTags {
 		for _, k := range keys {
 			size += uvarintLen(uint64(len(k))) + len(k)
 			if size > MaxBodySize-macLen {
@@ -185,7 +186,7 @@ func decode(p string, macKey []byte, keys []string) (message, error) {
 		if n != 0 {
 			return m, errDecode
 		}
-	case opDelete:
+	case opDelete, opTags:
 		// Every key takes at least one byte, which bounds the allocation.
 		if uint64(n) > uint64(end-off) {
 			return m, errDecode

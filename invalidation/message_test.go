@@ -36,6 +36,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{"clear", 0, opClear, nil, nil, "123", 123},
 		{"signed delete", 12, opDelete, []string{"a", "b{x}"}, []byte("secret"), "5", 5},
 		{"signed clear", 0, opClear, nil, []byte("secret"), "6", 6},
+		{"tags", 99, opTags, []string{"tenant:1", "all"}, nil, "7", 7},
+		{"signed tags", 99, opTags, []string{"t"}, []byte("secret"), "8", 8},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

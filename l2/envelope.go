@@ -13,13 +13,15 @@ import (
 //	byte 2      flags: 0x01 negative entry, 0x02 has metadata,
 //	            0x04 has soft expiry, 0x08 has hard expiry,
 //	            0x10 tombstone (a delete that blocks late fills; payload is a nonce)
-//	            0x20 has version, 0x40 has refresh time
+//	            0x20 has version, 0x40 has refresh time, 0x80 has tags
 //	[8 bytes]   soft expiry, Unix milliseconds (if 0x04)
 //	[8 bytes]   hard expiry, Unix milliseconds (if 0x08)
 //	[8 bytes]   version (if 0x20): the writer's version of the value; the
 //	            write scripts read it here (see the write scripts in notify.go)
 //	[8 bytes]   refresh time, Unix milliseconds (if 0x40): when readers
 //	            should start refreshing the value ahead of its expiry
+//	[tags]      uvarint tag count, then per tag: uvarint len, name bytes,
+//	            8-byte version the tag had when the value was made (if 0x80)
 //	[metadata]  uvarint pair count, then per pair: uvarint len, key bytes,
 //	            uvarint len, value bytes (if 0x02)
 //	payload     the rest
@@ -34,12 +36,23 @@ const (
 	flagTomb     = 0x10
 	flagVersion  = 0x20
 	flagRefresh  = 0x40
-	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard | flagTomb | flagVersion | flagRefresh
+	flagTags     = 0x80
+	knownFlags   = flagNegative | flagMeta | flagSoft | flagHard | flagTomb | flagVersion | flagRefresh | flagTags
 
 	headerLen = 3
 	// maxMetaPairs bounds the metadata map a decoder will build.
 	maxMetaPairs = 1024
+	// MaxTags bounds the tags of one entry (and what a decoder will build).
+	MaxTags = 64
 )
+
+// Tag is one tag of an entry with the version the tag had (see
+// Store.TagVersions) when the entry's value was made: the entry is current
+// while every one of its tags still has at most that version.
+type Tag struct {
+	Name    string
+	Version uint64
+}
 
 // Entry is one value with its envelope fields.
 type Entry struct {
@@ -72,6 +85,9 @@ type Entry struct {
 	// tombstone) goes through and keeps the stored version. Zero means
 	// unversioned.
 	Version uint64
+
+	// Tags are the entry's tags with their versions (at most MaxTags).
+	Tags []Tag
 
 	// Raw is the whole stored envelope as read (aliasing Value); pass it to
 	// SetIf to replace exactly this version. Read sets it also for corrupt
@@ -114,6 +130,9 @@ func encode(dst []byte, e *Entry, now time.Time) []byte {
 	if e.RefreshAfter > 0 {
 		flags |= flagRefresh
 	}
+	if len(e.Tags) > 0 {
+		flags |= flagTags
+	}
 	dst = append(dst, envMagic, envVersion, flags)
 	if flags&flagSoft != 0 {
 		dst = binary.BigEndian.AppendUint64(dst, uint64(now.Add(e.FreshFor).UnixMilli()))
@@ -126,6 +145,14 @@ func encode(dst []byte, e *Entry, now time.Time) []byte {
 	}
 	if flags&flagRefresh != 0 {
 		dst = binary.BigEndian.AppendUint64(dst, uint64(now.Add(e.RefreshAfter).UnixMilli()))
+	}
+	if flags&flagTags != 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(e.Tags)))
+		for _, t := range e.Tags {
+			dst = binary.AppendUvarint(dst, uint64(len(t.Name)))
+			dst = append(dst, t.Name...)
+			dst = binary.BigEndian.AppendUint64(dst, t.Version)
+		}
 	}
 	if flags&flagMeta != 0 {
 		dst = binary.AppendUvarint(dst, uint64(len(e.Metadata)))
@@ -153,6 +180,12 @@ func encodedLen(e *Entry) int {
 	}
 	if e.RefreshAfter > 0 {
 		n += 8
+	}
+	if len(e.Tags) > 0 {
+		n += uvarintLen(uint64(len(e.Tags)))
+		for _, t := range e.Tags {
+			n += uvarintLen(uint64(len(t.Name))) + len(t.Name) + 8
+		}
 	}
 	if len(e.Metadata) > 0 {
 		n += uvarintLen(uint64(len(e.Metadata)))
@@ -221,6 +254,30 @@ func decode(b []byte, maxSize int) (Entry, error) {
 		}
 		e.RefreshAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p)))
 		p = p[8:]
+	}
+	if flags&flagTags != 0 {
+		n, w := binary.Uvarint(p)
+		if w <= 0 {
+			return e, fmt.Errorf("%w: bad tag count", ErrCorrupt)
+		}
+		p = p[w:]
+		// Each tag takes at least nine bytes, so a count above len(p)/9 is a lie.
+		if n == 0 || n > MaxTags || n > uint64(len(p)/9) {
+			return e, fmt.Errorf("%w: tag count %d is 0, exceeds the limit of %d or the input", ErrCorrupt, n, MaxTags)
+		}
+		e.Tags = make([]Tag, n)
+		for i := range e.Tags {
+			var name string
+			var err error
+			if name, p, err = readString(p); err != nil {
+				return Entry{}, err
+			}
+			if len(p) < 8 {
+				return Entry{}, fmt.Errorf("%w: truncated tag version", ErrCorrupt)
+			}
+			e.Tags[i] = Tag{Name: name, Version: binary.BigEndian.Uint64(p)}
+			p = p[8:]
+		}
 	}
 	if flags&flagMeta != 0 {
 		n, w := binary.Uvarint(p)

@@ -109,7 +109,7 @@ func applyWrite(opts []WriteOption) writeOptions {
 // that existed). The stored version is read from the envelope (see
 // envelope.go): magic 0xC7, format 1, flags, then the soft and hard expiries
 // when flagged, then the version when flag 0x20 is set (the refresh time of
-// flag 0x40 follows it).
+// flag 0x40 and the tags of flag 0x80 follow it).
 const luaEnvelope = `
 local function verOffset(flags)
   local off = 4
@@ -117,16 +117,40 @@ local function verOffset(flags)
   if flags % 16 >= 8 then off = off + 8 end
   return off
 end
+local function uvarint(v, pos)
+  local x, mul = 0, 1
+  for i = pos, math.min(#v, pos + 9) do
+    local b = string.byte(v, i)
+    if b < 128 then return x + b * mul, i + 1 end
+    x = x + (b - 128) * mul
+    mul = mul * 128
+  end
+  return nil
+end
+local function tagsEnd(v, pos)
+  local count
+  count, pos = uvarint(v, pos)
+  if count == nil or count == 0 or count > 64 then return nil end
+  for _ = 1, count do
+    local len
+    len, pos = uvarint(v, pos)
+    if len == nil then return nil end
+    pos = pos + len + 8
+    if pos - 1 > #v then return nil end
+  end
+  return pos
+end
 local function version(v)
   if type(v) ~= 'string' or #v < 3 or string.byte(v, 1) ~= 199 or string.byte(v, 2) ~= 1 then
     return nil
   end
   local flags = string.byte(v, 3)
-  if flags >= 128 or flags % 64 < 32 then return nil end
+  if flags % 64 < 32 then return nil end
   local off = verOffset(flags)
   local need = off + 7
   if flags % 128 >= 64 then need = need + 8 end
   if #v < need then return nil end
+  if flags >= 128 and tagsEnd(v, need + 1) == nil then return nil end
   local ver = string.sub(v, off, off + 7)
   if ver == string.char(0, 0, 0, 0, 0, 0, 0, 0) then return nil end
   return ver

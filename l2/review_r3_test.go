@@ -74,7 +74,7 @@ func TestReviewUnversionedSetRepairsZeroVersionBytes(t *testing.T) {
 }
 
 // TestReviewCorruptBytesDoNotHoldAVersion: bytes that decode refuses (here:
-// an unknown flag 0x40 beside the version flag) are corrupt, "never a
+// a tag section that lies about its count beside the version flag) are corrupt, "never a
 // version". The script's version() only looks at flags%64, so it reads 8
 // bytes of them as a stored version: a versioned Set cannot replace the
 // corrupt value (refused as stale by a version nobody wrote), and an
@@ -85,7 +85,7 @@ func TestReviewCorruptBytesDoNotHoldAVersion(t *testing.T) {
 	ctx := context.Background()
 	nf := Notify(testNotify("inv"))
 	for name, flags := range map[string]byte{
-		"unknown flag 0x80":                  0xA0,
+		"tag flag 0x80, count 120 over 64":   0xA0,
 		"refresh flag 0x40, its 8 bytes cut": 0x60,
 	} {
 		bad := []byte{0xC7, 1, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 'x'}

@@ -32,6 +32,9 @@ func flagEntry(bits int, val string, version uint64) Entry {
 	if bits&32 != 0 {
 		e.RefreshAfter = 30 * time.Second
 	}
+	if bits&64 != 0 {
+		e.Tags = []Tag{{Name: "t", Version: 3}, {Name: "a-longer-tag-" + val, Version: 1<<40 + 1}}
+	}
 	return e
 }
 
@@ -47,8 +50,8 @@ func TestReviewVersionSurvivesEveryFlagCombination(t *testing.T) {
 	ctx := context.Background()
 	nf := Notify(testNotify("inv"))
 	const stored = uint64(1)<<40 + 7
-	for old := 0; old < 64; old++ {
-		for nw := 0; nw < 64; nw++ {
+	for old := 0; old < 128; old++ {
+		for nw := 0; nw < 128; nw++ {
 			for _, how := range []string{"set", "vset-mixed", "tomb"} {
 				if how == "tomb" && nw != 0 {
 					continue
@@ -79,7 +82,7 @@ func TestReviewVersionSurvivesEveryFlagCombination(t *testing.T) {
 					t.Fatalf("%s: version %d after unversioned write, want the stored %d", k, e.Version, stored)
 				}
 				if e.Negative != want.Negative || e.Tombstone != want.Tombstone ||
-					len(e.Metadata) != len(want.Metadata) || e.StaleAt.IsZero() != (want.FreshFor == 0) ||
+					len(e.Metadata) != len(want.Metadata) || len(e.Tags) != len(want.Tags) || e.StaleAt.IsZero() != (want.FreshFor == 0) ||
 					e.ExpiresAt.IsZero() != (want.TTL == 0) || e.RefreshAt.IsZero() != (want.RefreshAfter == 0) {
 					t.Fatalf("%s: fields after inherit: %+v, want those of %+v", k, e, want)
 				}
@@ -88,6 +91,9 @@ func TestReviewVersionSurvivesEveryFlagCombination(t *testing.T) {
 				}
 				if want.Metadata != nil && e.Metadata["m"] != "new" {
 					t.Fatalf("%s: metadata %v", k, e.Metadata)
+				}
+				if want.Tags != nil && (e.Tags[1] != want.Tags[1] || e.Tags[0] != want.Tags[0]) {
+					t.Fatalf("%s: tags %v, want %v", k, e.Tags, want.Tags)
 				}
 				err = s.Set(ctx, k, Entry{Value: []byte("older"), Version: stored}, nf)
 				if !errors.Is(err, ErrStale) {

@@ -43,6 +43,10 @@ func (s *Store) CheckSize(key string, e Entry) error {
 
 // checkSize returns e's encoded size, or the ErrTooLarge error (counted).
 func (s *Store) checkSize(key string, e *Entry) (int, error) {
+	if len(e.Tags) > MaxTags {
+		return 0, &Error{Op: "set", Key: key, Kind: ErrOperation,
+			Err: fmt.Errorf("%d tags, limit %d (l2.MaxTags)", len(e.Tags), MaxTags)}
+	}
 	n := encodedLen(e)
 	// An unversioned write may be given the stored version by the write
 	// script (8 bytes): the limit must hold for that form too.

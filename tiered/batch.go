@@ -100,6 +100,9 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 		return out, nil
 	}
 	o := c.options(opts)
+	if err := checkTags("load", o.tags); err != nil {
+		return out, err
+	}
 	sc.waiters = slices.Grow(sc.waiters[:0], len(missing))[:len(missing)]
 	waiters := sc.waiters
 	if err := c.joinMany(ctx, missing, load, o, waiters); err != nil {
@@ -149,10 +152,14 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 // reader that can refresh.
 func (c *Cache[V]) hit(key string, refresh bool) (it item[V], ok, due bool) {
 	if refresh {
-		return c.hot.GetRefresh(key)
+		it, ok, due = c.hot.GetRefresh(key)
+	} else {
+		it, ok = c.hot.Get(key)
 	}
-	it, ok = c.hot.Get(key)
-	return it, ok, false
+	if ok && it.tags != nil && !c.tagsCurrent(it.tags) {
+		return item[V]{}, false, false
+	}
+	return it, ok, due
 }
 
 // batch is the set of flights one GetMany/GetManyOrLoad call leads.
@@ -374,7 +381,7 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 			if e := &st.entries[i]; e.Raw == nil && !e.Corrupt {
 				lk = lookup[V]{reachable: true} // absent
 			} else {
-				lk = c.classify(k, e, decodeErrOf(derr, k, e), now)
+				lk = c.classify(ctx, k, e, decodeErrOf(derr, k, e), now)
 			}
 		}
 		switch {
@@ -412,6 +419,7 @@ func (c *Cache[V]) batchLoadRound(ctx context.Context, st *batchState[V], load B
 	if soft != nil {
 		defer soft.stop() // runtime.Goexit in the loader: st must not be read once returned to the pool
 	}
+	pre, tagErr := c.stampTags(ctx, o.tags)
 	loaded, err, set, panicked := c.runBatchLoader(ctx, st, need, load)
 	soft.stop() // before st.res is written; now the flights' soft is known
 	if panicked {
@@ -444,11 +452,11 @@ func (c *Cache[V]) batchLoadRound(ctx context.Context, st *batchState[V], load B
 	old := make(map[string][]byte, len(need))
 	announce := make(map[string]bool)
 	ttls := make(map[int]time.Duration, len(need))
-	late := overran(ctx) // keep nothing
+	late := overran(ctx) || tagErr != nil || set.tagErr != nil // keep nothing
 	for _, i := range st.need {
 		k := st.keys[i]
 		v, ok := loaded[k]
-		it := item[V]{v: v, neg: !ok}
+		it := item[V]{v: v, neg: !ok, tags: mergeStamps(pre, set.tagsFor(k))}
 		st.res[i] = batchResult[V]{it: it, ok: true}
 		if late {
 			continue
@@ -529,6 +537,7 @@ func (c *Cache[V]) runBatchLoader(ctx context.Context, st *batchState[V], need [
 		}
 		c.loadDone(lctx, LoadDoneEvent{Keys: need, Batch: true, Err: err, Coalesced: c.batchJoined(st)}, start)
 	}()
+	lt.stamp = c.stampFn
 	lt.begin("", need)
 	loaded, err = load(lctx, need)
 	returned = true

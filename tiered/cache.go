@@ -70,6 +70,8 @@ type (
 		DeleteMany(ctx context.Context, keys []string, opts ...l2.WriteOption) (int64, error)
 		Clear(ctx context.Context, opts ...l2.WriteOption) (int64, error)
 		Claim(ctx context.Context, key, token string, ttl time.Duration) (bool, error)
+		TagVersions(ctx context.Context, tags []string) ([]uint64, error)
+		InvalidateTags(ctx context.Context, tags []string, fn l2.NotifyFunc) error
 		ClaimMany(ctx context.Context, keys []string, token string, ttl time.Duration) (map[string]bool, error)
 		ReleaseMany(ctx context.Context, keys []string, token string, keep time.Duration) error
 		Stats() l2.Stats
@@ -79,6 +81,7 @@ type (
 		Start(ctx context.Context) error
 		NotifyDelete(partition int, keys []string) l2.Notification
 		NotifyClear(partition int, keys []string) l2.Notification
+		NotifyTags(partition int, tags []string) l2.Notification
 		PublishClear(ctx context.Context) error
 		Health() invalidation.Health
 		Healthy() bool
@@ -93,12 +96,14 @@ var (
 	_ invalidationBus         = (*invalidation.Bus)(nil)
 	_ invalidation.Handler    = handler[int]{}
 	_ invalidation.OwnHandler = handler[int]{}
+	_ invalidation.TagHandler = handler[int]{}
 )
 
 // item is what L1 holds: a value or a cached "not found".
 type item[V any] struct {
-	v   V
-	neg bool
+	v    V
+	neg  bool
+	tags *tagStamps // nil: untagged (see tags.go)
 }
 
 // Cache is a two-tier near cache: a local L1 in front of a shared Redis L2,
@@ -119,6 +124,10 @@ type Cache[V any] struct {
 
 	notifyDelete l2.NotifyFunc // invalidation for written or deleted keys
 	notifyClear  l2.NotifyFunc // invalidation that drops every L1
+	notifyTags   l2.NotifyFunc // invalidation of tags (InvalidateTags)
+
+	tags    tagState                                          // the tag versions this Cache knows (see tags.go)
+	stampFn func(context.Context, []string) ([]l2.Tag, error) // c.stampTags, for SetTags; set by build
 
 	// base is cancelled by Close; shared work runs on contexts derived from it.
 	base   context.Context
@@ -198,6 +207,7 @@ type loadCounters struct {
 	callers, flights, loaderCalls, loadedKeys, loaderErrors, panics       atomic.Uint64
 	staleServed, staleServedSoft, negativeCached, decodeErrors, conflicts atomic.Uint64
 	l2Lookups, l2Hits, l2Errors, l2Skipped, encodeErrors                  atomic.Uint64
+	tagMisses                                                             atomic.Uint64  // values read from Redis whose tags moved on
 	loadLatency                                                           hist.Histogram // loader calls
 }
 
@@ -255,6 +265,8 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		return nil, fmt.Errorf("tiered: %w", err) // l1's errors name their package
 	}
 	c.local, c.hot = local, local
+	c.stampFn = c.stampTags
+	c.tags.epoch.Store(1)
 	if wrapL1 != nil {
 		c.local = wrapL1(local)
 	}
@@ -291,7 +303,7 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		return nil, fmt.Errorf("tiered: %w", err)
 	}
 	c.l2, c.bus = store, bus
-	c.notifyDelete, c.notifyClear = bus.NotifyDelete, bus.NotifyClear
+	c.notifyDelete, c.notifyClear, c.notifyTags = bus.NotifyDelete, bus.NotifyClear, bus.NotifyTags
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
 	defer cancel()
 	if err := bus.Start(ctx); err != nil {
@@ -340,6 +352,9 @@ func (h handler[V]) OwnClear() {
 // dropAll makes every L1 entry unreachable (an epoch bump) and forgets every
 // running flight.
 func (c *Cache[V]) dropAll() {
+	if c.l2 != nil {
+		c.forgetTags() // messages may have been lost: read the versions again
+	}
 	c.local.InvalidateAll()
 	c.forgetAll()
 	c.flightMu.Lock()

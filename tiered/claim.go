@@ -450,7 +450,7 @@ func (c *Cache[V]) rereadBatch(ctx context.Context, st *batchState[V], idx []int
 		e := &entries[j]
 		lk := lookup[V]{reachable: true}
 		if e.Raw != nil || e.Corrupt {
-			lk = c.classify(keys[j], e, decodeErrOf(err, keys[j], e), now)
+			lk = c.classify(ctx, keys[j], e, decodeErrOf(err, keys[j], e), now)
 		}
 		if lk.fresh {
 			c.fillAhead(tickets[j], lk.it, o.l1TTL, lk.until, now, lk.refreshAt)

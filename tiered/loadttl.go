@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nearcache/nearcache/internal/errfmt"
+	"github.com/nearcache/nearcache/l2"
 )
 
 // SetTTL, called by a Loader or BatchLoader with the ctx it was given,
@@ -82,6 +83,68 @@ func SetL1TTL(ctx context.Context, ttl time.Duration) error {
 	return nil
 }
 
+// SetTags, called by a Loader or BatchLoader with the ctx it was given,
+// tags what it returns (every key of a batch; values and cached not-found
+// results), in addition to the leading call's WithTags: InvalidateTag of
+// any of them makes the entry a miss everywhere. It reads the tags'
+// current versions (from Redis, for tags this Cache does not know yet), so
+// call it before reading what the value is made of: an InvalidateTag that
+// lands after SetTags returned makes the loaded value a miss, one that
+// landed before does not. If the versions cannot be read, it returns the
+// error and the load's result is served to its callers but stored
+// nowhere. At most l2.MaxTags tags per entry, each 1 to 1024 bytes. Errors
+// outside a loader as for SetTTL.
+func SetTags(ctx context.Context, tags ...string) error {
+	return setTags(ctx, "SetTags", "", false, tags)
+}
+
+// SetKeyTags is SetTags for one key of a BatchLoader's call (or the key of
+// a Loader's call), in addition to SetTags's tags. It returns an error
+// naming key when key is not one of the keys the loader was asked for.
+func SetKeyTags(ctx context.Context, key string, tags ...string) error {
+	return setTags(ctx, "SetKeyTags", key, true, tags)
+}
+
+func setTags(ctx context.Context, fn, key string, perKey bool, tags []string) error {
+	if err := checkTags(fn, tags); err != nil {
+		return err
+	}
+	h, err := lockLoadTTL(ctx, fn)
+	if err != nil {
+		return err
+	}
+	if perKey && !h.hasLocked(key) {
+		h.mu.Unlock()
+		return fmt.Errorf("tiered: %s %s: %w", fn, errfmt.Key(key), errNotLoadKey)
+	}
+	stamp := h.stamp
+	h.mu.Unlock()
+	if len(tags) == 0 {
+		return nil
+	}
+	stamps, serr := stamp(ctx, tags)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state != loadRunning {
+		return fmt.Errorf("tiered: %s: %w", fn, errLoaderReturned)
+	}
+	if serr != nil {
+		if h.tagErr == nil {
+			h.tagErr = serr
+		}
+		return fmt.Errorf("tiered: %s: %w (what the loader returns is served but not stored)", fn, serr)
+	}
+	if !perKey {
+		h.tags = append(h.tags, stamps...)
+		return nil
+	}
+	if h.keyTags == nil {
+		h.keyTags = make(map[string][]l2.Tag, 1)
+	}
+	h.keyTags[key] = append(h.keyTags[key], stamps...)
+	return nil
+}
+
 // Why a setter refused; wrapped in errors that name the setter (and key).
 var (
 	errNotLoaderCtx   = errors.New("ctx is not the ctx a Cache gave a Loader or BatchLoader, nor derived from it")
@@ -119,6 +182,12 @@ type loadTTL struct {
 	ttl    time.Duration
 	l1     time.Duration
 	perKey map[string]time.Duration // set by SetKeyTTL
+
+	// stamp reads tags' versions (the Cache's stampTags); set before begin.
+	stamp   func(context.Context, []string) ([]l2.Tag, error)
+	tags    []l2.Tag            // set by SetTags
+	keyTags map[string][]l2.Tag // set by SetKeyTags
+	tagErr  error               // a SetTags or SetKeyTags whose versions could not be read
 }
 
 // lockLoadTTL returns, with its mu held, the loadTTL of the running
@@ -185,7 +254,8 @@ func (h *loadTTL) end() loadSet {
 	defer h.mu.Unlock()
 	h.state = loadReturned
 	h.keys, h.index = nil, nil // the batch's; not needed any more
-	return loadSet{ttl: h.ttl, l1: h.l1, ttlSet: h.ttlSet, l1Set: h.l1Set, perKey: h.perKey}
+	return loadSet{ttl: h.ttl, l1: h.l1, ttlSet: h.ttlSet, l1Set: h.l1Set, perKey: h.perKey,
+		tags: h.tags, keyTags: h.keyTags, tagErr: h.tagErr}
 }
 
 // loaderCtx returns the ctx to hand to a loader (through the Observer's
@@ -205,6 +275,18 @@ type loadSet struct {
 	ttl, l1       time.Duration
 	ttlSet, l1Set bool
 	perKey        map[string]time.Duration
+	tags          []l2.Tag
+	keyTags       map[string][]l2.Tag
+	tagErr        error
+}
+
+// tagsFor returns the stamps the loader set for key: SetTags's and
+// SetKeyTags's.
+func (s loadSet) tagsFor(key string) []l2.Tag {
+	if kt := s.keyTags[key]; len(kt) > 0 {
+		return append(slices.Clip(s.tags), kt...)
+	}
+	return s.tags
 }
 
 // ttlFor returns the TTL the loader set for key, if any: SetKeyTTL's, else

@@ -22,6 +22,7 @@ type callOptions struct {
 	l1TTL       time.Duration
 	negativeTTL time.Duration
 	version     uint64
+	tags        []string
 }
 
 type optionFunc func(*callOptions)
@@ -82,6 +83,20 @@ func WithNegativeTTL(d time.Duration) Option {
 // one: a loader reports no version, and a load's write-back keeps the
 // stored one.
 func WithVersion(v uint64) Option { return optionFunc(func(o *callOptions) { o.version = v }) }
+
+// WithTags tags the values this call writes (Set, SetMany) and the results
+// of the loads it leads (GetOrLoad, GetManyOrLoad; values and cached
+// not-found results, with any tags their loader adds with SetTags):
+// InvalidateTag of any of them makes the entry a miss on every instance
+// and in Redis. A load's tags take the versions the tags have before its
+// loader runs. Tags cost, per tagged entry, its tags' names and versions
+// in Redis and in L1, and on a local hit one atomic load (a read-locked
+// look per tag after a tag changed). At most l2.MaxTags tags, each 1 to
+// 1024 bytes; GetOrLoad and GetManyOrLoad whose tags break these limits
+// ignore them and return an error.
+func WithTags(tags ...string) Option {
+	return optionFunc(func(o *callOptions) { o.tags = append(o.tags[:len(o.tags):len(o.tags)], tags...) })
+}
 
 func (c *Cache[V]) options(opts []Option) callOptions {
 	if len(opts) == 0 { // withDefaults made these valid

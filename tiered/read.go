@@ -16,7 +16,7 @@ import (
 // neither is ErrNotFound; with Redis unreachable the error wraps
 // ErrUnavailable.
 func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
-	if it, ok := c.hot.Get(key); ok {
+	if it, ok := c.hot.Get(key); ok && (it.tags == nil || c.tagsCurrent(it.tags)) {
 		return it.result()
 	}
 	return c.miss(ctx, key, nil, nil)
@@ -28,7 +28,7 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 // it (see Option); each caller waits on its own ctx. An L1 hit costs one
 // ristretto lookup: no allocation, no lock, no clock read.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], opts ...Option) (V, error) {
-	if it, ok, due := c.hot.GetRefresh(key); ok {
+	if it, ok, due := c.hot.GetRefresh(key); ok && (it.tags == nil || c.tagsCurrent(it.tags)) {
 		if due {
 			c.refreshAhead(ctx, key, load, opts)
 		}
@@ -52,6 +52,9 @@ func (it item[V]) result() (V, error) {
 func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []Option) (V, error) {
 	var zero V
 	o := c.options(opts)
+	if err := checkTags("load", o.tags); err != nil {
+		return zero, err
+	}
 	w, lead, err := c.join(ctx, key, load, o)
 	if err != nil {
 		return zero, err
@@ -125,6 +128,7 @@ func (c *Cache[V]) runLoader(ctx context.Context, key string, f *flight[V], load
 		}
 		c.loadDone(lctx, LoadDoneEvent{Keys: keys, Err: err, Coalesced: c.joinedOf(f)}, start)
 	}()
+	lt.stamp = c.stampFn
 	lt.begin(key, nil)
 	v, err = load(lctx, key)
 	returned = true
@@ -184,6 +188,7 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		soft = c.softTimerFor(key, f, *look.stale, look.staleEnd)
 		defer soft.stop() // runtime.Goexit in the loader
 	}
+	pre, tagErr := c.stampTags(ctx, o.tags)
 	v, err, set, panicked := c.runLoader(ctx, key, f, load)
 	soft.stop() // now f.soft is known, and stays as it is
 	if panicked {
@@ -206,13 +211,13 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		}
 		return item[V]{}, lerr
 	}
-	it := item[V]{v: v, neg: err != nil}
+	it := item[V]{v: v, neg: err != nil, tags: mergeStamps(pre, set.tagsFor(key))}
 	if overran(ctx) {
 		return it, nil
 	}
 	ttl, keep := c.storeTTL(o, set, key, it.neg)
-	if !keep {
-		return it, nil // not cached
+	if !keep || tagErr != nil || set.tagErr != nil {
+		return it, nil // not cached (or its tags' versions are unknown)
 	}
 	if !c.local.Valid(t) {
 		// Invalidated while loading: the value may predate that write. Serve
@@ -287,12 +292,12 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 		c.st.l2Errors.Add(1)
 		return lookup[V]{err: remoteError("get", []string{key}, ErrUnavailable, err)}
 	}
-	return c.classify(key, &e, err, time.Now())
+	return c.classify(ctx, key, &e, err, time.Now())
 }
 
 // classify turns an entry read from L2 (possibly a tombstone or corrupt
 // bytes, with derr the error that says why) into a lookup.
-func (c *Cache[V]) classify(key string, e *l2.Entry, derr error, now time.Time) lookup[V] {
+func (c *Cache[V]) classify(ctx context.Context, key string, e *l2.Entry, derr error, now time.Time) lookup[V] {
 	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
 	if e.Corrupt {
 		c.st.decodeErrors.Add(1)
@@ -302,10 +307,19 @@ func (c *Cache[V]) classify(key string, e *l2.Entry, derr error, now time.Time) 
 	if e.Tombstone || (!e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)) {
 		return lk // deleted, or expired by the writer's clock though Redis still holds it
 	}
+	var stamps *tagStamps
+	if len(e.Tags) > 0 {
+		var current bool
+		if stamps, current = c.readStamps(ctx, e.Tags); !current {
+			c.st.tagMisses.Add(1)
+			return lk // a tag moved on since the value was made: as good as deleted
+		}
+	}
 	it, ok := c.decodeEntry(key, e)
 	if !ok {
 		return lk
 	}
+	it.tags = stamps
 	if !e.StaleAt.IsZero() && !now.Before(e.StaleAt) {
 		stale := it // a copy of its own, so that it stays off the heap on a hit
 		lk.stale, lk.staleEnd = &stale, e.ExpiresAt
@@ -340,15 +354,19 @@ func (c *Cache[V]) decodeEntry(key string, e *l2.Entry) (item[V], bool) {
 // codec failure is counted and returned as safeMarshal returns it (the
 // caller names the key).
 func (c *Cache[V]) entry(it item[V], ttl time.Duration) (l2.Entry, error) {
+	var tags []l2.Tag
+	if it.tags != nil {
+		tags = it.tags.tags
+	}
 	if it.neg {
-		return l2.Entry{Negative: true, TTL: ttl}, nil
+		return l2.Entry{Negative: true, TTL: ttl, Tags: tags}, nil
 	}
 	b, err := safeMarshal(c.codec, it.v)
 	if err != nil {
 		c.st.encodeErrors.Add(1)
 		return l2.Entry{}, err
 	}
-	e := l2.Entry{Value: b, TTL: ttl, RefreshAfter: c.refreshAfter(ttl)}
+	e := l2.Entry{Value: b, TTL: ttl, RefreshAfter: c.refreshAfter(ttl), Tags: tags}
 	if c.cfg.FailSafeMaxStale > 0 {
 		e.TTL, e.FreshFor = ttl+c.cfg.FailSafeMaxStale, ttl
 	}

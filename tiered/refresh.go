@@ -113,6 +113,9 @@ func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V],
 		return
 	}
 	o := c.options(opts)
+	if checkTags("refresh", o.tags) != nil {
+		return // the caller got the error on its miss; nothing to refresh with
+	}
 	start := time.Now()
 	c.flightMu.Lock()
 	defer c.flightMu.Unlock()

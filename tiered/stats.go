@@ -65,6 +65,7 @@ type LoadStats struct {
 	DecodeErrors           uint64 // Redis values that were corrupt or did not decode (reloaded)
 	EncodeErrors           uint64 // values the codec could not encode (kept out of Redis)
 	Conflicts              uint64 // loaded values not kept because a newer write or delete won
+	TagMisses              uint64 // values read from Redis not served because a tag of theirs was invalidated (see InvalidateTag)
 	// Latency is the duration of loader calls (Loader or BatchLoader),
 	// as percentiles, and LatencyHistogram the same in fixed buckets (100µs
 	// to 10s), cumulative, with their sum: for exporters.
@@ -112,7 +113,8 @@ func (c *Cache[V]) Stats() Stats {
 		Panics: c.st.panics.Load(), StaleServed: c.st.staleServed.Load(), StaleServedSoftTimeout: c.st.staleServedSoft.Load(),
 		NegativeCached: c.st.negativeCached.Load(), DecodeErrors: c.st.decodeErrors.Load(),
 		EncodeErrors: c.st.encodeErrors.Load(), Conflicts: c.st.conflicts.Load(),
-		Latency: c.st.loadLatency.Snapshot(), LatencyHistogram: c.st.loadLatency.Buckets(),
+		TagMisses: c.st.tagMisses.Load(),
+		Latency:   c.st.loadLatency.Snapshot(), LatencyHistogram: c.st.loadLatency.Buckets(),
 	}
 	s.Loads.Refreshes = refreshes
 	s.Loads.Claims = c.cl.snapshot()

@@ -37,12 +37,23 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 		return nil
 	}
 	o := c.options(opts)
+	if err := checkTags("set", o.tags); err != nil {
+		return err
+	}
+	stamps, err := c.stampTags(ctx, o.tags)
+	if err != nil {
+		return c.writeErr(ctx, "set", keys, err)
+	}
+	var tags *tagStamps
+	if stamps != nil {
+		tags = &tagStamps{tags: stamps}
+	}
 	if c.l2 == nil {
-		return c.setLocal(keys, items, o)
+		return c.setLocal(keys, items, o, tags)
 	}
 	entries := make(map[string]l2.Entry, len(items))
 	for k, v := range items {
-		e, err := c.entry(item[V]{v: v}, o.ttl)
+		e, err := c.entry(item[V]{v: v, tags: tags}, o.ttl)
 		if err != nil {
 			return &opError{op: "set", keys: []string{k}, err: err}
 		}
@@ -54,10 +65,9 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 		}
 		entries[k] = e
 	}
-	err := c.write(ctx, "set", keys, func(ctx context.Context) error {
+	return c.write(ctx, "set", keys, func(ctx context.Context) error {
 		return c.l2.SetMany(ctx, entries, l2.Notify(c.notifyDelete))
 	})
-	return err
 }
 
 // Delete removes keys from Redis, leaving short-lived tombstones so that a
@@ -111,11 +121,11 @@ const maxLocalVersions = 1 << 20
 // (which may drop or evict a value at any time), under verMu, so that two
 // versioned writers of a key cannot interleave between the comparison and
 // the fill.
-func (c *Cache[V]) setLocal(keys []string, items map[string]V, o callOptions) error {
+func (c *Cache[V]) setLocal(keys []string, items map[string]V, o callOptions, tags *tagStamps) error {
 	if o.version == 0 {
 		c.invalidateLocal(keys...)
 		for k, v := range items {
-			c.fillWritten(k, v, o)
+			c.fillWritten(k, v, o, tags)
 		}
 		return nil
 	}
@@ -127,7 +137,7 @@ func (c *Cache[V]) setLocal(keys []string, items map[string]V, o callOptions) er
 			continue
 		}
 		c.invalidateLocal(k)
-		c.fillWritten(k, items[k], o)
+		c.fillWritten(k, items[k], o, tags)
 	}
 	if len(stale.Stored) > 0 {
 		return &opError{op: "set", class: ErrStale, err: stale} // stale names the keys
@@ -138,13 +148,13 @@ func (c *Cache[V]) setLocal(keys []string, items map[string]V, o callOptions) er
 // fillWritten fills L1 with a value written in L1-only mode, for l1TTL(o)
 // and, with refresh-ahead on, due for refresh RefreshAhead×TTL after the
 // write, as a value written to Redis is.
-func (c *Cache[V]) fillWritten(key string, v V, o callOptions) {
+func (c *Cache[V]) fillWritten(key string, v V, o callOptions, tags *tagStamps) {
 	t := c.local.Reserve(key)
 	if after := c.refreshAfter(o.ttl); after > 0 {
-		c.local.FillRefresh(t, item[V]{v: v}, c.l1TTL(o), after)
+		c.local.FillRefresh(t, item[V]{v: v, tags: tags}, c.l1TTL(o), after)
 		return
 	}
-	c.local.Fill(t, item[V]{v: v}, c.l1TTL(o))
+	c.local.Fill(t, item[V]{v: v, tags: tags}, c.l1TTL(o))
 }
 
 // deleteLocal is DeleteMany in L1-only mode: a versioned delete leaves

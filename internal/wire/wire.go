@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -163,3 +164,71 @@ func Publish(ctx context.Context, c redis.Scripter, n Notification) error {
 	keys, argv := Args(nil, &n)
 	return PublishScript.Run(ctx, c, keys, argv...).Err()
 }
+
+// TagKey is the version key of tag in the namespace whose data keys start
+// with prefix (KeyPrefix(ns)): "{tag(s)}NS:tag:name", where s is the hash
+// slot of "NS:tag:name", so that tags spread over a Cluster's masters. Like
+// ClaimKey it starts with the hash tag, so a SCAN of the namespace's data
+// never sees it, and "tag:" keeps it apart from claim, sequence and epoch
+// keys. It holds the tag's version in ASCII decimal; absent means 0.
+func TagKey(prefix, tag string) string {
+	return "{" + hashslot.Tag(TagSlot(prefix, tag)) + "}" + prefix + "tag:" + tag
+}
+
+// TagSlot is the hash slot of TagKey(prefix, tag): the partition of the
+// tag's invalidation on Redis Cluster.
+func TagSlot(prefix, tag string) int { return hashslot.Slot(prefix + "tag:" + tag) }
+
+// TagTTL is how long a tag version key lives after its last invalidation
+// or its last read by TagReadScript that found it past half its life. A
+// key that is gone (expired, evicted, flushed) reads as a new version, as
+// if the tag had been invalidated: what was stamped with the old version
+// is a miss, never current (see TagReadScript).
+const TagTTL = 7 * 24 * time.Hour
+
+// luaTagNow is the tag version of "now": Redis's clock in microseconds.
+const luaTagNow = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+`
+
+// TagScript invalidates tags: it moves each tag version key (KEYS, all in
+// one slot, then the sequence key of that slot's partition when notifying;
+// ARGV[3] = TagTTL in ms) to a new version, the greater of its current
+// version + 1 and Redis's clock in microseconds (TIME), so that versions
+// never go back, and publishes the notification. It replies with the
+// number of tags.
+var TagScript = NewScript(luaTagNow + `
+for i = 1, n do
+  local cur = redis.call('GET', KEYS[i])
+  local v = 0
+  if cur then
+    v = tonumber(cur)
+    if v == nil or v < 0 or v ~= math.floor(v) then
+      return redis.error_reply('ERR nearcache: tag version key holds a non-integer: ' .. KEYS[i])
+    end
+  end
+  v = math.max(v + 1, now)
+  redis.call('SET', KEYS[i], string.format('%d', v), 'PX', ARGV[3])
+end
+res = n
+`)
+
+// TagReadScript returns the version of the tag whose key is KEYS[1]
+// (ARGV[1] = TagTTL in ms), as a string. A missing key is created with
+// Redis's clock in microseconds: it may have expired or been evicted
+// after an invalidation, and a version of 0 would make entries stamped
+// before that invalidation current again. A key past half its TTL gets
+// its TTL back, so a tag in use does not expire.
+var TagReadScript = redis.NewScript(luaTagNow + `
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) / 2 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  end
+  return cur
+end
+local v = string.format('%d', now)
+redis.call('SET', KEYS[1], v, 'PX', ARGV[1])
+return v
+`)
