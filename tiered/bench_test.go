@@ -186,7 +186,7 @@ func pairedCPU(b *testing.B, block, reps int, names []string, ratios [][3]string
 }
 
 // warmL1 loads keys into c and waits until each is an L1 hit.
-func warmL1(b *testing.B, c *Cache[benchValue], keys []string) {
+func warmL1(b *testing.B, c *Cache[benchValue], keys []string, opts ...Option) {
 	b.Helper()
 	ctx := context.Background()
 	load := func(_ context.Context, k string) (benchValue, error) {
@@ -196,7 +196,7 @@ func warmL1(b *testing.B, c *Cache[benchValue], keys []string) {
 	for attempt := 0; attempt < 20; attempt++ {
 		before := c.Stats().L1.Hits
 		for _, k := range keys {
-			if _, err := c.GetOrLoad(ctx, k, load); err != nil {
+			if _, err := c.GetOrLoad(ctx, k, load, opts...); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -292,6 +292,33 @@ func BenchmarkL1Hit(b *testing.B) {
 		benchSink = s
 		serialNoTTL.reportAs(b, "x-raw-nottl")
 	})
+	// Tagged entries (WithTags, two tags each): the hit also checks that no
+	// tag moved on since the entry was last checked (one atomic load while
+	// no tag changes). "tagged-after-invalidation": another tag was
+	// invalidated once after the warm-up, so each entry's first hit looks
+	// its tags up again, then the fast check holds again.
+	for _, tc := range []struct {
+		name       string
+		invalidate bool
+	}{{"serial/nearcache-tagged", false}, {"serial/nearcache-tagged-after-invalidation", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			c := newCache(b, Config[benchValue]{Redis: rdb, Namespace: "l1benchtag", MaxL1TTL: time.Hour, TTL: time.Hour})
+			warmL1(b, c, keys, WithTags("tenant:1", "catalog"))
+			if tc.invalidate {
+				if err := c.InvalidateTag(ctx, "other"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			var s benchValue
+			for i := 0; b.Loop(); i++ {
+				v, _ := c.GetOrLoad(ctx, keys[i&(benchL1Keys-1)], load)
+				s.ID += v.ID
+			}
+			benchSink = s
+			serialNoTTL.reportAs(b, "x-raw-nottl")
+		})
+	}
 	b.Run("parallel/raw-ristretto", func(b *testing.B) {
 		rc := rawRistretto(b, keys, time.Hour)
 		b.ReportAllocs()

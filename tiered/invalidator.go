@@ -203,6 +203,22 @@ func (v *Invalidator) Invalidate(ctx context.Context, keys ...string) error {
 	})
 }
 
+// InvalidateTags is Cache.InvalidateTags for a program without a Cache:
+// it moves each tag to a new version in Redis and publishes the tags'
+// invalidation, one atomic script per partition (one on a standalone or
+// Sentinel-managed Redis; one per hash slot of the tags' version keys on
+// Redis Cluster). Every entry carrying one of the tags (see WithTags) is
+// then a miss on every instance within the propagation bound, and in
+// Redis. Call it after the change is committed.
+func (v *Invalidator) InvalidateTags(ctx context.Context, tags ...string) error {
+	if err := checkTags("InvalidateTags", tags); err != nil {
+		return err
+	}
+	return v.run(ctx, "invalidate tags", tags, false, func(ctx context.Context) error {
+		return v.store.InvalidateTags(ctx, tags, v.bus.NotifyTags)
+	})
+}
+
 // InvalidateAll makes every Cache of the namespace, on every instance,
 // drop its whole L1 (the clear-all message of Cache.Clear); nothing in
 // Redis changes but the sequence key of partition 0. Use it after a bulk

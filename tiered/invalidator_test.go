@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -503,6 +504,50 @@ func TestInvalidatorCluster(t *testing.T) {
 		t.Logf("every instance served the new values %v after Invalidate was called", took)
 		assertApplied(t, cs, before)
 	})
+	t.Run("InvalidateTags", func(t *testing.T) {
+		tkeys := keysN("tagged", 60)
+		tagOf := func(k string) string { return fmt.Sprintf("grp%d", len(k)*7%12+int(k[len(k)-1])%12) }
+		var tags []string
+		tagMasters := map[string]bool{}
+		for _, k := range tkeys {
+			if tg := tagOf(k); !slices.Contains(tags, tg) {
+				tags = append(tags, tg)
+				m, err := outside.MasterForKey(ctx, wire.TagKey("ext:", tg))
+				if err != nil {
+					t.Fatal(err)
+				}
+				tagMasters[m.Options().Addr] = true
+			}
+		}
+		if len(tagMasters) < 2 {
+			t.Fatalf("the %d tags' version keys are on %d master(s), want several", len(tags), len(tagMasters))
+		}
+		tagged := func(ctx context.Context, k string) (string, error) {
+			if err := SetTags(ctx, tagOf(k)); err != nil {
+				return "", err
+			}
+			return db.load(ctx, k)
+		}
+		for _, k := range tkeys {
+			db.set(k, "t1")
+		}
+		warm(t, cs, tkeys, tagged, "t1")
+		for _, k := range tkeys {
+			db.set(k, "t2")
+		}
+		serveAll(t, cs, tkeys, tagged, "t1")
+		before := applied(cs)
+		start := time.Now()
+		if err := inv.InvalidateTags(ctx, tags...); err != nil {
+			t.Fatalf("InvalidateTags: %v", err)
+		}
+		took := waitFresh(t, cs, tkeys, tagged, func(string) string { return "t2" }, start)
+		t.Logf("every instance served the new rows %v after InvalidateTags (%d tags on %d masters) was called", took, len(tags), len(tagMasters))
+		assertApplied(t, cs, before)
+		if err := inv.InvalidateTags(ctx, ""); err == nil {
+			t.Fatal("InvalidateTags of an empty tag: no error")
+		}
+	})
 }
 
 // TestInvalidatorConfig: NewInvalidator refuses what a Cache would, does no
@@ -688,7 +733,7 @@ func TestWireDoc(t *testing.T) {
 		t.Fatalf("docs/WIRE.md has no lua block after <!-- script: %s -->", name)
 		return ""
 	}
-	del, pub := script("delete"), script("publish")
+	del, pub, tagScript := script("delete"), script("publish"), script("tags")
 	plain := func(prefix string) string { // the plain block starting with prefix
 		for _, b := range blocks {
 			if b.lang == "" && strings.HasPrefix(b.text, prefix) {
@@ -823,6 +868,32 @@ func TestWireDoc(t *testing.T) {
 		}
 		took := waitFresh(t, cs, []string{"42"}, noLoad, func(string) string { return "Ada, Countess of Lovelace" }, start)
 		t.Logf("every instance served the value written outside %v after the doc's script ran", took)
+		assertApplied(t, cs, before)
+	})
+	t.Run("tags", func(t *testing.T) {
+		if want := "`" + strings.ReplaceAll(wire.TagKey("NS:", "T"), "{"+hashslot.Tag(hashslot.Slot("NS:tag:T"))+"}", "{tag(s)}") + "`"; !strings.Contains(doc, want) {
+			t.Errorf("docs/WIRE.md does not name the tag version key %s", want)
+		}
+		tagged := func(ctx context.Context, k string) (string, error) {
+			if err := SetTags(ctx, "people"); err != nil {
+				return "", err
+			}
+			return db.load(ctx, k)
+		}
+		db.set("44", "Hedy")
+		warm(t, cs, []string{"44"}, tagged, "Hedy")
+		db.set("44", "Hedy Lamarr")
+		serveAll(t, cs, []string{"44"}, tagged, "Hedy")
+		before := applied(cs)
+		start := time.Now()
+		tagKey := "{" + hashslot.Tag(hashslot.Slot("users:tag:people")) + "}users:tag:people"
+		n, err := outside.Eval(ctx, tagScript, []string{tagKey, seqKey}, channel,
+			docBody(outsideID, 0, 3, time.Now().UnixNano(), []string{"people"}, key), "604800000").Int()
+		if err != nil || n != 1 {
+			t.Fatalf("EVAL of the doc's tags script: %d, %v; want 1", n, err)
+		}
+		took := waitFresh(t, cs, []string{"44"}, tagged, func(string) string { return "Hedy Lamarr" }, start)
+		t.Logf("every instance served the new row %v after the doc's tags script ran", took)
 		assertApplied(t, cs, before)
 	})
 	t.Run("clear", func(t *testing.T) {
