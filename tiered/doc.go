@@ -39,8 +39,17 @@
 // migration, a change-data-capture follower) invalidates every instance's
 // copies with an [Invalidator]: [Invalidator.Delete] after a database
 // change, [Invalidator.Invalidate] after writing Redis itself,
-// [Invalidator.InvalidateAll] after a bulk change. Programs in other
-// languages follow the wire contract in docs/WIRE.md of the repository.
+// [Invalidator.InvalidateAll] after a bulk change, [Invalidator.InvalidateTags]
+// after a change to what tags group. Programs in other languages follow the
+// wire contract in docs/WIRE.md of the repository.
+//
+// Tags ([WithTags], or [SetTags] and [SetKeyTags] in a loader) group
+// entries: [Cache.InvalidateTag] makes every entry carrying the tag a miss on
+// this instance when it returns, on every other instance within the
+// propagation bound, and in Redis, for one write and one message. A value
+// made before the call (a write begun, or a loader started or SetTags
+// called, before it) is never served after that, wherever it is stored; a
+// value made while it runs may be a miss too.
 //
 // With Config.RefreshAhead, a GetOrLoad or GetManyOrLoad that finds an L1 value
 // past that fraction of its TTL returns it and starts one background refresh:
