@@ -103,6 +103,9 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 	if err := checkTags("load", o.tags); err != nil {
 		return out, err
 	}
+	if err := ctx.Err(); err != nil {
+		return out, readErr(ctx, load != nil, slices.Clone(missing), err)
+	}
 	sc.waiters = slices.Grow(sc.waiters[:0], len(missing))[:len(missing)]
 	waiters := sc.waiters
 	if err := c.joinMany(ctx, missing, load, o, waiters); err != nil {

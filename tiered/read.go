@@ -55,6 +55,11 @@ func (c *Cache[V]) miss(ctx context.Context, key string, load Loader[V], opts []
 	if err := checkTags("load", o.tags); err != nil {
 		return zero, err
 	}
+	if err := ctx.Err(); err != nil {
+		// An ended ctx starts nothing: its caller gets ctx's error, not
+		// whatever a flight that raced it could find.
+		return zero, readErr(ctx, load != nil, []string{key}, err)
+	}
 	w, lead, err := c.join(ctx, key, load, o)
 	if err != nil {
 		return zero, err
