@@ -89,6 +89,7 @@
 //	nearcache.load.decode_errors                {value}       Redis values that did not decode (reloaded)
 //	nearcache.load.encode_errors                {value}       values the codec could not encode
 //	nearcache.load.conflicts                    {value}       loaded values not kept: a newer write won
+//	nearcache.load.tag_misses                   {value}       values read from Redis whose tag was invalidated
 //	nearcache.refresh.started                   {refresh}     refresh-ahead refreshes started
 //	nearcache.refresh.from_redis                {refresh}     refreshes that took a fresher Redis value
 //	nearcache.refresh.from_loader               {refresh}     refreshes that called the loader

@@ -90,6 +90,7 @@ var counterDefs = [...]counterDef{
 	{"nearcache.load.decode_errors", "{value}", "Values read from Redis that were corrupt or did not decode (reloaded).", func(s *tiered.Stats) uint64 { return s.Loads.DecodeErrors }},
 	{"nearcache.load.encode_errors", "{value}", "Values the codec could not encode (kept out of Redis).", func(s *tiered.Stats) uint64 { return s.Loads.EncodeErrors }},
 	{"nearcache.load.conflicts", "{value}", "Loaded values not kept because a newer write or delete won.", func(s *tiered.Stats) uint64 { return s.Loads.Conflicts }},
+	{"nearcache.load.tag_misses", "{value}", "Values read from Redis not served because a tag of theirs was invalidated.", func(s *tiered.Stats) uint64 { return s.Loads.TagMisses }},
 	{"nearcache.refresh.started", "{refresh}", "Refresh-ahead refreshes started by a hit past the refresh threshold.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Started }},
 	{"nearcache.refresh.from_redis", "{refresh}", "Refreshes that took a fresher value another instance had stored.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.FromRedis }},
 	{"nearcache.refresh.from_loader", "{refresh}", "Refreshes that called the loader and stored its value.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.FromLoader }},

@@ -354,8 +354,8 @@ func TestDescribeMatchesCollect(t *testing.T) {
 			t.Errorf("collected but not described: %s", d)
 		}
 	}
-	if n := testutil.CollectAndCount(col); n != 96 {
-		t.Errorf("%d series for one cache, want 96 (67 counters, 11 repair causes, 3 gauges, 3 breaker states, healthy, 7 reasons, unhealthy seconds, 3 histograms)", n)
+	if n := testutil.CollectAndCount(col); n != 97 {
+		t.Errorf("%d series for one cache, want 97 (68 counters, 11 repair causes, 3 gauges, 3 breaker states, healthy, 7 reasons, unhealthy seconds, 3 histograms)", n)
 	}
 }
 

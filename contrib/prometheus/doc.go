@@ -86,6 +86,7 @@
 //	nearcache_decode_errors_total                    Redis values that did not decode (reloaded)
 //	nearcache_encode_errors_total                    values the codec could not encode
 //	nearcache_load_conflicts_total                   loaded values not kept: a newer write won
+//	nearcache_load_tag_misses_total                  values read from Redis whose tag was invalidated
 //	nearcache_refresh_started_total                  refresh-ahead refreshes started
 //	nearcache_refresh_from_redis_total               refreshes that took a fresher Redis value
 //	nearcache_refresh_from_loader_total              refreshes that called the loader

@@ -76,6 +76,7 @@ var counters = [...]counter{
 	{"nearcache_decode_errors_total", "Values read from Redis that were corrupt or did not decode (reloaded).", func(s *tiered.Stats) uint64 { return s.Loads.DecodeErrors }},
 	{"nearcache_encode_errors_total", "Values the codec could not encode (kept out of Redis).", func(s *tiered.Stats) uint64 { return s.Loads.EncodeErrors }},
 	{"nearcache_load_conflicts_total", "Loaded values not kept because a newer write or delete won.", func(s *tiered.Stats) uint64 { return s.Loads.Conflicts }},
+	{"nearcache_load_tag_misses_total", "Values read from Redis not served because a tag of theirs was invalidated.", func(s *tiered.Stats) uint64 { return s.Loads.TagMisses }},
 	{"nearcache_refresh_started_total", "Refresh-ahead refreshes started by a hit past the refresh threshold.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.Started }},
 	{"nearcache_refresh_from_redis_total", "Refreshes that took a fresher value another instance had stored.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.FromRedis }},
 	{"nearcache_refresh_from_loader_total", "Refreshes that called the loader and stored its value.", func(s *tiered.Stats) uint64 { return s.Loads.Refreshes.FromLoader }},
