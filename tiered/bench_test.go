@@ -232,6 +232,19 @@ func rawRistretto(b *testing.B, keys []string, ttl time.Duration) *ristretto.Cac
 	return rc
 }
 
+// hitLoop reads keys from c's L1 with GetOrLoad in turn for b.N loops.
+func hitLoop(b *testing.B, c *Cache[benchValue], keys []string, load Loader[benchValue]) {
+	b.Helper()
+	ctx := context.Background()
+	b.ReportAllocs()
+	var s benchValue
+	for i := 0; b.Loop(); i++ {
+		v, _ := c.GetOrLoad(ctx, keys[i&(benchL1Keys-1)], load)
+		s.ID += v.ID
+	}
+	benchSink = s
+}
+
 // BenchmarkL1Hit compares GetOrLoad on a warm key with a raw ristretto Get
 // of an entry that has a TTL (as every L1 entry does; ristretto then reads
 // the wall clock) and of one without (the cheapest raw Get: "x-raw-nottl").
@@ -268,13 +281,7 @@ func BenchmarkL1Hit(b *testing.B) {
 	b.Run("serial/nearcache", func(b *testing.B) {
 		c := newCache(b, Config[benchValue]{Redis: rdb, Namespace: "l1bench", MaxL1TTL: time.Hour, TTL: time.Hour})
 		warmL1(b, c, keys)
-		b.ReportAllocs()
-		var s benchValue
-		for i := 0; b.Loop(); i++ {
-			v, _ := c.GetOrLoad(ctx, keys[i&(benchL1Keys-1)], load)
-			s.ID += v.ID
-		}
-		benchSink = s
+		hitLoop(b, c, keys, load)
 		serial.report(b)
 		serialNoTTL.reportAs(b, "x-raw-nottl")
 	})
@@ -283,13 +290,7 @@ func BenchmarkL1Hit(b *testing.B) {
 	b.Run("serial/nearcache-refresh-ahead", func(b *testing.B) {
 		c := newCache(b, Config[benchValue]{Redis: rdb, Namespace: "l1benchra", MaxL1TTL: time.Hour, TTL: time.Hour, RefreshAhead: 0.9})
 		warmL1(b, c, keys)
-		b.ReportAllocs()
-		var s benchValue
-		for i := 0; b.Loop(); i++ {
-			v, _ := c.GetOrLoad(ctx, keys[i&(benchL1Keys-1)], load)
-			s.ID += v.ID
-		}
-		benchSink = s
+		hitLoop(b, c, keys, load)
 		serialNoTTL.reportAs(b, "x-raw-nottl")
 	})
 	// Tagged entries (WithTags, two tags each): the hit also checks that no
@@ -309,13 +310,7 @@ func BenchmarkL1Hit(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			b.ReportAllocs()
-			var s benchValue
-			for i := 0; b.Loop(); i++ {
-				v, _ := c.GetOrLoad(ctx, keys[i&(benchL1Keys-1)], load)
-				s.ID += v.ID
-			}
-			benchSink = s
+			hitLoop(b, c, keys, load)
 			serialNoTTL.reportAs(b, "x-raw-nottl")
 		})
 	}
