@@ -118,11 +118,21 @@ func setTags(ctx context.Context, fn, key string, perKey bool, tags []string) er
 		return fmt.Errorf("tiered: %s %s: %w", fn, errfmt.Key(key), errNotLoadKey)
 	}
 	stamp := h.stamp
+	// A tag this load has stamped already keeps that version (read before
+	// this call, so no newer than the tag's version now: at worst an extra
+	// miss), so a BatchLoader tagging each of its keys with the same tags
+	// reads them from Redis once.
+	var unread []string
+	for _, t := range tags {
+		if _, ok := h.read[t]; !ok {
+			unread = append(unread, t)
+		}
+	}
 	h.mu.Unlock()
 	if len(tags) == 0 {
 		return nil
 	}
-	stamps, serr := stamp(ctx, tags)
+	fresh, serr := stamp(ctx, unread)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != loadRunning {
@@ -133,6 +143,20 @@ func setTags(ctx context.Context, fn, key string, perKey bool, tags []string) er
 			h.tagErr = serr
 		}
 		return fmt.Errorf("tiered: %s: %w (what the loader returns is served but not stored)", fn, serr)
+	}
+	if h.read == nil && len(fresh) > 0 {
+		h.read = make(map[string]uint64, len(fresh))
+	}
+	for _, t := range fresh {
+		if _, ok := h.read[t.Name]; !ok {
+			h.read[t.Name] = t.Version
+		}
+	}
+	stamps := make([]l2.Tag, 0, len(tags))
+	for _, t := range tags {
+		if !slices.ContainsFunc(stamps, func(s l2.Tag) bool { return s.Name == t }) {
+			stamps = append(stamps, l2.Tag{Name: t, Version: h.read[t]})
+		}
 	}
 	if !perKey {
 		h.tags = append(h.tags, stamps...)
@@ -188,6 +212,7 @@ type loadTTL struct {
 	tags    []l2.Tag            // set by SetTags
 	keyTags map[string][]l2.Tag // set by SetKeyTags
 	tagErr  error               // a SetTags or SetKeyTags whose versions could not be read
+	read    map[string]uint64   // the versions this load's stamps carry, by tag
 }
 
 // lockLoadTTL returns, with its mu held, the loadTTL of the running

@@ -89,7 +89,9 @@ func WithVersion(v uint64) Option { return optionFunc(func(o *callOptions) { o.v
 // not-found results, with any tags their loader adds with SetTags):
 // InvalidateTag of any of them makes the entry a miss on every instance
 // and in Redis. A load's tags take the versions the tags have before its
-// loader runs. Tags cost, per tagged entry, its tags' names and versions
+// loader runs, a write's when it begins, read from Redis (one more round
+// trip) so that a tag moved on by an invalidation this instance has not
+// heard yet does not make the value a miss. Tags cost, per tagged entry, its tags' names and versions
 // in Redis and in L1, and on a local hit one atomic load (a read-locked
 // look per tag after a tag changed). At most l2.MaxTags tags, each 1 to
 // 1024 bytes; GetOrLoad and GetManyOrLoad whose tags break these limits

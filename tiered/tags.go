@@ -17,8 +17,10 @@ import (
 // Each tag has a version in Redis (l2.Store.TagVersions; it only grows).
 // An entry carries the versions its tags had when its value was made: for
 // a write, when the write began; for a load, before its loader ran (or, for
-// tags a loader declares with SetTags, when it declared them). The entry
-// is current while each of its tags still has that version. InvalidateTag
+// tags a loader declares with SetTags, when it declared them), read from
+// Redis, not from what the Cache knows: a tag may have moved on there while
+// its message is on its way. The entry is current while each of its tags
+// still has that version. InvalidateTag
 // moves the tags to new versions and publishes their names, in one script
 // per partition: one write and one message per tag, however many entries
 // carry it.
@@ -156,8 +158,8 @@ func (c *Cache[V]) forgetTagsLocked() {
 	c.tags.epoch.Add(1)
 }
 
-// versionOf returns the version of tag known now (after knowTags), or from
-// read (what knowTags read but could not store).
+// versionOfLocked returns the version of tag known now (after knowTags),
+// or from read (what knowTags read but could not store).
 func (c *Cache[V]) versionOfLocked(tag string, read map[string]uint64) (uint64, bool) {
 	if v, ok := c.tags.vers[tag]; ok {
 		return v, true
@@ -167,30 +169,63 @@ func (c *Cache[V]) versionOfLocked(tag string, read map[string]uint64) (uint64, 
 }
 
 // stampTags returns tags with their current versions: what a value made
-// now carries. With Redis, versions this Cache does not know are read from
-// Redis; the error of that read is returned (the value is then served but
-// not stored).
+// now carries. With Redis, the versions are read from Redis, whatever this
+// Cache knows: a tag may have moved on there while its message is still on
+// its way, and a value stamped with the version known here would then be a
+// miss everywhere, a lost write. What is read also teaches the Cache: a
+// version newer than the one it knew makes its copies stamped before check
+// again. The error of that read is returned (the value is then served but
+// not stored). Without Redis, the Cache's own versions are the record.
 func (c *Cache[V]) stampTags(ctx context.Context, tags []string) ([]l2.Tag, error) {
 	if len(tags) == 0 {
 		return nil, nil
 	}
-	read, err := c.knowTags(ctx, tags)
+	stamps := make([]l2.Tag, 0, len(tags))
+	for _, t := range tags {
+		if !slices.ContainsFunc(stamps, func(s l2.Tag) bool { return s.Name == t }) {
+			stamps = append(stamps, l2.Tag{Name: t})
+		}
+	}
+	if c.l2 == nil {
+		c.tags.mu.RLock()
+		for i := range stamps {
+			stamps[i].Version = c.tags.vers[stamps[i].Name]
+		}
+		c.tags.mu.RUnlock()
+		return stamps, nil
+	}
+	names := make([]string, len(stamps))
+	for i, s := range stamps {
+		names[i] = s.Name
+	}
+	c.tags.mu.RLock()
+	gen := c.tags.gen
+	c.tags.mu.RUnlock()
+	var vers []uint64
+	err := c.redisOp(ctx, func(rctx context.Context) error {
+		var err error
+		vers, err = c.l2.TagVersions(rctx, names)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	stamps := make([]l2.Tag, 0, len(tags))
-	c.tags.mu.RLock()
-	defer c.tags.mu.RUnlock()
-	for _, t := range tags {
-		if slices.ContainsFunc(stamps, func(s l2.Tag) bool { return s.Name == t }) {
-			continue
+	c.tags.mu.Lock()
+	moved := false
+	for i := range stamps {
+		known, ok := c.tags.vers[stamps[i].Name]
+		// A version never goes back: one known here above Redis's (its
+		// key was lost and remade from a clock behind) stays.
+		stamps[i].Version = max(vers[i], known)
+		if c.tags.gen == gen && ok && vers[i] > known {
+			c.tags.vers[stamps[i].Name] = vers[i]
+			moved = true
 		}
-		v, ok := c.versionOfLocked(t, read)
-		if !ok { // dropped meanwhile: an invalidation is on its way
-			return nil, &opError{op: "tag", keys: nil, err: fmt.Errorf("tag %s: version dropped while it was read; try again", errfmt.Key(t))}
-		}
-		stamps = append(stamps, l2.Tag{Name: t, Version: v})
 	}
+	if moved {
+		c.tags.epoch.Add(1)
+	}
+	c.tags.mu.Unlock()
 	return stamps, nil
 }
 

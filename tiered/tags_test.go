@@ -349,3 +349,67 @@ func TestTagUntaggedHitNoAlloc(t *testing.T) {
 		}
 	}
 }
+
+// TestTagWriteAfterUnheardInvalidate: a tagged write (and a tagged load)
+// that begins after a tag moved on in Redis is stamped with the new version,
+// although its instance has not heard the move yet (the message is on its
+// way, or lost): its value is current everywhere. Stamped from what the
+// instance knew, it would carry the old version and be lost, a miss on
+// every instance, though it was written after the invalidation.
+func TestTagWriteAfterUnheardInvalidate(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a, b := tagCache(t, srv.Addr(), "tw"), tagCache(t, srv.Addr(), "tw")
+	ctx := context.Background()
+	if err := b.Set(ctx, "k0", "x", WithTags("t")); err != nil { // b now knows t's version
+		t.Fatal(err)
+	}
+	// Move t on in Redis without a message: an invalidation b has not heard.
+	if err := srv.Client().Set(ctx, wire.TagKey(wire.KeyPrefix("tw"), "t"), fmt.Sprint(uint64(time.Now().UnixMicro())+1e9), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Set(ctx, "k", "written-after", WithTags("t")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := a.Get(ctx, "k"); err != nil || v != "written-after" {
+		t.Fatalf("another instance's Get of a value written after the move = %q, %v; want written-after", v, err)
+	}
+	if v, err := b.Get(ctx, "k"); err != nil || v != "written-after" {
+		t.Fatalf("the writer's Get = %q, %v; want written-after", v, err)
+	}
+	// The old copy of k0 on b is stale now that b learnt t's new version.
+	if v, err := b.Get(ctx, "k0"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("b's Get of k0, stamped before the move = %q, %v; want ErrNotFound", v, err)
+	}
+	v, err := b.GetOrLoad(ctx, "l", func(context.Context, string) (string, error) { return "loaded-after", nil }, WithTags("t"))
+	if err != nil || v != "loaded-after" {
+		t.Fatalf("GetOrLoad = %q, %v", v, err)
+	}
+	b.hot.Wait()
+	if v, err := a.Get(ctx, "l"); err != nil || v != "loaded-after" {
+		t.Fatalf("another instance's Get of a value loaded after the move = %q, %v; want loaded-after", v, err)
+	}
+	// A batch whose loader tags each key (the tag is read once per load).
+	if err := srv.Client().Set(ctx, wire.TagKey(wire.KeyPrefix("tw"), "t"), fmt.Sprint(uint64(time.Now().UnixMicro())+2e9), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"m1", "m2", "m3"}
+	got, err := b.GetManyOrLoad(ctx, keys, func(ctx context.Context, keys []string) (map[string]string, error) {
+		out := map[string]string{}
+		for _, k := range keys {
+			if err := SetKeyTags(ctx, k, "t"); err != nil {
+				return nil, err
+			}
+			out[k] = k + "-after"
+		}
+		return out, nil
+	})
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("GetManyOrLoad = %v, %v", got, err)
+	}
+	b.hot.Wait()
+	for _, k := range keys {
+		if v, err := a.Get(ctx, k); err != nil || v != k+"-after" {
+			t.Fatalf("another instance's Get of %s, batch-loaded after the move = %q, %v", k, v, err)
+		}
+	}
+}
