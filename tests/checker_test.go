@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -69,6 +70,19 @@ func TestConsistencyRefreshAhead(t *testing.T) {
 	}
 }
 
+// TestConsistencyTags runs the checker with every write and load tagged by
+// its key's tag (five names per tag in each namespace) and a third kind of
+// change per instance: the row changes in the database alone, then
+// InvalidateTag of its tag. No read may return a value such a change
+// overtook more than the bound before it (for a GetOrLoad, not even a miss:
+// it must load the new row), nor lose a tagged write.
+func TestConsistencyTags(t *testing.T) {
+	srv := redistest.StartServer(t)
+	runChecker(t, "chktag", checkerDuration(t, 10*time.Second), propagationBound, func(t *testing.T) redis.UniversalClient {
+		return newClient(t, srv.Addr(), healthyTimeouts)
+	}, checkerFault{tags: true})
+}
+
 func TestConsistencyCluster(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	const ns = "chk"
@@ -114,9 +128,13 @@ func checkerKeys() []string {
 // operations from 1, so version v is history[v-1], and version 0 is "absent".
 // Readers record what they saw; the history is checked after the run.
 
-// op is one acknowledged (or failed) change of a key.
+// op is one acknowledged (or failed) change of a key. A tag change (tag)
+// changes the row in the database alone and then invalidates the key's tag
+// (and so every key carrying it) instead of writing the cache: its value
+// reaches the cache through loads only.
 type op struct {
 	del   bool
+	tag   bool
 	start time.Duration // since the run began, before the database changed
 	ack   time.Duration // since the run began, after the cache call returned; never if it failed
 }
@@ -178,7 +196,10 @@ var verdictNames = [numVerdicts]string{"ok", "stale read", "resurrection", "lost
 // judge checks r against its key's history: it returns the read's
 // staleness (how long before the read started the value it returned had
 // already been overtaken by an acknowledged operation) and its verdict.
-func judge(r read, ops []op, bound time.Duration) (time.Duration, int) {
+// group holds the tag changes of every key carrying the read key's tag (in
+// a run with tags): each makes the entries carrying the tag misses, so a
+// Get may miss a write that began before such a change was acknowledged.
+func judge(r read, ops, group []op, bound time.Duration) (time.Duration, int) {
 	var next int // index of the first operation after the one r observed
 	if r.ver > 0 {
 		if r.ver > int64(len(ops)) || ops[r.ver-1].del || ops[r.ver-1].start > r.end {
@@ -187,12 +208,28 @@ func judge(r read, ops []op, bound time.Duration) (time.Duration, int) {
 		next = int(r.ver)
 	} else {
 		// Absent: justified by the latest delete that had begun before
-		// the read ended (or by the key never having been written).
+		// the read ended (or by the key never having been written); for a
+		// Get, which loads nothing, by a tag change as well (its value is
+		// in the database, not in the cache).
 		next = 0
 		for i := len(ops) - 1; i >= 0; i-- {
-			if ops[i].del && ops[i].start < r.end {
+			if (ops[i].del || ops[i].tag && !r.load) && ops[i].start < r.end {
 				next = i + 1
 				break
+			}
+		}
+		if !r.load {
+			// The latest tag change of the group that had begun before
+			// the read ended may be ordered after every write that began
+			// before it was acknowledged (a failed one, at any time).
+			kill := time.Duration(-1)
+			for _, e := range group {
+				if e.start < r.end {
+					kill = max(kill, min(e.ack, r.end))
+				}
+			}
+			for next < len(ops) && ops[next].start < kill {
+				next++
 			}
 		}
 	}
@@ -233,7 +270,14 @@ type checkerFault struct {
 	// feature on); a checkerFault with config and no run is a run without
 	// a fault.
 	config func(cfg *tiered.Config[int64])
+	// tags, if set, tags every key's writes and loads with keyTag(key)
+	// and adds a tag changer per instance (see op.tag).
+	tags bool
 }
+
+// keyTag is the tag of a checked key in a run with tags: ten tags, each
+// carried by five names in each lane.
+func keyTag(key string) string { return "grp" + key[len(key)-1:] }
 
 // The checked caches: each instance holds one Cache per value type, all on
 // the instance's one Redis client (so they share its invalidation
@@ -246,18 +290,31 @@ type laneCache interface {
 	del(ctx context.Context, key string) error
 	get(ctx context.Context, key string) (int64, error)
 	getOrLoad(ctx context.Context, key string, load func(context.Context, string) (int64, error)) (int64, error)
+	invalidateTag(ctx context.Context, tag string) error
 	stats() tiered.Stats
 }
 
 // lane adapts a Cache[V] to laneCache.
 type lane[V any] struct {
-	c    *tiered.Cache[V]
-	to   func(int64) V
-	from func(V) (int64, error)
+	c      *tiered.Cache[V]
+	to     func(int64) V
+	from   func(V) (int64, error)
+	tagged bool // writes and loads carry WithTags(keyTag(key))
+}
+
+// opts are the options of a write or load of key.
+func (l lane[V]) opts(key string) []tiered.Option {
+	if !l.tagged {
+		return nil
+	}
+	return []tiered.Option{tiered.WithTags(keyTag(key))}
 }
 
 func (l lane[V]) set(ctx context.Context, key string, v int64) error {
-	return l.c.Set(ctx, key, l.to(v))
+	return l.c.Set(ctx, key, l.to(v), l.opts(key)...)
+}
+func (l lane[V]) invalidateTag(ctx context.Context, tag string) error {
+	return l.c.InvalidateTag(ctx, tag)
 }
 func (l lane[V]) del(ctx context.Context, key string) error { return l.c.Delete(ctx, key) }
 func (l lane[V]) stats() tiered.Stats                       { return l.c.Stats() }
@@ -272,7 +329,7 @@ func (l lane[V]) getOrLoad(ctx context.Context, key string, load func(context.Co
 	v, err := l.c.GetOrLoad(ctx, key, func(ctx context.Context, k string) (V, error) {
 		n, err := load(ctx, k)
 		return l.to(n), err
-	})
+	}, l.opts(key)...)
 	if err != nil {
 		return 0, err
 	}
@@ -291,7 +348,7 @@ const numLanes = 3
 
 // newLanes builds an instance's caches on rc, the struct and string lanes
 // first, so that the int64 lane joins a transport another Cache created.
-func newLanes(t *testing.T, cfg func(rc redis.UniversalClient) tiered.Config[int64], rc redis.UniversalClient) (*tiered.Cache[int64], []laneCache) {
+func newLanes(t *testing.T, cfg func(rc redis.UniversalClient) tiered.Config[int64], rc redis.UniversalClient, tagged bool) (*tiered.Cache[int64], []laneCache) {
 	base := cfg(rc)
 	recCfg := tiered.Config[record]{Redis: rc, Namespace: base.Namespace + "-rec", TTL: base.TTL, MaxL1TTL: base.MaxL1TTL,
 		NegativeTTL: base.NegativeTTL, RedisTimeout: base.RedisTimeout, LoadTimeout: base.LoadTimeout, AntiEntropyInterval: base.AntiEntropyInterval,
@@ -299,7 +356,7 @@ func newLanes(t *testing.T, cfg func(rc redis.UniversalClient) tiered.Config[int
 	strCfg := tiered.Config[string]{Redis: rc, Namespace: base.Namespace + "-str", TTL: base.TTL, MaxL1TTL: base.MaxL1TTL,
 		NegativeTTL: base.NegativeTTL, RedisTimeout: base.RedisTimeout, LoadTimeout: base.LoadTimeout, AntiEntropyInterval: base.AntiEntropyInterval,
 		RefreshAhead: base.RefreshAhead, FailSafeRetryAfter: base.FailSafeRetryAfter}
-	rec := lane[record]{c: newCache(t, recCfg),
+	rec := lane[record]{c: newCache(t, recCfg), tagged: tagged,
 		to: func(v int64) record { return record{Ver: v, Note: "v" + strconv.FormatInt(v, 10)} },
 		from: func(r record) (int64, error) {
 			if r.Note != "v"+strconv.FormatInt(r.Ver, 10) {
@@ -307,12 +364,12 @@ func newLanes(t *testing.T, cfg func(rc redis.UniversalClient) tiered.Config[int
 			}
 			return r.Ver, nil
 		}}
-	str := lane[string]{c: newCache(t, strCfg),
+	str := lane[string]{c: newCache(t, strCfg), tagged: tagged,
 		to:   func(v int64) string { return strconv.FormatInt(v, 10) },
 		from: func(s string) (int64, error) { return strconv.ParseInt(s, 10, 64) }}
 	i64 := newCache(t, base)
 	return i64, []laneCache{
-		lane[int64]{c: i64, to: func(v int64) int64 { return v }, from: func(v int64) (int64, error) { return v, nil }},
+		lane[int64]{c: i64, tagged: tagged, to: func(v int64) int64 { return v }, from: func(v int64) (int64, error) { return v, nil }},
 		str, rec,
 	}
 }
@@ -325,11 +382,13 @@ func newLanes(t *testing.T, cfg func(rc redis.UniversalClient) tiered.Config[int
 func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *testing.T) redis.UniversalClient, variant ...checkerFault) {
 	var fault []checkerFault // the fault event, if any
 	var tweak func(*tiered.Config[int64])
+	var tagged bool
 	if len(variant) > 0 {
 		if variant[0].run != nil {
 			fault = variant[:1]
 		}
 		tweak = variant[0].config
+		tagged = variant[0].tags
 	}
 	// Key i is name i/numLanes of lane i%numLanes.
 	names := checkerKeys()
@@ -365,12 +424,16 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 	caches := make([]*tiered.Cache[int64], instances) // the int64 lane, for faults and stats
 	lanes := make([][]laneCache, instances)
 	for i := range caches {
-		caches[i], lanes[i] = newLanes(t, cfg, client(t))
+		caches[i], lanes[i] = newLanes(t, cfg, client(t), tagged)
 	}
 	state := make([]*keyState, numKeys)
 	for i := range state {
 		state[i] = &keyState{}
 	}
+	// The tag changes of each lane's tag (a run with tags).
+	groupOf := func(i uint16) string { return fmt.Sprintf("%d/%s", int(i)%numLanes, keyTag(keys[i])) }
+	var groupsMu sync.Mutex
+	groups := map[string][]op{} // guarded by groupsMu while the run lasts; read-only afterwards
 	db := &database{rows: map[string]int64{}}
 	loaders := make([]func(context.Context, string) (int64, error), numLanes)
 	for l := range loaders {
@@ -391,6 +454,7 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		stop                           atomic.Bool
 		wg                             sync.WaitGroup
 		writes, deletes, failedChanges atomic.Int64
+		tagChanges                     atomic.Int64
 		readErrs                       atomic.Int64
 		firstErr                       sync.Once
 		errMsg                         atomic.Value
@@ -407,18 +471,22 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			firstErr.Do(func() { errMsg.Store(msg) })
 		}
 	}
-	change := func(inst []laneCache, del bool) {
+	change := func(inst []laneCache, del, tag bool) {
 		i := rand.IntN(numKeys)
 		k, st, c := keys[i], state[i], inst[i%numLanes]
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		ver := int64(len(st.ops) + 1)
-		o := op{del: del, start: since()}
+		o := op{del: del, tag: tag, start: since()}
 		var err error
-		if del {
+		switch {
+		case tag:
+			db.put(labels[i], ver)
+			err = c.invalidateTag(ctx, keyTag(k))
+		case del:
 			db.del(labels[i])
 			err = c.del(ctx, k)
-		} else {
+		default:
 			db.put(labels[i], ver)
 			err = c.set(ctx, k, ver)
 		}
@@ -429,13 +497,18 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			noteErr("change of %s: %v", labels[i], err)
 		}
 		st.ops = append(st.ops, o)
+		if tag {
+			groupsMu.Lock()
+			groups[groupOf(uint16(i))] = append(groups[groupOf(uint16(i))], o)
+			groupsMu.Unlock()
+		}
 	}
 	for _, c := range lanes {
 		wg.Add(2)
 		go func() { // writer
 			defer wg.Done()
 			for !stop.Load() {
-				change(c, false)
+				change(c, false, false)
 				writes.Add(1)
 				time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
 			}
@@ -443,11 +516,22 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		go func() { // deleter
 			defer wg.Done()
 			for !stop.Load() {
-				change(c, true)
+				change(c, true, false)
 				deletes.Add(1)
 				time.Sleep(time.Duration(rand.IntN(15000)) * time.Microsecond)
 			}
 		}()
+		if tagged {
+			wg.Add(1)
+			go func() { // tag changer
+				defer wg.Done()
+				for !stop.Load() {
+					change(c, false, true)
+					tagChanges.Add(1)
+					time.Sleep(time.Duration(rand.IntN(15000)) * time.Microsecond)
+				}
+			}()
+		}
 	}
 	var probe stallProbe
 	wg.Add(1)
@@ -545,7 +629,7 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 			if r.load {
 				loads++
 			}
-			stale, v := judge(r, state[r.key].ops, bound)
+			stale, v := judge(r, state[r.key].ops, groups[groupOf(r.key)], bound)
 			if v != okRead && v != phantom && lastMissed(r, state[r.key].ops, bound) < from {
 				excused[v]++
 				continue
@@ -604,16 +688,44 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 	if total == 0 || writes.Load() == 0 || deletes.Load() == 0 {
 		t.Fatalf("the run did nothing: %d reads, %d writes, %d deletes", total, writes.Load(), deletes.Load())
 	}
+	if tagged {
+		var tagMisses uint64
+		for _, inst := range lanes {
+			for _, c := range inst {
+				tagMisses += c.stats().Loads.TagMisses
+			}
+		}
+		t.Logf("tags: %d tag changes (a database change and InvalidateTag of the key's tag, %d keys per tag), %d values read from Redis found invalidated by their tags",
+			tagChanges.Load(), len(names)/10, tagMisses)
+		if tagChanges.Load() == 0 {
+			t.Fatal("the run made no tag change")
+		}
+	}
 
 	// Convergence: with writers stopped, every instance (and a fresh one,
-	// whose L1 is empty, standing for Redis) agrees with the database.
-	_, fresh := newLanes(t, cfg, client(t))
+	// whose L1 is empty, standing for Redis) agrees with the database. A
+	// key whose last change was a tag change is in the database alone: a
+	// GetOrLoad must find it.
+	_, fresh := newLanes(t, cfg, client(t), tagged)
 	all := append(slices.Clone(lanes), fresh)
 	took, err := waitUntil(5*time.Second, func() error {
 		for i, k := range keys {
 			want, _ := db.get(labels[i]) // 0 when absent
+			// A key whose last write began before a tag change of its
+			// group was acknowledged may be in the database alone.
+			ops := state[i].ops
+			byLoad := len(ops) > 0 && ops[len(ops)-1].tag
+			for _, e := range groups[groupOf(uint16(i))] {
+				byLoad = byLoad || len(ops) > 0 && ops[len(ops)-1].start < e.ack
+			}
 			for inst, c := range all {
-				got, err := c[i%numLanes].get(ctx, k)
+				var got int64
+				var err error
+				if byLoad {
+					got, err = c[i%numLanes].getOrLoad(ctx, k, loaders[i%numLanes])
+				} else {
+					got, err = c[i%numLanes].get(ctx, k)
+				}
 				if errors.Is(err, tiered.ErrNotFound) {
 					got, err = 0, nil
 				}
@@ -735,9 +847,67 @@ func TestJudge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			stale, v := judge(tt.r, ops, bound)
+			stale, v := judge(tt.r, ops, nil, bound)
 			if v != tt.wantVerdict || stale != tt.wantStale {
 				t.Errorf("got %s, staleness %v; want %s, %v", verdictNames[v], stale, verdictNames[tt.wantVerdict], tt.wantStale)
+			}
+		})
+	}
+}
+
+// TestJudgeTags pins the verdicts around a tag change: its value counts
+// from its acknowledgement, a Get may miss after it (the value is in the
+// database only), a GetOrLoad may not.
+func TestJudgeTags(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	bound := ms(100)
+	// v1 set acked at 10ms, v2 tag change acked at 300ms, v3 set acked at 600ms.
+	ops := []op{
+		{start: ms(1), ack: ms(10)},
+		{tag: true, start: ms(290), ack: ms(300)},
+		{start: ms(590), ack: ms(600)},
+	}
+	tests := []struct {
+		name        string
+		r           read
+		wantVerdict int
+		wantStale   time.Duration
+	}{
+		{"old value within the bound", read{start: ms(350), end: ms(351), ver: 1}, okRead, ms(50)},
+		{"old value beyond the bound", read{start: ms(450), end: ms(451), ver: 1}, staleRead, ms(150)},
+		{"old value by GetOrLoad beyond the bound", read{start: ms(450), end: ms(451), ver: 1, load: true}, staleRead, ms(150)},
+		{"the tag change's value", read{start: ms(450), end: ms(451), ver: 2, load: true}, okRead, 0},
+		{"a Get's miss after the tag change", read{start: ms(450), end: ms(451)}, okRead, 0},
+		{"a GetOrLoad's miss after the tag change", read{start: ms(450), end: ms(451), load: true}, lostWrite, ms(440)},
+		{"a Get's miss after a later set", read{start: ms(750), end: ms(751)}, lostWrite, ms(150)},
+		{"the tag change's value after a later set", read{start: ms(750), end: ms(751), ver: 2}, staleRead, ms(150)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stale, v := judge(tt.r, ops, nil, bound)
+			if v != tt.wantVerdict || stale != tt.wantStale {
+				t.Errorf("got %s, staleness %v; want %s, %v", verdictNames[v], stale, verdictNames[tt.wantVerdict], tt.wantStale)
+			}
+		})
+	}
+	// Another key's tag change (same tag) ran 595..605ms, overlapping v3.
+	group := []op{ops[1], {tag: true, start: ms(595), ack: ms(605)}}
+	for _, tt := range []struct {
+		name        string
+		r           read
+		wantVerdict int
+	}{
+		{"a Get's miss of a write the group's change overlapped", read{start: ms(750), end: ms(751)}, okRead},
+		{"a GetOrLoad's miss of it", read{start: ms(750), end: ms(751), load: true}, lostWrite},
+		{"a Get's miss of a write the change did not overlap", read{start: ms(750), end: ms(751)}, lostWrite},
+	} {
+		t.Run("group: "+tt.name, func(t *testing.T) {
+			g := group
+			if strings.Contains(tt.name, "did not overlap") {
+				g = []op{ops[1], {tag: true, start: ms(500), ack: ms(580)}}
+			}
+			if _, v := judge(tt.r, ops, g, bound); v != tt.wantVerdict {
+				t.Errorf("got %s, want %s", verdictNames[v], verdictNames[tt.wantVerdict])
 			}
 		})
 	}
