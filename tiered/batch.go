@@ -160,6 +160,7 @@ func (c *Cache[V]) hit(key string, refresh bool) (it item[V], ok, due bool) {
 		it, ok = c.hot.Get(key)
 	}
 	if ok && it.tags != nil && !c.tagsCurrent(it.tags) {
+		c.st.l1TagStale.Add(1)
 		return item[V]{}, false, false
 	}
 	return it, ok, due

@@ -208,6 +208,7 @@ type loadCounters struct {
 	staleServed, staleServedSoft, negativeCached, decodeErrors, conflicts atomic.Uint64
 	l2Lookups, l2Hits, l2Errors, l2Skipped, encodeErrors                  atomic.Uint64
 	tagMisses                                                             atomic.Uint64  // values read from Redis whose tags moved on
+	l1TagStale                                                            atomic.Uint64  // L1 copies found whose tags moved on (counted by l1 as hits)
 	loadLatency                                                           hist.Histogram // loader calls
 }
 

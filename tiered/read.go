@@ -16,8 +16,11 @@ import (
 // neither is ErrNotFound; with Redis unreachable the error wraps
 // ErrUnavailable.
 func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
-	if it, ok := c.hot.Get(key); ok && (it.tags == nil || c.tagsCurrent(it.tags)) {
-		return it.result()
+	if it, ok := c.hot.Get(key); ok {
+		if it.tags == nil || c.tagsCurrent(it.tags) {
+			return it.result()
+		}
+		c.st.l1TagStale.Add(1)
 	}
 	return c.miss(ctx, key, nil, nil)
 }
@@ -28,11 +31,14 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 // it (see Option); each caller waits on its own ctx. An L1 hit costs one
 // ristretto lookup: no allocation, no lock, no clock read.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], opts ...Option) (V, error) {
-	if it, ok, due := c.hot.GetRefresh(key); ok && (it.tags == nil || c.tagsCurrent(it.tags)) {
-		if due {
-			c.refreshAhead(ctx, key, load, opts)
+	if it, ok, due := c.hot.GetRefresh(key); ok {
+		if it.tags == nil || c.tagsCurrent(it.tags) {
+			if due {
+				c.refreshAhead(ctx, key, load, opts)
+			}
+			return it.result()
 		}
-		return it.result()
+		c.st.l1TagStale.Add(1)
 	}
 	if load == nil {
 		var zero V

@@ -10,6 +10,9 @@ import (
 // are cumulative since New. Reading them does no I/O (for the Redis server's
 // own INFO figures, use l2.Store.ServerStats on your client).
 type Stats struct {
+	// L1 is the local tier's counters, as the callers saw them: a tagged
+	// copy found with a tag that moved on (see InvalidateTag) counts as a
+	// miss (Misses, Stale), not as a hit.
 	L1           l1.Stats
 	L2           L2Stats
 	Invalidation invalidation.Stats
@@ -90,7 +93,15 @@ type Combined struct {
 // Stats returns a snapshot of the counters.
 func (c *Cache[V]) Stats() Stats {
 	var s Stats
+	// A tagged copy whose tags moved on is a hit for l1 and a miss for
+	// the caller: counted as a stale miss here. Read before l1's counters,
+	// which counted each such copy first.
+	tagStale := c.st.l1TagStale.Load()
 	s.L1 = c.local.Stats()
+	tagStale = min(tagStale, s.L1.Hits)
+	s.L1.Hits -= tagStale
+	s.L1.Misses += tagStale
+	s.L1.Stale += tagStale
 	st, opened := c.brk.snapshot()
 	s.L2 = L2Stats{
 		Lookups: c.st.l2Lookups.Load(), Hits: c.st.l2Hits.Load(), Errors: c.st.l2Errors.Load(),

@@ -413,3 +413,41 @@ func TestTagWriteAfterUnheardInvalidate(t *testing.T) {
 		}
 	}
 }
+
+// TestTagStaleCopyIsAnL1Miss: a tagged L1 copy whose tag moved on is a miss
+// for the caller, and Stats counts it so (L1.Misses and L1.Stale, not Hits),
+// whichever read found it.
+func TestTagStaleCopyIsAnL1Miss(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a := tagCache(t, srv.Addr(), "tm")
+	ctx := context.Background()
+	for _, k := range []string{"g", "l", "m"} {
+		if err := a.Set(ctx, k, "v", WithTags("t")); err != nil {
+			t.Fatal(err)
+		}
+		a.hot.Wait()
+		if _, err := a.Get(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.InvalidateTag(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	before := a.Stats().L1
+	if _, err := a.Get(ctx, "g"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get = %v, want ErrNotFound", err)
+	}
+	if _, err := a.GetOrLoad(ctx, "l", func(context.Context, string) (string, error) { return "new", nil }); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := a.GetMany(ctx, []string{"m"}); err != nil || len(m) != 0 {
+		t.Fatalf("GetMany = %v, %v; want nothing", m, err)
+	}
+	after := a.Stats().L1
+	if d := after.Hits - before.Hits; d != 0 {
+		t.Errorf("L1 hits counted for 3 invalidated copies: %d, want 0", d)
+	}
+	if d, s := after.Misses-before.Misses, after.Stale-before.Stale; d != 3 || s != 3 {
+		t.Errorf("L1 misses +%d, stale +%d for 3 invalidated copies; want +3, +3", d, s)
+	}
+}
