@@ -36,7 +36,7 @@ func TestTagInvalidationFleet(t *testing.T) {
 		ukeys[i] = fmt.Sprintf("u:%04d", i)
 	}
 	var (
-		gen                     atomic.Int64 // the database's generation: values are key@gen
+		gen                    atomic.Int64 // the database's generation: values are key@gen
 		taggedLoads, ctrlLoads atomic.Int64
 	)
 	gen.Store(1)
