@@ -20,6 +20,8 @@ type Stats struct {
 	Corrupt       uint64       // values that were not a valid envelope
 	TooLarge      uint64       // values refused (writes, CheckSize) or skipped (reads) for exceeding MaxValueSize
 	StaleRefused  uint64       // keys of versioned writes refused because Redis held a version as new or newer
+	Batches       uint64       // scripts a Batcher ran for several writes together (one notification each)
+	BatchedWrites uint64       // the writes those scripts carried
 	Latency       LatencyStats // per round trip (one per operation or batch)
 	// LatencyHistogram is the same round trips in fixed buckets (100µs
 	// to 10s), cumulative, with their sum: for exporters.
@@ -45,6 +47,7 @@ func (s *Store) Stats() Stats {
 		Notifications: s.notifies.Load(),
 		Errors:        s.errs.Load(), Timeouts: s.timeouts.Load(),
 		Corrupt: s.corrupt.Load(), TooLarge: s.large.Load(), StaleRefused: s.stale.Load(),
+		Batches: s.batches.Load(), BatchedWrites: s.batched.Load(),
 		Latency: s.latency.Snapshot(), LatencyHistogram: s.latency.Buckets(),
 	}
 }

@@ -31,6 +31,7 @@ type Store struct {
 	hits, misses, sets, deletes    atomic.Uint64
 	errs, timeouts, corrupt, large atomic.Uint64
 	notifies, stale                atomic.Uint64
+	batches, batched               atomic.Uint64 // Batcher scripts of several writes, and those writes
 	latency                        hist.Histogram
 }
 

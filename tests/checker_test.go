@@ -83,6 +83,18 @@ func TestConsistencyTags(t *testing.T) {
 	}, checkerFault{tags: true})
 }
 
+// TestConsistencyWriteBatching runs the checker with WriteBatchWindow on
+// and four writers per instance, so that Sets overlap and share scripts
+// and messages: no read may return a value overtaken beyond the bound.
+func TestConsistencyWriteBatching(t *testing.T) {
+	srv := redistest.StartServer(t)
+	runChecker(t, "chkbatch", checkerDuration(t, 10*time.Second), propagationBound, func(t *testing.T) redis.UniversalClient {
+		return newClient(t, srv.Addr(), healthyTimeouts)
+	}, checkerFault{writers: 4, config: func(cfg *tiered.Config[int64]) {
+		cfg.WriteBatchWindow = time.Millisecond
+	}})
+}
+
 func TestConsistencyCluster(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	const ns = "chk"
@@ -273,6 +285,8 @@ type checkerFault struct {
 	// tags, if set, tags every key's writes and loads with keyTag(key)
 	// and adds a tag changer per instance (see op.tag).
 	tags bool
+	// writers is the number of writer goroutines per instance (default 1).
+	writers int
 }
 
 // keyTag is the tag of a checked key in a run with tags: ten tags, each
@@ -383,12 +397,14 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 	var fault []checkerFault // the fault event, if any
 	var tweak func(*tiered.Config[int64])
 	var tagged bool
+	writers := 1
 	if len(variant) > 0 {
 		if variant[0].run != nil {
 			fault = variant[:1]
 		}
 		tweak = variant[0].config
 		tagged = variant[0].tags
+		writers = max(variant[0].writers, 1)
 	}
 	// Key i is name i/numLanes of lane i%numLanes.
 	names := checkerKeys()
@@ -504,15 +520,18 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		}
 	}
 	for _, c := range lanes {
-		wg.Add(2)
-		go func() { // writer
-			defer wg.Done()
-			for !stop.Load() {
-				change(c, false, false)
-				writes.Add(1)
-				time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
-			}
-		}()
+		for range writers {
+			wg.Add(1)
+			go func() { // writer
+				defer wg.Done()
+				for !stop.Load() {
+					change(c, false, false)
+					writes.Add(1)
+					time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
+				}
+			}()
+		}
+		wg.Add(1)
 		go func() { // deleter
 			defer wg.Done()
 			for !stop.Load() {
@@ -687,6 +706,20 @@ func runChecker(t *testing.T, ns string, d, bound time.Duration, client func(t *
 		len(staleSeen), p99, worst, worstRead.inst, labels[worstRead.key], worstRead.ver, probe.worst)
 	if total == 0 || writes.Load() == 0 || deletes.Load() == 0 {
 		t.Fatalf("the run did nothing: %d reads, %d writes, %d deletes", total, writes.Load(), deletes.Load())
+	}
+	if cfg(nil).WriteBatchWindow > 0 {
+		var batches, batched, sets uint64
+		for _, inst := range lanes {
+			for _, c := range inst {
+				st := c.stats().L2.Store
+				batches, batched, sets = batches+st.Batches, batched+st.BatchedWrites, sets+st.Sets
+			}
+		}
+		t.Logf("write batching: %d writes (%d writers per instance) went in %d shared scripts; keys written to Redis in all: %d",
+			batched, writers, batches, sets)
+		if batches == 0 {
+			t.Error("no write shared a script: the run did not exercise write batching")
+		}
 	}
 	if tagged {
 		var tagMisses uint64

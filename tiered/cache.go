@@ -118,9 +118,12 @@ type Cache[V any] struct {
 	// hot is local's concrete L1, for the hit path only: an interface call
 	// there would cost a dynamic dispatch and block inlining.
 	hot *l1.Cache[item[V]]
-	l2  remoteTier      // nil in L1-only mode
-	bus invalidationBus // nil in L1-only mode
-	brk breaker
+	l2  remoteTier // nil in L1-only mode
+	// batcher sends Sets that overlap in one script (Config.WriteBatchWindow);
+	// nil when off.
+	batcher *l2.Batcher
+	bus     invalidationBus // nil in L1-only mode
+	brk     breaker
 
 	notifyDelete l2.NotifyFunc // invalidation for written or deleted keys
 	notifyClear  l2.NotifyFunc // invalidation that drops every L1
@@ -305,6 +308,9 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	}
 	c.l2, c.bus = store, bus
 	c.notifyDelete, c.notifyClear, c.notifyTags = bus.NotifyDelete, bus.NotifyClear, bus.NotifyTags
+	if cfg.WriteBatchWindow > 0 {
+		c.batcher = store.NewBatcher(c.notifyDelete, cfg.WriteBatchWindow)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
 	defer cancel()
 	if err := bus.Start(ctx); err != nil {

@@ -178,6 +178,21 @@ type Config[V any] struct {
 	// LoadTimeout/2; at most LoadTimeout (the bound of every load).
 	LoadClaimWait time.Duration
 
+	// WriteBatchWindow lets Sets that overlap share one invalidation
+	// message: Redis delivers every message to every subscribed instance,
+	// so under a high write rate a fleet's deliveries fall by the batch
+	// size. A Set (or SetMany) that finds no other write of its partition
+	// in flight runs at once, alone; one that arrives while a write is in
+	// flight queues, and the queue goes as one script, writing every
+	// queued value and publishing one message that names them all, when
+	// WriteBatchWindow has passed since the first queued (or 512 keys are
+	// queued). A Set is still acknowledged only once the script that
+	// wrote it and published its message has returned; a queued Set waits
+	// at most WriteBatchWindow before it is sent. Versioned writes,
+	// writes over several partitions (Redis Cluster slots) and deletes
+	// are not batched. Zero: off. At most 10ms.
+	WriteBatchWindow time.Duration
+
 	// RedisTimeout bounds each Redis operation. If zero,
 	// DefaultRedisTimeout. Negative: the Cache sets no bound of its own, so
 	// an operation is bounded by its ctx (the caller's for a write,
@@ -344,6 +359,8 @@ func (c Config[V]) withDefaults() (Config[V], error) {
 		return c, fmt.Errorf("tiered: LoadClaim %v is below 10ms (the lease must outlast a Redis round trip)", c.LoadClaim)
 	case c.LoadClaimWait < 0:
 		return c, fmt.Errorf("tiered: LoadClaimWait %v is negative", c.LoadClaimWait)
+	case c.WriteBatchWindow < 0 || c.WriteBatchWindow > maxWriteBatchWindow:
+		return c, fmt.Errorf("tiered: WriteBatchWindow %v must be between 0 and %v (a queued write waits this long)", c.WriteBatchWindow, maxWriteBatchWindow)
 	case !(c.RefreshAhead >= 0 && c.RefreshAhead < 1): // also NaN
 		return c, fmt.Errorf("tiered: RefreshAhead %v must be at least 0 and below 1 (a fraction of the TTL)", c.RefreshAhead)
 	case !(c.L1TTLJitter < 1): // also NaN
@@ -421,7 +438,7 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 		TTL, MaxL1TTL, RedisTimeout, LoadTimeout      time.Duration
 		NegativeTTL, FailSafeMaxStale, UnhealthyL1TTL time.Duration
 		FailSafeRetryAfter, SoftTimeout               time.Duration
-		LoadClaim, LoadClaimWait                      time.Duration
+		LoadClaim, LoadClaimWait, WriteBatchWindow    time.Duration
 		AntiEntropyInterval, BreakerCooldown          time.Duration
 		L1MaxEntries, L1MaxBytes                      int64
 		BreakerFailures, MaxValueSize                 int
@@ -432,9 +449,13 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 		c.Namespace, c.TTL, c.MaxL1TTL, c.RedisTimeout, c.LoadTimeout,
 		c.NegativeTTL, c.FailSafeMaxStale, c.UnhealthyL1TTL,
 		c.FailSafeRetryAfter, c.SoftTimeout,
-		c.LoadClaim, c.LoadClaimWait,
+		c.LoadClaim, c.LoadClaimWait, c.WriteBatchWindow,
 		c.AntiEntropyInterval, c.BreakerCooldown,
 		c.L1MaxEntries, c.L1MaxBytes, c.BreakerFailures, c.MaxValueSize, c.L1TTLJitter, c.RefreshAhead,
 		c.Redis != nil, hmacKey,
 	})
 }
+
+// maxWriteBatchWindow bounds Config.WriteBatchWindow: a queued Set waits
+// this long at most before it is sent.
+const maxWriteBatchWindow = 10 * time.Millisecond

@@ -66,6 +66,9 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...Opti
 		entries[k] = e
 	}
 	return c.write(ctx, "set", keys, func(ctx context.Context) error {
+		if c.batcher != nil {
+			return c.batcher.SetMany(ctx, entries)
+		}
 		return c.l2.SetMany(ctx, entries, l2.Notify(c.notifyDelete))
 	})
 }
@@ -331,6 +334,9 @@ func (c *Cache[V]) Close() error {
 		errs = append(errs, fmt.Errorf("tiered: Close: shared work still running after %v (a loader, or a Redis client without deadlines, ignores its ctx); left to finish", d))
 	}
 	errs = append(errs, c.local.Close())
+	if c.batcher != nil {
+		c.batcher.Close()
+	}
 	if c.l2 != nil {
 		errs = append(errs, c.l2.Close())
 	}
