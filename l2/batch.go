@@ -32,9 +32,9 @@ type Batcher struct {
 	window time.Duration
 
 	mu      sync.Mutex
-	lanes   map[int]*batchLane // guarded by mu: by partition
-	flushes sync.WaitGroup     // running flush goroutines
-	closing chan struct{}      // closed by Close: queued writes go at once
+	lanes   map[laneKey]*batchLane // guarded by mu
+	flushes sync.WaitGroup         // running flush goroutines
+	closing chan struct{}          // closed by Close: queued writes go at once
 	closed  sync.Once
 }
 
@@ -42,7 +42,13 @@ type Batcher struct {
 // reaches it is sent without waiting for the rest of the window.
 const maxBatchKeys = 512
 
-// batchLane is one partition's writes.
+// laneKey names a lane: the writes of one partition and one script.
+type laneKey struct {
+	slot int
+	del  bool // tombstoning deletes (tombScript), not sets (setScript)
+}
+
+// batchLane is one lane's writes.
 type batchLane struct {
 	inflight int           // scripts of this partition running
 	queue    []*batchReq   // writes waiting for the window
@@ -64,7 +70,7 @@ type batchReq struct {
 // window is how long a write that queued behind another waits for more
 // writes to join it (a few hundred microseconds to 1 ms is typical).
 func (s *Store) NewBatcher(fn NotifyFunc, window time.Duration) *Batcher {
-	return &Batcher{s: s, fn: fn, window: window, lanes: map[int]*batchLane{}, closing: make(chan struct{})}
+	return &Batcher{s: s, fn: fn, window: window, lanes: map[laneKey]*batchLane{}, closing: make(chan struct{})}
 }
 
 // SetMany writes entries as Store.SetMany with Notify(fn) does, sharing
@@ -88,27 +94,73 @@ func (b *Batcher) SetMany(ctx context.Context, entries map[string]Entry) error {
 	for i, k := range keys {
 		ttls[i] = ttlArg(entries[k].TTL)
 	}
-	req := &batchReq{ctx: ctx, keys: keys, vals: vals, ttls: ttls}
-	slot := groups[0].slot
+	err = b.submit(ctx, laneKey{slot: groups[0].slot}, &batchReq{ctx: ctx, keys: keys, vals: vals, ttls: ttls})
+	if err != nil {
+		return b.s.fail(op, err, keys...)
+	}
+	b.s.sets.Add(uint64(len(keys)))
+	return nil
+}
+
+// DeleteMany deletes keys as Store.DeleteMany with Notify(fn) and
+// Tombstone(tombstone) does (tombstone > 0), sharing its script with
+// overlapping deletes when every key is in one partition; otherwise it is
+// Store.DeleteMany. It does not report how many keys existed.
+func (b *Batcher) DeleteMany(ctx context.Context, keys []string, tombstone time.Duration) error {
+	op := "mdel"
+	if len(keys) == 1 {
+		op = "del"
+	}
+	if b.s.closed.Load() {
+		return b.s.closedErr(op, keys...)
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	groups := b.s.groups(keys)
+	if len(groups) != 1 || tombstone <= 0 {
+		_, err := b.s.DeleteMany(ctx, keys, Notify(b.fn), Tombstone(tombstone))
+		return err
+	}
+	now := time.Now()
+	ttl := ttlArg(tombstone)
+	vals := make([][]byte, len(keys))
+	ttls := make([]string, len(keys))
+	for i := range keys {
+		vals[i], ttls[i] = tombstoneBytes(tombstone, now), ttl
+	}
+	if err := b.submit(ctx, laneKey{slot: groups[0].slot, del: true}, &batchReq{ctx: ctx, keys: keys, vals: vals, ttls: ttls}); err != nil {
+		return b.s.fail(op, err, keys...)
+	}
+	b.s.deletes.Add(uint64(len(keys)))
+	return nil
+}
+
+// submit runs req at once, alone, when nothing of its lane is in flight;
+// otherwise it queues it for the lane's next batch and waits for that
+// batch or ctx.
+func (b *Batcher) submit(ctx context.Context, key laneKey, req *batchReq) (err error) {
 	start := time.Now()
+	defer func() { b.s.latency.Record(time.Since(start)) }()
 	b.mu.Lock()
-	lane := b.lanes[slot]
+	lane := b.lanes[key]
 	if lane == nil {
 		lane = &batchLane{}
-		b.lanes[slot] = lane
+		b.lanes[key] = lane
 	}
 	if lane.inflight == 0 {
 		lane.inflight++
 		b.mu.Unlock()
-		err = b.run(ctx, slot, []*batchReq{req})
-	} else {
+		return b.run(ctx, key, []*batchReq{req})
+	}
+	{
 		req.done = make(chan struct{})
 		lane.queue = append(lane.queue, req)
-		lane.queued += len(keys)
+		lane.queued += len(req.keys)
 		if len(lane.queue) == 1 {
 			lane.full = make(chan struct{})
 			b.flushes.Add(1)
-			go b.flush(slot, lane, lane.full)
+			go b.flush(key, lane, lane.full)
 		}
 		if lane.queued >= maxBatchKeys && lane.full != nil {
 			close(lane.full)
@@ -117,22 +169,16 @@ func (b *Batcher) SetMany(ctx context.Context, entries map[string]Entry) error {
 		b.mu.Unlock()
 		select {
 		case <-req.done:
-			err = req.err
+			return req.err
 		case <-ctx.Done():
-			err = ctx.Err()
+			return ctx.Err()
 		}
 	}
-	b.s.latency.Record(time.Since(start))
-	if err != nil {
-		return b.s.fail(op, err, keys...)
-	}
-	b.s.sets.Add(uint64(len(keys)))
-	return nil
 }
 
 // flush waits for the window (or a full queue), then runs the lane's
 // queue as one script.
-func (b *Batcher) flush(slot int, lane *batchLane, full <-chan struct{}) {
+func (b *Batcher) flush(key laneKey, lane *batchLane, full <-chan struct{}) {
 	defer b.flushes.Done()
 	t := time.NewTimer(b.window)
 	select {
@@ -166,7 +212,7 @@ func (b *Batcher) flush(slot int, lane *batchLane, full <-chan struct{}) {
 		ctx, cancel = context.WithDeadline(ctx, latest)
 		defer cancel()
 	}
-	err := b.run(ctx, slot, reqs)
+	err := b.run(ctx, key, reqs)
 	if len(reqs) > 1 {
 		b.s.batches.Add(1)
 		b.s.batched.Add(uint64(len(reqs)))
@@ -179,10 +225,10 @@ func (b *Batcher) flush(slot int, lane *batchLane, full <-chan struct{}) {
 
 // run writes reqs' keys in one script with one notification; the caller
 // has counted it in the lane's inflight.
-func (b *Batcher) run(ctx context.Context, slot int, reqs []*batchReq) error {
+func (b *Batcher) run(ctx context.Context, key laneKey, reqs []*batchReq) error {
 	defer func() {
 		b.mu.Lock()
-		b.lanes[slot].inflight--
+		b.lanes[key].inflight--
 		b.mu.Unlock()
 	}()
 	keys, vals, ttls := reqs[0].keys, reqs[0].vals, reqs[0].ttls
@@ -194,7 +240,11 @@ func (b *Batcher) run(ctx context.Context, slot int, reqs []*batchReq) error {
 			ttls = append(ttls, r.ttls...)
 		}
 	}
-	return b.s.runScript(ctx, keys, b.fn, setScript, func(i int, argv []any) []any {
+	sc := setScript
+	if key.del {
+		sc = tombScript
+	}
+	return b.s.runScript(ctx, keys, b.fn, sc, func(i int, argv []any) []any {
 		return append(argv, vals[i], ttls[i])
 	}, nil)
 }

@@ -22,9 +22,13 @@ func batchStore(t *testing.T) (*Store, *redistest.Proxy, *redistest.Server) {
 
 // batchLaneState reads a lane's in-flight scripts and queued writes.
 func (b *Batcher) laneState(slot int) (inflight, queued int) {
+	return b.laneStateOf(laneKey{slot: slot})
+}
+
+func (b *Batcher) laneStateOf(key laneKey) (inflight, queued int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if l := b.lanes[slot]; l != nil {
+	if l := b.lanes[key]; l != nil {
 		return l.inflight, len(l.queue)
 	}
 	return 0, 0
@@ -156,5 +160,61 @@ func TestBatcherCallerDeadline(t *testing.T) {
 	release()
 	if err := <-heldDone; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBatcherDeletes: deletes that overlap share one script and one
+// notification, and leave tombstones (a later SetIf "only if absent" does
+// not write over them); a lone delete runs alone.
+func TestBatcherDeletes(t *testing.T) {
+	s, px, srv := batchStore(t)
+	ctx := context.Background()
+	for i := range 5 {
+		if err := s.Set(ctx, fmt.Sprint("d", i), Entry{Value: []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := subscribe(t, srv.Client(), "inv")
+	b := s.NewBatcher(testNotify("inv"), 200*time.Millisecond)
+	defer b.Close()
+	release := px.Hold("evalsha", "d0")
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- b.DeleteMany(ctx, []string{"d0"}, time.Minute) }()
+	del := laneKey{del: true}
+	redistest.WaitFor(t, 10*time.Second, "the first delete to be in flight", func() bool {
+		in, _ := b.laneStateOf(del)
+		return in == 1
+	})
+	var wg sync.WaitGroup
+	for i := 1; i < 5; i++ {
+		wg.Go(func() {
+			if err := b.DeleteMany(ctx, []string{fmt.Sprint("d", i)}, time.Minute); err != nil {
+				t.Errorf("delete d%d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	msg, ok := next()
+	if !ok || strings.Count(msg, ",") != 3 {
+		t.Fatalf("the batch's notification = %q, %v; want one naming d1..d4", msg, ok)
+	}
+	release()
+	if err := <-firstDone; err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		k := fmt.Sprint("d", i)
+		if e, err := s.Read(ctx, k); err != nil || !e.Tombstone {
+			t.Fatalf("Read(%s) after the delete = %+v, %v; want a tombstone", k, e, err)
+		}
+		if _, err := s.Get(ctx, k); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Get(%s) after the delete = %v, want ErrNotFound", k, err)
+		}
+		if wrote, err := s.SetIf(ctx, k, Entry{Value: []byte("late")}, nil); err != nil || wrote {
+			t.Fatalf("SetIf(%s, absent) over the tombstone = %v, %v; want refused", k, wrote, err)
+		}
+	}
+	if st := s.Stats(); st.Batches != 1 || st.BatchedWrites != 4 || st.Deletes != 5 {
+		t.Fatalf("stats: %d batches of %d writes, %d deletes; want 1, 4, 5", st.Batches, st.BatchedWrites, st.Deletes)
 	}
 }

@@ -310,9 +310,7 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 		ttl := ttlArg(wo.tombstone)
 		now := time.Now()
 		err = s.runScript(ctx, keys, wo.notify, tombScript, func(_ int, argv []any) []any {
-			var nonce [8]byte
-			binary.BigEndian.PutUint64(nonce[:], rand.Uint64())
-			return append(argv, encode(nil, &Entry{Tombstone: true, TTL: wo.tombstone, Value: nonce[:]}, now), ttl)
+			return append(argv, tombstoneBytes(wo.tombstone, now), ttl)
 		}, count)
 	case wo.notify != nil:
 		err = s.runScript(ctx, keys, wo.notify, delScript, nil, count)
@@ -336,6 +334,15 @@ func (s *Store) deleteMany(ctx context.Context, op string, keys []string, opts [
 	}
 	s.deletes.Add(uint64(len(keys)))
 	return n, nil
+}
+
+// tombstoneBytes encodes an unversioned tombstone living ttl from now. Its
+// random nonce makes each tombstone's bytes unique, so that a
+// compare-and-set against one read earlier never matches a later one.
+func tombstoneBytes(ttl time.Duration, now time.Time) []byte {
+	var nonce [8]byte
+	binary.BigEndian.PutUint64(nonce[:], rand.Uint64())
+	return encode(nil, &Entry{Tombstone: true, TTL: ttl, Value: nonce[:]}, now)
 }
 
 // Clear removes every key under the prefix (SCAN + UNLINK in batches; never

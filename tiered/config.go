@@ -178,19 +178,21 @@ type Config[V any] struct {
 	// LoadTimeout/2; at most LoadTimeout (the bound of every load).
 	LoadClaimWait time.Duration
 
-	// WriteBatchWindow lets Sets that overlap share one invalidation
+	// WriteBatchWindow lets writes that overlap share one invalidation
 	// message: Redis delivers every message to every subscribed instance,
 	// so under a high write rate a fleet's deliveries fall by the batch
-	// size. A Set (or SetMany) that finds no other write of its partition
-	// in flight runs at once, alone; one that arrives while a write is in
-	// flight queues, and the queue goes as one script, writing every
-	// queued value and publishing one message that names them all, when
-	// WriteBatchWindow has passed since the first queued (or 512 keys are
-	// queued). A Set is still acknowledged only once the script that
-	// wrote it and published its message has returned; a queued Set waits
-	// at most WriteBatchWindow before it is sent. Versioned writes,
-	// writes over several partitions (Redis Cluster slots) and deletes
-	// are not batched. Zero: off. At most 10ms.
+	// size. A Set, SetMany, Delete or DeleteMany that finds no other write
+	// of its kind and partition in flight runs at once, alone; one that
+	// arrives while such a write is in flight queues, and the queue goes
+	// as one script, writing every queued value (or tombstone) and
+	// publishing one message that names every key, when WriteBatchWindow
+	// has passed since the first queued (or 512 keys are queued). A write
+	// is still acknowledged only once the script that wrote it and
+	// published its message has returned; a queued write waits at most
+	// WriteBatchWindow before it is sent, and one whose ctx ends first
+	// returns its ctx's error (in doubt, as any write cut short). Versioned
+	// writes (WithVersion) and writes over several partitions (Redis
+	// Cluster slots) are not batched. Zero: off. At most 10ms.
 	WriteBatchWindow time.Duration
 
 	// RedisTimeout bounds each Redis operation. If zero,

@@ -111,6 +111,9 @@ func (c *Cache[V]) DeleteMany(ctx context.Context, keys []string, opts ...Option
 	}
 	wo = append(wo, l2.Tombstone(tomb))
 	return c.write(ctx, "delete", keys, func(ctx context.Context) error {
+		if c.batcher != nil && o.version == 0 {
+			return c.batcher.DeleteMany(ctx, keys, tomb)
+		}
 		_, err := c.l2.DeleteMany(ctx, keys, wo...)
 		return err
 	})

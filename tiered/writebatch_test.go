@@ -3,6 +3,7 @@ package tiered
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -93,5 +94,37 @@ func TestWriteBatchSets(t *testing.T) {
 	t.Logf("%d writes shared %d scripts; %d notifications for %d keys written", st.BatchedWrites, st.Batches, st.Notifications, st.Sets)
 	if st.Notifications >= st.Sets {
 		t.Fatalf("%d notifications for %d keys written: batching saved none", st.Notifications, st.Sets)
+	}
+	// Deletes batch as well; the reader drops every copy it held.
+	for i := range keys {
+		if _, err := r.Get(ctx, fmt.Sprint("k", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := w.Stats().L2.Store
+	var wg sync.WaitGroup
+	for g := range writers {
+		wg.Go(func() {
+			for i := g; i < keys; i += writers {
+				if err := w.Delete(ctx, fmt.Sprint("k", i)); err != nil {
+					t.Errorf("Delete: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	redistest.WaitFor(t, 5*time.Second, "the reader to miss every deleted key", func() bool {
+		for i := range keys {
+			if _, err := r.Get(ctx, fmt.Sprint("k", i)); !errors.Is(err, ErrNotFound) {
+				return false
+			}
+		}
+		return true
+	})
+	after := w.Stats().L2.Store
+	t.Logf("deletes: %d of %d shared %d scripts", after.BatchedWrites-before.BatchedWrites, keys, after.Batches-before.Batches)
+	if after.Deletes-before.Deletes != keys {
+		t.Fatalf("%d keys deleted, want %d", after.Deletes-before.Deletes, keys)
 	}
 }
