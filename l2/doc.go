@@ -21,7 +21,11 @@
 // partition's sequence key and publishes the notification: a write is never
 // acknowledged without its notification, and never notified without the write.
 // The wire contract (channel, sequence and epoch keys, payload layout, scripts)
-// is owned by package internal/wire; l2 does not interpret the body.
+// is owned by package internal/wire; l2 does not interpret the body. A
+// [Batcher] lets writes that overlap share one such script, and so one
+// notification: a write with nothing of its partition in flight runs at once;
+// one that queues behind another waits at most the Batcher's window, and is
+// acknowledged only once the shared script has returned.
 //
 // # Replacing what was read
 //

@@ -26,7 +26,9 @@
 // Set, SetMany, Delete and DeleteMany write Redis and publish the invalidation
 // in one atomic script per partition (on Redis Cluster, a batch's partitions
 // succeed or fail apart), then drop the writer's L1 copies; Delete leaves a
-// short-lived tombstone. [WithVersion] refuses a write not newer than
+// short-lived tombstone. With Config.WriteBatchWindow, writes that overlap
+// share one script and one message, each still acknowledged only once its
+// script returned. [WithVersion] refuses a write not newer than
 // the stored version ([ErrStale]). SetMany of a value encoded above
 // Config.MaxValueSize fails before any I/O (l2.ErrTooLarge); such a loaded value
 // stays in this instance's L1 only. Clear removes the namespace's keys (never
