@@ -192,7 +192,8 @@ type Config[V any] struct {
 	// WriteBatchWindow before it is sent, and one whose ctx ends first
 	// returns its ctx's error (in doubt, as any write cut short). Versioned
 	// writes (WithVersion) and writes over several partitions (Redis
-	// Cluster slots) are not batched. Zero: off. At most 10ms.
+	// Cluster slots) are not batched; on a Cluster only writes to keys of
+	// one slot (a hash tag) share a message. Zero: off. At most 10ms.
 	WriteBatchWindow time.Duration
 
 	// RedisTimeout bounds each Redis operation. If zero,
