@@ -739,15 +739,16 @@ func TestReviewClaimHugeBatch(t *testing.T) {
 	srv := redistest.StartServer(t)
 	rc := newClient(t, srv.Addr())
 	cfg := func() Config[string] {
-		// RedisTimeout 5s: a pipeline of 20,000 claims or releases takes
-		// 100-400ms on a busy machine, more than the default 250ms, and a
-		// claim pipeline that overruns it makes the batch load without
-		// claims (the fallback for Redis trouble), which is not what this
-		// test is about.
+		// RedisTimeout 20s: a pipeline of 20,000 claims or releases takes
+		// 100-400ms on a busy machine, more than the default 250ms, and
+		// seconds under -race with both cores saturated (CI once saw B's
+		// re-claim overrun 5s); a claim pipeline that overruns it makes
+		// the batch load without claims (the fallback for Redis trouble),
+		// which is not what this test is about.
 		// LoadClaim 3s: the renewal of 20,000 claims is one pipeline of
 		// EVALs, 100-400ms by itself, so the lease must leave room for it.
-		return Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rchb", LoadClaim: 3 * time.Second,
-			LoadClaimWait: 15 * time.Second, LoadTimeout: 30 * time.Second, RedisTimeout: 5 * time.Second}
+		return Config[string]{Redis: newHugeBatchClient(t, srv.Addr()), Namespace: "rchb", LoadClaim: 3 * time.Second,
+			LoadClaimWait: 30 * time.Second, LoadTimeout: 60 * time.Second, RedisTimeout: 20 * time.Second}
 	}
 	a, b := newCache(t, cfg()), newCache(t, cfg())
 	keys := keysN("h", 20000)
@@ -806,8 +807,17 @@ func TestReviewClaimHugeBatch(t *testing.T) {
 		t.Errorf("%d claims left in Redis", len(left))
 	}
 	if st := b.Stats().Loads.Claims; st.FromOther != uint64(len(keys)) || st.Won != 0 {
-		t.Errorf("B claims %+v, want every key from A", st)
+		t.Errorf("B claims %+v, want every key from A (B's Redis errors: %d, timeouts %d)", st, b.Stats().L2.Errors, b.Stats().L2.Store.Timeouts)
 	}
+}
+
+// newHugeBatchClient is newClient with socket timeouts that a pipeline of
+// 20,000 scripts meets on a saturated machine.
+func newHugeBatchClient(t *testing.T, addr string) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true, MaxRetries: 1,
+		DialTimeout: 2 * time.Second, ReadTimeout: 20 * time.Second, WriteTimeout: 20 * time.Second})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // Review of tiered.Invalidator: attacks on Delete, Invalidate and
