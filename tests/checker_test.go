@@ -846,6 +846,27 @@ func tail(ops []op, v int64) string {
 	return s
 }
 
+// verdictCase is a read and the verdict judge must give it.
+type verdictCase struct {
+	name        string
+	r           read
+	wantVerdict int
+	wantStale   time.Duration
+}
+
+// checkVerdicts judges each case's read against ops (no tag group).
+func checkVerdicts(t *testing.T, ops []op, bound time.Duration, cases []verdictCase) {
+	t.Helper()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			stale, v := judge(tt.r, ops, nil, bound)
+			if v != tt.wantVerdict || stale != tt.wantStale {
+				t.Errorf("got %s, staleness %v; want %s, %v", verdictNames[v], stale, verdictNames[tt.wantVerdict], tt.wantStale)
+			}
+		})
+	}
+}
+
 // TestJudge pins the checker's verdicts on hand-made histories, so that a
 // passing run means what it says.
 func TestJudge(t *testing.T) {
@@ -859,12 +880,7 @@ func TestJudge(t *testing.T) {
 		{del: true, start: ms(300), ack: ms(310)},
 		{start: ms(590), ack: ms(600)},
 	}
-	tests := []struct {
-		name        string
-		r           read
-		wantVerdict int
-		wantStale   time.Duration
-	}{
+	tests := []verdictCase{
 		{"latest value", read{start: ms(50), end: ms(51), ver: 2}, okRead, 0},
 		{"overtaken within the bound", read{start: ms(50), end: ms(51), ver: 1}, okRead, ms(30)},
 		{"overtaken beyond the bound", read{start: ms(200), end: ms(201), ver: 1}, staleRead, ms(180)},
@@ -878,14 +894,7 @@ func TestJudge(t *testing.T) {
 		{"a delete's version", read{start: ms(400), end: ms(401), ver: 3}, phantom, 0},
 		{"a value from the future", read{start: ms(50), end: ms(51), ver: 4}, phantom, 0},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			stale, v := judge(tt.r, ops, nil, bound)
-			if v != tt.wantVerdict || stale != tt.wantStale {
-				t.Errorf("got %s, staleness %v; want %s, %v", verdictNames[v], stale, verdictNames[tt.wantVerdict], tt.wantStale)
-			}
-		})
-	}
+	checkVerdicts(t, ops, bound, tests)
 }
 
 // TestJudgeTags pins the verdicts around a tag change: its value counts
@@ -900,12 +909,7 @@ func TestJudgeTags(t *testing.T) {
 		{tag: true, start: ms(290), ack: ms(300)},
 		{start: ms(590), ack: ms(600)},
 	}
-	tests := []struct {
-		name        string
-		r           read
-		wantVerdict int
-		wantStale   time.Duration
-	}{
+	tests := []verdictCase{
 		{"old value within the bound", read{start: ms(350), end: ms(351), ver: 1}, okRead, ms(50)},
 		{"old value beyond the bound", read{start: ms(450), end: ms(451), ver: 1}, staleRead, ms(150)},
 		{"old value by GetOrLoad beyond the bound", read{start: ms(450), end: ms(451), ver: 1, load: true}, staleRead, ms(150)},
@@ -915,14 +919,7 @@ func TestJudgeTags(t *testing.T) {
 		{"a Get's miss after a later set", read{start: ms(750), end: ms(751)}, lostWrite, ms(150)},
 		{"the tag change's value after a later set", read{start: ms(750), end: ms(751), ver: 2}, staleRead, ms(150)},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			stale, v := judge(tt.r, ops, nil, bound)
-			if v != tt.wantVerdict || stale != tt.wantStale {
-				t.Errorf("got %s, staleness %v; want %s, %v", verdictNames[v], stale, verdictNames[tt.wantVerdict], tt.wantStale)
-			}
-		})
-	}
+	checkVerdicts(t, ops, bound, tests)
 	// Another key's tag change (same tag) ran 595..605ms, overlapping v3.
 	group := []op{ops[1], {tag: true, start: ms(595), ack: ms(605)}}
 	for _, tt := range []struct {

@@ -121,12 +121,7 @@ func (c *Cache[V]) knowTags(ctx context.Context, tags []string) (map[string]uint
 	if len(unknown) == 0 || c.l2 == nil {
 		return nil, nil
 	}
-	var vers []uint64
-	err := c.redisOp(ctx, func(rctx context.Context) error {
-		var err error
-		vers, err = c.l2.TagVersions(rctx, unknown)
-		return err
-	})
+	vers, err := c.tagVersions(ctx, unknown)
 	if err != nil {
 		return nil, err
 	}
@@ -149,6 +144,16 @@ func (c *Cache[V]) knowTags(ctx context.Context, tags []string) (map[string]uint
 	}
 	c.tags.mu.Unlock()
 	return read, nil
+}
+
+// tagVersions reads the versions of tags from Redis (one pipeline),
+// bounded and counted as any Redis operation of a read.
+func (c *Cache[V]) tagVersions(ctx context.Context, tags []string) (vers []uint64, err error) {
+	err = c.redisOp(ctx, func(rctx context.Context) error {
+		vers, err = c.l2.TagVersions(rctx, tags)
+		return err
+	})
+	return vers, err
 }
 
 // forgetTagsLocked drops every known version (c.tags.mu held).
@@ -201,12 +206,7 @@ func (c *Cache[V]) stampTags(ctx context.Context, tags []string) ([]l2.Tag, erro
 	c.tags.mu.RLock()
 	gen := c.tags.gen
 	c.tags.mu.RUnlock()
-	var vers []uint64
-	err := c.redisOp(ctx, func(rctx context.Context) error {
-		var err error
-		vers, err = c.l2.TagVersions(rctx, names)
-		return err
-	})
+	vers, err := c.tagVersions(ctx, names)
 	if err != nil {
 		return nil, err
 	}
