@@ -216,13 +216,14 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		}
 		return item[V]{}, lerr
 	}
-	it := item[V]{v: v, neg: err != nil, tags: mergeStamps(pre, set.tagsFor(key))}
+	stamps, tagsFit := mergeStamps(pre, set.tagsFor(key))
+	it := item[V]{v: v, neg: err != nil, tags: stamps}
 	if overran(ctx) {
 		return it, nil
 	}
 	ttl, keep := c.storeTTL(o, set, key, it.neg)
-	if !keep || tagErr != nil || set.tagErr != nil {
-		return it, nil // not cached (or its tags' versions are unknown)
+	if !keep || tagErr != nil || set.tagErr != nil || !tagsFit {
+		return it, nil // not cached (or its tags' versions are unknown, or too many)
 	}
 	if !c.local.Valid(t) {
 		// Invalidated while loading: the value may predate that write. Serve

@@ -260,10 +260,13 @@ func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps
 }
 
 // mergeStamps joins the stamps of a call's WithTags and of its loader's
-// SetTags or SetKeyTags (a tag named twice keeps its older version).
-func mergeStamps(a, b []l2.Tag) *tagStamps {
+// SetTags or SetKeyTags (a tag named twice keeps its older version). ok is
+// false when they add up to more than l2.MaxTags distinct tags: no entry
+// can carry them all, and one that dropped some would escape their
+// invalidation, so the load's result is served but kept nowhere.
+func mergeStamps(a, b []l2.Tag) (ts *tagStamps, ok bool) {
 	if len(a) == 0 && len(b) == 0 {
-		return nil
+		return nil, true
 	}
 	out := slices.Clone(a)
 	for _, t := range b {
@@ -273,10 +276,18 @@ func mergeStamps(a, b []l2.Tag) *tagStamps {
 		}
 		out = append(out, t)
 	}
-	if len(out) > l2.MaxTags {
-		out = out[:l2.MaxTags:l2.MaxTags]
+	return &tagStamps{tags: out}, len(out) <= l2.MaxTags
+}
+
+// distinctTags counts the distinct tags of stamp lists.
+func distinctTags(lists ...[]l2.Tag) int {
+	seen := map[string]struct{}{}
+	for _, l := range lists {
+		for _, t := range l {
+			seen[t.Name] = struct{}{}
+		}
 	}
-	return &tagStamps{tags: out}
+	return len(seen)
 }
 
 // dropTags forgets the known versions of tags (an invalidation named them)

@@ -1,0 +1,349 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/internal/wire"
+	"github.com/nearcache/nearcache/l2"
+)
+
+// namedTags returns n tags prefix0..prefix(n-1).
+func namedTags(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprint(prefix, i)
+	}
+	return out
+}
+
+// TestReviewTagMergeOver64Tags: a load whose WithTags and SetTags (or
+// SetKeyTags) add up to more than l2.MaxTags distinct tags must not keep a
+// value that an InvalidateTag of any of them leaves current: every tag it
+// was given must invalidate it, on the loading instance and on another.
+func TestReviewTagMergeOver64Tags(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a, b := tagCache(t, srv.Addr(), "r64"), tagCache(t, srv.Addr(), "r64")
+	ctx := context.Background()
+	opt, set := namedTags("w", 40), namedTags("s", 40)
+	var n atomic.Int64
+	load := func(ctx context.Context, key string) (string, error) {
+		if err := SetTags(ctx, set...); err != nil {
+			return "", err
+		}
+		return fmt.Sprint("v", n.Add(1)), nil
+	}
+	// Two SetTags calls of 40 tags each, without WithTags.
+	load2 := func(ctx context.Context, key string) (string, error) {
+		if err := SetTags(ctx, set...); err != nil {
+			return "", err
+		}
+		if err := SetTags(ctx, opt...); err == nil || !strings.Contains(err.Error(), "limit") {
+			t.Errorf("SetTags past %d tags: %v, want an error naming the limit", l2.MaxTags, err)
+		}
+		return fmt.Sprint("v", n.Add(1)), nil
+	}
+	batch := func(ctx context.Context, keys []string) (map[string]string, error) {
+		out := map[string]string{}
+		for _, k := range keys {
+			if err := SetKeyTags(ctx, k, set...); err != nil {
+				return nil, err
+			}
+			out[k] = fmt.Sprint("v", n.Add(1))
+		}
+		return out, nil
+	}
+	for _, tc := range []struct {
+		name string
+		get  func(*Cache[string]) (string, error)
+	}{
+		{"WithTags+SetTags", func(c *Cache[string]) (string, error) {
+			return c.GetOrLoad(ctx, "k1", load, WithTags(opt...))
+		}},
+		{"SetTags twice", func(c *Cache[string]) (string, error) { return c.GetOrLoad(ctx, "k2", load2) }},
+		{"WithTags+SetKeyTags", func(c *Cache[string]) (string, error) {
+			m, err := c.GetManyOrLoad(ctx, []string{"k3"}, batch, WithTags(opt...))
+			return m["k3"], err
+		}},
+	} {
+		for _, victim := range []string{"s39", "w39", "s0", "w0"} {
+			first, err := tc.get(a)
+			if err != nil {
+				t.Fatalf("%s: first load: %v", tc.name, err)
+			}
+			a.hot.Wait()
+			if err := a.InvalidateTag(ctx, victim); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := tc.get(a); err != nil || v == first {
+				t.Fatalf("%s: after InvalidateTag(%s) the loading instance served %q, %v; want a reload, not %q", tc.name, victim, v, err, first)
+			}
+			a.hot.Wait()
+			if err := a.InvalidateTag(ctx, victim); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := tc.get(b); err != nil || v == first {
+				t.Fatalf("%s: after InvalidateTag(%s) another instance served %q, %v", tc.name, victim, v, err)
+			}
+			b.hot.Wait()
+		}
+	}
+}
+
+// TestReviewTagLoadRaceSameInstance: a load whose loader started before
+// InvalidateTag on the same instance is never served to a caller that
+// comes after InvalidateTag returned, there or on another instance; a
+// load that starts after it is current everywhere (not lost).
+func TestReviewTagLoadRaceSameInstance(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a, b := tagCache(t, srv.Addr(), "rrs"), tagCache(t, srv.Addr(), "rrs")
+	ctx := context.Background()
+	for _, how := range []string{"WithTags", "SetTags"} {
+		key := "k-" + how
+		started, release := make(chan struct{}), make(chan struct{})
+		done := make(chan string, 1)
+		go func() {
+			var opts []Option
+			if how == "WithTags" {
+				opts = append(opts, WithTags("t"))
+			}
+			v, _ := a.GetOrLoad(ctx, key, func(ctx context.Context, key string) (string, error) {
+				if how == "SetTags" {
+					if err := SetTags(ctx, "t"); err != nil {
+						return "", err
+					}
+				}
+				close(started)
+				<-release
+				return "old", nil
+			}, opts...)
+			done <- v
+		}()
+		<-started
+		if err := a.InvalidateTag(ctx, "t"); err != nil {
+			t.Fatal(err)
+		}
+		// A caller after InvalidateTag does not join the old load.
+		v, err := a.GetOrLoad(ctx, key, func(context.Context, string) (string, error) { return "new", nil }, WithTags("t"))
+		if err != nil || v != "new" {
+			t.Fatalf("%s: GetOrLoad after InvalidateTag while the old load runs = %q, %v; want new", how, v, err)
+		}
+		close(release)
+		if v := <-done; v != "old" {
+			t.Fatalf("%s: the old load's caller got %q", how, v)
+		}
+		a.hot.Wait()
+		for name, c := range map[string]*Cache[string]{"a": a, "b": b} {
+			redistest.WaitFor(t, 5*time.Second, name+" to serve the value loaded after the invalidation", func() bool {
+				v, err := c.Get(ctx, key)
+				if err == nil && v == "old" {
+					t.Fatalf("%s: %s served the raced load's value", how, name)
+				}
+				return err == nil && v == "new"
+			})
+		}
+	}
+}
+
+// TestReviewTagSetUntaggedThenInvalidate: a key written with tags and
+// then without keeps the untagged value through InvalidateTag (it no
+// longer carries the tag), and the other way round loses it.
+func TestReviewTagSetUntaggedThenInvalidate(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a, b := tagCache(t, srv.Addr(), "rsu"), tagCache(t, srv.Addr(), "rsu")
+	ctx := context.Background()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(a.Set(ctx, "k", "tagged", WithTags("t")))
+	must(a.Set(ctx, "k", "plain"))
+	must(a.Set(ctx, "j", "plain"))
+	must(a.Set(ctx, "j", "tagged", WithTags("t")))
+	for _, c := range []*Cache[string]{a, b} {
+		if _, err := c.Get(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Get(ctx, "j"); err != nil {
+			t.Fatal(err)
+		}
+		c.hot.Wait()
+	}
+	must(b.InvalidateTag(ctx, "t"))
+	for name, c := range map[string]*Cache[string]{"a": a, "b": b} {
+		redistest.WaitFor(t, 5*time.Second, name+" to drop j", func() bool {
+			_, err := c.Get(ctx, "j")
+			return errors.Is(err, ErrNotFound)
+		})
+		if v, err := c.Get(ctx, "k"); err != nil || v != "plain" {
+			t.Fatalf("%s: untagged overwrite after InvalidateTag = %q, %v; want plain", name, v, err)
+		}
+	}
+}
+
+// TestReviewTagFailSafeAfterInvalidate: fail-safe and the soft timeout
+// never serve a stale value whose tag was invalidated before the call.
+func TestReviewTagFailSafeAfterInvalidate(t *testing.T) {
+	srv := redistest.StartServer(t)
+	cfg := func() Config[string] {
+		return Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rfs", RedisTimeout: 2 * time.Second,
+			TTL: 50 * time.Millisecond, FailSafeMaxStale: time.Minute, SoftTimeout: 20 * time.Millisecond,
+			LoadTimeout: 2 * time.Second}
+	}
+	a, b := newCache(t, cfg()), newCache(t, cfg())
+	ctx := context.Background()
+	fail := func(context.Context, string) (string, error) { return "", errors.New("db down") }
+	slow := func(ctx context.Context, _ string) (string, error) {
+		select {
+		case <-time.After(300 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		return "slow-new", nil
+	}
+	for i, key := range []string{"f", "s"} {
+		if err := a.Set(ctx, key, "old", WithTags("t")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // past TTL: stale, within FailSafeMaxStale
+		// Fail-safe works while the tag stands.
+		if v, err := b.GetOrLoad(ctx, key, fail); i == 0 && (err != nil || v != "old") {
+			t.Fatalf("fail-safe before the invalidation = %q, %v; want old", v, err)
+		}
+		if err := a.InvalidateTag(ctx, "t"); err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range map[string]*Cache[string]{"a": a, "b": b} {
+			if key == "f" {
+				redistest.WaitFor(t, 5*time.Second, name+" to refuse the stale tagged value", func() bool {
+					v, err := c.GetOrLoad(ctx, key, fail)
+					if err == nil && v == "old" && c == a {
+						t.Fatalf("a served the invalidated stale value by fail-safe")
+					}
+					return err != nil
+				})
+				continue
+			}
+			v, err := c.GetOrLoad(ctx, key, slow)
+			if c == a && (err != nil || v != "slow-new") {
+				t.Fatalf("soft timeout after InvalidateTag on a = %q, %v; want slow-new", v, err)
+			}
+		}
+	}
+}
+
+// TestReviewTagCorruptSection: an entry whose tag section is damaged is a
+// miss (counted as a decode error) or a clear error, never a panic nor
+// the value.
+func TestReviewTagCorruptSection(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a := tagCache(t, srv.Addr(), "rcs")
+	ctx := context.Background()
+	if err := a.Set(ctx, "k", "value", WithTags("tag")); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := srv.Client().Get(ctx, "rcs:k").Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(string(raw), "tag")
+	if i < 2 {
+		t.Fatalf("tag name not found in %q", raw)
+	}
+	cut := func(b []byte) []byte { return b }
+	for name, bad := range map[string][]byte{
+		"count 0":         append(append(append([]byte{}, raw[:i-2]...), 0), raw[i-1:]...),
+		"count 200":       append(append(append([]byte{}, raw[:i-2]...), 200, 1), raw[i-1:]...),
+		"name len huge":   append(append(append([]byte{}, raw[:i-1]...), 0xff, 0xff, 0x03), raw[i:]...),
+		"truncated":       cut(raw[:i+5]),
+		"count varint ff": append(append(append([]byte{}, raw[:i-2]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), raw[i-1:]...),
+	} {
+		if err := srv.Client().Set(ctx, "rcs:k", bad, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		c := tagCache(t, srv.Addr(), "rcs")
+		v, err := c.Get(ctx, "k")
+		if err == nil && v == "value" {
+			t.Fatalf("%s: served the value of a corrupt entry", name)
+		}
+		got, err := c.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { return "reloaded", nil })
+		if err != nil || got != "reloaded" {
+			t.Fatalf("%s: GetOrLoad over a corrupt entry = %q, %v; want reloaded", name, got, err)
+		}
+	}
+}
+
+// TestReviewTagCluster: on Redis Cluster, tags in other slots than their
+// keys (and than each other) invalidate entries on every instance and in
+// Redis; a load after the invalidation is current everywhere.
+func TestReviewTagCluster(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	ctx := context.Background()
+	client := func() redis.UniversalClient {
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), ContextTimeoutEnabled: true,
+			DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	a := newCache(t, Config[string]{Redis: client(), Namespace: "rcl", RedisTimeout: 2 * time.Second})
+	b := newCache(t, Config[string]{Redis: client(), Namespace: "rcl", RedisTimeout: 2 * time.Second})
+	tags := namedTags("grp", 20)
+	slots := map[int]bool{}
+	for _, tg := range tags {
+		slots[wire.TagSlot(wire.KeyPrefix("rcl"), tg)] = true
+	}
+	if len(slots) < 3 {
+		t.Fatalf("tags in %d slots only", len(slots))
+	}
+	var n atomic.Int64
+	load := func(ctx context.Context, key string) (string, error) {
+		i := int(key[1] - '0')
+		if err := SetTags(ctx, tags[i], tags[i+10]); err != nil {
+			return "", err
+		}
+		return fmt.Sprint(key, "#", n.Add(1)), nil
+	}
+	keys := namedTags("k", 10)
+	read := func(c *Cache[string]) map[string]string {
+		out := map[string]string{}
+		for _, k := range keys {
+			v, err := c.GetOrLoad(ctx, k, load)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[k] = v
+		}
+		return out
+	}
+	first := read(a)
+	a.hot.Wait()
+	if got := read(b); fmt.Sprint(got) != fmt.Sprint(first) {
+		t.Fatalf("b = %v, want %v", got, first)
+	}
+	b.hot.Wait()
+	// Invalidate one tag of each of k0..k4 (tags[0..4]) and k5..k9 (tags[15..19]).
+	if err := a.InvalidateTags(ctx, append(slices5(tags[0:5]), tags[15:20]...)...); err != nil {
+		t.Fatal(err)
+	}
+	second := read(a)
+	for _, k := range keys {
+		if second[k] == first[k] {
+			t.Fatalf("a after InvalidateTags: %s = %q, unchanged", k, second[k])
+		}
+	}
+	a.hot.Wait()
+	redistest.WaitFor(t, 5*time.Second, "b to serve a's reloads", func() bool {
+		return fmt.Sprint(read(b)) == fmt.Sprint(second)
+	})
+}
+
+func slices5(s []string) []string { return append([]string(nil), s...) }
