@@ -347,3 +347,289 @@ func TestReviewTagCluster(t *testing.T) {
 }
 
 func slices5(s []string) []string { return append([]string(nil), s...) }
+
+// TestReviewTagClaimRace: with load claims, an instance whose caller came
+// after InvalidateTag, waiting for another instance's claimed load whose
+// loader started before it, does not take that load's value: it loads
+// its own, which is then current everywhere.
+func TestReviewTagClaimRace(t *testing.T) {
+	srv := redistest.StartServer(t)
+	cfg := func() Config[string] {
+		return Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rcr", RedisTimeout: 2 * time.Second,
+			LoadClaim: time.Second, LoadClaimWait: 4 * time.Second, LoadTimeout: 5 * time.Second}
+	}
+	a, b := newCache(t, cfg()), newCache(t, cfg())
+	ctx := context.Background()
+	started, release := make(chan struct{}), make(chan struct{})
+	done := make(chan string, 1)
+	go func() {
+		v, _ := a.GetOrLoad(ctx, "k", func(ctx context.Context, _ string) (string, error) {
+			if err := SetTags(ctx, "t"); err != nil {
+				return "", err
+			}
+			close(started)
+			<-release
+			return "old", nil
+		})
+		done <- v
+	}()
+	<-started
+	if err := b.InvalidateTag(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, 5*time.Second, "a to hear the invalidation", func() bool { return a.bus.Stats().Applied > 0 })
+	var bLoads atomic.Int64
+	got := make(chan string, 1)
+	go func() {
+		v, err := b.GetOrLoad(ctx, "k", func(ctx context.Context, _ string) (string, error) {
+			bLoads.Add(1)
+			if err := SetTags(ctx, "t"); err != nil {
+				return "", err
+			}
+			return "new", nil
+		})
+		if err != nil {
+			v = err.Error()
+		}
+		got <- v
+	}()
+	redistest.WaitFor(t, 5*time.Second, "b to wait on a's claim", func() bool { return b.Stats().Loads.Claims.Waited > 0 })
+	close(release)
+	if v := <-done; v != "old" {
+		t.Fatalf("a's caller got %q", v)
+	}
+	if v := <-got; v != "new" {
+		t.Fatalf("b, called after InvalidateTag, got %q; want new", v)
+	}
+	if n := bLoads.Load(); n != 1 {
+		t.Fatalf("b loaded %d times", n)
+	}
+	b.hot.Wait()
+	for name, c := range map[string]*Cache[string]{"a": a, "b": b} {
+		redistest.WaitFor(t, 5*time.Second, name+" to serve new", func() bool {
+			v, err := c.Get(ctx, "k")
+			if v == "old" {
+				t.Fatalf("%s served the raced load's value", name)
+			}
+			return err == nil && v == "new"
+		})
+	}
+}
+
+// TestReviewTagRefreshRace: with refresh-ahead, a refresh whose loader
+// started before InvalidateTag (on the same instance) is neither served
+// to a caller after it nor kept; a copy due for refresh whose tag moved on
+// is not served while its refresh starts.
+func TestReviewTagRefreshRace(t *testing.T) {
+	srv := redistest.StartServer(t)
+	cfg := func() Config[string] {
+		return Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rrf", RedisTimeout: 2 * time.Second,
+			TTL: 4 * time.Second, RefreshAhead: 0.25, L1TTLJitter: NoJitter, LoadTimeout: 5 * time.Second}
+	}
+	a, b := newCache(t, cfg()), newCache(t, cfg())
+	ctx := context.Background()
+	v1 := func(context.Context, string) (string, error) { return "v1", nil }
+	if v, err := a.GetOrLoad(ctx, "k", v1, WithTags("t")); err != nil || v != "v1" {
+		t.Fatalf("%q %v", v, err)
+	}
+	if v, err := b.GetOrLoad(ctx, "k", v1, WithTags("t")); err != nil || v != "v1" {
+		t.Fatalf("%q %v", v, err)
+	}
+	a.hot.Wait()
+	b.hot.Wait()
+	started, release := make(chan struct{}), make(chan struct{})
+	var once atomic.Bool
+	blocked := func(ctx context.Context, _ string) (string, error) {
+		if once.CompareAndSwap(false, true) {
+			close(started)
+		}
+		<-release
+		return "refreshed-old", nil
+	}
+	redistest.WaitFor(t, 10*time.Second, "a refresh to start", func() bool {
+		if v, err := a.GetOrLoad(ctx, "k", blocked, WithTags("t")); err != nil || v != "v1" {
+			t.Fatalf("a hit before the refresh = %q, %v; want v1", v, err)
+		}
+		return a.Stats().Loads.Refreshes.Started > 0
+	})
+	<-started
+	if err := a.InvalidateTag(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	newer := func(context.Context, string) (string, error) { return "new", nil }
+	if v, err := a.GetOrLoad(ctx, "k", newer, WithTags("t")); err != nil || v != "new" {
+		t.Fatalf("GetOrLoad after InvalidateTag while a refresh runs = %q, %v; want new", v, err)
+	}
+	close(release)
+	redistest.WaitFor(t, 5*time.Second, "the refresh to end", func() bool {
+		return a.Stats().Loads.Refreshes.Started == a.Stats().Loads.Refreshes.FromLoader+a.Stats().Loads.Refreshes.Failed+a.Stats().Loads.Refreshes.FromRedis+a.Stats().Loads.Refreshes.Skipped
+	})
+	a.hot.Wait()
+	for name, c := range map[string]*Cache[string]{"a": a, "b": b} {
+		redistest.WaitFor(t, 5*time.Second, name+" to serve new", func() bool {
+			v, err := c.GetOrLoad(ctx, "k", newer, WithTags("t"))
+			if v == "refreshed-old" || (v == "v1" && c == a) {
+				t.Fatalf("%s served %q after the invalidation", name, v)
+			}
+			return err == nil && v == "new"
+		})
+	}
+}
+
+// TestReviewTagL1Only: without Redis, a load whose loader started before
+// InvalidateTag is a miss after it, a load after it is kept, and past
+// maxKnownTags (the versions are dropped) neither a copy nor a load that
+// started before comes back.
+func TestReviewTagL1Only(t *testing.T) {
+	c := newCache(t, Config[string]{})
+	ctx := context.Background()
+	run := func(key, val string, opts ...Option) (chan struct{}, chan string) {
+		started, release := make(chan struct{}), make(chan struct{})
+		done := make(chan string, 1)
+		go func() {
+			v, _ := c.GetOrLoad(ctx, key, func(ctx context.Context, _ string) (string, error) {
+				if err := SetTags(ctx, "t"); err != nil {
+					return "", err
+				}
+				close(started)
+				<-release
+				return val, nil
+			}, opts...)
+			done <- v
+		}()
+		<-started
+		return release, done
+	}
+	release, done := run("k", "old")
+	if err := c.InvalidateTag(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	<-done
+	c.hot.Wait()
+	if v, err := c.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("raced load after InvalidateTag = %q, %v; want ErrNotFound", v, err)
+	}
+	if v, _ := c.GetOrLoad(ctx, "k", func(ctx context.Context, _ string) (string, error) { return "new", SetTags(ctx, "t") }); v != "new" {
+		t.Fatalf("load after InvalidateTag = %q", v)
+	}
+	c.hot.Wait()
+	if v, err := c.Get(ctx, "k"); err != nil || v != "new" {
+		t.Fatalf("load after InvalidateTag not kept: %q, %v", v, err)
+	}
+	// A load of m stamped with t's current version, then t moved on, then
+	// every version dropped (past maxKnownTags): m's stamp must not be
+	// current again.
+	release, done = run("m", "m-old")
+	if err := c.InvalidateTag(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i <= maxKnownTags/l2.MaxTags; i++ {
+		if err := c.InvalidateTags(ctx, namedTags(fmt.Sprint("x", i, "-"), l2.MaxTags)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(release)
+	<-done
+	c.hot.Wait()
+	for _, k := range []string{"m", "k"} {
+		if v, err := c.Get(ctx, k); err == nil && v != "new" {
+			t.Fatalf("%s after the versions were dropped = %q", k, v)
+		}
+	}
+	if v, err := c.Get(ctx, "m"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("m = %q, %v; want ErrNotFound", v, err)
+	}
+	c.tags.mu.RLock()
+	n := len(c.tags.vers)
+	c.tags.mu.RUnlock()
+	if n > maxKnownTags {
+		t.Fatalf("%d known tags", n)
+	}
+}
+
+// TestReviewTagManyKnown: an instance that meets more than maxKnownTags
+// distinct tags drops what it knows and stays correct: a value whose tag
+// is invalidated is a miss there, the others are still served.
+func TestReviewTagManyKnown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 65,600 tags")
+	}
+	srv := redistest.StartServer(t)
+	a, b := tagCache(t, srv.Addr(), "rmk"), tagCache(t, srv.Addr(), "rmk")
+	ctx := context.Background()
+	n := maxKnownTags/l2.MaxTags + 1
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+		if err := a.Set(ctx, keys[i], keys[i], WithTags(namedTags(keys[i]+"-", l2.MaxTags)...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < n; i += 100 {
+		m, err := b.GetMany(ctx, keys[i:min(i+100, n)])
+		if err != nil || len(m) != min(100, n-i) {
+			t.Fatalf("GetMany from %d: %d values, %v", i, len(m), err)
+		}
+	}
+	b.tags.mu.RLock()
+	known := len(b.tags.vers)
+	b.tags.mu.RUnlock()
+	if known > maxKnownTags {
+		t.Fatalf("b knows %d tags", known)
+	}
+	b.hot.Wait()
+	if err := a.InvalidateTags(ctx, "k0-63", keys[n-1]+"-0"); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, 5*time.Second, "b to drop k0 and the last key", func() bool {
+		_, e0 := b.Get(ctx, "k0")
+		_, e1 := b.Get(ctx, keys[n-1])
+		return errors.Is(e0, ErrNotFound) && errors.Is(e1, ErrNotFound)
+	})
+	for _, k := range []string{"k1", keys[n/2], keys[n-2]} {
+		if v, err := b.Get(ctx, k); err != nil || v != k {
+			t.Fatalf("b.Get(%s) = %q, %v", k, v, err)
+		}
+	}
+}
+
+// TestReviewTagLostMessage: a tag message that never arrives (the tag
+// moved on in Redis, the partition's sequence advanced, nothing
+// published) is found by the next message's gap, and the repair makes the
+// instance re-read the tag: the value stamped before is not served.
+func TestReviewTagLostMessage(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a, b := tagCache(t, srv.Addr(), "rlm"), tagCache(t, srv.Addr(), "rlm")
+	ctx := context.Background()
+	var l tagLoader
+	for _, c := range []*Cache[string]{a, b} {
+		if v, err := c.GetOrLoad(ctx, "k", l.load, WithTags("t")); err != nil || v != "k#1" {
+			t.Fatalf("%q %v", v, err)
+		}
+		c.hot.Wait()
+	}
+	if v, err := b.Get(ctx, "k"); err != nil || v != "k#1" {
+		t.Fatalf("%q %v", v, err)
+	}
+	if err := a.Set(ctx, "warm", "x"); err != nil { // b has seen partition 0
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, 5*time.Second, "b to receive a message", func() bool { return b.bus.Stats().Received > 0 })
+	rc := srv.Client()
+	if err := rc.Set(ctx, wire.TagKey(wire.KeyPrefix("rlm"), "t"), fmt.Sprint(uint64(time.Now().UnixMicro())+1e9), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Incr(ctx, wire.SeqKey("rlm", 0)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	gaps := b.bus.Stats().Gaps
+	if err := a.Set(ctx, "other", "x"); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitFor(t, 5*time.Second, "b to find the gap", func() bool { return b.bus.Stats().Gaps > gaps })
+	redistest.WaitFor(t, 5*time.Second, "b to stop serving k#1", func() bool {
+		v, err := b.GetOrLoad(ctx, "k", l.load, WithTags("t"))
+		return err == nil && v != "k#1"
+	})
+}
