@@ -95,7 +95,9 @@ func SetL1TTL(ctx context.Context, ttl time.Duration) error {
 // nowhere. At most l2.MaxTags tags per entry, each 1 to 1024 bytes: a
 // result whose tags (the leading call's WithTags, SetTags's and
 // SetKeyTags's) add up to more is served but stored nowhere, and the
-// SetTags or SetKeyTags call that passes the limit returns an error.
+// SetTags or SetKeyTags call that passes the limit returns an error; so
+// is the result of a load whose SetTags or SetKeyTags was refused for a
+// bad tag.
 // Errors outside a loader as for SetTTL.
 func SetTags(ctx context.Context, tags ...string) error {
 	return setTags(ctx, "SetTags", "", false, tags)
@@ -109,12 +111,21 @@ func SetKeyTags(ctx context.Context, key string, tags ...string) error {
 }
 
 func setTags(ctx context.Context, fn, key string, perKey bool, tags []string) error {
-	if err := checkTags(fn, tags); err != nil {
-		return err
-	}
 	h, err := lockLoadTTL(ctx, fn)
 	if err != nil {
+		if cerr := checkTags(fn, tags); cerr != nil {
+			return cerr
+		}
 		return err
+	}
+	if err := checkTags(fn, tags); err != nil {
+		// The good tags of the call are not recorded either: a result
+		// kept without them would escape their invalidation.
+		if h.tagErr == nil {
+			h.tagErr = err
+		}
+		h.mu.Unlock()
+		return fmt.Errorf("%w (what the loader returns is served but not stored)", err)
 	}
 	if perKey && !h.hasLocked(key) {
 		h.mu.Unlock()

@@ -633,3 +633,64 @@ func TestReviewTagLostMessage(t *testing.T) {
 		return err == nil && v != "k#1"
 	})
 }
+
+// TestReviewTagBadTagInLoader: a loader whose SetTags or SetKeyTags is
+// refused for a bad tag (empty, too long) and that goes on all the same
+// must not leave a value that escapes the invalidation of the good tags
+// it named in the same call: the load is served but not kept.
+func TestReviewTagBadTagInLoader(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a, b := tagCache(t, srv.Addr(), "rbt"), tagCache(t, srv.Addr(), "rbt")
+	ctx := context.Background()
+	var n atomic.Int64
+	var refused atomic.Int64
+	for _, bad := range []string{"", strings.Repeat("x", maxTagLen+1)} {
+		load := func(ctx context.Context, key string) (string, error) {
+			if err := SetTags(ctx, "good", bad); err != nil {
+				refused.Add(1)
+			}
+			return fmt.Sprint("v", n.Add(1)), nil
+		}
+		batch := func(ctx context.Context, keys []string) (map[string]string, error) {
+			out := map[string]string{}
+			for _, k := range keys {
+				if err := SetKeyTags(ctx, k, bad, "good"); err != nil {
+					refused.Add(1)
+				}
+				out[k] = fmt.Sprint("v", n.Add(1))
+			}
+			return out, nil
+		}
+		for _, get := range []func() (string, error){
+			func() (string, error) { return a.GetOrLoad(ctx, "k", load) },
+			func() (string, error) {
+				m, err := a.GetManyOrLoad(ctx, []string{"m"}, batch)
+				return m["m"], err
+			},
+		} {
+			first, err := get()
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.hot.Wait()
+			if err := a.InvalidateTag(ctx, "good"); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := get(); err != nil || v == first {
+				t.Fatalf("tag %.8q: after InvalidateTag(good) the loading instance served %q, %v", bad, v, err)
+			}
+			a.hot.Wait()
+			if err := a.InvalidateTag(ctx, "good"); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range []string{"k", "m"} {
+				if v, err := b.Get(ctx, k); err == nil && v == first {
+					t.Fatalf("tag %.8q: after InvalidateTag(good) another instance served %q", bad, v)
+				}
+			}
+		}
+	}
+	if refused.Load() == 0 {
+		t.Fatal("no SetTags or SetKeyTags was refused")
+	}
+}
