@@ -394,6 +394,8 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 		case load != nil:
 			st.looks[i] = lk
 			st.need = append(st.need, i)
+		case lk.err != nil: // its tags' versions could not be read
+			st.res[i] = batchResult[V]{err: lk.err, ok: true}
 		case st.l2err != nil:
 			st.res[i] = batchResult[V]{err: st.l2err, ok: true}
 		default:

@@ -316,7 +316,16 @@ func (c *Cache[V]) classify(ctx context.Context, key string, e *l2.Entry, derr e
 	var stamps *tagStamps
 	if len(e.Tags) > 0 {
 		var current bool
-		if stamps, current = c.readStamps(ctx, e.Tags); !current {
+		var err error
+		switch stamps, current, err = c.readStamps(ctx, e.Tags); {
+		case errors.Is(err, errBreakerOpen):
+			lk.err = &opError{op: "get", keys: []string{key}, err: err}
+			return lk
+		case err != nil: // not a miss: a Get must not report the key absent
+			c.st.l2Errors.Add(1)
+			lk.err = remoteError("get", []string{key}, ErrUnavailable, err)
+			return lk
+		case !current:
 			c.st.tagMisses.Add(1)
 			return lk // a tag moved on since the value was made: as good as deleted
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -692,5 +693,116 @@ func TestReviewTagBadTagInLoader(t *testing.T) {
 	}
 	if refused.Load() == 0 {
 		t.Fatal("no SetTags or SetKeyTags was refused")
+	}
+}
+
+// TestReviewTagBatchDuplicates: GetManyOrLoad with duplicate WithTags,
+// SetTags and SetKeyTags naming the same tags again stores each tag once
+// per entry, and each tag invalidates exactly the keys that carry it.
+func TestReviewTagBatchDuplicates(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a, b := tagCache(t, srv.Addr(), "rbd"), tagCache(t, srv.Addr(), "rbd")
+	ctx := context.Background()
+	var n atomic.Int64
+	load := func(ctx context.Context, keys []string) (map[string]string, error) {
+		if err := SetTags(ctx, "b", "c", "c"); err != nil {
+			return nil, err
+		}
+		out := map[string]string{}
+		for _, k := range keys {
+			if k == "k1" {
+				if err := SetKeyTags(ctx, k, "c", "d", "a"); err != nil {
+					return nil, err
+				}
+				if err := SetKeyTags(ctx, k, "d"); err != nil {
+					return nil, err
+				}
+			}
+			out[k] = fmt.Sprint(k, "#", n.Add(1))
+		}
+		return out, nil
+	}
+	keys := []string{"k1", "k2", "k1"}
+	get := func(c *Cache[string]) map[string]string {
+		m, err := c.GetManyOrLoad(ctx, keys, load, WithTags("a", "a", "b"))
+		if err != nil || len(m) != 2 {
+			t.Fatalf("GetManyOrLoad = %v, %v", m, err)
+		}
+		return m
+	}
+	first := get(a)
+	for k, want := range map[string][]string{"k1": {"a", "b", "c", "d"}, "k2": {"a", "b", "c"}} {
+		e, err := a.l2.Read(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, tg := range e.Tags {
+			names = append(names, tg.Name)
+		}
+		slices.Sort(names)
+		if fmt.Sprint(names) != fmt.Sprint(want) {
+			t.Fatalf("%s carries %v in Redis, want %v", k, names, want)
+		}
+	}
+	a.hot.Wait()
+	if got := get(b); fmt.Sprint(got) != fmt.Sprint(first) {
+		t.Fatalf("b = %v, want %v", got, first)
+	}
+	b.hot.Wait()
+	if err := b.InvalidateTag(ctx, "d"); err != nil {
+		t.Fatal(err)
+	}
+	second := get(b)
+	if second["k1"] == first["k1"] || second["k2"] != first["k2"] {
+		t.Fatalf("after InvalidateTag(d): %v, first %v; want k1 reloaded only", second, first)
+	}
+	b.hot.Wait()
+	if err := b.InvalidateTag(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	third := get(b)
+	if third["k1"] == second["k1"] || third["k2"] == second["k2"] {
+		t.Fatalf("after InvalidateTag(c): %v, before %v; want both reloaded", third, second)
+	}
+	b.hot.Wait()
+	redistest.WaitFor(t, 5*time.Second, "a to serve b's reloads", func() bool {
+		return fmt.Sprint(get(a)) == fmt.Sprint(third)
+	})
+}
+
+// TestReviewTagVersionUnreadable: a Get (or GetMany) of a tagged value
+// whose tag version cannot be read (the key holds what is not a version,
+// as after a foreign write) is an error, not ErrNotFound: the value may
+// well be current, and a caller must not take it for absent.
+func TestReviewTagVersionUnreadable(t *testing.T) {
+	srv := redistest.StartServer(t)
+	a := tagCache(t, srv.Addr(), "rvu")
+	ctx := context.Background()
+	if err := a.SetMany(ctx, map[string]string{"k": "v", "j": "w"}, WithTags("t")); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Client().Set(ctx, wire.TagKey(wire.KeyPrefix("rvu"), "t"), "garbage", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := tagCache(t, srv.Addr(), "rvu")
+	if v, err := b.Get(ctx, "k"); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get of a value whose tag version is unreadable = %q, %v; want an error other than ErrNotFound", v, err)
+	} else if !strings.Contains(err.Error(), "not a version") {
+		t.Fatalf("Get error %q does not say why", err)
+	}
+	if m, err := b.GetMany(ctx, []string{"k", "j"}); err == nil || errors.Is(err, ErrNotFound) || len(m) != 0 {
+		t.Fatalf("GetMany = %v, %v; want an error other than ErrNotFound", m, err)
+	}
+	if st := b.Stats().Loads; st.TagMisses != 0 {
+		t.Fatalf("TagMisses = %d: an unreadable version is no tag miss", st.TagMisses)
+	}
+	// A load is served, and stores nothing it could not stamp.
+	if v, err := b.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { return "loaded", nil }, WithTags("t")); err != nil || v != "loaded" {
+		t.Fatalf("GetOrLoad = %q, %v", v, err)
+	}
+	raw, err := srv.Client().Get(ctx, "rvu:k").Bytes()
+	if err != nil || !strings.HasSuffix(string(raw), "v") {
+		t.Fatalf("Redis holds %q, %v; want the Set value untouched", raw, err)
 	}
 }

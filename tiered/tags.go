@@ -232,8 +232,9 @@ func (c *Cache[V]) stampTags(ctx context.Context, tags []string) ([]l2.Tag, erro
 // readStamps checks the tags of a value read from Redis: it returns the
 // item's stamps if they are current, reading unknown versions from Redis
 // first; ok is false when a tag moved on since the value was made (the
-// value is then as good as deleted) or its version could not be read.
-func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps, ok bool) {
+// value is then as good as deleted), or when err says why the versions
+// could not be read (the value may well be current: not a miss).
+func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps, ok bool, err error) {
 	e := c.tags.epoch.Load()
 	names := make([]string, len(tags))
 	for i, t := range tags {
@@ -241,14 +242,14 @@ func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps
 	}
 	read, err := c.knowTags(ctx, names)
 	if err != nil {
-		return nil, false
+		return nil, false, err
 	}
 	c.tags.mu.RLock()
 	for _, t := range tags {
 		v, known := c.versionOfLocked(t.Name, read)
 		if !known || t.Version < v {
 			c.tags.mu.RUnlock()
-			return nil, false
+			return nil, false, nil
 		}
 	}
 	c.tags.mu.RUnlock()
@@ -256,7 +257,7 @@ func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps
 	if read == nil {
 		ts.seen.Store(e) // checked against known versions only
 	}
-	return ts, true
+	return ts, true, nil
 }
 
 // mergeStamps joins the stamps of a call's WithTags and of its loader's
