@@ -4,13 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/nearcache/nearcache/internal/redistest"
 	"github.com/nearcache/nearcache/internal/wire"
@@ -154,44 +151,6 @@ func TestReviewTagLoadRaceSameInstance(t *testing.T) {
 	}
 }
 
-// TestReviewTagSetUntaggedThenInvalidate: a key written with tags and
-// then without keeps the untagged value through InvalidateTag (it no
-// longer carries the tag), and the other way round loses it.
-func TestReviewTagSetUntaggedThenInvalidate(t *testing.T) {
-	srv := redistest.StartServer(t)
-	a, b := tagCache(t, srv.Addr(), "rsu"), tagCache(t, srv.Addr(), "rsu")
-	ctx := context.Background()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(a.Set(ctx, "k", "tagged", WithTags("t")))
-	must(a.Set(ctx, "k", "plain"))
-	must(a.Set(ctx, "j", "plain"))
-	must(a.Set(ctx, "j", "tagged", WithTags("t")))
-	for _, c := range []*Cache[string]{a, b} {
-		if _, err := c.Get(ctx, "k"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Get(ctx, "j"); err != nil {
-			t.Fatal(err)
-		}
-		c.hot.Wait()
-	}
-	must(b.InvalidateTag(ctx, "t"))
-	for name, c := range map[string]*Cache[string]{"a": a, "b": b} {
-		redistest.WaitFor(t, 5*time.Second, name+" to drop j", func() bool {
-			_, err := c.Get(ctx, "j")
-			return errors.Is(err, ErrNotFound)
-		})
-		if v, err := c.Get(ctx, "k"); err != nil || v != "plain" {
-			t.Fatalf("%s: untagged overwrite after InvalidateTag = %q, %v; want plain", name, v, err)
-		}
-	}
-}
-
 // TestReviewTagFailSafeAfterInvalidate: fail-safe and the soft timeout
 // never serve a stale value whose tag was invalidated before the call.
 func TestReviewTagFailSafeAfterInvalidate(t *testing.T) {
@@ -239,181 +198,6 @@ func TestReviewTagFailSafeAfterInvalidate(t *testing.T) {
 				t.Fatalf("soft timeout after InvalidateTag on a = %q, %v; want slow-new", v, err)
 			}
 		}
-	}
-}
-
-// TestReviewTagCorruptSection: an entry whose tag section is damaged is a
-// miss (counted as a decode error) or a clear error, never a panic nor
-// the value.
-func TestReviewTagCorruptSection(t *testing.T) {
-	srv := redistest.StartServer(t)
-	a := tagCache(t, srv.Addr(), "rcs")
-	ctx := context.Background()
-	if err := a.Set(ctx, "k", "value", WithTags("tag")); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := srv.Client().Get(ctx, "rcs:k").Bytes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := strings.Index(string(raw), "tag")
-	if i < 2 {
-		t.Fatalf("tag name not found in %q", raw)
-	}
-	cut := func(b []byte) []byte { return b }
-	for name, bad := range map[string][]byte{
-		"count 0":         append(append(append([]byte{}, raw[:i-2]...), 0), raw[i-1:]...),
-		"count 200":       append(append(append([]byte{}, raw[:i-2]...), 200, 1), raw[i-1:]...),
-		"name len huge":   append(append(append([]byte{}, raw[:i-1]...), 0xff, 0xff, 0x03), raw[i:]...),
-		"truncated":       cut(raw[:i+5]),
-		"count varint ff": append(append(append([]byte{}, raw[:i-2]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), raw[i-1:]...),
-	} {
-		if err := srv.Client().Set(ctx, "rcs:k", bad, 0).Err(); err != nil {
-			t.Fatal(err)
-		}
-		c := tagCache(t, srv.Addr(), "rcs")
-		v, err := c.Get(ctx, "k")
-		if err == nil && v == "value" {
-			t.Fatalf("%s: served the value of a corrupt entry", name)
-		}
-		got, err := c.GetOrLoad(ctx, "k", func(context.Context, string) (string, error) { return "reloaded", nil })
-		if err != nil || got != "reloaded" {
-			t.Fatalf("%s: GetOrLoad over a corrupt entry = %q, %v; want reloaded", name, got, err)
-		}
-	}
-}
-
-// TestReviewTagCluster: on Redis Cluster, tags in other slots than their
-// keys (and than each other) invalidate entries on every instance and in
-// Redis; a load after the invalidation is current everywhere.
-func TestReviewTagCluster(t *testing.T) {
-	cl := redistest.StartCluster(t)
-	ctx := context.Background()
-	client := func() redis.UniversalClient {
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), ContextTimeoutEnabled: true,
-			DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
-	a := newCache(t, Config[string]{Redis: client(), Namespace: "rcl", RedisTimeout: 2 * time.Second})
-	b := newCache(t, Config[string]{Redis: client(), Namespace: "rcl", RedisTimeout: 2 * time.Second})
-	tags := namedTags("grp", 20)
-	slots := map[int]bool{}
-	for _, tg := range tags {
-		slots[wire.TagSlot(wire.KeyPrefix("rcl"), tg)] = true
-	}
-	if len(slots) < 3 {
-		t.Fatalf("tags in %d slots only", len(slots))
-	}
-	var n atomic.Int64
-	load := func(ctx context.Context, key string) (string, error) {
-		i := int(key[1] - '0')
-		if err := SetTags(ctx, tags[i], tags[i+10]); err != nil {
-			return "", err
-		}
-		return fmt.Sprint(key, "#", n.Add(1)), nil
-	}
-	keys := namedTags("k", 10)
-	read := func(c *Cache[string]) map[string]string {
-		out := map[string]string{}
-		for _, k := range keys {
-			v, err := c.GetOrLoad(ctx, k, load)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out[k] = v
-		}
-		return out
-	}
-	first := read(a)
-	a.hot.Wait()
-	if got := read(b); fmt.Sprint(got) != fmt.Sprint(first) {
-		t.Fatalf("b = %v, want %v", got, first)
-	}
-	b.hot.Wait()
-	// Invalidate one tag of each of k0..k4 (tags[0..4]) and k5..k9 (tags[15..19]).
-	if err := a.InvalidateTags(ctx, append(slices5(tags[0:5]), tags[15:20]...)...); err != nil {
-		t.Fatal(err)
-	}
-	second := read(a)
-	for _, k := range keys {
-		if second[k] == first[k] {
-			t.Fatalf("a after InvalidateTags: %s = %q, unchanged", k, second[k])
-		}
-	}
-	a.hot.Wait()
-	redistest.WaitFor(t, 5*time.Second, "b to serve a's reloads", func() bool {
-		return fmt.Sprint(read(b)) == fmt.Sprint(second)
-	})
-}
-
-func slices5(s []string) []string { return append([]string(nil), s...) }
-
-// TestReviewTagClaimRace: with load claims, an instance whose caller came
-// after InvalidateTag, waiting for another instance's claimed load whose
-// loader started before it, does not take that load's value: it loads
-// its own, which is then current everywhere.
-func TestReviewTagClaimRace(t *testing.T) {
-	srv := redistest.StartServer(t)
-	cfg := func() Config[string] {
-		return Config[string]{Redis: newClient(t, srv.Addr()), Namespace: "rcr", RedisTimeout: 2 * time.Second,
-			LoadClaim: time.Second, LoadClaimWait: 4 * time.Second, LoadTimeout: 5 * time.Second}
-	}
-	a, b := newCache(t, cfg()), newCache(t, cfg())
-	ctx := context.Background()
-	started, release := make(chan struct{}), make(chan struct{})
-	done := make(chan string, 1)
-	go func() {
-		v, _ := a.GetOrLoad(ctx, "k", func(ctx context.Context, _ string) (string, error) {
-			if err := SetTags(ctx, "t"); err != nil {
-				return "", err
-			}
-			close(started)
-			<-release
-			return "old", nil
-		})
-		done <- v
-	}()
-	<-started
-	if err := b.InvalidateTag(ctx, "t"); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitFor(t, 5*time.Second, "a to hear the invalidation", func() bool { return a.bus.Stats().Applied > 0 })
-	var bLoads atomic.Int64
-	got := make(chan string, 1)
-	go func() {
-		v, err := b.GetOrLoad(ctx, "k", func(ctx context.Context, _ string) (string, error) {
-			bLoads.Add(1)
-			if err := SetTags(ctx, "t"); err != nil {
-				return "", err
-			}
-			return "new", nil
-		})
-		if err != nil {
-			v = err.Error()
-		}
-		got <- v
-	}()
-	redistest.WaitFor(t, 5*time.Second, "b to wait on a's claim", func() bool { return b.Stats().Loads.Claims.Waited > 0 })
-	close(release)
-	if v := <-done; v != "old" {
-		t.Fatalf("a's caller got %q", v)
-	}
-	if v := <-got; v != "new" {
-		t.Fatalf("b, called after InvalidateTag, got %q; want new", v)
-	}
-	if n := bLoads.Load(); n != 1 {
-		t.Fatalf("b loaded %d times", n)
-	}
-	b.hot.Wait()
-	for name, c := range map[string]*Cache[string]{"a": a, "b": b} {
-		redistest.WaitFor(t, 5*time.Second, name+" to serve new", func() bool {
-			v, err := c.Get(ctx, "k")
-			if v == "old" {
-				t.Fatalf("%s served the raced load's value", name)
-			}
-			return err == nil && v == "new"
-		})
 	}
 }
 
@@ -549,52 +333,6 @@ func TestReviewTagL1Only(t *testing.T) {
 	}
 }
 
-// TestReviewTagManyKnown: an instance that meets more than maxKnownTags
-// distinct tags drops what it knows and stays correct: a value whose tag
-// is invalidated is a miss there, the others are still served.
-func TestReviewTagManyKnown(t *testing.T) {
-	if testing.Short() {
-		t.Skip("writes 65,600 tags")
-	}
-	srv := redistest.StartServer(t)
-	a, b := tagCache(t, srv.Addr(), "rmk"), tagCache(t, srv.Addr(), "rmk")
-	ctx := context.Background()
-	n := maxKnownTags/l2.MaxTags + 1
-	keys := make([]string, n)
-	for i := range keys {
-		keys[i] = fmt.Sprint("k", i)
-		if err := a.Set(ctx, keys[i], keys[i], WithTags(namedTags(keys[i]+"-", l2.MaxTags)...)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i := 0; i < n; i += 100 {
-		m, err := b.GetMany(ctx, keys[i:min(i+100, n)])
-		if err != nil || len(m) != min(100, n-i) {
-			t.Fatalf("GetMany from %d: %d values, %v", i, len(m), err)
-		}
-	}
-	b.tags.mu.RLock()
-	known := len(b.tags.vers)
-	b.tags.mu.RUnlock()
-	if known > maxKnownTags {
-		t.Fatalf("b knows %d tags", known)
-	}
-	b.hot.Wait()
-	if err := a.InvalidateTags(ctx, "k0-63", keys[n-1]+"-0"); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitFor(t, 5*time.Second, "b to drop k0 and the last key", func() bool {
-		_, e0 := b.Get(ctx, "k0")
-		_, e1 := b.Get(ctx, keys[n-1])
-		return errors.Is(e0, ErrNotFound) && errors.Is(e1, ErrNotFound)
-	})
-	for _, k := range []string{"k1", keys[n/2], keys[n-2]} {
-		if v, err := b.Get(ctx, k); err != nil || v != k {
-			t.Fatalf("b.Get(%s) = %q, %v", k, v, err)
-		}
-	}
-}
-
 // TestReviewTagLostMessage: a tag message that never arrives (the tag
 // moved on in Redis, the partition's sequence advanced, nothing
 // published) is found by the next message's gap, and the repair makes the
@@ -694,81 +432,6 @@ func TestReviewTagBadTagInLoader(t *testing.T) {
 	if refused.Load() == 0 {
 		t.Fatal("no SetTags or SetKeyTags was refused")
 	}
-}
-
-// TestReviewTagBatchDuplicates: GetManyOrLoad with duplicate WithTags,
-// SetTags and SetKeyTags naming the same tags again stores each tag once
-// per entry, and each tag invalidates exactly the keys that carry it.
-func TestReviewTagBatchDuplicates(t *testing.T) {
-	srv := redistest.StartServer(t)
-	a, b := tagCache(t, srv.Addr(), "rbd"), tagCache(t, srv.Addr(), "rbd")
-	ctx := context.Background()
-	var n atomic.Int64
-	load := func(ctx context.Context, keys []string) (map[string]string, error) {
-		if err := SetTags(ctx, "b", "c", "c"); err != nil {
-			return nil, err
-		}
-		out := map[string]string{}
-		for _, k := range keys {
-			if k == "k1" {
-				if err := SetKeyTags(ctx, k, "c", "d", "a"); err != nil {
-					return nil, err
-				}
-				if err := SetKeyTags(ctx, k, "d"); err != nil {
-					return nil, err
-				}
-			}
-			out[k] = fmt.Sprint(k, "#", n.Add(1))
-		}
-		return out, nil
-	}
-	keys := []string{"k1", "k2", "k1"}
-	get := func(c *Cache[string]) map[string]string {
-		m, err := c.GetManyOrLoad(ctx, keys, load, WithTags("a", "a", "b"))
-		if err != nil || len(m) != 2 {
-			t.Fatalf("GetManyOrLoad = %v, %v", m, err)
-		}
-		return m
-	}
-	first := get(a)
-	for k, want := range map[string][]string{"k1": {"a", "b", "c", "d"}, "k2": {"a", "b", "c"}} {
-		e, err := a.l2.Read(ctx, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var names []string
-		for _, tg := range e.Tags {
-			names = append(names, tg.Name)
-		}
-		slices.Sort(names)
-		if fmt.Sprint(names) != fmt.Sprint(want) {
-			t.Fatalf("%s carries %v in Redis, want %v", k, names, want)
-		}
-	}
-	a.hot.Wait()
-	if got := get(b); fmt.Sprint(got) != fmt.Sprint(first) {
-		t.Fatalf("b = %v, want %v", got, first)
-	}
-	b.hot.Wait()
-	if err := b.InvalidateTag(ctx, "d"); err != nil {
-		t.Fatal(err)
-	}
-	second := get(b)
-	if second["k1"] == first["k1"] || second["k2"] != first["k2"] {
-		t.Fatalf("after InvalidateTag(d): %v, first %v; want k1 reloaded only", second, first)
-	}
-	b.hot.Wait()
-	if err := b.InvalidateTag(ctx, "c"); err != nil {
-		t.Fatal(err)
-	}
-	third := get(b)
-	if third["k1"] == second["k1"] || third["k2"] == second["k2"] {
-		t.Fatalf("after InvalidateTag(c): %v, before %v; want both reloaded", third, second)
-	}
-	b.hot.Wait()
-	redistest.WaitFor(t, 5*time.Second, "a to serve b's reloads", func() bool {
-		return fmt.Sprint(get(a)) == fmt.Sprint(third)
-	})
 }
 
 // TestReviewTagVersionUnreadable: a Get (or GetMany) of a tagged value
