@@ -469,3 +469,33 @@ func TestReviewTagVersionUnreadable(t *testing.T) {
 		t.Fatalf("Redis holds %q, %v; want the Set value untouched", raw, err)
 	}
 }
+
+// TestReviewTagL1Bytes: with L1MaxBytes, a tagged copy's tags (up to 64
+// names of up to 1024 bytes each, held in L1 beside the value) count
+// towards the bound: small values with large tags do not let L1 hold many
+// times L1MaxBytes.
+func TestReviewTagL1Bytes(t *testing.T) {
+	const maxBytes = 1 << 20
+	c := newCache(t, Config[string]{L1MaxBytes: maxBytes, L1Cost: func(v string) int64 { return int64(len(v)) }})
+	ctx := context.Background()
+	tags := namedTags(strings.Repeat("t", 1000), l2.MaxTags) // about 64 KB of names per entry
+	const n = 200
+	for i := 0; i < n; i++ {
+		if err := c.Set(ctx, fmt.Sprint("k", i), "v", WithTags(tags...)); err != nil {
+			t.Fatal(err)
+		}
+		c.hot.Wait()
+	}
+	held := 0
+	for i := 0; i < n; i++ {
+		if _, err := c.Get(ctx, fmt.Sprint("k", i)); err == nil {
+			held++
+		}
+	}
+	if perEntry := 64 * 1000; held*perEntry > 2*maxBytes {
+		t.Fatalf("L1 holds %d entries with %d bytes of tags each: %d bytes, L1MaxBytes %d", held, perEntry, held*perEntry, maxBytes)
+	}
+	if held == 0 {
+		t.Fatal("L1 holds nothing")
+	}
+}

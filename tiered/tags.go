@@ -51,6 +51,19 @@ type tagStamps struct {
 	seen atomic.Uint64
 }
 
+// bytes is what the stamps hold beside an L1 copy's value (each tag's name
+// and version), counted in its cost with L1MaxBytes; 0 for nil.
+func (ts *tagStamps) bytes() int64 {
+	if ts == nil {
+		return 0
+	}
+	var n int64
+	for _, t := range ts.tags {
+		n += int64(len(t.Name)) + 8
+	}
+	return n
+}
+
 // tagState is what a Cache knows of its tags' versions.
 type tagState struct {
 	// epoch moves whenever a known version changes or is dropped; an
