@@ -395,6 +395,8 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 		case load != nil:
 			st.looks[i] = lk
 			st.need = append(st.need, i)
+		case lk.err != nil: // its tags' versions could not be read
+			st.res[i] = batchResult[V]{err: lk.err, ok: true}
 		case st.l2err != nil:
 			st.res[i] = batchResult[V]{err: st.l2err, ok: true}
 		default:
@@ -460,10 +462,11 @@ func (c *Cache[V]) batchLoadRound(ctx context.Context, st *batchState[V], load B
 	for _, i := range st.need {
 		k := st.keys[i]
 		v, ok := loaded[k]
-		it := item[V]{v: v, neg: !ok, tags: mergeStamps(pre, set.tagsFor(k))}
+		stamps, tagsFit := mergeStamps(pre, set.tagsFor(k))
+		it := item[V]{v: v, neg: !ok, tags: stamps}
 		st.res[i] = batchResult[V]{it: it, ok: true}
-		if late {
-			continue
+		if late || !tagsFit {
+			continue // kept nowhere (too many tags: see mergeStamps)
 		}
 		ttl, keep := c.storeTTL(o, set, k, it.neg)
 		if !keep {

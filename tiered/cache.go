@@ -257,9 +257,9 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 	if cfg.L1Cost != nil {
 		cost = func(it item[V]) int64 {
 			if it.neg {
-				return 1
+				return 1 + it.tags.bytes()
 			}
-			return cfg.L1Cost(it.v)
+			return cfg.L1Cost(it.v) + it.tags.bytes()
 		}
 	}
 	local, err := l1.New[item[V]](l1.Config{

@@ -89,6 +89,7 @@ type Config[V any] struct {
 	// L1MaxBytes, with L1Cost, sizes the local tier in bytes instead.
 	L1MaxBytes int64
 	// L1Cost returns the size of a value in bytes; required with L1MaxBytes.
+	// A tagged copy costs its tags' bytes too (each name, plus 8).
 	L1Cost func(V) int64
 
 	// Codec turns values into bytes for Redis. If nil: raw bytes for

@@ -92,8 +92,13 @@ func SetL1TTL(ctx context.Context, ttl time.Duration) error {
 // lands after SetTags returned makes the loaded value a miss, one that
 // landed before does not. If the versions cannot be read, it returns the
 // error and the load's result is served to its callers but stored
-// nowhere. At most l2.MaxTags tags per entry, each 1 to 1024 bytes. Errors
-// outside a loader as for SetTTL.
+// nowhere. At most l2.MaxTags tags per entry, each 1 to 1024 bytes: a
+// result whose tags (the leading call's WithTags, SetTags's and
+// SetKeyTags's) add up to more is served but stored nowhere, and the
+// SetTags or SetKeyTags call that passes the limit returns an error; so
+// is the result of a load whose SetTags or SetKeyTags was refused for a
+// bad tag.
+// Errors outside a loader as for SetTTL.
 func SetTags(ctx context.Context, tags ...string) error {
 	return setTags(ctx, "SetTags", "", false, tags)
 }
@@ -106,12 +111,21 @@ func SetKeyTags(ctx context.Context, key string, tags ...string) error {
 }
 
 func setTags(ctx context.Context, fn, key string, perKey bool, tags []string) error {
-	if err := checkTags(fn, tags); err != nil {
-		return err
-	}
 	h, err := lockLoadTTL(ctx, fn)
 	if err != nil {
+		if cerr := checkTags(fn, tags); cerr != nil {
+			return cerr
+		}
 		return err
+	}
+	if err := checkTags(fn, tags); err != nil {
+		// The good tags of the call are not recorded either: a result
+		// kept without them would escape their invalidation.
+		if h.tagErr == nil {
+			h.tagErr = err
+		}
+		h.mu.Unlock()
+		return fmt.Errorf("%w (what the loader returns is served but not stored)", err)
 	}
 	if perKey && !h.hasLocked(key) {
 		h.mu.Unlock()
@@ -160,12 +174,29 @@ func setTags(ctx context.Context, fn, key string, perKey bool, tags []string) er
 	}
 	if !perKey {
 		h.tags = append(h.tags, stamps...)
-		return nil
+		return tooManyTags(fn, key, h.tags, nil)
 	}
 	if h.keyTags == nil {
 		h.keyTags = make(map[string][]l2.Tag, 1)
 	}
 	h.keyTags[key] = append(h.keyTags[key], stamps...)
+	return tooManyTags(fn, key, h.tags, h.keyTags[key])
+}
+
+// tooManyTags returns the error of a SetTags or SetKeyTags after which a
+// load's tags (all, or key's) exceed l2.MaxTags distinct tags: they are
+// recorded all the same, and the result they tag is served but kept
+// nowhere (see mergeStamps), so that none of them is escaped.
+func tooManyTags(fn, key string, tags, keyTags []l2.Tag) error {
+	if len(tags)+len(keyTags) <= l2.MaxTags {
+		return nil
+	}
+	if n := distinctTags(tags, keyTags); n > l2.MaxTags {
+		if key != "" {
+			fn += " " + errfmt.Key(key)
+		}
+		return fmt.Errorf("tiered: %s: %d tags, limit %d (what the loader returns is served but not stored)", fn, n, l2.MaxTags)
+	}
 	return nil
 }
 

@@ -222,13 +222,14 @@ func (c *Cache[V]) fetchLoad(ctx context.Context, key string, f *flight[V], load
 		}
 		return item[V]{}, lerr
 	}
-	it := item[V]{v: v, neg: err != nil, tags: mergeStamps(pre, set.tagsFor(key))}
+	stamps, tagsFit := mergeStamps(pre, set.tagsFor(key))
+	it := item[V]{v: v, neg: err != nil, tags: stamps}
 	if overran(ctx) {
 		return it, nil
 	}
 	ttl, keep := c.storeTTL(o, set, key, it.neg)
-	if !keep || tagErr != nil || set.tagErr != nil {
-		return it, nil // not cached (or its tags' versions are unknown)
+	if !keep || tagErr != nil || set.tagErr != nil || !tagsFit {
+		return it, nil // not cached (or its tags' versions are unknown, or too many)
 	}
 	if !c.local.Valid(t) {
 		// Invalidated while loading: the value may predate that write. Serve
@@ -321,7 +322,16 @@ func (c *Cache[V]) classify(ctx context.Context, key string, e *l2.Entry, derr e
 	var stamps *tagStamps
 	if len(e.Tags) > 0 {
 		var current bool
-		if stamps, current = c.readStamps(ctx, e.Tags); !current {
+		var err error
+		switch stamps, current, err = c.readStamps(ctx, e.Tags); {
+		case errors.Is(err, errBreakerOpen):
+			lk.err = &opError{op: "get", keys: []string{key}, err: err}
+			return lk
+		case err != nil: // not a miss: a Get must not report the key absent
+			c.st.l2Errors.Add(1)
+			lk.err = remoteError("get", []string{key}, ErrUnavailable, err)
+			return lk
+		case !current:
 			c.st.tagMisses.Add(1)
 			return lk // a tag moved on since the value was made: as good as deleted
 		}

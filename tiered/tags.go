@@ -51,6 +51,19 @@ type tagStamps struct {
 	seen atomic.Uint64
 }
 
+// bytes is what the stamps hold beside an L1 copy's value (each tag's name
+// and version), counted in its cost with L1MaxBytes; 0 for nil.
+func (ts *tagStamps) bytes() int64 {
+	if ts == nil {
+		return 0
+	}
+	var n int64
+	for _, t := range ts.tags {
+		n += int64(len(t.Name)) + 8
+	}
+	return n
+}
+
 // tagState is what a Cache knows of its tags' versions.
 type tagState struct {
 	// epoch moves whenever a known version changes or is dropped; an
@@ -232,8 +245,9 @@ func (c *Cache[V]) stampTags(ctx context.Context, tags []string) ([]l2.Tag, erro
 // readStamps checks the tags of a value read from Redis: it returns the
 // item's stamps if they are current, reading unknown versions from Redis
 // first; ok is false when a tag moved on since the value was made (the
-// value is then as good as deleted) or its version could not be read.
-func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps, ok bool) {
+// value is then as good as deleted), or when err says why the versions
+// could not be read (the value may well be current: not a miss).
+func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps, ok bool, err error) {
 	e := c.tags.epoch.Load()
 	names := make([]string, len(tags))
 	for i, t := range tags {
@@ -241,14 +255,14 @@ func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps
 	}
 	read, err := c.knowTags(ctx, names)
 	if err != nil {
-		return nil, false
+		return nil, false, err
 	}
 	c.tags.mu.RLock()
 	for _, t := range tags {
 		v, known := c.versionOfLocked(t.Name, read)
 		if !known || t.Version < v {
 			c.tags.mu.RUnlock()
-			return nil, false
+			return nil, false, nil
 		}
 	}
 	c.tags.mu.RUnlock()
@@ -256,14 +270,17 @@ func (c *Cache[V]) readStamps(ctx context.Context, tags []l2.Tag) (ts *tagStamps
 	if read == nil {
 		ts.seen.Store(e) // checked against known versions only
 	}
-	return ts, true
+	return ts, true, nil
 }
 
 // mergeStamps joins the stamps of a call's WithTags and of its loader's
-// SetTags or SetKeyTags (a tag named twice keeps its older version).
-func mergeStamps(a, b []l2.Tag) *tagStamps {
+// SetTags or SetKeyTags (a tag named twice keeps its older version). ok is
+// false when they add up to more than l2.MaxTags distinct tags: no entry
+// can carry them all, and one that dropped some would escape their
+// invalidation, so the load's result is served but kept nowhere.
+func mergeStamps(a, b []l2.Tag) (ts *tagStamps, ok bool) {
 	if len(a) == 0 && len(b) == 0 {
-		return nil
+		return nil, true
 	}
 	out := slices.Clone(a)
 	for _, t := range b {
@@ -273,10 +290,18 @@ func mergeStamps(a, b []l2.Tag) *tagStamps {
 		}
 		out = append(out, t)
 	}
-	if len(out) > l2.MaxTags {
-		out = out[:l2.MaxTags:l2.MaxTags]
+	return &tagStamps{tags: out}, len(out) <= l2.MaxTags
+}
+
+// distinctTags counts the distinct tags of stamp lists.
+func distinctTags(lists ...[]l2.Tag) int {
+	seen := map[string]struct{}{}
+	for _, l := range lists {
+		for _, t := range l {
+			seen[t.Name] = struct{}{}
+		}
 	}
-	return &tagStamps{tags: out}
+	return len(seen)
 }
 
 // dropTags forgets the known versions of tags (an invalidation named them)
