@@ -194,14 +194,15 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 	}
 	n, repeated := 0, 0
 	for i, k := range keys {
-		if f := table[k]; f != nil && f.batch == b {
+		running := table[k]
+		if running != nil && running.batch == b {
 			// k is repeated in keys: the same caller, not another one
 			// that joins the flight.
-			waiters[i] = waiter[V]{done: b.done, f: f}
+			waiters[i] = waiter[V]{done: b.done, f: running}
 			repeated++
 			continue
 		}
-		if w, ok := joinLocked(table, group, k); ok {
+		if w, ok := joinFlightLocked(table, group, k, running); ok {
 			waiters[i] = w
 			continue
 		}
@@ -378,21 +379,29 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 	derr := c.readManyL2(ctx, st)
 	read := len(st.entries) == n // else every key is unreachable
 	now := time.Now()
+	var scratch lookup[V] // without a loader, each key's lookup in turn
 	for i, k := range st.keys {
-		var lk lookup[V]
-		if read {
-			if e := &st.entries[i]; e.Raw == nil && !e.Corrupt {
-				lk = lookup[V]{reachable: true} // absent
-			} else {
-				lk = c.classify(ctx, k, e, decodeErrOf(derr, k, e), now)
-			}
+		lk := &scratch
+		if load != nil {
+			lk = &st.looks[i] // kept for batchLoad
+		}
+		switch {
+		case !read:
+			*lk = lookup[V]{}
+		case st.entries[i].Raw == nil && !st.entries[i].Corrupt:
+			*lk = lookup[V]{reachable: true} // absent
+		default:
+			e := &st.entries[i]
+			c.classifyInto(ctx, lk, k, e, decodeErrOf(derr, k, e), now)
 		}
 		switch {
 		case lk.fresh:
 			c.fillAhead(st.tickets[i], lk.it, o.l1TTL, lk.until, now, lk.refreshAt)
 			st.res[i] = batchResult[V]{it: lk.it, ok: true}
+			if load != nil {
+				st.looks[i] = lookup[V]{} // batchLoad has no use for it (its raw aliases the reply)
+			}
 		case load != nil:
-			st.looks[i] = lk
 			st.need = append(st.need, i)
 		case st.l2err != nil:
 			st.res[i] = batchResult[V]{err: st.l2err, ok: true}
@@ -569,7 +578,7 @@ func (c *Cache[V]) batchJoined(st *batchState[V]) int {
 	n := 0
 	c.flightMu.Lock()
 	for _, i := range st.need {
-		n += st.flights[i].joined
+		n += int(st.flights[i].joined)
 	}
 	c.flightMu.Unlock()
 	return n
