@@ -108,8 +108,12 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 	}
 	sc.waiters = slices.Grow(sc.waiters[:0], len(missing))[:len(missing)]
 	waiters := sc.waiters
-	if err := c.joinMany(ctx, missing, load, o, waiters); err != nil {
+	led, err := c.joinMany(ctx, missing, load, o, waiters)
+	if err != nil {
 		return out, err
+	}
+	if led != nil {
+		defer c.putBatch(led) // once the waits below have read its flights
 	}
 	var errs []error
 	var failed []*flight[V] // a repeated key's flight reports its error once
@@ -165,11 +169,44 @@ func (c *Cache[V]) hit(key string, refresh bool) (it item[V], ok, due bool) {
 	return it, ok, due
 }
 
-// batch is the set of flights one GetMany/GetManyOrLoad call leads.
+// batch is the set of flights one GetMany/GetManyOrLoad call leads. A
+// batch led inline to its end whose flights nobody else waited on is
+// reused (Cache.batchPool, see putBatch), so that an all-hit batch
+// allocates no flights.
 type batch[V any] struct {
 	flights []flight[V]   // the flights it leads, each with its key
 	done    chan struct{} // closed once every flight is settled; the leader waits on it
 	closed  bool          // done is closed; guarded by flightMu
+	// waited: a caller of another call waited on one of its flights
+	// (joinLocked), and may read the flight's result at any time; set by
+	// settleBatch, under flightMu.
+	waited bool
+}
+
+// getBatch returns a batch with n zeroed flights and a new done channel.
+func (c *Cache[V]) getBatch(n int) *batch[V] {
+	b, _ := c.batchPool.Get().(*batch[V])
+	if b == nil {
+		b = &batch[V]{}
+	}
+	b.flights = slices.Grow(b.flights[:0], n)[:n]
+	b.done = make(chan struct{})
+	return b
+}
+
+// putBatch returns b to the pool for a later batch unless a caller of
+// another call waited on one of its flights, or it is large. The caller
+// led b inline (joinMany) and has read its flights' results: b is settled,
+// none of its flights is in a flight table (settleBatch removed them, or an
+// invalidation forgot them), so with no other waiter nothing refers to b
+// once its leader returns.
+func (c *Cache[V]) putBatch(b *batch[V]) {
+	if b.waited || cap(b.flights) > maxPooledKeys {
+		return
+	}
+	clear(b.flights[:cap(b.flights)])
+	*b = batch[V]{flights: b.flights[:0]}
+	c.batchPool.Put(b)
 }
 
 // joinMany joins running flights for keys that have one and starts one
@@ -179,18 +216,20 @@ type batch[V any] struct {
 // the caller's waiter on keys[i]. Like a single-key flight, the batch runs
 // on its own goroutine, detached from ctx, unless the caller can lead
 // inline (canLeadInline): then its L2 part runs on the caller's goroutine,
-// and only a loader call is handed to a goroutine.
-func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions, waiters []waiter[V]) error {
+// and only a loader call is handed to a goroutine. When the batch ran
+// inline to its end, joinMany returns it (settled), for putBatch once the
+// caller has read its waiters.
+func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions, waiters []waiter[V]) (led *batch[V], err error) {
 	table, group := c.flightsFor(load == nil)
-	flights := make([]flight[V], len(keys)) // one allocation for the flights this batch leads
-	b := &batch[V]{done: make(chan struct{})}
+	b := c.getBatch(len(keys)) // the flights this batch leads, in one slice
+	flights := b.flights
 	st := c.getBatchState()
 
 	c.flightMu.Lock()
 	if c.closed {
 		c.flightMu.Unlock()
 		c.putBatchState(st)
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	n, repeated := 0, 0
 	for i, k := range keys {
@@ -225,8 +264,11 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 	switch {
 	case n == 0:
 		c.putBatchState(st)
+		c.putBatch(b) // no flights: nobody can refer to it
 	case c.canLeadInline(ctx):
-		c.leadBatchInline(ctx, table, b, st, load, o)
+		if !c.leadBatchInline(ctx, table, b, st, load, o) {
+			return b, nil
+		}
 	default:
 		c.goBatch(ctx, time.Now().Add(c.cfg.LoadTimeout), table, b, st, func(wctx context.Context) {
 			c.protect(st, func() {
@@ -236,16 +278,15 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 			})
 		})
 	}
-	return nil
+	return nil, nil
 }
 
 // leadBatchInline runs batch b on the caller's goroutine up to the loader:
 // tickets, one L2 round trip, fills. If the loader must run, the rest is
-// handed to a goroutine (goBatch) and the caller waits for it
-// like its other waiters.
-func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], st *batchState[V], load BatchLoader[V], o callOptions) {
+// handed to a goroutine (goBatch), which it reports, and the caller waits
+// for it like its other waiters; otherwise b is settled when it returns.
+func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], st *batchState[V], load BatchLoader[V], o callOptions) (handed bool) {
 	deadline := time.Now().Add(c.cfg.LoadTimeout) // the whole batch's
-	handed := false
 	defer func() {
 		if !handed { // also on runtime.Goexit: waiters must not hang
 			c.settleBatch(table, b, st.res, errBatchAborted)
@@ -256,12 +297,13 @@ func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight
 	more := false
 	c.protect(st, func() { more = c.batchL2(ctx, st, load, o) })
 	if !more {
-		return
+		return false
 	}
 	handed = true
 	c.goBatch(ctx, deadline, table, b, st, func(wctx context.Context) {
 		c.protect(st, func() { c.batchLoad(wctx, st, load, o) })
 	})
+	return true
 }
 
 // goBatch runs work on its own goroutine (see goDetached) and then settles
@@ -296,6 +338,9 @@ func (c *Cache[V]) settleBatch(table map[string]*flight[V], b *batch[V], res []b
 		f := &b.flights[i]
 		if table[f.key] == f {
 			delete(table, f.key)
+		}
+		if f.done != nil || f.joined > 0 { // see joinLocked
+			b.waited = true
 		}
 		if i < len(res) && res[i].ok {
 			f.settleLocked(res[i].it, res[i].err)
