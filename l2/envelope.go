@@ -207,50 +207,60 @@ func uvarintLen(x uint64) int {
 // says what was wrong.
 func decode(b []byte, maxSize int) (Entry, error) {
 	var e Entry
+	err := decodeInto(&e, b, maxSize)
+	return e, err
+}
+
+// decodeInto is decode writing the entry into *e, which it overwrites
+// whole, so that a batch decodes into its reply slice without copying each
+// Entry (a couple of hundred bytes) on the way. On an error *e holds what
+// was decoded before it (or nothing, for a bad tag or metadata string).
+func decodeInto(e *Entry, b []byte, maxSize int) error {
+	*e = Entry{}
 	if maxSize > 0 && len(b) > maxSize {
-		return e, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), maxSize)
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), maxSize)
 	}
 	if len(b) < headerLen {
-		return e, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrCorrupt, len(b), headerLen)
+		return fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrCorrupt, len(b), headerLen)
 	}
 	if b[0] != envMagic {
-		return e, fmt.Errorf("%w: magic byte 0x%02x, want 0x%02x (written by another program?)", ErrCorrupt, b[0], envMagic)
+		return fmt.Errorf("%w: magic byte 0x%02x, want 0x%02x (written by another program?)", ErrCorrupt, b[0], envMagic)
 	}
 	if b[1] != envVersion {
-		return e, fmt.Errorf("%w: envelope version %d, this build reads %d", ErrCorrupt, b[1], envVersion)
+		return fmt.Errorf("%w: envelope version %d, this build reads %d", ErrCorrupt, b[1], envVersion)
 	}
 	flags := b[2]
 	if flags&^knownFlags != 0 {
-		return e, fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, flags&^knownFlags)
+		return fmt.Errorf("%w: unknown flags 0x%02x", ErrCorrupt, flags&^knownFlags)
 	}
 	p := b[headerLen:]
 	if flags&flagSoft != 0 {
 		if len(p) < 8 {
-			return e, fmt.Errorf("%w: truncated soft expiry", ErrCorrupt)
+			return fmt.Errorf("%w: truncated soft expiry", ErrCorrupt)
 		}
 		e.StaleAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p)))
 		p = p[8:]
 	}
 	if flags&flagHard != 0 {
 		if len(p) < 8 {
-			return e, fmt.Errorf("%w: truncated hard expiry", ErrCorrupt)
+			return fmt.Errorf("%w: truncated hard expiry", ErrCorrupt)
 		}
 		e.ExpiresAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p)))
 		p = p[8:]
 	}
 	if flags&flagVersion != 0 {
 		if len(p) < 8 {
-			return e, fmt.Errorf("%w: truncated version", ErrCorrupt)
+			return fmt.Errorf("%w: truncated version", ErrCorrupt)
 		}
 		e.Version = binary.BigEndian.Uint64(p)
 		if e.Version == 0 {
-			return e, fmt.Errorf("%w: version flag with version 0", ErrCorrupt)
+			return fmt.Errorf("%w: version flag with version 0", ErrCorrupt)
 		}
 		p = p[8:]
 	}
 	if flags&flagRefresh != 0 {
 		if len(p) < 8 {
-			return e, fmt.Errorf("%w: truncated refresh time", ErrCorrupt)
+			return fmt.Errorf("%w: truncated refresh time", ErrCorrupt)
 		}
 		e.RefreshAt = time.UnixMilli(int64(binary.BigEndian.Uint64(p)))
 		p = p[8:]
@@ -258,22 +268,24 @@ func decode(b []byte, maxSize int) (Entry, error) {
 	if flags&flagTags != 0 {
 		n, w := binary.Uvarint(p)
 		if w <= 0 {
-			return e, fmt.Errorf("%w: bad tag count", ErrCorrupt)
+			return fmt.Errorf("%w: bad tag count", ErrCorrupt)
 		}
 		p = p[w:]
 		// Each tag takes at least nine bytes, so a count above len(p)/9 is a lie.
 		if n == 0 || n > MaxTags || n > uint64(len(p)/9) {
-			return e, fmt.Errorf("%w: tag count %d is 0, exceeds the limit of %d or the input", ErrCorrupt, n, MaxTags)
+			return fmt.Errorf("%w: tag count %d is 0, exceeds the limit of %d or the input", ErrCorrupt, n, MaxTags)
 		}
 		e.Tags = make([]Tag, n)
 		for i := range e.Tags {
 			var name string
 			var err error
 			if name, p, err = readString(p); err != nil {
-				return Entry{}, err
+				*e = Entry{}
+				return err
 			}
 			if len(p) < 8 {
-				return Entry{}, fmt.Errorf("%w: truncated tag version", ErrCorrupt)
+				*e = Entry{}
+				return fmt.Errorf("%w: truncated tag version", ErrCorrupt)
 			}
 			e.Tags[i] = Tag{Name: name, Version: binary.BigEndian.Uint64(p)}
 			p = p[8:]
@@ -282,22 +294,24 @@ func decode(b []byte, maxSize int) (Entry, error) {
 	if flags&flagMeta != 0 {
 		n, w := binary.Uvarint(p)
 		if w <= 0 {
-			return e, fmt.Errorf("%w: bad metadata count", ErrCorrupt)
+			return fmt.Errorf("%w: bad metadata count", ErrCorrupt)
 		}
 		p = p[w:]
 		// Each pair takes at least two bytes, so a count above len(p)/2 is a lie.
 		if n > maxMetaPairs || n > uint64(len(p)/2) {
-			return e, fmt.Errorf("%w: metadata count %d exceeds limit or input", ErrCorrupt, n)
+			return fmt.Errorf("%w: metadata count %d exceeds limit or input", ErrCorrupt, n)
 		}
 		e.Metadata = make(map[string]string, n)
 		for i := uint64(0); i < n; i++ {
 			var k, v string
 			var err error
 			if k, p, err = readString(p); err != nil {
-				return Entry{}, err
+				*e = Entry{}
+				return err
 			}
 			if v, p, err = readString(p); err != nil {
-				return Entry{}, err
+				*e = Entry{}
+				return err
 			}
 			e.Metadata[k] = v
 		}
@@ -306,7 +320,7 @@ func decode(b []byte, maxSize int) (Entry, error) {
 	e.Tombstone = flags&flagTomb != 0
 	e.Value = p
 	e.Raw = b
-	return e, nil
+	return nil
 }
 
 func readString(p []byte) (string, []byte, error) {

@@ -267,22 +267,29 @@ func (s *Store) prefixAll(keys []string) []string {
 // decode decodes one value read for key and counts the outcome: a valid
 // value is a hit, a tombstone or an unreadable value a miss.
 func (s *Store) decode(key string, b []byte) (Entry, error) {
-	e, err := decode(b, s.cfg.MaxValueSize)
-	if err != nil {
+	var e Entry
+	err := s.decodeInto(&e, key, b)
+	return e, err
+}
+
+// decodeInto is decode writing the entry into *e (see decodeInto).
+func (s *Store) decodeInto(e *Entry, key string, b []byte) error {
+	if err := decodeInto(e, b, s.cfg.MaxValueSize); err != nil {
 		if errors.Is(err, ErrTooLarge) {
 			s.large.Add(1)
 		} else {
 			s.corrupt.Add(1)
 		}
 		s.misses.Add(1)
-		return Entry{Raw: b, Corrupt: true}, &Error{Op: "decode", Key: key, Kind: ErrOperation, Err: err}
+		*e = Entry{Raw: b, Corrupt: true}
+		return &Error{Op: "decode", Key: key, Kind: ErrOperation, Err: err}
 	}
 	if e.Tombstone {
 		s.misses.Add(1)
 	} else {
 		s.hits.Add(1)
 	}
-	return e, nil
+	return nil
 }
 
 // GetMany reads several entries in one round trip: one MGET on a standalone
@@ -380,14 +387,13 @@ func (s *Store) AppendReadMany(ctx context.Context, dst []Entry, keys []string) 
 		}
 		// The reply's string is ours alone once vals is dropped; alias it,
 		// as go-redis's own StringCmd.Bytes does, instead of copying.
-		e, err := s.decode(keys[i], unsafe.Slice(unsafe.StringData(str), len(str)))
-		if err != nil {
+		e := &out[i]
+		if err := s.decodeInto(e, keys[i], unsafe.Slice(unsafe.StringData(str), len(str))); err != nil {
 			bad = append(bad, err)
 		}
 		if e.Raw == nil { // an empty (hence corrupt) value: still present
 			e.Raw = []byte{}
 		}
-		out[i] = e
 	}
 	return dst, errors.Join(bad...)
 }

@@ -108,8 +108,12 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 	}
 	sc.waiters = slices.Grow(sc.waiters[:0], len(missing))[:len(missing)]
 	waiters := sc.waiters
-	if err := c.joinMany(ctx, missing, load, o, waiters); err != nil {
+	led, err := c.joinMany(ctx, missing, load, o, waiters)
+	if err != nil {
 		return out, err
+	}
+	if led != nil {
+		defer c.putBatch(led) // once the waits below have read its flights
 	}
 	var errs []error
 	var failed []*flight[V] // a repeated key's flight reports its error once
@@ -166,11 +170,44 @@ func (c *Cache[V]) hit(key string, refresh bool) (it item[V], ok, due bool) {
 	return it, ok, due
 }
 
-// batch is the set of flights one GetMany/GetManyOrLoad call leads.
+// batch is the set of flights one GetMany/GetManyOrLoad call leads. A
+// batch led inline to its end whose flights nobody else waited on is
+// reused (Cache.batchPool, see putBatch), so that an all-hit batch
+// allocates no flights.
 type batch[V any] struct {
 	flights []flight[V]   // the flights it leads, each with its key
 	done    chan struct{} // closed once every flight is settled; the leader waits on it
 	closed  bool          // done is closed; guarded by flightMu
+	// waited: a caller of another call waited on one of its flights
+	// (joinLocked), and may read the flight's result at any time; set by
+	// settleBatch, under flightMu.
+	waited bool
+}
+
+// getBatch returns a batch with n zeroed flights and a new done channel.
+func (c *Cache[V]) getBatch(n int) *batch[V] {
+	b, _ := c.batchPool.Get().(*batch[V])
+	if b == nil {
+		b = &batch[V]{}
+	}
+	b.flights = slices.Grow(b.flights[:0], n)[:n]
+	b.done = make(chan struct{})
+	return b
+}
+
+// putBatch returns b to the pool for a later batch unless a caller of
+// another call waited on one of its flights, or it is large. The caller
+// led b inline (joinMany) and has read its flights' results: b is settled,
+// none of its flights is in a flight table (settleBatch removed them, or an
+// invalidation forgot them), so with no other waiter nothing refers to b
+// once its leader returns.
+func (c *Cache[V]) putBatch(b *batch[V]) {
+	if b.waited || cap(b.flights) > maxPooledKeys {
+		return
+	}
+	clear(b.flights[:cap(b.flights)])
+	*b = batch[V]{flights: b.flights[:0]}
+	c.batchPool.Put(b)
 }
 
 // joinMany joins running flights for keys that have one and starts one
@@ -180,29 +217,32 @@ type batch[V any] struct {
 // the caller's waiter on keys[i]. Like a single-key flight, the batch runs
 // on its own goroutine, detached from ctx, unless the caller can lead
 // inline (canLeadInline): then its L2 part runs on the caller's goroutine,
-// and only a loader call is handed to a goroutine.
-func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions, waiters []waiter[V]) error {
+// and only a loader call is handed to a goroutine. When the batch ran
+// inline to its end, joinMany returns it (settled), for putBatch once the
+// caller has read its waiters.
+func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader[V], o callOptions, waiters []waiter[V]) (led *batch[V], err error) {
 	table, group := c.flightsFor(load == nil)
-	flights := make([]flight[V], len(keys)) // one allocation for the flights this batch leads
-	b := &batch[V]{done: make(chan struct{})}
+	b := c.getBatch(len(keys)) // the flights this batch leads, in one slice
+	flights := b.flights
 	st := c.getBatchState()
 
 	c.flightMu.Lock()
 	if c.closed {
 		c.flightMu.Unlock()
 		c.putBatchState(st)
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	n, repeated := 0, 0
 	for i, k := range keys {
-		if f := table[k]; f != nil && f.batch == b {
+		running := table[k]
+		if running != nil && running.batch == b {
 			// k is repeated in keys: the same caller, not another one
 			// that joins the flight.
-			waiters[i] = waiter[V]{done: b.done, f: f}
+			waiters[i] = waiter[V]{done: b.done, f: running}
 			repeated++
 			continue
 		}
-		if w, ok := joinLocked(table, group, k); ok {
+		if w, ok := joinFlightLocked(table, group, k, running); ok {
 			waiters[i] = w
 			continue
 		}
@@ -225,8 +265,11 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 	switch {
 	case n == 0:
 		c.putBatchState(st)
+		c.putBatch(b) // no flights: nobody can refer to it
 	case c.canLeadInline(ctx):
-		c.leadBatchInline(ctx, table, b, st, load, o)
+		if !c.leadBatchInline(ctx, table, b, st, load, o) {
+			return b, nil
+		}
 	default:
 		c.goBatch(ctx, time.Now().Add(c.cfg.LoadTimeout), table, b, st, func(wctx context.Context) {
 			c.protect(st, func() {
@@ -236,16 +279,15 @@ func (c *Cache[V]) joinMany(ctx context.Context, keys []string, load BatchLoader
 			})
 		})
 	}
-	return nil
+	return nil, nil
 }
 
 // leadBatchInline runs batch b on the caller's goroutine up to the loader:
 // tickets, one L2 round trip, fills. If the loader must run, the rest is
-// handed to a goroutine (goBatch) and the caller waits for it
-// like its other waiters.
-func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], st *batchState[V], load BatchLoader[V], o callOptions) {
+// handed to a goroutine (goBatch), which it reports, and the caller waits
+// for it like its other waiters; otherwise b is settled when it returns.
+func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight[V], b *batch[V], st *batchState[V], load BatchLoader[V], o callOptions) (handed bool) {
 	deadline := time.Now().Add(c.cfg.LoadTimeout) // the whole batch's
-	handed := false
 	defer func() {
 		if !handed { // also on runtime.Goexit: waiters must not hang
 			c.settleBatch(table, b, st.res, errBatchAborted)
@@ -256,12 +298,13 @@ func (c *Cache[V]) leadBatchInline(ctx context.Context, table map[string]*flight
 	more := false
 	c.protect(st, func() { more = c.batchL2(ctx, st, load, o) })
 	if !more {
-		return
+		return false
 	}
 	handed = true
 	c.goBatch(ctx, deadline, table, b, st, func(wctx context.Context) {
 		c.protect(st, func() { c.batchLoad(wctx, st, load, o) })
 	})
+	return true
 }
 
 // goBatch runs work on its own goroutine (see goDetached) and then settles
@@ -296,6 +339,9 @@ func (c *Cache[V]) settleBatch(table map[string]*flight[V], b *batch[V], res []b
 		f := &b.flights[i]
 		if table[f.key] == f {
 			delete(table, f.key)
+		}
+		if f.done != nil || f.joined > 0 { // see joinLocked
+			b.waited = true
 		}
 		if i < len(res) && res[i].ok {
 			f.settleLocked(res[i].it, res[i].err)
@@ -379,21 +425,29 @@ func (c *Cache[V]) batchL2(ctx context.Context, st *batchState[V], load BatchLoa
 	derr := c.readManyL2(ctx, st)
 	read := len(st.entries) == n // else every key is unreachable
 	now := time.Now()
+	var scratch lookup[V] // without a loader, each key's lookup in turn
 	for i, k := range st.keys {
-		var lk lookup[V]
-		if read {
-			if e := &st.entries[i]; e.Raw == nil && !e.Corrupt {
-				lk = lookup[V]{reachable: true} // absent
-			} else {
-				lk = c.classify(ctx, k, e, decodeErrOf(derr, k, e), now)
-			}
+		lk := &scratch
+		if load != nil {
+			lk = &st.looks[i] // kept for batchLoad
+		}
+		switch {
+		case !read:
+			*lk = lookup[V]{}
+		case st.entries[i].Raw == nil && !st.entries[i].Corrupt:
+			*lk = lookup[V]{reachable: true} // absent
+		default:
+			e := &st.entries[i]
+			c.classifyInto(ctx, lk, k, e, decodeErrOf(derr, k, e), now)
 		}
 		switch {
 		case lk.fresh:
 			c.fillAhead(st.tickets[i], lk.it, o.l1TTL, lk.until, now, lk.refreshAt)
 			st.res[i] = batchResult[V]{it: lk.it, ok: true}
+			if load != nil {
+				st.looks[i] = lookup[V]{} // batchLoad has no use for it (its raw aliases the reply)
+			}
 		case load != nil:
-			st.looks[i] = lk
 			st.need = append(st.need, i)
 		case lk.err != nil: // its tags' versions could not be read
 			st.res[i] = batchResult[V]{err: lk.err, ok: true}
@@ -573,7 +627,7 @@ func (c *Cache[V]) batchJoined(st *batchState[V]) int {
 	n := 0
 	c.flightMu.Lock()
 	for _, i := range st.need {
-		n += st.flights[i].joined
+		n += int(st.flights[i].joined)
 	}
 	c.flightMu.Unlock()
 	return n

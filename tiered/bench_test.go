@@ -355,8 +355,11 @@ func newL2Fixture(b *testing.B) *l2Fixture {
 	b.Helper()
 	f := &l2Fixture{rdb: benchClient(b), keys: benchKeys("k:", benchL2Keys), raw: benchKeys("raw:", benchL2Keys)}
 	ctx := context.Background()
-	jw := newCache(b, Config[benchValue]{Redis: f.rdb, Namespace: "l2bench", TTL: time.Hour})
-	bw := newCache(b, Config[[]byte]{Redis: f.rdb, Namespace: "l2bytes", TTL: time.Hour})
+	// The writers' RedisTimeout is generous: a SetMany of a chunk takes
+	// well over the default 250 ms on a busy machine, and the fixture must
+	// not fail the benchmark for it.
+	jw := newCache(b, Config[benchValue]{Redis: f.rdb, Namespace: "l2bench", TTL: time.Hour, RedisTimeout: 10 * time.Second})
+	bw := newCache(b, Config[[]byte]{Redis: f.rdb, Namespace: "l2bytes", TTL: time.Hour, RedisTimeout: 10 * time.Second})
 	const chunk = 1024
 	for lo := 0; lo < benchL2Keys; lo += chunk {
 		items := make(map[string]benchValue, chunk)

@@ -164,6 +164,7 @@ type Cache[V any] struct {
 	// Working memory of batch reads, reused (see manyScratch, batchState).
 	manyPool    sync.Pool    // *manyScratch[V]
 	statePool   sync.Pool    // *batchState[V]
+	batchPool   sync.Pool    // *batch[V] (see putBatch)
 	opDeadlines *opDeadlines // bounds Redis calls on contexts that never end (see redisCtx); set by New
 	// flightDeadlines is opDeadlines for the Redis calls of flights led
 	// inline: min(RedisTimeout, LoadTimeout), since LoadTimeout bounds a

@@ -31,18 +31,23 @@ type flight[V any] struct {
 	batch *batch[V] // batch flights only: the batch that leads it
 
 	// Inline and batch flights, unless noted; all guarded by flightMu.
-	done    chan struct{} // nil until a waiter needs it; closed when settled
+	// A batch allocates its flights in one slice, so the fields are
+	// ordered (and softEnd kept as an integer) to keep the struct small.
+	done chan struct{} // nil until a waiter needs it; closed when settled
+	it   item[V]       // the result, set when settled; a DoChan flight's stale value (soft)
+	err  error
+	// softEnd is when Redis drops the stale value the soft timeout served
+	// (see soft), in Unix milliseconds, as the envelope stores expiries;
+	// 0: no bound (see softEndOf).
+	softEnd int64
+	joined  int32 // any flight: callers that joined after the one that started it (Observer.LoadDone)
 	settled bool
-	joined  int     // any flight: callers that joined after the one that started it (Observer.LoadDone)
-	it      item[V] // the result, set when settled; a DoChan flight's stale value (soft)
-	err     error
 	// soft: the flight was settled (a DoChan flight: aborted) with a stale
 	// value by the soft timeout (see Config.SoftTimeout), it being that
-	// value, which Redis keeps until softEnd (zero: no bound). Set once, by
-	// the soft timer, under flightMu (a DoChan flight's also under sf.once,
-	// before abort is closed).
-	soft    bool
-	softEnd time.Time
+	// value, which Redis keeps until softEnd. Set once, by the soft timer,
+	// under flightMu (a DoChan flight's also under sf.once, before abort is
+	// closed).
+	soft bool
 	// early: a refresh flight (DoChan) was aborted with the fresh value
 	// Redis still held, it, so that callers who joined it need not wait
 	// for its loader (see serveCurrentLocked). Set like soft.
@@ -93,18 +98,18 @@ func (f *flight[V]) settleLocked(it item[V], err error) {
 // has passed: a value past FailSafeMaxStale is not served. The work goes
 // on. Called by the soft timer with flightMu held.
 func (f *flight[V]) serveStaleLocked(stale item[V], end time.Time) {
-	if softEnded(end) {
+	if softEnded(softEndOf(end)) {
 		return
 	}
 	if f.sf != nil {
 		f.sf.once.Do(func() {
-			f.it, f.soft, f.softEnd = stale, true, end
+			f.it, f.soft, f.softEnd = stale, true, softEndOf(end)
 			close(f.sf.abort)
 		})
 		return
 	}
 	if !f.settled {
-		f.soft, f.softEnd = true, end
+		f.soft, f.softEnd = true, softEndOf(end)
 		f.settleLocked(stale, nil)
 	}
 }
@@ -121,9 +126,25 @@ func (f *flight[V]) serveCurrentLocked(it item[V]) {
 	})
 }
 
-// softEnded reports whether end, when Redis drops a stale value (zero:
-// never), has passed.
-func softEnded(end time.Time) bool { return !end.IsZero() && !time.Now().Before(end) }
+// softEndOf returns end, when Redis drops a stale value (zero: never), as
+// flight.softEnd keeps it: in Unix milliseconds, rounded up (end comes from
+// an envelope's hard expiry, which has millisecond precision), 0 for never.
+func softEndOf(end time.Time) int64 {
+	if end.IsZero() {
+		return 0
+	}
+	ms := end.UnixMilli()
+	if end.After(time.UnixMilli(ms)) {
+		ms++
+	}
+	if ms <= 0 {
+		return 1 // before 1970: long passed, but not "never"
+	}
+	return ms
+}
+
+// softEnded reports whether end, a softEnd, has passed.
+func softEnded(end int64) bool { return end != 0 && time.Now().UnixMilli() >= end }
 
 // doneLocked returns the channel closed when an inline or batch flight is
 // settled, making it on first use. Called with flightMu held.
@@ -207,7 +228,12 @@ func (w waiter[V]) wait(ctx context.Context) (it item[V], soft bool, err error) 
 // starts a load of its own rather than get that value. Called with
 // flightMu held.
 func joinLocked[V any](table map[string]*flight[V], group *singleflight.Group, key string) (waiter[V], bool) {
-	f := table[key]
+	return joinFlightLocked(table, group, key, table[key])
+}
+
+// joinFlightLocked is joinLocked for f, the flight table holds for key
+// (nil if none), which the caller has looked up already.
+func joinFlightLocked[V any](table map[string]*flight[V], group *singleflight.Group, key string, f *flight[V]) (waiter[V], bool) {
 	if f == nil {
 		return waiter[V]{}, false
 	}

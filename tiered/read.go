@@ -163,7 +163,7 @@ func (c *Cache[V]) joinedOf(f *flight[V]) int {
 	}
 	c.flightMu.Lock()
 	defer c.flightMu.Unlock()
-	return f.joined
+	return int(f.joined)
 }
 
 // fetchL2 is the first part of a miss: the fill ticket, the L2 read, and on
@@ -310,14 +310,22 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) lookup[V] {
 // classify turns an entry read from L2 (possibly a tombstone or corrupt
 // bytes, with derr the error that says why) into a lookup.
 func (c *Cache[V]) classify(ctx context.Context, key string, e *l2.Entry, derr error, now time.Time) lookup[V] {
-	lk := lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
+	var lk lookup[V]
+	c.classifyInto(ctx, &lk, key, e, derr, now)
+	return lk
+}
+
+// classifyInto is classify writing the lookup into *lk, which it
+// overwrites whole: a batch classifies each key in place.
+func (c *Cache[V]) classifyInto(ctx context.Context, lk *lookup[V], key string, e *l2.Entry, derr error, now time.Time) {
+	*lk = lookup[V]{reachable: true, raw: e.Raw, announce: !e.Tombstone, at: now}
 	if e.Corrupt {
 		c.st.decodeErrors.Add(1)
 		c.unreadable.Fail(key, derr)
-		return lk
+		return
 	}
 	if e.Tombstone || (!e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)) {
-		return lk // deleted, or expired by the writer's clock though Redis still holds it
+		return // deleted, or expired by the writer's clock though Redis still holds it
 	}
 	var stamps *tagStamps
 	if len(e.Tags) > 0 {
@@ -333,18 +341,18 @@ func (c *Cache[V]) classify(ctx context.Context, key string, e *l2.Entry, derr e
 			return lk
 		case !current:
 			c.st.tagMisses.Add(1)
-			return lk // a tag moved on since the value was made: as good as deleted
+			return // a tag moved on since the value was made: as good as deleted
 		}
 	}
 	it, ok := c.decodeEntry(key, e)
 	if !ok {
-		return lk
+		return
 	}
 	it.tags = stamps
 	if !e.StaleAt.IsZero() && !now.Before(e.StaleAt) {
 		stale := it // a copy of its own, so that it stays off the heap on a hit
 		lk.stale, lk.staleEnd = &stale, e.ExpiresAt
-		return lk
+		return
 	}
 	c.st.l2Hits.Add(1)
 	lk.it, lk.fresh = it, true
@@ -355,7 +363,6 @@ func (c *Cache[V]) classify(ctx context.Context, key string, e *l2.Entry, derr e
 	if !it.neg {
 		lk.refreshAt = e.RefreshAt
 	}
-	return lk
 }
 
 func (c *Cache[V]) decodeEntry(key string, e *l2.Entry) (item[V], bool) {

@@ -244,7 +244,7 @@ func joinedBy(t *testing.T, c *Cache[string], key string, n int) {
 		c.flightMu.Lock()
 		defer c.flightMu.Unlock()
 		f := c.flights[key]
-		return f != nil && f.joined >= n
+		return f != nil && int(f.joined) >= n
 	})
 }
 
