@@ -334,11 +334,11 @@ func (c *Cache[V]) classifyInto(ctx context.Context, lk *lookup[V], key string, 
 		switch stamps, current, err = c.readStamps(ctx, e.Tags); {
 		case errors.Is(err, errBreakerOpen):
 			lk.err = &opError{op: "get", keys: []string{key}, err: err}
-			return lk
+			return
 		case err != nil: // not a miss: a Get must not report the key absent
 			c.st.l2Errors.Add(1)
 			lk.err = remoteError("get", []string{key}, ErrUnavailable, err)
-			return lk
+			return
 		case !current:
 			c.st.tagMisses.Add(1)
 			return // a tag moved on since the value was made: as good as deleted
