@@ -237,7 +237,8 @@ if len(rows) >= 2:
     if det > 0:
         a = (tx * syy - ty * sxy) / det; bb = (sxx * ty - sxy * tx) / det
         proj = lambda W, n: 100 * (a * W + bb * W * n)
-        w(f'Projection. Fitting Redis CPU = a·W + b·W·n over the cells gives a = {a*1e6:.1f} µs per write (the write '
+        w(f'Projection (rough: here redis-server shares two cores with the writer and every subscriber, and the '
+          f'busiest cells are CPU-bound). Fitting Redis CPU = a·W + b·W·n over the cells without batching gives a = {a*1e6:.1f} µs per write (the write '
           f'script) and b = {bb*1e6:.2f} µs per delivery. Every message is delivered once per subscriber, so at 200 '
           f'instances one write costs Redis about {(a+200*bb)*1e6:.0f} µs: {proj(1000,200):.0f}% of a core at '
           f'1,000 writes/s and {proj(5000,200):.0f}% at 5,000, beyond what one Redis thread serves. Deliveries, '
