@@ -180,12 +180,15 @@ func TestRefreshTakesFresherRedisValue(t *testing.T) {
 	if _, err := c.GetOrLoad(ctx, "k", l.load); err != nil {
 		t.Fatal(err)
 	}
+	c.hot.Wait() // k@1 in L1: the hits below read it, not Redis's other@9
 	other, err := l2.New(rc, l2.Config{KeyPrefix: "rr:"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	if err := other.Set(ctx, "k", l2.Entry{Value: []byte("other@9"), TTL: 4 * time.Second, RefreshAfter: time.Hour}); err != nil {
+	// An hour: with the Cache's 4 s TTL the value could expire in Redis
+	// before a late refresh (a busy machine) read it, which then loaded.
+	if err := other.Set(ctx, "k", l2.Entry{Value: []byte("other@9"), TTL: time.Hour, RefreshAfter: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	waitRefreshStarted(t, c, "k", l.load, 1)
@@ -217,6 +220,7 @@ func TestRefreshSkippedWhileClaimed(t *testing.T) {
 	if _, err := c.GetOrLoad(ctx, "k", l.load); err != nil {
 		t.Fatal(err)
 	}
+	c.hot.Wait() // k@1 in L1: the hits below read it
 	other, err := l2.New(rc, l2.Config{KeyPrefix: "rs:"})
 	if err != nil {
 		t.Fatal(err)
