@@ -89,7 +89,7 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, load BatchLoader[V],
 				out[k] = it.v
 			}
 			if due {
-				c.refreshAhead(ctx, k, oneKey(load), opts)
+				c.refreshAhead(ctx, k, oneKey(load), opts, it.tags)
 			}
 			continue
 		}

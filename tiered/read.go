@@ -34,7 +34,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load Loader[V], op
 	if it, ok, due := c.hot.GetRefresh(key); ok {
 		if it.tags == nil || c.tagsCurrent(it.tags) {
 			if due {
-				c.refreshAhead(ctx, key, load, opts)
+				c.refreshAhead(ctx, key, load, opts, it.tags)
 			}
 			return it.result()
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -107,14 +108,25 @@ func (c *Cache[V]) refreshAfter(ttl time.Duration) time.Duration {
 // the fresh value). It returns at once: the refresh runs as a flight of key
 // on its own goroutine, on a context detached from ctx (keeping its
 // values), bounded by LoadTimeout, and readers that miss L1 meanwhile join
-// it like any load.
-func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V], opts []Option) {
+// it like any load. held are the stamps of the copy the hit found: the
+// refreshed value carries their tags beside the call's WithTags, so that a
+// hit without WithTags does not make the entry escape InvalidateTag.
+func (c *Cache[V]) refreshAhead(ctx context.Context, key string, load Loader[V], opts []Option, held *tagStamps) {
 	if load == nil {
 		return
 	}
 	o := c.options(opts)
+	if held != nil {
+		tags := slices.Clone(o.tags)
+		for _, t := range held.tags {
+			if !slices.Contains(tags, t.Name) {
+				tags = append(tags, t.Name)
+			}
+		}
+		o.tags = tags
+	}
 	if checkTags("refresh", o.tags) != nil {
-		return // the caller got the error on its miss; nothing to refresh with
+		return // the caller got the error on its miss (or the tags add up past the limit): the copy expires as it would without refresh-ahead
 	}
 	start := time.Now()
 	c.flightMu.Lock()

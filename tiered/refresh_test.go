@@ -450,3 +450,34 @@ func TestRefreshJoinersGetRedisValue(t *testing.T) {
 		t.Fatalf("loader called %d times", n)
 	}
 }
+
+// TestRefreshKeepsTags: a refresh started by a hit without WithTags keeps
+// the tags of the entry it refreshes, so the refreshed value is still
+// invalidated by InvalidateTag (it used to be stored untagged, and served
+// after the tag was invalidated).
+func TestRefreshKeepsTags(t *testing.T) {
+	srv := redistest.StartServer(t)
+	var rec refreshRecorder
+	c := refreshCache(t, newClient(t, srv.Addr()), "rt", &rec)
+	var l gatedLoader
+	ctx := context.Background()
+	if v, err := c.GetOrLoad(ctx, "k", l.load, WithTags("t")); err != nil || v != "k@1" {
+		t.Fatalf("GetOrLoad = %q, %v", v, err)
+	}
+	c.hot.Wait()
+	waitRefreshStarted(t, c, "k", l.load, 1) // hits without WithTags
+	redistest.WaitFor(t, 5*time.Second, "the refresh to end", func() bool { return len(rec.outcomes()) == 1 })
+	if got := rec.outcomes(); got[0] != RefreshFromLoader {
+		t.Fatalf("outcome %v, want loader", got[0])
+	}
+	redistest.WaitFor(t, 5*time.Second, "the refreshed k@2 to be served", func() bool {
+		v, _ := c.GetOrLoad(ctx, "k", l.load)
+		return v == "k@2"
+	})
+	if err := c.InvalidateTag(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get after InvalidateTag of the entry's tag = %q, %v; want ErrNotFound (the refresh dropped the tag)", v, err)
+	}
+}
