@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
+
+	"github.com/nearcache/nearcache/internal/redistest"
 )
 
 // TestReviewDeadCtxContract: a write whose ctx has ended (even one that
@@ -22,9 +25,12 @@ func TestReviewDeadCtxContract(t *testing.T) {
 	if err := c.Set(bg, "k", "v"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Get(bg, "k"); err != nil {
-		t.Fatal(err)
-	}
+	// The fill reaches L1 asynchronously: wait until a read is an L1 hit.
+	redistest.WaitFor(t, 5*time.Second, "k held in L1", func() bool {
+		before := c.Stats().L1.Hits
+		v, err := c.Get(bg, "k")
+		return err == nil && v == "v" && c.Stats().L1.Hits > before
+	})
 	dead, cancel := context.WithCancel(bg)
 	cancel()
 	// Reads served from L1 do no I/O and do not look at ctx (the hit path
