@@ -22,6 +22,8 @@ func TestReviewDeadCtxContract(t *testing.T) {
 	c := newCache(t, Config[string]{Redis: newClient(t, mr.Addr()), Namespace: "dead", MaxValueSize: 64})
 	local := newCache(t, Config[string]{Namespace: "dead"})
 	bg := context.Background()
+	// A subscription confirmed after New returned empties L1: wait for it.
+	redistest.WaitFor(t, 5*time.Second, "the invalidation stream to be healthy", func() bool { return c.Stats().Health.Healthy })
 	if err := c.Set(bg, "k", "v"); err != nil {
 		t.Fatal(err)
 	}
