@@ -139,7 +139,7 @@ func (b *Batcher) DeleteMany(ctx context.Context, keys []string, tombstone time.
 // submit runs req at once, alone, when nothing of its lane is in flight;
 // otherwise it queues it for the lane's next batch and waits for that
 // batch or ctx.
-func (b *Batcher) submit(ctx context.Context, key laneKey, req *batchReq) (err error) {
+func (b *Batcher) submit(ctx context.Context, key laneKey, req *batchReq) error {
 	start := time.Now()
 	defer func() { b.s.latency.Record(time.Since(start)) }()
 	b.mu.Lock()
@@ -153,26 +153,24 @@ func (b *Batcher) submit(ctx context.Context, key laneKey, req *batchReq) (err e
 		b.mu.Unlock()
 		return b.run(ctx, key, []*batchReq{req})
 	}
-	{
-		req.done = make(chan struct{})
-		lane.queue = append(lane.queue, req)
-		lane.queued += len(req.keys)
-		if len(lane.queue) == 1 {
-			lane.full = make(chan struct{})
-			b.flushes.Add(1)
-			go b.flush(key, lane, lane.full)
-		}
-		if lane.queued >= maxBatchKeys && lane.full != nil {
-			close(lane.full)
-			lane.full = nil
-		}
-		b.mu.Unlock()
-		select {
-		case <-req.done:
-			return req.err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	req.done = make(chan struct{})
+	lane.queue = append(lane.queue, req)
+	lane.queued += len(req.keys)
+	if len(lane.queue) == 1 {
+		lane.full = make(chan struct{})
+		b.flushes.Add(1)
+		go b.flush(key, lane, lane.full)
+	}
+	if lane.queued >= maxBatchKeys && lane.full != nil {
+		close(lane.full)
+		lane.full = nil
+	}
+	b.mu.Unlock()
+	select {
+	case <-req.done:
+		return req.err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
