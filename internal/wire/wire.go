@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,6 +20,30 @@ func KeyPrefix(ns string) string { return ns + ":" }
 
 // Channel is the namespace's invalidation channel.
 func Channel(ns string) string { return ns + ":inv" }
+
+// ShardChannel is the shard channel of partition p on Redis Cluster:
+// Channel(ns) behind the hash tag of slot p, so that it lives in the slot
+// of the partition's data and sequence keys. A write script publishes on
+// it with SPUBLISH, whose message stays on the master that owns the slot
+// (and its replicas) instead of crossing the cluster bus to every node as a
+// PUBLISH does. A partition outside [0, 16384) is reduced modulo 16384.
+func ShardChannel(ns string, p int) string {
+	return "{" + hashslot.Tag(Partition(p)) + "}" + Channel(ns)
+}
+
+// SplitChannel parses a channel a subscriber received: for a shard channel
+// ("{tag}NS:inv") it returns NS:inv, the slot of the tag and true; for any
+// other channel, the channel itself, 0 and false.
+func SplitChannel(ch string) (base string, slot int, shard bool) {
+	if len(ch) == 0 || ch[0] != '{' {
+		return ch, 0, false
+	}
+	end := strings.IndexByte(ch, '}')
+	if end < 2 {
+		return ch, 0, false
+	}
+	return ch[end+1:], hashslot.Slot(ch[:end+1]), true
+}
 
 // RouteChannel is the route channel of instance id: subscribed beside
 // Channel and never published to, so that PUBSUB NUMSUB of it on the
@@ -100,6 +125,11 @@ type Notification struct {
 // Frame of every script. KEYS = the write's data keys, then the sequence key
 // when notifying. ARGV[1] = channel ("" = no notification: no sequence key,
 // nothing published), ARGV[2] = body, ARGV[3:] = the write's own arguments.
+// A channel that begins with "{" is a shard channel (ShardChannel): the
+// frame publishes with SPUBLISH, and if Redis refuses that (a server
+// before 7.0, or an ACL without the shard channel) with PUBLISH on the
+// channel without its hash tag, which every subscriber also hears, so that
+// a write that ran is never left without its notification.
 // The write sees n (its number of data keys) and must set res, its reply; it
 // may return early to publish nothing (a write that wrote no key). The
 // sequence key is validated before the write runs, and nothing after the
@@ -128,6 +158,14 @@ local res = 0
 if not notify then return res end
 local s = string.format('%d', seq + 1)
 redis.call('SET', seqkey, s)
+if string.byte(ARGV[1], 1) == 123 then
+  local r = redis.pcall('SPUBLISH', ARGV[1], ARGV[2] .. s)
+  if type(r) == 'table' and r.err then
+    local e = string.find(ARGV[1], '}', 1, true)
+    redis.call('PUBLISH', string.sub(ARGV[1], e + 1), ARGV[2] .. s)
+  end
+  return res
+end
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. s)
 return res
 `

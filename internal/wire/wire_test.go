@@ -201,3 +201,111 @@ res = 1
 		})
 	}
 }
+
+// TestShardChannel pins the shard channel's name and checks that it lives
+// in its partition's slot and that SplitChannel takes it apart.
+func TestShardChannel(t *testing.T) {
+	if got, want := wire.ShardChannel("ns", 0), "{"+hashslot.Tag(0)+"}ns:inv"; got != want {
+		t.Fatalf("ShardChannel(ns, 0) = %q, want %q", got, want)
+	}
+	if wire.ShardChannel("ns", hashslot.Count+3) != wire.ShardChannel("ns", 3) {
+		t.Fatal("ShardChannel does not reduce the partition modulo 16384")
+	}
+	for p := 0; p < hashslot.Count; p++ {
+		ch := wire.ShardChannel("a", p)
+		if got := hashslot.Slot(ch); got != p {
+			t.Fatalf("Slot(%q) = %d, want %d", ch, got, p)
+		}
+		base, slot, shard := wire.SplitChannel(ch)
+		if base != "a:inv" || slot != p || !shard {
+			t.Fatalf("SplitChannel(%q) = %q, %d, %v; want a:inv, %d, true", ch, base, slot, shard, p)
+		}
+	}
+	for _, ch := range []string{"ns:inv", "", "{", "{}ns:inv", "x{1}y"} {
+		if base, slot, shard := wire.SplitChannel(ch); base != ch || slot != 0 || shard {
+			t.Errorf("SplitChannel(%q) = %q, %d, %v; want it back unchanged, not a shard channel", ch, base, slot, shard)
+		}
+	}
+}
+
+// TestShardScript: a notification on a shard channel is published with
+// SPUBLISH; where Redis refuses SPUBLISH (miniredis has none; an ACL user
+// without the shard channel) the frame publishes it with PUBLISH on the
+// plain channel instead, so the write is still heard and still
+// acknowledged.
+func TestShardScript(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n := wire.Notification{Channel: wire.ShardChannel("ns", 7), SeqKey: wire.SeqKey("ns", 7), Body: []byte("body|")}
+	write := wire.NewScript(`
+redis.call('SET', KEYS[1], ARGV[3])
+res = 1
+`)
+	receive := func(t *testing.T, ps *redis.PubSub) *redis.Message {
+		t.Helper()
+		for {
+			v, err := ps.Receive(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m, ok := v.(*redis.Message); ok {
+				return m
+			}
+		}
+	}
+	run := func(t *testing.T, c redis.UniversalClient, val string) {
+		t.Helper()
+		keys, argv := wire.Args([]string{"ns:k"}, &n, val)
+		if got, err := write.Run(ctx, c, keys, argv...).Int(); err != nil || got != 1 {
+			t.Fatalf("framed write = %d, %v; want 1, nil", got, err)
+		}
+		if v := c.Get(ctx, "ns:k").Val(); v != val {
+			t.Fatalf("data key %q, want %q", v, val)
+		}
+	}
+
+	t.Run("redis-server", func(t *testing.T) {
+		srv := redistest.StartServer(t)
+		c := srv.Client()
+		ps := c.SSubscribe(ctx, n.Channel)
+		defer ps.Close()
+		if _, err := ps.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+		run(t, c, "v1")
+		if m := receive(t, ps); m.Channel != n.Channel || m.Payload != "body|1" {
+			t.Fatalf("shard subscriber got %q on %q, want body|1 on %q", m.Payload, m.Channel, n.Channel)
+		}
+
+		// A user allowed the plain channel only: SPUBLISH is refused, the
+		// frame falls back to PUBLISH.
+		if err := c.Do(ctx, "ACL", "SETUSER", "plain", "on", ">pw", "~*", "+@all", "resetchannels", "&ns:inv").Err(); err != nil {
+			t.Fatal(err)
+		}
+		pc := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "plain", Password: "pw"})
+		defer pc.Close()
+		plain := c.Subscribe(ctx, wire.Channel("ns"))
+		defer plain.Close()
+		if _, err := plain.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+		run(t, pc, "v2")
+		if m := receive(t, plain); m.Channel != "ns:inv" || m.Payload != "body|2" {
+			t.Fatalf("plain subscriber got %q on %q, want body|2 on ns:inv", m.Payload, m.Channel)
+		}
+	})
+	t.Run("miniredis", func(t *testing.T) {
+		mr := miniredis.RunT(t)
+		c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		defer c.Close()
+		plain := c.Subscribe(ctx, wire.Channel("ns"))
+		defer plain.Close()
+		if _, err := plain.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+		run(t, c, "v1")
+		if m := receive(t, plain); m.Channel != "ns:inv" || m.Payload != "body|1" {
+			t.Fatalf("plain subscriber got %q on %q, want body|1 on ns:inv", m.Payload, m.Channel)
+		}
+	})
+}
