@@ -164,6 +164,10 @@ type sub struct {
 	// goroutine, which io (cap 1) wakes.
 	chans map[string]*chanState
 	io    chan struct{}
+	// slots are the slots whose shard channels s carries (Redis Cluster,
+	// sharded pub/sub: the slots its master owns; see shard.go). Guarded
+	// by hub.mu; replaced, never modified, except by lostShard.
+	slots map[int]struct{}
 
 	// live is true from a confirmation of the route channel's
 	// subscription until the reader or the route check sees the
@@ -304,8 +308,14 @@ func (b *Bus) NotifyClear(partition int, _ []string) Notification {
 	return b.notification(partition, b.EncodeClear(partition))
 }
 
+// notification is body on the partition's channel: its shard channel on
+// Redis Cluster (see shard.go), unless DisableShardedPubSub.
 func (b *Bus) notification(partition int, body []byte) wire.Notification {
-	return wire.Notification{Channel: b.channel, SeqKey: b.SeqKey(partition), Body: body}
+	ch := b.channel
+	if b.cluster != nil && !b.cfg.DisableShardedPubSub {
+		ch = wire.ShardOf(ch, partition)
+	}
+	return wire.Notification{Channel: ch, SeqKey: b.SeqKey(partition), Body: body}
 }
 
 // Publish atomically increments the partition's sequence key and publishes

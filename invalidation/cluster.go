@@ -267,7 +267,7 @@ func (h *hub) watchMasters(ctx context.Context) {
 		}
 		wait := iv
 		mctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
-		nodes, err := h.masters(mctx)
+		topo, err := h.look(mctx)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -278,10 +278,17 @@ func (h *hub) watchMasters(ctx context.Context) {
 			h.topoFails.Fail("", err)
 		default:
 			backoff = 0
-			h.syncSubs(nodes)
+			h.syncSubs(topo)
 			wait = time.Until(h.grid.after(time.Now(), iv)) // on the hub's grid (see grid.go)
 		}
 		t.Reset(wait)
+		// At most one look per minLookGap, however often a moved slot
+		// pokes: the masters' views of the slots converge over gossip.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(minLookGap):
+		}
 	}
 }
 
@@ -302,12 +309,18 @@ func (h *hub) masters(ctx context.Context) (map[string]*redis.Client, error) {
 	return nodes, err
 }
 
+// minLookGap is the least time between two looks at the cluster.
+const minLookGap = 50 * time.Millisecond
+
 // syncSubs makes the subscriptions match the masters: a new master gets one,
-// a departed master's is closed. After the first set, any change
-// invalidates everything (messages published during a failover or
-// resharding may have been missed), and the new subscriptions' first
-// confirmations repair again and keep the stream unhealthy until then.
-func (h *hub) syncSubs(nodes map[string]*redis.Client) {
+// a departed master's is closed, and each carries the shard channels of
+// the slots its master owns (see shard.go). After the first set, any
+// change invalidates everything (messages published during a failover or
+// resharding may have been missed), and the new subscriptions' (and new
+// slots') first confirmations repair again and keep the stream unhealthy
+// until then.
+func (h *hub) syncSubs(topo topology) {
+	nodes := topo.nodes
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -320,11 +333,21 @@ func (h *hub) syncSubs(nodes map[string]*redis.Client) {
 			delete(h.subs, addr)
 		}
 	}
-	added := 0
+	added, moved := 0, 0
 	for addr, c := range nodes {
-		if _, ok := h.subs[addr]; !ok {
-			h.newSubLocked(addr, c)
+		if s, ok := h.subs[addr]; !ok {
+			h.newSubLocked(addr, c, topo.slots[addr])
 			added++
+		} else if h.setSlotsLocked(s, topo.slots[addr]) {
+			moved++
+		}
+	}
+	if h.uncovered {
+		// This look assigned every slot anew; those on a new master are
+		// unhealthy on its subscription until confirmed.
+		h.uncovered = false
+		for _, m := range h.everyone() {
+			m.health.clear(uncoveredSrc, reasonNotSubscribed)
 		}
 	}
 	first := !h.subsKnown
@@ -345,6 +368,9 @@ func (h *hub) syncSubs(nodes map[string]*redis.Client) {
 	}
 	if !first && (added > 0 || len(gone) > 0) {
 		h.log.Warn("cluster masters changed; subscriptions follow", zap.Int("added", added), zap.Int("removed", len(gone)))
+		h.invalidateAll(CauseServerChanged)
+	} else if !first && moved > 0 {
+		h.log.Info("cluster slots moved; shard subscriptions follow", zap.Int("masters", moved))
 		h.invalidateAll(CauseServerChanged)
 	}
 }

@@ -61,13 +61,13 @@ func TestSyncSubsFollowsMasters(t *testing.T) {
 	if n := nsubs(); n != 3 {
 		t.Fatalf("subscriptions after Start: %d, want 3", n)
 	}
-	nodes, err := b.hub.Load().masters(ctx)
+	topo, err := b.hub.Load().look(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	less := maps.Clone(nodes)
-	for addr := range less {
-		delete(less, addr)
+	less := topology{nodes: maps.Clone(topo.nodes), slots: topo.slots}
+	for addr := range less.nodes {
+		delete(less.nodes, addr)
 		break
 	}
 	b.hub.Load().syncSubs(less) // a master left
@@ -78,15 +78,17 @@ func TestSyncSubsFollowsMasters(t *testing.T) {
 	if !b.Health().Healthy {
 		t.Errorf("unhealthy with every remaining subscription confirmed: %+v", b.Health())
 	}
-	b.hub.Load().syncSubs(nodes) // and (re)joined
+	b.hub.Load().syncSubs(topo) // and (re)joined
 	if n := nsubs(); n != 3 {
 		t.Fatalf("subscriptions after a master joined: %d, want 3", n)
 	}
 	eventually(t, "the new subscription's repair and health", func() bool {
 		return h.has(CauseResubscribe) && b.Health().Healthy
 	})
-	// Messages from every master arrive again, each applied once.
-	a, _ := New(c, Config{Namespace: "t"}, &causeLog{})
+	// Messages from every master arrive again, each applied once: plain
+	// ones from every master (two copies each), sharded ones from their
+	// slot's master only.
+	a, _ := New(c, Config{Namespace: "t", DisableShardedPubSub: true}, &causeLog{})
 	for _, p := range []int{0, 8000, 16000} {
 		if err := a.Publish(ctx, p, a.EncodeDelete(p, []string{"k"})); err != nil {
 			t.Fatal(err)
@@ -94,6 +96,16 @@ func TestSyncSubsFollowsMasters(t *testing.T) {
 	}
 	eventually(t, "three messages", func() bool { return b.Stats().Applied == 3 })
 	eventually(t, "their six copies", func() bool { return b.Stats().Duplicates == 6 })
+	sh, _ := New(c, Config{Namespace: "t"}, &causeLog{})
+	for _, p := range []int{1, 8001, 16001} {
+		if err := sh.Publish(ctx, p, sh.EncodeDelete(p, []string{"k"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "three sharded messages", func() bool { return b.Stats().Applied == 6 })
+	if d := b.Stats().Duplicates; d != 6 {
+		t.Errorf("duplicates after three sharded messages: %d, want still 6 (a shard channel's message reaches one master's subscription)", d)
+	}
 }
 
 // allSlotsBus starts a bus on the 3-master cluster whose every slot has had

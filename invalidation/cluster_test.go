@@ -37,15 +37,28 @@ func masterPartitions(t *testing.T, c *redis.ClusterClient) []int {
 
 // TestRedisClusterPropagation: a message published on any master reaches a
 // subscriber directly from that master (not over the cluster bus, which adds
-// up to ~40 ms); its copies from the other masters are counted duplicates,
-// never gaps or resets.
+// up to ~40 ms). A sharded message (SPUBLISH, the default) arrives once; a
+// plain one (PUBLISH) also arrives from the other masters, and those copies
+// are counted duplicates, never gaps or resets.
 func TestRedisClusterPropagation(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
 	parts := masterPartitions(t, c)
+	for _, plain := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sharded", true: "plain"}[plain], func(t *testing.T) {
+			copies := 0
+			if plain {
+				copies = 2
+			}
+			clusterPropagation(t, c, parts, fmt.Sprintf("t%v", plain), plain, copies)
+		})
+	}
+}
+
+func clusterPropagation(t *testing.T, c *redis.ClusterClient, parts []int, ns string, plain bool, copies int) {
 	rb := newRecorder()
-	b := startBus(t, c, invalidation.Config{Namespace: "t", Logger: zaptest.NewLogger(t)}, rb)
-	a := startBus(t, c, invalidation.Config{Namespace: "t"}, newRecorder())
+	b := startBus(t, c, invalidation.Config{Namespace: ns, Logger: zaptest.NewLogger(t)}, rb)
+	a := startBus(t, c, invalidation.Config{Namespace: ns, DisableShardedPubSub: plain}, newRecorder())
 	const perMaster = 150
 	n := 0
 	for _, p := range parts { // the publisher's master in turn
@@ -56,8 +69,8 @@ func TestRedisClusterPropagation(t *testing.T) {
 		}
 	}
 	waitFor(t, 10*time.Second, "B to apply every message", func() bool { return b.Stats().Applied == uint64(n) })
-	// Every message also arrives from the two other masters.
-	waitFor(t, 10*time.Second, "the forwarded copies", func() bool { return b.Stats().Duplicates == uint64(2*n) })
+	// A plain message also arrives from the two other masters.
+	waitFor(t, 10*time.Second, "the forwarded copies", func() bool { return b.Stats().Duplicates == uint64(copies*n) })
 	st := b.Stats()
 	lag := st.Lag
 	t.Logf("cluster propagation, %d msgs over 3 masters: p50 %v, p90 %v, p99 %v, max %v; received %d, duplicates %d",
@@ -65,9 +78,9 @@ func TestRedisClusterPropagation(t *testing.T) {
 	if lag.P99 > 20*time.Millisecond {
 		t.Errorf("p99 %v: want well under 20ms (the cluster bus alone is ~38ms)", lag.P99)
 	}
-	if st.Received != uint64(3*n) || st.Gaps != 0 || st.SeqResets != 0 || st.LostTails != 0 || len(rb.Alls()) != 0 {
+	if st.Received != uint64((1+copies)*n) || st.Gaps != 0 || st.SeqResets != 0 || st.LostTails != 0 || len(rb.Alls()) != 0 {
 		t.Errorf("received %d (want %d), gaps %d, resets %d, lost tails %d, InvalidateAll %v; want no repair",
-			st.Received, 3*n, st.Gaps, st.SeqResets, st.LostTails, rb.Alls())
+			st.Received, (1+copies)*n, st.Gaps, st.SeqResets, st.LostTails, rb.Alls())
 	}
 	if got := rb.Keys(); len(got) != n {
 		t.Errorf("B invalidated %d keys, want %d (each once)", len(got), n)
@@ -102,7 +115,8 @@ func TestRedisClusterDropHook(t *testing.T) {
 	})
 	rb := newRecorder()
 	b := startBus(t, c, cfg, rb)
-	a := startBus(t, c, invalidation.Config{Namespace: "t"}, newRecorder())
+	// Plain messages, which reach B on every master's subscription.
+	a := startBus(t, c, invalidation.Config{Namespace: "t", DisableShardedPubSub: true}, newRecorder())
 	const per = 40 // 4 lost and 4 half-lost per partition; the last is not lost
 	for _, p := range parts {
 		for i := 0; i < per; i++ {

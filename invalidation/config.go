@@ -68,6 +68,20 @@ type Config struct {
 	// AntiEntropyInterval later.
 	RouteCheckInterval time.Duration
 
+	// DisableShardedPubSub makes the bus publish on Redis Cluster with
+	// PUBLISH on the namespace channel, as releases before sharded pub/sub
+	// did: every message then crosses the cluster bus to every node. By
+	// default a bus on a cluster client publishes each partition's
+	// messages with SPUBLISH on the partition's shard channel, which stays
+	// on the master that owns the slot (its script falls back to PUBLISH
+	// where Redis refuses SPUBLISH: a server before 7.0, an ACL without the
+	// shard channels). Subscriptions carry both kinds whatever this says,
+	// so buses that differ in it hear each other; a build from before
+	// sharded pub/sub hears only plain messages (anti-entropy finds the
+	// others, about one AntiEntropyInterval later): set it on every
+	// instance while such builds still run. Ignored off Redis Cluster.
+	DisableShardedPubSub bool
+
 	// BufferSize is the capacity of the queue between the connection reader
 	// and the worker that calls the Handler. A full queue drops the message
 	// and invalidates everything. If zero or negative, DefaultBufferSize is used.

@@ -3,6 +3,7 @@ package invalidation
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -84,7 +85,10 @@ type hub struct {
 	gapDue    time.Time // worker only: earliest hole deadline a member reported
 	multiPath bool
 	topoPoke  chan struct{} // cap 1: asks the masters watcher (Redis Cluster) to look again
-	aePoke    chan struct{} // cap 1: asks anti-entropy for a round soon (a member was confirmed)
+	// shardOff: Redis refused SSUBSCRIBE, subscriptions carry the plain
+	// channels only (see shard.go).
+	shardOff atomic.Bool
+	aePoke   chan struct{} // cap 1: asks anti-entropy for a round soon (a member was confirmed)
 
 	// members by channel and in all, published as snapshots (copy on
 	// write under mu) for the readers and the worker.
@@ -98,13 +102,21 @@ type hub struct {
 	subs      map[string]*sub    // the subscriptions, by master address ("" on a standalone server)
 	nextSub   int                // last sub id handed out
 	subsKnown bool               // the set of subscriptions has been established once
+	capable   map[string]bool    // Redis Cluster: whether each master seen has sharded pub/sub (Redis >= 7)
+	uncovered bool               // a slot lost its subscription and no look has assigned it since (see shard.go)
 	wg        sync.WaitGroup     // every goroutine of the hub
 }
 
 // chanState is the state of one member channel on one subscription.
 type chanState struct {
-	sent      bool // SUBSCRIBE sent on the subscription's current connection (see reconcile)
-	confirmed bool // confirmed since it was subscribed or the connection last failed
+	sent    bool // SUBSCRIBE sent on the subscription's current connection (see reconcile)
+	plainOK bool // the SUBSCRIBE was confirmed on this connection
+	// shards: Redis Cluster, sharded pub/sub: the slots whose shard
+	// channel's SSUBSCRIBE was sent on this connection, each true once
+	// confirmed; shardWait counts those not confirmed (see shard.go).
+	shards    map[int]bool
+	shardWait int
+	confirmed bool // plainOK and every wanted shard confirmed, since it was subscribed or the connection last failed
 	everOK    bool // confirmed at least once on this subscription
 	failing   bool // the connection failed (or was replaced) since its last confirmation
 }
@@ -163,6 +175,7 @@ func newHub(key hubKey, b *Bus) *hub {
 		topoPoke: make(chan struct{}, 1),
 		aePoke:   make(chan struct{}, 1),
 		subs:     make(map[string]*sub),
+		capable:  make(map[string]bool),
 	}
 	h.cluster, _ = b.client.(*redis.ClusterClient)
 	h.multiPath = h.cluster != nil
@@ -197,7 +210,7 @@ func (h *hub) start(first *Bus) {
 	h.wg.Add(1)
 	go h.worker(h.runCtx)
 	if h.cluster == nil {
-		h.newSubLocked("", h.client)
+		h.newSubLocked("", h.client, nil)
 		h.subsKnown = true
 		h.knownLocked()
 	} else {
@@ -364,12 +377,14 @@ func (h *hub) reconcile(ctx context.Context, s *sub) bool {
 	}
 	want := *h.byChannel.Load()
 	var add, drop []string
+	var plan shardPlan
 	for ch := range want {
 		if s.chans[ch] == nil {
 			s.chans[ch] = &chanState{}
 		}
 	}
 	for ch, cs := range s.chans {
+		h.planShardsLocked(s, ch, cs, want[ch] != nil, &plan)
 		switch {
 		case want[ch] == nil:
 			if cs.sent {
@@ -387,14 +402,23 @@ func (h *hub) reconcile(ctx context.Context, s *sub) bool {
 		_ = ps.Unsubscribe(uctx, drop...)
 		cancel()
 	}
-	if len(add) == 0 {
-		return true
+	var err error
+	if len(add) > 0 {
+		slices.Sort(add)
+		sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
+		err = ps.Subscribe(sctx, add...)
+		cancel()
 	}
-	slices.Sort(add)
-	sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
-	err := ps.Subscribe(sctx, add...)
-	cancel()
-	if err == nil || ctx.Err() != nil {
+	var unsent []int
+	if err == nil && (len(plan.add) > 0 || len(plan.drop) > 0) {
+		// One command per slot: a second per thousand slots.
+		sctx, cancel := context.WithTimeout(ctx, subscribeTimeout*time.Duration(1+len(plan.add)/1000))
+		unsent = sendShards(sctx, ps, plan)
+		cancel()
+	} else if err != nil {
+		unsent = slices.Collect(maps.Keys(plan.add))
+	}
+	if (err == nil && len(unsent) == 0) || ctx.Err() != nil {
 		return true
 	}
 	h.mu.Lock()
@@ -402,11 +426,14 @@ func (h *hub) reconcile(ctx context.Context, s *sub) bool {
 	if s.ps != ps {
 		return true // replaced meanwhile: the new connection subscribes everything
 	}
-	for _, ch := range add {
-		if cs := s.chans[ch]; cs != nil {
-			cs.sent = false
+	if err != nil {
+		for _, ch := range add {
+			if cs := s.chans[ch]; cs != nil {
+				cs.sent = false
+			}
 		}
 	}
+	unsendShardsLocked(s, unsent)
 	return false
 }
 

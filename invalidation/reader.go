@@ -10,15 +10,17 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/nearcache/nearcache/internal/wire"
 )
 
 // newSubLocked creates a subscription and starts its reader. h.mu is
 // held, the hub is running.
-func (h *hub) newSubLocked(addr string, client subscriber) *sub {
+func (h *hub) newSubLocked(addr string, client subscriber, slots map[int]struct{}) *sub {
 	h.nextSub++
 	sctx, cancel := context.WithCancel(h.runCtx)
 	s := &sub{id: h.nextSub, addr: addr, client: client, cancel: cancel, done: make(chan struct{}),
-		pongCh: make(chan struct{}, 1), io: make(chan struct{}, 1)}
+		pongCh: make(chan struct{}, 1), io: make(chan struct{}, 1), slots: slots}
 	for _, m := range h.everyone() {
 		m.health.set(s.id, reasonNotSubscribed)
 		if !m.confirmedClosed {
@@ -61,14 +63,13 @@ func (h *hub) stopSub(s *sub) {
 	}
 }
 
-// confirmChannel handles the confirmation of a member channel on s: the
-// members of that channel are healthy on s again, and repair
-// (CauseResubscribe) unless this is the first confirmation their Start is
-// waiting for.
+// confirmChannel handles the confirmation of a member channel, or of one
+// of its shard channels, on s (see settleLocked).
 func (h *hub) confirmChannel(s *sub, channel string) {
+	base, slot, shard := wire.SplitChannel(channel)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	cs := s.chans[channel]
+	cs := s.chans[base]
 	if cs == nil || s.stopped {
 		return // unsubscribed meanwhile
 	}
@@ -76,6 +77,27 @@ func (h *hub) confirmChannel(s *sub, channel string) {
 		// Read from the connection reroute has just closed (replace is
 		// set under mu before it closes it): it proves nothing of the new
 		// one, whose confirmation repairs.
+		return
+	}
+	if shard {
+		done, sent := cs.shards[slot]
+		if !sent || done {
+			return // not asked for on this connection, or confirmed already
+		}
+		cs.shards[slot] = true
+		cs.shardWait--
+	} else {
+		cs.plainOK = true
+	}
+	h.settleLocked(s, base, cs)
+}
+
+// settleLocked confirms a member channel on s once its SUBSCRIBE and the
+// SSUBSCRIBE of every slot s wants are confirmed: the members of that
+// channel are healthy on s again, and repair (CauseResubscribe) unless
+// this is the first confirmation their Start is waiting for. h.mu is held.
+func (h *hub) settleLocked(s *sub, channel string, cs *chanState) {
+	if cs.confirmed || !cs.plainOK || cs.shardWait != 0 || len(cs.shards) != len(s.slots) {
 		return
 	}
 	repair := cs.everOK || cs.failing
@@ -173,6 +195,40 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			}
 			continue
 		}
+		if err != nil && h.sharded(s) {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				if slot, refused := shardReplyErr(err); slot >= 0 {
+					// Redis refused a slot's SSUBSCRIBE: the master no
+					// longer owns it.
+					h.lostShard(s, slot, err.Error())
+					lastHeard, pingAt = now, time.Time{}
+					continue
+				} else if refused {
+					h.refuseShards(err)
+					lastHeard, pingAt = now, time.Time{}
+					continue
+				}
+				// go-redis resubscribes every shard channel in one
+				// command after a reconnect, which Redis refuses
+				// (CROSSSLOT): replace the connection instead; the I/O
+				// goroutine subscribes slot by slot.
+				if !failing {
+					h.lost(s, CauseDisconnect, reasonDisconnected, err)
+				}
+				backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				if ps = h.resubscribe(ctx, s, ps); ps == nil {
+					return
+				}
+				failing, pingAt, lastHeard, stalledOnce = true, time.Time{}, time.Now(), false
+				continue
+			}
+		}
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -227,7 +283,8 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 		}
 		switch m := v.(type) {
 		case *redis.Message:
-			members := h.members(m.Channel)
+			channel, _, _ := wire.SplitChannel(m.Channel)
+			members := h.members(channel)
 			if len(m.Payload) > maxPayload {
 				for _, mb := range members {
 					mb.stats.received.Add(1)
@@ -236,7 +293,7 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 				continue
 			}
 			select {
-			case h.queue <- item{payload: m.Payload, channel: m.Channel, recv: now, path: s.id}:
+			case h.queue <- item{payload: m.Payload, channel: channel, recv: now, path: s.id}:
 				h.enqueued.Add(1)
 			default:
 				// Unhealthy first: whoever sees the drop counted sees the
@@ -261,6 +318,17 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 				}
 			}
 		case *redis.Subscription:
+			if m.Kind == "sunsubscribe" {
+				// Ours were forgotten before they were sent (see
+				// planShardsLocked): this one is the master's, whose
+				// slot moved away.
+				h.shardLeft(s, m.Channel)
+				continue
+			}
+			if m.Kind == "ssubscribe" {
+				h.confirmChannel(s, m.Channel)
+				continue
+			}
 			if m.Kind != "subscribe" {
 				continue
 			}
@@ -321,7 +389,7 @@ func (h *hub) lost(s *sub, c Cause, r reason, err error) {
 	s.fails.Add(1)
 	h.mu.Lock()
 	for _, cs := range s.chans {
-		cs.confirmed, cs.failing = false, true
+		cs.confirmed, cs.plainOK, cs.failing = false, false, true
 	}
 	for _, m := range h.everyone() {
 		switch c {

@@ -219,7 +219,7 @@ func (h *hub) reroute(s *sub, why string) {
 	}
 	s.replace.Store(true)
 	for _, cs := range s.chans {
-		cs.confirmed, cs.failing = false, true
+		cs.confirmed, cs.plainOK, cs.failing = false, false, true
 	}
 	for _, m := range h.everyone() {
 		m.health.set(s.id, reasonRerouted)

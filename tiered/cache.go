@@ -298,10 +298,11 @@ func build[V any](cfg Config[V], wrapL1 func(localTier[item[V]]) localTier[item[
 		return nil, fmt.Errorf("tiered: %w", err)
 	}
 	bus, err := invalidation.New(cfg.Redis, invalidation.Config{
-		Namespace:           cfg.Namespace,
-		AntiEntropyInterval: cfg.AntiEntropyInterval,
-		HMACKey:             cfg.HMACKey,
-		Logger:              cfg.Logger,
+		Namespace:            cfg.Namespace,
+		AntiEntropyInterval:  cfg.AntiEntropyInterval,
+		DisableShardedPubSub: cfg.DisableShardedPubSub,
+		HMACKey:              cfg.HMACKey,
+		Logger:               cfg.Logger,
 	}, handler[V]{c})
 	if err != nil {
 		_ = local.Close()

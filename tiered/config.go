@@ -237,6 +237,15 @@ type Config[V any] struct {
 	// last messages or a Redis restart, then lasts until the local copies
 	// expire (MaxL1TTL).
 	AntiEntropyInterval time.Duration
+	// DisableShardedPubSub makes writes on Redis Cluster publish their
+	// invalidations with PUBLISH on NS:inv, which crosses the cluster bus
+	// to every node, instead of SPUBLISH on their slot's shard channel,
+	// which stays on the slot's master (Redis 7; the default). Caches hear
+	// both whatever it says. Set it on every instance while instances of a
+	// release from before sharded pub/sub share the namespace: they hear
+	// plain messages only (anti-entropy finds the others, about one
+	// AntiEntropyInterval later). Ignored off Redis Cluster.
+	DisableShardedPubSub bool
 	// HMACKey, when set, signs invalidation messages and rejects unsigned
 	// ones. All instances of a namespace must share it. Never printed.
 	HMACKey []byte
@@ -447,7 +456,7 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 		L1MaxEntries, L1MaxBytes                      int64
 		BreakerFailures, MaxValueSize                 int
 		L1TTLJitter, RefreshAhead                     float64
-		HasRedis                                      bool
+		HasRedis, DisableShardedPubSub                bool
 		HMACKey                                       string `json:",omitempty"`
 	}{
 		c.Namespace, c.TTL, c.MaxL1TTL, c.RedisTimeout, c.LoadTimeout,
@@ -456,7 +465,7 @@ func (c Config[V]) MarshalJSON() ([]byte, error) {
 		c.LoadClaim, c.LoadClaimWait, c.WriteBatchWindow,
 		c.AntiEntropyInterval, c.BreakerCooldown,
 		c.L1MaxEntries, c.L1MaxBytes, c.BreakerFailures, c.MaxValueSize, c.L1TTLJitter, c.RefreshAhead,
-		c.Redis != nil, hmacKey,
+		c.Redis != nil, c.DisableShardedPubSub, hmacKey,
 	})
 }
 

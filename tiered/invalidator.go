@@ -43,6 +43,9 @@ type InvalidatorConfig struct {
 	// load that starts after the tombstone replaces it. If zero,
 	// DefaultTombstoneTTL (30 s).
 	TombstoneTTL time.Duration
+	// DisableShardedPubSub: as Config.DisableShardedPubSub, for the
+	// Invalidator's messages.
+	DisableShardedPubSub bool
 }
 
 // String formats the InvalidatorConfig with HMACKey redacted.
@@ -152,7 +155,7 @@ func NewInvalidator(client redis.UniversalClient, cfg InvalidatorConfig) (*Inval
 	// The bus is never started: NotifyDelete and Publish need no
 	// subscription, and an unstarted bus runs no goroutine. Its Handler is
 	// never called.
-	bus, err := invalidation.New(client, invalidation.Config{Namespace: cfg.Namespace, HMACKey: cfg.HMACKey}, ignoreAll{})
+	bus, err := invalidation.New(client, invalidation.Config{Namespace: cfg.Namespace, HMACKey: cfg.HMACKey, DisableShardedPubSub: cfg.DisableShardedPubSub}, ignoreAll{})
 	if err != nil {
 		return nil, fmt.Errorf("tiered: %w", err)
 	}

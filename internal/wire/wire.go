@@ -27,9 +27,11 @@ func Channel(ns string) string { return ns + ":inv" }
 // it with SPUBLISH, whose message stays on the master that owns the slot
 // (and its replicas) instead of crossing the cluster bus to every node as a
 // PUBLISH does. A partition outside [0, 16384) is reduced modulo 16384.
-func ShardChannel(ns string, p int) string {
-	return "{" + hashslot.Tag(Partition(p)) + "}" + Channel(ns)
-}
+func ShardChannel(ns string, p int) string { return ShardOf(Channel(ns), p) }
+
+// ShardOf is the shard channel of partition p of the plain channel ch
+// (Channel(ns)): ch behind the hash tag of slot p.
+func ShardOf(ch string, p int) string { return "{" + hashslot.Tag(Partition(p)) + "}" + ch }
 
 // SplitChannel parses a channel a subscriber received: for a shard channel
 // ("{tag}NS:inv") it returns NS:inv, the slot of the tag and true; for any
