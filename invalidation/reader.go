@@ -195,20 +195,25 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			}
 			continue
 		}
-		if err != nil && h.sharded(s) {
+		if err != nil && h.cluster != nil {
 			var ne net.Error
-			if !errors.As(err, &ne) || !ne.Timeout() {
-				if slot, refused := shardReplyErr(err); slot >= 0 {
+			sharded := h.sharded(s)
+			if slot, refused := shardReplyErr(err); slot >= 0 || (refused && (sharded || h.shardOff.Load())) {
+				switch {
+				case slot >= 0:
 					// Redis refused a slot's SSUBSCRIBE: the master no
-					// longer owns it.
+					// longer owns it (nothing to do if it was dropped
+					// already).
 					h.lostShard(s, slot, err.Error())
-					lastHeard, pingAt = now, time.Time{}
-					continue
-				} else if refused {
+				case sharded:
 					h.refuseShards(err)
-					lastHeard, pingAt = now, time.Time{}
-					continue
 				}
+				// Else a late refusal of an SSUBSCRIBE sent before the
+				// first one turned them off.
+				lastHeard, pingAt = now, time.Time{}
+				continue
+			}
+			if sharded && (!errors.As(err, &ne) || !ne.Timeout()) {
 				// go-redis resubscribes every shard channel in one
 				// command after a reconnect, which Redis refuses
 				// (CROSSSLOT): replace the connection instead; the I/O

@@ -358,10 +358,12 @@ func (h *hub) shardLeft(s *sub, channel string) {
 		return
 	}
 	h.mu.Lock()
-	cs := s.chans[base]
-	_, held := cs.shards[slot]
+	held := false
+	if cs := s.chans[base]; cs != nil {
+		_, held = cs.shards[slot]
+	}
 	h.mu.Unlock()
-	if cs != nil && held {
+	if held {
 		h.lostShard(s, slot, "the master unsubscribed the slot's channel")
 	}
 }
