@@ -33,6 +33,21 @@
 // each message, and counts a sequence no copy brings within a short grace as a
 // gap.
 //
+// # Sharded pub/sub on Redis Cluster
+//
+// On a cluster client a bus publishes each partition's messages with SPUBLISH
+// on the partition's shard channel {tag(p)}NS:inv (Redis 7), which stays on the
+// master that owns the slot instead of crossing the cluster bus to every node;
+// the script falls back to PUBLISH on NS:inv where Redis refuses SPUBLISH (a
+// server before 7.0, an ACL without the shard channels).
+// [Config.DisableShardedPubSub] keeps PUBLISH. Each master's subscription
+// carries NS:inv and the shard channel of every slot the master owns (one
+// SSUBSCRIBE per slot), so buses hear both kinds whatever they publish. When a
+// slot moves (resharding, failover), its old master drops its shard channels
+// (or refuses them with MOVED): the bus invalidates everything, looks at the
+// cluster again at once, and stays unhealthy until the new owner has confirmed
+// the slot's channel, whose confirmation repairs once more.
+//
 // # Wire contract and ACL
 //
 // The wire contract (channel, sequence and epoch keys, payload layout, the
@@ -43,7 +58,10 @@
 // "NS:", and carry no TTL, and the route channels NS:inv:route:<instance id>.
 // An ACL user needs &NS:inv, the keys (~*NS:inv:* covers them) and EVALSHA,
 // EVAL, PUBLISH, GET, SET, INFO, SUBSCRIBE, UNSUBSCRIBE, PING and PUBSUB
-// (CLUSTER SLOTS on Redis Cluster); the route check also needs &NS:inv:route:*.
+// (CLUSTER SLOTS on Redis Cluster, and for the shard channels &{*}NS:inv,
+// SPUBLISH, SSUBSCRIBE and SUNSUBSCRIBE; without them one Warn names the grant
+// and the subscriptions keep NS:inv); the route check also needs
+// &NS:inv:route:*.
 // Without that grant the subscription still works, the route check turns itself
 // off with one warning, and anti-entropy's run id check follows a failover.
 //

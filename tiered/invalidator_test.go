@@ -753,7 +753,7 @@ func TestWireDoc(t *testing.T) {
 	if s := hashslot.Slot("users:42"); s != 9664 {
 		t.Errorf("slot of users:42 is %d, the doc says 9664", s)
 	}
-	for _, want := range []string{wire.SeqKey("users", 0), wire.SeqKey("users", 9664), wire.Channel("users"),
+	for _, want := range []string{wire.SeqKey("users", 0), wire.SeqKey("users", 9664), wire.Channel("users"), wire.ShardChannel("users", 9664),
 		strings.ReplaceAll(wire.EpochKey("NS", 0), "{"+hashslot.Tag(0)+"}", "{tag(p)}")} {
 		if !strings.Contains(doc, "`"+want+"`") {
 			t.Errorf("docs/WIRE.md does not name %q", want)
@@ -992,4 +992,87 @@ func fencedBlocks(doc string) []block {
 		prev = line
 	}
 	return out
+}
+
+// TestWireDocShardCluster runs docs/WIRE.md's publish script, ending with
+// the page's SPUBLISH lines, on the 3-master cluster: a message on the
+// shard channel of each key's slot reaches every instance, on every
+// master.
+func TestWireDocShardCluster(t *testing.T) {
+	raw, err := os.ReadFile("../docs/WIRE.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pub, tail string
+	for _, b := range fencedBlocks(string(raw)) {
+		switch {
+		case b.marker == "<!-- script: publish -->" && b.lang == "lua":
+			pub = b.text
+		case b.lang == "lua" && strings.Contains(b.text, "SPUBLISH"):
+			tail = b.text
+		}
+	}
+	const plainTail = "redis.call('SET', seqkey, s)\nredis.call('PUBLISH', ARGV[1], ARGV[2] .. s)\nreturn res\n"
+	if pub == "" || tail == "" || !strings.HasSuffix(pub, plainTail) {
+		t.Fatalf("docs/WIRE.md: want the publish script ending with\n%s\nand a lua block with SPUBLISH to replace that ending", plainTail)
+	}
+	sharded := strings.TrimSuffix(pub, plainTail) + tail
+
+	cl := redistest.StartCluster(t)
+	ctx := context.Background()
+	newRedis := func() redis.UniversalClient {
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), ContextTimeoutEnabled: true,
+			DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	cs := instances(t, 3, newRedis, Config[string]{Namespace: "docsh"})
+	outside := newRedis().(*redis.ClusterClient)
+	store, err := l2.New(outside, l2.Config{KeyPrefix: "docsh:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := keysN("row", 30)
+	masters := map[string]bool{}
+	for _, k := range keys {
+		m, err := outside.MasterForKey(ctx, "docsh:"+k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		masters[m.Options().Addr] = true
+	}
+	if len(masters) != len(cl.Masters) {
+		t.Fatalf("the keys are on %d masters, want all %d", len(masters), len(cl.Masters))
+	}
+	db := newTable(map[string]string{})
+	for _, k := range keys {
+		db.set(k, "v1")
+	}
+	warm(t, cs, keys, db.load, "v1")
+	noLoad := func(_ context.Context, k string) (string, error) { return "", fmt.Errorf("loader called for %s", k) }
+	for _, k := range keys {
+		if err := store.Set(ctx, k, l2.Entry{Value: []byte("v2"), TTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serveAll(t, cs, keys, noLoad, "v1")
+	var outsideID [16]byte
+	copy(outsideID[:], "outside program!")
+	before := applied(cs)
+	start := time.Now()
+	for _, k := range keys {
+		p := hashslot.Slot("docsh:" + k)
+		body := docBody(outsideID, uint16(p), 1, time.Now().UnixNano(), []string{k}, nil)
+		if err := outside.Eval(ctx, sharded, []string{wire.SeqKey("docsh", p)}, wire.ShardChannel("docsh", p), body).Err(); err != nil {
+			t.Fatalf("EVAL of the doc's publish script with SPUBLISH for %s: %v", k, err)
+		}
+	}
+	took := waitFresh(t, cs, keys, noLoad, func(string) string { return "v2" }, start)
+	t.Logf("every instance served the %d values written outside %v after the first SPUBLISH", len(keys), took)
+	assertApplied(t, cs, before)
+	for i, c := range cs {
+		if d := c.Stats().Invalidation.Duplicates; d != 0 {
+			t.Errorf("instance %d: %d duplicates, want 0 (a shard channel's message reaches one master's subscription)", i, d)
+		}
+	}
 }
