@@ -342,10 +342,11 @@ func (h *hub) syncSubs(topo topology) {
 			moved++
 		}
 	}
-	if h.uncovered {
+	lostSlots := h.uncovered
+	if lostSlots > 0 {
 		// This look assigned every slot anew; those on a new master are
 		// unhealthy on its subscription until confirmed.
-		h.uncovered = false
+		h.uncovered = 0
 		for _, m := range h.everyone() {
 			m.health.clear(uncoveredSrc, reasonNotSubscribed)
 		}
@@ -370,7 +371,7 @@ func (h *hub) syncSubs(topo topology) {
 		h.log.Warn("cluster masters changed; subscriptions follow", zap.Int("added", added), zap.Int("removed", len(gone)))
 		h.invalidateAll(CauseServerChanged)
 	} else if !first && moved > 0 {
-		h.log.Info("cluster slots moved; shard subscriptions follow", zap.Int("masters", moved))
+		h.log.Info("cluster slots moved; shard subscriptions follow", zap.Int("masters", moved), zap.Int("slots_dropped_by_their_masters", lostSlots))
 		h.invalidateAll(CauseServerChanged)
 	}
 }

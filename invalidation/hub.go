@@ -103,7 +103,7 @@ type hub struct {
 	nextSub   int                // last sub id handed out
 	subsKnown bool               // the set of subscriptions has been established once
 	capable   map[string]bool    // Redis Cluster: whether each master seen has sharded pub/sub (Redis >= 7)
-	uncovered bool               // a slot lost its subscription and no look has assigned it since (see shard.go)
+	uncovered int                // slots that lost their subscription since the last look assigned them (see shard.go)
 	wg        sync.WaitGroup     // every goroutine of the hub
 }
 

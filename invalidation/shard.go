@@ -189,7 +189,8 @@ func (h *hub) lostShard(s *sub, slot int, why string) {
 		return
 	}
 	delete(s.slots, slot)
-	h.uncovered = true
+	first := h.uncovered == 0
+	h.uncovered++
 	for ch, cs := range s.chans {
 		if done, ok := cs.shards[slot]; ok {
 			delete(cs.shards, slot)
@@ -204,7 +205,11 @@ func (h *hub) lostShard(s *sub, slot int, why string) {
 		m.requestInvalidateAll(CauseServerChanged)
 	}
 	h.mu.Unlock()
-	h.log.Info("a slot's invalidation channel left its subscription; following the cluster", zap.Int("slot", slot), zap.String("node", s.addr), zap.String("why", why))
+	if first {
+		// Once per run of moved slots (a reshard moves thousands); the
+		// look that assigns them again logs how many.
+		h.log.Info("a slot's invalidation channel left its subscription; following the cluster", zap.Int("slot", slot), zap.String("node", s.addr), zap.String("why", why))
+	}
 	h.pokeTopology()
 }
 
@@ -228,7 +233,7 @@ func (h *hub) refuseShards(err error) {
 	for _, s := range h.subs {
 		h.setSlotsLocked(s, nil)
 	}
-	h.uncovered = false
+	h.uncovered = 0
 	for _, m := range h.everyone() {
 		m.health.clear(uncoveredSrc, reasonNotSubscribed)
 		m.requestInvalidateAll(CauseServerChanged)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,5 +147,64 @@ func TestShardChannelsRefused(t *testing.T) {
 	waitFor(t, 5*time.Second, "B to be healthy", func() bool { return b.Health().Healthy })
 	if st := b.Stats(); st.Gaps != 0 || st.LostTails != 0 {
 		t.Errorf("gaps %d, lost tails %d: want none (every message heard on the plain channel)", st.Gaps, st.LostTails)
+	}
+}
+
+// TestShardFollowsFailover: a manual failover (CLUSTER FAILOVER on a
+// replica) hands a master's slots to its replica; the bus repairs,
+// subscribes the slots' shard channels on the new master, and hears its
+// messages, long before anti-entropy (an hour here) would look.
+func TestShardFollowsFailover(t *testing.T) {
+	cl := redistest.StartClusterReplicas(t)
+	c := cl.Client()
+	ctx := context.Background()
+	slots, err := c.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p int
+	found := false
+	for _, r := range slots {
+		if r.Nodes[0].Addr == cl.Masters[0].Addr() {
+			p, found = r.Start+3, true
+		}
+	}
+	if !found {
+		t.Fatalf("no slot range of %s in %v", cl.Masters[0].Addr(), slots)
+	}
+	rb := newRecorder()
+	b := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour, Logger: zaptest.NewLogger(t)}, rb)
+	a := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
+	publishDelete(t, a, p, "before")
+	waitFor(t, 5*time.Second, "B to apply the first message", func() bool { return slices.Contains(rb.Keys(), "before") })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("B's stats: %+v; InvalidateAll causes: %v; health %+v", b.Stats(), rb.Alls(), b.Health())
+		}
+	})
+
+	start := time.Now()
+	if err := cl.Replicas[0].Client().Do(ctx, "CLUSTER", "FAILOVER").Err(); err != nil {
+		t.Fatalf("CLUSTER FAILOVER: %v", err)
+	}
+	waitFor(t, 20*time.Second, "the replica to become master", func() bool {
+		info, err := cl.Replicas[0].Client().Info(ctx, "replication").Result()
+		return err == nil && strings.Contains(info, "role:master")
+	})
+	promoted := time.Since(start)
+	waitFor(t, 10*time.Second, "B to repair after the failover", func() bool { return rb.HasAll(invalidation.CauseServerChanged) })
+	waitFor(t, 10*time.Second, "B to be healthy again", func() bool { return b.Health().Healthy })
+	healthy := time.Since(start)
+	n := len(rb.Alls())
+	// The write goes to the new master (the client follows MOVED) and is
+	// published there with SPUBLISH.
+	waitFor(t, 10*time.Second, "a write on the new master", func() bool {
+		return a.Publish(ctx, p, a.EncodeDelete(p, []string{"after"})) == nil
+	})
+	waitFor(t, 5*time.Second, "B to apply the new master's message", func() bool { return slices.Contains(rb.Keys(), "after") })
+	t.Logf("failover of %s to %s: promoted %v after CLUSTER FAILOVER, B healthy %v after, applied the new master's message %v after; InvalidateAll %v",
+		cl.Masters[0].Addr(), cl.Replicas[0].Addr(), promoted, healthy, time.Since(start), rb.Alls())
+	if got := rb.Alls()[n:]; len(got) != 0 {
+		t.Errorf("InvalidateAll after the stream was healthy again: %v (a message of the new master was missed?)", got)
 	}
 }

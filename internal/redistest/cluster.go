@@ -14,10 +14,14 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Cluster is a Redis Cluster of three masters (no replicas), each a Server.
+// Cluster is a Redis Cluster of three masters, each a Server, and, from
+// StartClusterReplicas, one replica of each. Masters and Replicas are the
+// roles at creation: Replicas[i] replicates Masters[i]. A failover swaps
+// roles without updating them.
 type Cluster struct {
-	tb      testing.TB
-	Masters []*Server
+	tb       testing.TB
+	Masters  []*Server
+	Replicas []*Server
 }
 
 // StartCluster starts three redis-server processes with cluster mode on, joins
@@ -26,13 +30,29 @@ type Cluster struct {
 // takes seconds, so under go test -short it skips the test.
 func StartCluster(tb testing.TB) *Cluster {
 	tb.Helper()
+	return startCluster(tb, false)
+}
+
+// StartClusterReplicas is StartCluster with one replica per master, each
+// in sync with its master before it returns.
+func StartClusterReplicas(tb testing.TB) *Cluster {
+	tb.Helper()
+	return startCluster(tb, true)
+}
+
+func startCluster(tb testing.TB, replicas bool) *Cluster {
+	tb.Helper()
 	if testing.Short() {
 		tb.Skip("redistest: a cluster takes a few seconds to form; skipped under -short")
 	}
 	bin := Binary(tb, "redis-server")
 	cli := Binary(tb, "redis-cli")
 	c := &Cluster{tb: tb}
-	for i := 0; i < 3; i++ {
+	n := 3
+	if replicas {
+		n = 6
+	}
+	for i := 0; i < n; i++ {
 		port, err := clusterPort()
 		if err != nil {
 			tb.Fatalf("redistest: cluster port: %v", err)
@@ -46,15 +66,19 @@ func StartCluster(tb testing.TB) *Cluster {
 			tb.Fatalf("redistest: start cluster node %d: %v", i, err)
 		}
 		tb.Cleanup(s.stop)
-		c.Masters = append(c.Masters, s)
+		if i < 3 {
+			c.Masters = append(c.Masters, s)
+		} else {
+			c.Replicas = append(c.Replicas, s)
+		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	args := []string{"--cluster", "create"}
 	for _, s := range c.Masters {
 		args = append(args, s.Addr())
 	}
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput()
 	if err != nil {
 		tb.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
@@ -62,7 +86,46 @@ func StartCluster(tb testing.TB) *Cluster {
 	if err := c.waitOK(ctx); err != nil {
 		tb.Fatalf("redistest: %v", err)
 	}
+	// Each replica joins as the replica of its master, by id: redis-cli
+	// --cluster create --cluster-replicas would pair them as it likes.
+	for i, r := range c.Replicas {
+		m := c.Masters[i]
+		id, err := m.Do(ctx, "CLUSTER", "MYID")
+		if err != nil {
+			tb.Fatalf("redistest: CLUSTER MYID on %s: %v", m.Addr(), err)
+		}
+		out, err := exec.CommandContext(ctx, cli, "--cluster", "add-node", r.Addr(), m.Addr(),
+			"--cluster-slave", "--cluster-master-id", fmt.Sprint(id)).CombinedOutput()
+		if err != nil {
+			tb.Fatalf("redistest: redis-cli --cluster add-node %s as replica of %s: %v\n%s", r.Addr(), m.Addr(), err, out)
+		}
+	}
+	for _, r := range c.Replicas {
+		if err := waitReplicaSynced(ctx, r); err != nil {
+			tb.Fatalf("redistest: %v", err)
+		}
+	}
+	if err := c.waitOK(ctx); err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
 	return c
+}
+
+// waitReplicaSynced waits until r reports its link to its master up.
+func waitReplicaSynced(ctx context.Context, r *Server) error {
+	for {
+		v, err := r.Do(ctx, "INFO", "replication")
+		if s, ok := v.(string); ok && err == nil && strings.Contains(s, "master_link_status:up") {
+			if st, err := r.Do(ctx, "CLUSTER", "INFO"); err == nil && strings.Contains(fmt.Sprint(st), "cluster_state:ok") {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("replica %s not in sync: %v (last error %v)", r.Addr(), ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Addrs lists the masters' host:port addresses.

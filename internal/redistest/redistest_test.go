@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -99,4 +101,21 @@ func TestSentinelFailover(t *testing.T) {
 		v, err := next.Client().Get(ctx, "k").Result()
 		return err == nil && v == "after"
 	})
+}
+
+func TestClusterReplicas(t *testing.T) {
+	cl := StartClusterReplicas(t)
+	ctx := context.Background()
+	for i, r := range cl.Replicas {
+		info, err := r.Client().Info(ctx, "replication").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "master_port:" + strconv.Itoa(cl.Masters[i].Port()); !strings.Contains(info, "role:slave") || !strings.Contains(info, want) {
+			t.Errorf("replica %d (%s): want role:slave and %s, INFO says\n%s", i, r.Addr(), want, info)
+		}
+	}
+	if err := cl.Client().Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
 }
