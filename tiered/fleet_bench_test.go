@@ -43,26 +43,82 @@ func BenchmarkFleet(b *testing.B) {
 					name = fmt.Sprintf("n=%d/w=%d/batch=off", n, w)
 				}
 				b.Run(name, func(b *testing.B) {
-					fleetCell(b, n, w, batch)
+					srv := redistest.StartServer(b)
+					admin := srv.Client()
+					fleetCell(b, fleetEnv{
+						client: func() redis.UniversalClient { return newFleetClient(b, srv.Addr()) },
+						cpu:    func() time.Duration { return redisCPU(b, admin) },
+					}, n, w, batch)
 				})
 			}
 		}
 	}
 }
 
+// BenchmarkFleetCluster is BenchmarkFleet's measurement on the 3-master
+// Redis Cluster, with sharded pub/sub (SPUBLISH, the default) and without
+// (DisableShardedPubSub: PUBLISH), batching off. Besides BenchmarkFleet's
+// metrics (Redis CPU summed over the masters): bus-msgs/write, the
+// PUBLISH messages the masters sent each other over the cluster bus
+// (CLUSTER INFO cluster_stats_messages_publish_sent), per write.
+func BenchmarkFleetCluster(b *testing.B) {
+	for _, n := range []int{4, 16} {
+		for _, w := range []int{1000, 5000} {
+			for _, plain := range []bool{false, true} {
+				mode := map[bool]string{false: "sharded", true: "plain"}[plain]
+				b.Run(fmt.Sprintf("n=%d/w=%d/pubsub=%s", n, w, mode), func(b *testing.B) {
+					cl := redistest.StartCluster(b)
+					fleetCell(b, fleetEnv{
+						client: func() redis.UniversalClient {
+							c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), ContextTimeoutEnabled: true, PoolSize: 64,
+								DialTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second})
+							b.Cleanup(func() { _ = c.Close() })
+							return c
+						},
+						cpu: func() (t time.Duration) {
+							for _, m := range cl.Masters {
+								t += redisCPU(b, m.Client())
+							}
+							return t
+						},
+						bus: func() (sum uint64) {
+							for _, m := range cl.Masters {
+								info, err := m.Client().ClusterInfo(context.Background()).Result()
+								if err != nil {
+									b.Fatal(err)
+								}
+								v, _ := strconv.ParseUint(redisinfo.Field(info, "cluster_stats_messages_publish_sent"), 10, 64)
+								sum += v
+							}
+							return sum
+						},
+						plain: plain,
+					}, n, w, 0)
+				})
+			}
+		}
+	}
+}
+
+// fleetEnv is the Redis a fleet measurement runs on.
+type fleetEnv struct {
+	client func() redis.UniversalClient // a client of an instance of its own
+	cpu    func() time.Duration         // the servers' CPU time so far
+	bus    func() uint64                // Redis Cluster: PUBLISH messages sent over the cluster bus so far
+	plain  bool                         // DisableShardedPubSub
+}
+
 // fleetCell is one measurement of BenchmarkFleet.
-func fleetCell(b *testing.B, n, w int, batch time.Duration) {
+func fleetCell(b *testing.B, env fleetEnv, n, w int, batch time.Duration) {
 	const (
 		fleetWindow  = 3 * time.Second
 		fleetWriters = 32
 		fleetKeys    = 4096
 	)
 	ctx := context.Background()
-	srv := redistest.StartServer(b)
-	admin := srv.Client()
 	cfg := func() Config[string] {
-		return Config[string]{Redis: newFleetClient(b, srv.Addr()), Namespace: "fleet", TTL: time.Hour,
-			RedisTimeout: 5 * time.Second}
+		return Config[string]{Redis: env.client(), Namespace: "fleet", TTL: time.Hour,
+			RedisTimeout: 5 * time.Second, DisableShardedPubSub: env.plain}
 	}
 	subs := make([]*Cache[string], n)
 	for i := range subs {
@@ -81,7 +137,11 @@ func fleetCell(b *testing.B, n, w int, batch time.Duration) {
 		for i, c := range subs {
 			recv0[i] = c.Stats().Invalidation.Received
 		}
-		cpu0 := redisCPU(b, admin)
+		cpu0 := env.cpu()
+		var bus0 uint64
+		if env.bus != nil {
+			bus0 = env.bus()
+		}
 		var writes, failed atomic.Int64
 		var wg sync.WaitGroup
 		t0 := time.Now()
@@ -117,7 +177,7 @@ func fleetCell(b *testing.B, n, w int, batch time.Duration) {
 			}
 			return true
 		})
-		cpu1 := redisCPU(b, admin)
+		cpu1 := env.cpu()
 		if failed.Load() > 0 {
 			b.Fatalf("%d writes failed", failed.Load())
 		}
@@ -139,6 +199,9 @@ func fleetCell(b *testing.B, n, w int, batch time.Duration) {
 		b.ReportMetric(p50s[len(p50s)/2], "lag-p50-us")
 		b.ReportMetric(p99s[len(p99s)/2], "lag-p99-us")
 		b.ReportMetric(p99s[len(p99s)-1], "lag-p99max-us")
+		if env.bus != nil {
+			b.ReportMetric(float64(env.bus()-bus0)/nw, "bus-msgs/write")
+		}
 	}
 }
 
