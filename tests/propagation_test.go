@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +13,9 @@ import (
 
 // TestPropagation writes on A while B and C hold the old value in L1, and
 // measures how long after A's Set returns each of them serves the new value.
+// A delivery later than the bound by no more than a scheduling stall of
+// this process measured meanwhile (see stallProbe) is counted and logged,
+// not failed: the bus's reader waits on the same scheduler.
 func TestPropagation(t *testing.T) {
 	srv := redistest.StartServer(t)
 	ctx := context.Background()
@@ -32,6 +36,18 @@ func TestPropagation(t *testing.T) {
 		}
 	}
 	delays := make([]time.Duration, 0, rounds*len(others))
+	t0 := time.Now()
+	since := func() time.Duration { return time.Since(t0) }
+	var probe stallProbe
+	var stop atomic.Bool
+	probeDone := make(chan struct{})
+	go func() { defer close(probeDone); probe.run(&stop, since) }()
+	defer func() { stop.Store(true); <-probeDone }()
+	type lateOne struct {
+		round, inst int
+		at, d       time.Duration // the write's acknowledgement (run time) and the delivery's delay
+	}
+	var slow []lateOne
 	for i := 1; i <= rounds; i++ {
 		k := keys[i%len(keys)]
 		old := 0 // k's value before this round: written len(keys) rounds ago
@@ -46,7 +62,7 @@ func TestPropagation(t *testing.T) {
 		if err := a.Set(ctx, k, i); err != nil {
 			t.Fatalf("round %d: Set: %v", i, err)
 		}
-		acked := time.Now()
+		acked, ackedAt := time.Now(), since()
 		seen := make([]time.Duration, len(others))
 		for pending := len(others); pending > 0; {
 			for j, c := range others {
@@ -67,12 +83,26 @@ func TestPropagation(t *testing.T) {
 			}
 		}
 		delays = append(delays, seen...)
-	}
-	var late []string
-	for i, d := range delays {
-		if d > propagationBound {
-			late = append(late, fmt.Sprintf("round %d instance %d: %v", i/len(others)+1, i%len(others)+1, d))
+		for j, d := range seen {
+			if d > propagationBound {
+				slow = append(slow, lateOne{round: i, inst: j + 1, at: ackedAt, d: d})
+			}
 		}
+	}
+	stop.Store(true)
+	<-probeDone
+	var late, stalled []string
+	for _, s := range slow {
+		desc := fmt.Sprintf("round %d instance %d: %v", s.round, s.inst, s.d)
+		if st := probe.maxIn(s.at, s.at+s.d); s.d-propagationBound <= st {
+			stalled = append(stalled, fmt.Sprintf("%s (stall %v)", desc, st))
+			continue
+		}
+		late = append(late, desc)
+	}
+	if len(stalled) > 0 {
+		t.Logf("scheduling: %d deliveries exceeded the bound %v by no more than a stall of this process measured meanwhile (longest stall %v): %v",
+			len(stalled), propagationBound, probe.worst, stalled)
 	}
 	p50, p99 := percentile(delays, 0.50), percentile(delays, 0.99)
 	worst := delays[len(delays)-1] // sorted by percentile
