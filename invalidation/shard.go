@@ -86,6 +86,29 @@ func (h *hub) look(ctx context.Context) (topology, error) {
 	if err != nil {
 		return topology{}, err
 	}
+	// The owner of each range, as a master the client knows: the address
+	// CLUSTER SLOTS gives, or (a client that maps addresses, with its own
+	// ClusterSlots or NewClient) the master the client sends the range's
+	// first slot to.
+	owners := make([]string, len(ranges))
+	for i, r := range ranges {
+		if len(r.Nodes) == 0 {
+			continue
+		}
+		owners[i] = r.Nodes[0].Addr
+		if _, ok := nodes[owners[i]]; ok {
+			continue
+		}
+		m, err := h.cluster.MasterForKey(ctx, hashslot.Tag(min(max(r.Start, 0), hashslot.Count-1)))
+		if err != nil {
+			return topology{}, err
+		}
+		if _, ok := nodes[m.Options().Addr]; !ok {
+			// The slot map moved between the reads: look again.
+			return topology{}, errors.New("invalidation: CLUSTER SLOTS names a master the client does not know: " + owners[i])
+		}
+		owners[i] = m.Options().Addr
+	}
 	h.mu.Lock()
 	var ask []string
 	for addr := range nodes {
@@ -122,16 +145,9 @@ func (h *hub) look(ctx context.Context) (topology, error) {
 	slots := make(map[string]map[int]struct{}, len(nodes))
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, r := range ranges {
-		if len(r.Nodes) == 0 {
-			continue
-		}
-		addr := r.Nodes[0].Addr
-		if _, ok := nodes[addr]; !ok {
-			// The slot map moved between the two reads: look again.
-			return topology{}, errors.New("invalidation: CLUSTER SLOTS names a master the client does not know: " + addr)
-		}
-		if !h.capable[addr] {
+	for i, r := range ranges {
+		addr := owners[i]
+		if addr == "" || !h.capable[addr] {
 			continue
 		}
 		set := slots[addr]

@@ -208,3 +208,53 @@ func TestShardFollowsFailover(t *testing.T) {
 		t.Errorf("InvalidateAll after the stream was healthy again: %v (a message of the new master was missed?)", got)
 	}
 }
+
+// TestShardMappedAddresses: a cluster client that reaches the masters at
+// other addresses than CLUSTER SLOTS names (its own ClusterSlots, as
+// behind NAT or a proxy per node) still gets its shard subscriptions: the
+// bus finds each range's master among the client's own.
+func TestShardMappedAddresses(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	via := map[string]string{} // real address -> proxy address
+	for _, m := range cl.Masters {
+		via[m.Addr()] = redistest.StartProxy(t, m.Addr()).Addr()
+	}
+	real := cl.Client()
+	mapped := redis.NewClusterClient(&redis.ClusterOptions{
+		ClusterSlots: func(ctx context.Context) ([]redis.ClusterSlot, error) {
+			slots, err := real.ClusterSlots(ctx).Result()
+			if err != nil {
+				return nil, err
+			}
+			for i := range slots {
+				for j := range slots[i].Nodes {
+					slots[i].Nodes[j].Addr = via[slots[i].Nodes[j].Addr]
+				}
+			}
+			return slots, nil
+		},
+	})
+	t.Cleanup(func() { _ = mapped.Close() })
+	parts := masterPartitions(t, real)
+	rb := newRecorder()
+	b := startBus(t, mapped, invalidation.Config{Namespace: "t", Logger: zaptest.NewLogger(t)}, rb)
+	a := startBus(t, mapped, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
+	var want []string
+	for _, p := range parts {
+		k := "k" + strconv.Itoa(p)
+		want = append(want, k)
+		publishDelete(t, a, p, k)
+	}
+	waitFor(t, 5*time.Second, "B to apply a message of every master", func() bool {
+		got := rb.Keys()
+		for _, k := range want {
+			if !slices.Contains(got, k) {
+				return false
+			}
+		}
+		return true
+	})
+	if st := b.Stats(); st.Duplicates != 0 || st.Gaps != 0 || len(rb.Alls()) != 0 {
+		t.Errorf("duplicates %d, gaps %d, InvalidateAll %v: want none (each message once, on its master's shard channel)", st.Duplicates, st.Gaps, rb.Alls())
+	}
+}
