@@ -1,0 +1,89 @@
+package invalidation_test
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/nearcache/nearcache/internal/redistest"
+	"github.com/nearcache/nearcache/invalidation"
+)
+
+// TestShardMessageDuringSlotMigration: while a slot is being migrated
+// (IMPORTING on the target, MIGRATING on the source, its keys already
+// moved), a write of that slot is redirected (ASK) to the target and its
+// script runs there. The target accepts SPUBLISH for a slot it imports,
+// but no subscriber can SSUBSCRIBE that slot there before it owns it
+// (MOVED): the message reaches no one, while every subscriber is still
+// healthy on the source. With PUBLISH it would cross the cluster bus to
+// every node. The invalidation must arrive (or the subscriber must turn
+// unhealthy) while the migration is still open.
+func TestShardMessageDuringSlotMigration(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	c := cl.Client()
+	ctx := context.Background()
+	slots, err := c.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byAddr := map[string]*redistest.Server{}
+	for _, m := range cl.Masters {
+		byAddr[m.Addr()] = m
+	}
+	p := slots[0].Start + 11
+	from, to := byAddr[slots[0].Nodes[0].Addr], byAddr[slots[1].Nodes[0].Addr]
+	rb := newRecorder()
+	b := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour, Logger: zaptest.NewLogger(t)}, rb)
+	a := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
+	publishDelete(t, a, p, "before") // creates the slot's sequence key on its master
+	waitFor(t, 5*time.Second, "B to apply the first message", func() bool { return slices.Contains(rb.Keys(), "before") })
+	waitFor(t, 5*time.Second, "B healthy", func() bool { return b.Health().Healthy })
+
+	// Open the migration and move the slot's keys, as redis-cli --cluster
+	// reshard does before it hands the slot over.
+	id := func(s *redistest.Server) string {
+		v, err := s.Client().ClusterMyID(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	do := func(s *redistest.Server, args ...any) {
+		t.Helper()
+		if err := s.Client().Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%v on %s: %v", args, s.Addr(), err)
+		}
+	}
+	fromID, toID := id(from), id(to)
+	do(to, "CLUSTER", "SETSLOT", p, "IMPORTING", fromID)
+	do(from, "CLUSTER", "SETSLOT", p, "MIGRATING", toID)
+	keys, err := from.Client().ClusterGetKeysInSlot(ctx, p, 1000).Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("keys in slot %d: %v %v", p, keys, err)
+	}
+	args := []any{"MIGRATE", "127.0.0.1", strconv.Itoa(to.Port()), "", 0, 5000, "KEYS"}
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	do(from, args...)
+	t.Cleanup(func() { // close the migration so the cluster stops cleanly
+		for _, s := range cl.Masters {
+			_ = s.Client().Do(ctx, "CLUSTER", "SETSLOT", p, "NODE", toID).Err()
+		}
+	})
+
+	publishDelete(t, a, p, "during") // ASK: runs on the importing target
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if slices.Contains(rb.Keys(), "during") || !b.Health().Healthy {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("a write during the slot's migration: B neither applied its invalidation nor turned unhealthy within 3s (health %+v, InvalidateAll %v, stats %+v)",
+		b.Health(), rb.Alls(), b.Stats())
+}
