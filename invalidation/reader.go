@@ -100,6 +100,13 @@ func (h *hub) settleLocked(s *sub, channel string, cs *chanState) {
 	if cs.confirmed || !cs.plainOK || cs.shardWait != 0 || len(cs.shards) != len(s.slots) {
 		return
 	}
+	// The same number is not the same set: a look that took one slot and
+	// gave another leaves the old one's confirmation until reconcile.
+	for sl := range s.slots {
+		if !cs.shards[sl] {
+			return
+		}
+	}
 	repair := cs.everOK || cs.failing
 	cs.confirmed, cs.everOK, cs.failing = true, true, false
 	logged := false
@@ -395,6 +402,16 @@ func (h *hub) lost(s *sub, c Cause, r reason, err error) {
 	h.mu.Lock()
 	for _, cs := range s.chans {
 		cs.confirmed, cs.plainOK, cs.failing = false, false, true
+		// The shard channels are not confirmed on the next connection
+		// either: go-redis resubscribes them in one command that Redis
+		// refuses (CROSSSLOT, after the SUBSCRIBE's confirmation), and
+		// the reader replaces the connection.
+		for sl, done := range cs.shards {
+			if done {
+				cs.shards[sl] = false
+				cs.shardWait++
+			}
+		}
 	}
 	for _, m := range h.everyone() {
 		switch c {
