@@ -131,7 +131,14 @@ type Notification struct {
 // frame publishes with SPUBLISH, and if Redis refuses that (a server
 // before 7.0, or an ACL without the shard channel) with PUBLISH on the
 // channel without its hash tag, which every subscriber also hears, so that
-// a write that ran is never left without its notification.
+// a write that ran is never left without its notification. It does the same
+// when SPUBLISH reached no subscriber on this node: a slot being migrated
+// runs the writes of its moved keys on the importing node (ASK), which no
+// subscriber can SSUBSCRIBE the slot on before it owns it (MOVED), while
+// the subscribers on the source stay healthy; and a slot that has just
+// moved is subscribed on its new owner only after the subscribers' next
+// look (they hear NS:inv on every master meanwhile). A namespace with no
+// subscriber at all pays the plain PUBLISH.
 // The write sees n (its number of data keys) and must set res, its reply; it
 // may return early to publish nothing (a write that wrote no key). The
 // sequence key is validated before the write runs, and nothing after the
@@ -162,7 +169,7 @@ local s = string.format('%d', seq + 1)
 redis.call('SET', seqkey, s)
 if string.byte(ARGV[1], 1) == 123 then
   local r = redis.pcall('SPUBLISH', ARGV[1], ARGV[2] .. s)
-  if type(r) == 'table' and r.err then
+  if r == 0 or (type(r) == 'table' and r.err) then
     local e = string.find(ARGV[1], '}', 1, true)
     redis.call('PUBLISH', string.sub(ARGV[1], e + 1), ARGV[2] .. s)
   end

@@ -309,3 +309,47 @@ res = 1
 		}
 	})
 }
+
+// TestShardScriptNoShardSubscriber: SPUBLISH that reaches no subscriber on
+// the node (the importing node of a slot being migrated, where no one can
+// SSUBSCRIBE it yet) falls back to PUBLISH on the plain channel; one that
+// reaches a shard subscriber publishes nothing plain.
+func TestShardScriptNoShardSubscriber(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv := redistest.StartServer(t)
+	c := srv.Client()
+	n := wire.Notification{Channel: wire.ShardChannel("ns", 9), SeqKey: wire.SeqKey("ns", 9), Body: []byte("b|")}
+	plain := c.Subscribe(ctx, wire.Channel("ns"))
+	defer plain.Close()
+	if _, err := plain.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := wire.Publish(ctx, c, n); err != nil {
+		t.Fatal(err)
+	}
+	m, err := plain.ReceiveTimeout(ctx, 5*time.Second)
+	if err != nil {
+		t.Fatalf("no shard subscriber: the plain subscriber got nothing (%v), want b|1", err)
+	}
+	if msg, ok := m.(*redis.Message); !ok || msg.Payload != "b|1" {
+		t.Fatalf("no shard subscriber: plain subscriber got %#v, want b|1", m)
+	}
+
+	sh := c.SSubscribe(ctx, n.Channel)
+	defer sh.Close()
+	if _, err := sh.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := wire.Publish(ctx, c, n); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sh.ReceiveTimeout(ctx, 5*time.Second); err != nil {
+		t.Fatalf("shard subscriber: %v", err)
+	} else if msg, ok := m.(*redis.Message); !ok || msg.Payload != "b|2" {
+		t.Fatalf("shard subscriber got %#v, want b|2", m)
+	}
+	if m, err := plain.ReceiveTimeout(ctx, 200*time.Millisecond); err == nil {
+		t.Fatalf("a shard subscriber heard it, yet the plain subscriber got %#v too", m)
+	}
+}
