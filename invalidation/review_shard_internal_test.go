@@ -112,3 +112,54 @@ func subState(h *hub, b *Bus, addr string) (reason, bool) {
 	cs := s.chans[b.channel]
 	return r, cs != nil && cs.confirmed
 }
+
+// TestReviewSlotAfterRecoveredStall: a stall (a silence past two pings)
+// that ends without the connection failing leaves the subscription
+// in place. A slot its master gains afterwards must settle once its
+// SSUBSCRIBE is confirmed; lost had cleared plainOK for a stall too, and
+// only a new connection's SUBSCRIBE sets it, so the members stayed
+// unhealthy on that subscription until its connection next failed.
+func TestReviewSlotAfterRecoveredStall(t *testing.T) {
+	b, h := startShardBus(t)
+	topo, err := h.look(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a string
+	for addr := range topo.slots {
+		a = addr
+		break
+	}
+	h.mu.Lock()
+	s := h.subs[a]
+	h.mu.Unlock()
+	// The reader's stall, then its recovery (a reply arrives).
+	h.lost(s, CauseStall, reasonStalled, errors.New("i/o timeout"))
+	for _, m := range h.everyone() {
+		m.health.clear(s.id, reasonStalled)
+	}
+	// A look that drops one of a's slots, then one that gives it back
+	// (the slot left and came back, or a stale view, between looks).
+	var x int
+	for sl := range topo.slots[a] {
+		x = sl
+		break
+	}
+	less, err := h.look(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(less.slots[a], x)
+	h.syncSubs(less)
+	eventually(t, "slot dropped", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		_, held := s.chans[b.channel].shards[x]
+		return !held
+	})
+	h.syncSubs(topo)
+	eventually(t, "the subscription to confirm the slot it got back", func() bool {
+		r, confirmed := subState(h, b, a)
+		return r == 0 && confirmed
+	})
+}
