@@ -401,7 +401,15 @@ func (h *hub) lost(s *sub, c Cause, r reason, err error) {
 	s.fails.Add(1)
 	h.mu.Lock()
 	for _, cs := range s.chans {
-		cs.confirmed, cs.plainOK, cs.failing = false, false, true
+		cs.confirmed, cs.failing = false, true
+		if c == CauseStall {
+			// The connection and its subscriptions stay: a stall that
+			// ends leaves them confirmed, and the next confirmation on
+			// it (a slot gained) settles; one that does not end
+			// replaces the connection.
+			continue
+		}
+		cs.plainOK = false
 		// The shard channels are not confirmed on the next connection
 		// either: go-redis resubscribes them in one command that Redis
 		// refuses (CROSSSLOT, after the SUBSCRIBE's confirmation), and
