@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/nearcache/nearcache/internal/redistest"
@@ -86,4 +87,40 @@ func TestShardMessageDuringSlotMigration(t *testing.T) {
 	}
 	t.Fatalf("a write during the slot's migration: B neither applied its invalidation nor turned unhealthy within 3s (health %+v, InvalidateAll %v, stats %+v)",
 		b.Health(), rb.Alls(), b.Stats())
+}
+
+// TestShardClusterSlotsOption: go-redis's ClusterOptions.ClusterSlots
+// builds a cluster client over servers that are not a Redis Cluster (each
+// serves the slots the function assigns it; CLUSTER SLOTS is refused).
+// The bus started on such a client before sharded pub/sub (its masters
+// watcher lists the client's masters); it must still start.
+func TestShardClusterSlotsOption(t *testing.T) {
+	s1, s2 := redistest.StartServer(t), redistest.StartServer(t)
+	c := redis.NewClusterClient(&redis.ClusterOptions{
+		ClusterSlots: func(context.Context) ([]redis.ClusterSlot, error) {
+			return []redis.ClusterSlot{
+				{Start: 0, End: 8191, Nodes: []redis.ClusterNode{{Addr: s1.Addr()}}},
+				{Start: 8192, End: 16383, Nodes: []redis.ClusterNode{{Addr: s2.Addr()}}},
+			}, nil
+		},
+	})
+	t.Cleanup(func() { _ = c.Close() })
+	rb := newRecorder()
+	b, err := invalidation.New(c, invalidation.Config{Namespace: "t", Logger: zaptest.NewLogger(t)}, rb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		t.Fatalf("Start on a client with ClusterOptions.ClusterSlots: %v", err)
+	}
+	a := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
+	publishDelete(t, a, 100, "k1")
+	publishDelete(t, a, 9000, "k2")
+	waitFor(t, 5*time.Second, "both messages", func() bool {
+		k := rb.Keys()
+		return slices.Contains(k, "k1") && slices.Contains(k, "k2")
+	})
 }
