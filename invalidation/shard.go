@@ -83,6 +83,12 @@ func (h *hub) look(ctx context.Context) (topology, error) {
 		return topology{nodes: nodes}, err
 	}
 	ranges, err := h.cluster.ClusterSlots(ctx).Result()
+	var re redis.Error
+	if errors.As(err, &re) {
+		// Refused (a client built with ClusterOptions.ClusterSlots over
+		// servers that are not a Redis Cluster): the client's own map.
+		ranges, err = h.clientSlots(ctx)
+	}
 	if err != nil {
 		return topology{}, err
 	}
@@ -160,6 +166,25 @@ func (h *hub) look(ctx context.Context) (topology, error) {
 		}
 	}
 	return topology{nodes: nodes, slots: slots}, nil
+}
+
+// clientSlots is the cluster client's own slot map, in CLUSTER SLOTS
+// form: the master it sends each slot's commands to.
+func (h *hub) clientSlots(ctx context.Context) ([]redis.ClusterSlot, error) {
+	var out []redis.ClusterSlot
+	for sl := 0; sl < hashslot.Count; sl++ {
+		c, err := h.cluster.MasterForKey(ctx, hashslot.Tag(sl))
+		if err != nil {
+			return nil, err
+		}
+		addr := c.Options().Addr
+		if n := len(out); n > 0 && out[n-1].End == sl-1 && out[n-1].Nodes[0].Addr == addr {
+			out[n-1].End = sl
+			continue
+		}
+		out = append(out, redis.ClusterSlot{Start: sl, End: sl, Nodes: []redis.ClusterNode{{Addr: addr}}})
+	}
+	return out, nil
 }
 
 // setSlotsLocked makes want the slots of s: the I/O goroutine subscribes
