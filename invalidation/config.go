@@ -75,7 +75,8 @@ type Config struct {
 	// messages with SPUBLISH on the partition's shard channel, which stays
 	// on the master that owns the slot (its script falls back to PUBLISH
 	// where Redis refuses SPUBLISH: a server before 7.0, an ACL without the
-	// shard channels). Subscriptions carry both kinds whatever this says,
+	// shard channels; and where SPUBLISH reached no subscriber, as during
+	// a slot's migration). Subscriptions carry both kinds whatever this says,
 	// so buses that differ in it hear each other; a build from before
 	// sharded pub/sub hears only plain messages (anti-entropy finds the
 	// others, about one AntiEntropyInterval later): set it on every

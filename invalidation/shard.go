@@ -26,7 +26,10 @@ import (
 // messages on its shard channel ({tag(p)}NS:inv, see wire.ShardChannel),
 // in the write's slot; the script falls back to PUBLISH on NS:inv where
 // Redis refuses SPUBLISH (a server before 7.0, an ACL without the shard
-// channels).
+// channels) or where SPUBLISH reached no subscriber: during a slot's
+// migration the writes of its moved keys run on the importing node (ASK),
+// where no one can SSUBSCRIBE the slot before it owns it, while the
+// subscribers on the source stay healthy.
 //
 // Each master's subscription carries, beside NS:inv (which hears instances
 // that publish plainly and programs that follow the plain contract), one
