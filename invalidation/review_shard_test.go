@@ -124,3 +124,35 @@ func TestShardClusterSlotsOption(t *testing.T) {
 		return slices.Contains(k, "k1") && slices.Contains(k, "k2")
 	})
 }
+
+// TestShardRefusedInstanceMissesShardedWrites: in a fleet where one
+// instance's ACL refuses the shard channels and another's allows them, the
+// refused instance turns sharded subscriptions off and reports healthy,
+// but the other's writes go out with SPUBLISH (its own subscription hears
+// them, so the script does not fall back to PUBLISH): the refused instance
+// must either hear them or not report healthy.
+func TestShardRefusedInstanceMissesShardedWrites(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	ctx := context.Background()
+	for _, m := range cl.Masters {
+		if err := m.Client().Do(ctx, "ACL", "SETUSER", "plain", "on", ">pw", "~*", "+@all", "resetchannels", "&t:inv").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), Username: "plain", Password: "pw"})
+	t.Cleanup(func() { _ = pc.Close() })
+	parts := masterPartitions(t, cl.Client())
+	rb := newRecorder()
+	b := startBus(t, pc, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour}, rb)
+	a := startBus(t, cl.Client(), invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
+	waitFor(t, 5*time.Second, "B healthy (shard channels refused, plain channel only)", func() bool { return b.Health().Healthy })
+	publishDelete(t, a, parts[0], "k")
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if slices.Contains(rb.Keys(), "k") || !b.Health().Healthy {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("B (shard channels refused) healthy for 2s without the invalidation another instance published with SPUBLISH (InvalidateAll %v)", rb.Alls())
+}
