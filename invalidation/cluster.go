@@ -280,6 +280,14 @@ func (h *hub) watchMasters(ctx context.Context) {
 			backoff = 0
 			h.syncSubs(topo)
 			wait = time.Until(h.grid.after(time.Now(), iv)) // on the hub's grid (see grid.go)
+			if h.shardOff.Load() {
+				cctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
+				h.checkShardListeners(cctx, topo)
+				cancel()
+				// Other instances' SPUBLISH does not reach this hub:
+				// look for them every PingInterval at least.
+				wait = min(wait, time.Until(h.grid.after(time.Now(), h.cfg.PingInterval)))
+			}
 		}
 		t.Reset(wait)
 		// At most one look per minLookGap, however often a moved slot
@@ -320,7 +328,10 @@ const minLookGap = 50 * time.Millisecond
 // slots') first confirmations repair again and keep the stream unhealthy
 // until then.
 func (h *hub) syncSubs(topo topology) {
-	nodes := topo.nodes
+	nodes, slots := topo.nodes, topo.slots
+	if h.shardOff.Load() {
+		slots = nil // refused: the plain channel only (see refuseShards)
+	}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -336,9 +347,9 @@ func (h *hub) syncSubs(topo topology) {
 	added, moved := 0, 0
 	for addr, c := range nodes {
 		if s, ok := h.subs[addr]; !ok {
-			h.newSubLocked(addr, c, topo.slots[addr])
+			h.newSubLocked(addr, c, slots[addr])
 			added++
-		} else if h.setSlotsLocked(s, topo.slots[addr]) {
+		} else if h.setSlotsLocked(s, slots[addr]) {
 			moved++
 		}
 	}

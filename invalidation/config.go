@@ -77,10 +77,12 @@ type Config struct {
 	// where Redis refuses SPUBLISH: a server before 7.0, an ACL without the
 	// shard channels; and where SPUBLISH reached no subscriber, as during
 	// a slot's migration). Subscriptions carry both kinds whatever this says,
-	// so buses that differ in it hear each other; a build from before
-	// sharded pub/sub hears only plain messages (anti-entropy finds the
-	// others, about one AntiEntropyInterval later): set it on every
-	// instance while such builds still run. Ignored off Redis Cluster.
+	// so buses that differ in it hear each other. A build from before
+	// sharded pub/sub hears only plain messages, and its anti-entropy reads
+	// only the partitions it has heard of, so it would keep copies that
+	// sharded messages invalidated until they expire: set this on every
+	// instance while such builds share the namespace (during the upgrade),
+	// then turn it off. Ignored off Redis Cluster.
 	DisableShardedPubSub bool
 
 	// BufferSize is the capacity of the queue between the connection reader

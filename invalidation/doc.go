@@ -59,9 +59,10 @@
 // An ACL user needs &NS:inv, the keys (~*NS:inv:* covers them) and EVALSHA,
 // EVAL, PUBLISH, GET, SET, INFO, SUBSCRIBE, UNSUBSCRIBE, PING and PUBSUB
 // (CLUSTER SLOTS on Redis Cluster, and for the shard channels &{*}NS:inv,
-// SPUBLISH, SSUBSCRIBE and SUNSUBSCRIBE; without them one Warn names the grant
-// and the subscriptions keep NS:inv); the route check also needs
-// &NS:inv:route:*.
+// SPUBLISH, SSUBSCRIBE and SUNSUBSCRIBE; without them one Warn names the grant,
+// the subscriptions keep NS:inv, and the bus stays unhealthy while other
+// instances subscribe the shard channels, whose writes it cannot hear); the
+// route check also needs &NS:inv:route:*.
 // Without that grant the subscription still works, the route check turns itself
 // off with one warning, and anti-entropy's run id check follows a failover.
 //

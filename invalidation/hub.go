@@ -104,6 +104,7 @@ type hub struct {
 	subsKnown bool               // the set of subscriptions has been established once
 	capable   map[string]bool    // Redis Cluster: whether each master seen has sharded pub/sub (Redis >= 7)
 	uncovered int                // slots that lost their subscription since the last look assigned them (see shard.go)
+	listeners bool               // shard channels refused, and other instances subscribe them (see checkShardListeners)
 	wg        sync.WaitGroup     // every goroutine of the hub
 }
 
@@ -264,6 +265,9 @@ func (h *hub) addMemberLocked(b *Bus) {
 		}
 		b.health.set(s.id, reasonNotSubscribed)
 		b.awaiting[s.id] = struct{}{}
+	}
+	if h.listeners {
+		b.health.set(refusedSrc, reasonNotSubscribed)
 	}
 	if h.subsKnown {
 		b.health.clear(busWide, reasonNotSubscribed)

@@ -82,8 +82,8 @@ type topology struct {
 // Redis 7 gets no slots: its writes fall back to PUBLISH.
 func (h *hub) look(ctx context.Context) (topology, error) {
 	nodes, err := h.masters(ctx)
-	if err != nil || h.shardOff.Load() {
-		return topology{nodes: nodes}, err
+	if err != nil {
+		return topology{}, err
 	}
 	ranges, err := h.cluster.ClusterSlots(ctx).Result()
 	var re redis.Error
@@ -288,8 +288,69 @@ func (h *hub) refuseShards(err error) {
 	for i, ch := range chs {
 		grants[i] = "&{*}" + ch
 	}
-	h.log.Warn("Redis refused the shard channels (SSUBSCRIBE); subscriptions use the plain channel only, so writes published with SPUBLISH by instances whose user may use them are found by anti-entropy (about one AntiEntropyInterval) instead of at once: grant the shard channels, or set DisableShardedPubSub on every instance",
+	h.log.Warn("Redis refused the shard channels (SSUBSCRIBE); subscriptions use the plain channel only. Writes of instances that may use the shard channels would not reach this one: while any instance subscribes them, this one stays unhealthy (local copies live at most the cache's unhealthy TTL). Grant the shard channels",
 		zap.Strings("grant", grants), zap.Error(err))
+	h.pokeTopology() // look for such instances now
+}
+
+// refusedSrc is the health source of a hub whose shard channels Redis
+// refused while other instances subscribe them (see checkShardListeners).
+const refusedSrc = -2
+
+// checkShardListeners runs at every look of a hub whose shard channels
+// Redis refused: it cannot hear SPUBLISH. That is safe while no instance
+// subscribes them, since an SPUBLISH that reaches no one falls back to
+// PUBLISH in the script. While some instance does (its user may use them),
+// its writes' SPUBLISH reaches it and not this hub: every member is then
+// unhealthy, and invalidates everything when that starts. A count that
+// cannot be read counts as a listener. One shard channel per master and
+// member is asked (PUBSUB SHARDNUMSUB): an instance that subscribes the
+// shard channels subscribes every slot.
+func (h *hub) checkShardListeners(ctx context.Context, topo topology) {
+	chs := h.channels()
+	seen := false
+	var why error
+	for addr, set := range topo.slots {
+		c := topo.nodes[addr]
+		if c == nil || len(set) == 0 {
+			continue
+		}
+		slot := hashslot.Count
+		for sl := range set {
+			slot = min(slot, sl)
+		}
+		probe := make([]string, len(chs))
+		for i, ch := range chs {
+			probe[i] = wire.ShardOf(ch, slot)
+		}
+		n, err := c.PubSubShardNumSub(ctx, probe...).Result()
+		if err != nil {
+			seen, why = true, err
+			break
+		}
+		for _, k := range n {
+			if k > 0 {
+				seen = true
+			}
+		}
+	}
+	h.mu.Lock()
+	was := h.listeners
+	h.listeners = seen
+	for _, m := range h.everyone() {
+		if seen {
+			m.health.set(refusedSrc, reasonNotSubscribed)
+			if !was {
+				m.requestInvalidateAll(CauseServerChanged)
+			}
+		} else {
+			m.health.clear(refusedSrc, reasonNotSubscribed)
+		}
+	}
+	h.mu.Unlock()
+	if seen && !was {
+		h.log.Warn("other instances subscribe the shard channels this user may not use: their writes do not reach this instance, which stays unhealthy while they do", zap.Error(why))
+	}
 }
 
 // shardReplyErr classifies an error reply read on a subscription with

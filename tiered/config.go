@@ -242,9 +242,11 @@ type Config[V any] struct {
 	// to every node, instead of SPUBLISH on their slot's shard channel,
 	// which stays on the slot's master (Redis 7; the default). Caches hear
 	// both whatever it says. Set it on every instance while instances of a
-	// release from before sharded pub/sub share the namespace: they hear
-	// plain messages only (anti-entropy finds the others, about one
-	// AntiEntropyInterval later). Ignored off Redis Cluster.
+	// release from before sharded pub/sub share the namespace (during the
+	// upgrade), then turn it off: they hear plain messages only, and their
+	// anti-entropy reads only partitions they have heard of, so copies a
+	// sharded message invalidated would stay until they expire. Ignored off
+	// Redis Cluster.
 	DisableShardedPubSub bool
 	// HMACKey, when set, signs invalidation messages and rejects unsigned
 	// ones. All instances of a namespace must share it. Never printed.
