@@ -417,12 +417,24 @@ func (h *hub) reconcile(ctx context.Context, s *sub) bool {
 	if err == nil && (len(plan.add) > 0 || len(plan.drop) > 0) {
 		// One command per slot: a second per thousand slots.
 		sctx, cancel := context.WithTimeout(ctx, subscribeTimeout*time.Duration(1+len(plan.add)/1000))
-		unsent = sendShards(sctx, ps, plan)
+		unsent = sendShards(sctx, ps, plan, h.shardOff.Load)
 		cancel()
 	} else if err != nil {
 		unsent = slices.Collect(maps.Keys(plan.add))
 	}
-	if (err == nil && len(unsent) == 0) || ctx.Err() != nil {
+	if (err == nil && (len(unsent) == 0 || h.shardOff.Load())) || ctx.Err() != nil {
+		if len(unsent) > 0 {
+			// Refused meanwhile: forget them (refuseShards dropped the
+			// slots), so the channel can settle without them.
+			h.mu.Lock()
+			if s.ps == ps {
+				unsendShardsLocked(s, unsent)
+				for ch, cs := range s.chans {
+					h.settleLocked(s, ch, cs)
+				}
+			}
+			h.mu.Unlock()
+		}
 		return true
 	}
 	h.mu.Lock()

@@ -396,6 +396,9 @@ func (h *hub) planShardsLocked(s *sub, ch string, cs *chanState, member bool, p 
 		if !done {
 			cs.shardWait--
 		}
+		if h.shardOff.Load() {
+			continue // refused: nothing to unsubscribe
+		}
 		if p.drop == nil {
 			p.drop = make(map[int][]string)
 		}
@@ -423,13 +426,17 @@ func (h *hub) planShardsLocked(s *sub, ch string, cs *chanState, member bool, p 
 
 // sendShards sends the plan on ps: an SUNSUBSCRIBE, then an SSUBSCRIBE,
 // per slot, in slot order. It returns the slots whose SSUBSCRIBE was not
-// sent (the one that failed and those after it).
-func sendShards(ctx context.Context, ps *redis.PubSub, p shardPlan) (unsent []int) {
+// sent (the one that failed and those after it, or all those left once
+// Redis refused the shard channels: off reports it).
+func sendShards(ctx context.Context, ps *redis.PubSub, p shardPlan, off func() bool) (unsent []int) {
 	for _, sl := range slices.Sorted(maps.Keys(p.drop)) {
 		_ = ps.SUnsubscribe(ctx, p.drop[sl]...)
 	}
 	add := slices.Sorted(maps.Keys(p.add))
 	for i, sl := range add {
+		if off() {
+			return add[i:]
+		}
 		if err := ps.SSubscribe(ctx, p.add[sl]...); err != nil {
 			return add[i:]
 		}
