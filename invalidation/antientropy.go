@@ -87,6 +87,7 @@ func (h *hub) antiEntropy(ctx context.Context) {
 	t := time.NewTimer(iv)
 	defer t.Stop()
 	var st aeState
+	var backoff time.Duration // after failed rounds
 	for {
 		began := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, 2*iv+500*time.Millisecond)
@@ -113,7 +114,17 @@ func (h *hub) antiEntropy(ctx context.Context) {
 		// (the sequence keys are read at least every max(iv, round),
 		// not up to a whole iv after a long round ends); the further
 		// points it covered are skipped.
-		t.Reset(time.Until(h.grid.after(began, iv)))
+		next := time.Until(h.grid.after(began, iv))
+		if err != nil {
+			// A failed round keeps the members unhealthy until one
+			// succeeds: retry soon (a master down during a failover is
+			// replaced within seconds), not a whole interval later.
+			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+			next = min(next, backoff)
+		} else {
+			backoff = 0
+		}
+		t.Reset(next)
 		select {
 		case <-ctx.Done():
 			return

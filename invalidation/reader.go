@@ -228,6 +228,10 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 				if !failing {
 					h.lost(s, CauseDisconnect, reasonDisconnected, err)
 				}
+				// A master that stays unreachable may have been
+				// replaced (failover): look at the cluster at each
+				// retry, not only at the next scheduled look.
+				h.pokeTopology()
 				backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
 				select {
 				case <-ctx.Done():
@@ -277,6 +281,10 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 			if !failing {
 				failing = true
 				h.lost(s, CauseDisconnect, reasonDisconnected, err)
+			}
+			if h.cluster != nil {
+				// As above: the master may have been replaced.
+				h.pokeTopology()
 			}
 			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
 			select {

@@ -3,6 +3,7 @@ package invalidation_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +69,15 @@ func (h *timedHandler) covered(key string, ack time.Time) bool {
 func TestReview2FailoverWritesCovered(t *testing.T) {
 	for _, mode := range []string{"manual", "kill"} {
 		t.Run(mode, func(t *testing.T) {
+			// Registered first, so it runs last: go-redis's pool retries
+			// dialing the killed master in a goroutine that sleeps a
+			// second between attempts, even after the client closed.
+			t.Cleanup(func() {
+				redistest.WaitFor(t, 10*time.Second, "go-redis's dial retries to end", func() bool {
+					buf := make([]byte, 1<<20)
+					return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "(*ConnPool).tryDial")
+				})
+			})
 			cl := redistest.StartClusterReplicas(t)
 			c := cl.Client()
 			ctx := context.Background()
@@ -89,6 +99,11 @@ func TestReview2FailoverWritesCovered(t *testing.T) {
 			for _, h := range hs {
 				subs = append(subs, startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour, Logger: zaptest.NewLogger(t)}, h))
 			}
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("health: %+v %+v; stats %+v", subs[0].Health(), subs[1].Health(), subs[0].Stats())
+				}
+			})
 			w, err := invalidation.New(c, invalidation.Config{Namespace: "t"}, newRecorder())
 			if err != nil {
 				t.Fatal(err)
