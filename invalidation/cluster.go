@@ -248,7 +248,8 @@ func (b *Bus) gap(partition, n int) {
 
 // watchMasters keeps one subscription per master of the cluster: it learns
 // the masters (retrying until it can), then looks again every anti-entropy
-// interval (or when anti-entropy saw a server change) and follows changes.
+// interval (or when anti-entropy saw a server change, a slot left its
+// subscription, or a subscription failed to reconnect) and follows changes.
 func (h *hub) watchMasters(ctx context.Context) {
 	defer h.wg.Done()
 	iv := h.cfg.AntiEntropyInterval

@@ -40,7 +40,9 @@ type Config struct {
 	// AntiEntropyInterval is how often the bus reads the tracked sequence
 	// keys, the namespace epoch key and the server run ids to find losses
 	// that the stream itself cannot show. If zero, DefaultAntiEntropyInterval
-	// (1s). Negative: anti-entropy is off (not recommended).
+	// (1s). Negative: anti-entropy is off (not recommended). A round that
+	// fails keeps the stream unhealthy and is retried sooner (after 10 ms,
+	// doubling up to 1 s), not a whole interval later.
 	AntiEntropyInterval time.Duration
 
 	// PingInterval is how long the subscription may stay silent before the
