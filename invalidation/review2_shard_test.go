@@ -136,3 +136,40 @@ func TestReview2DocShardScriptDuringMigration(t *testing.T) {
 	t.Fatalf("a write by the page's SPUBLISH script during the slot's migration: B neither applied its invalidation nor turned unhealthy within 3s (health %+v, InvalidateAll %v)",
 		b.Health(), rb.Alls())
 }
+
+// TestReview2ReopenKeepsOtherNamespaces: two namespaces share a cluster
+// client, so one hub and one subscription per master. Closing the bus of
+// one namespace unsubscribes its shard channels (an SUNSUBSCRIBE per
+// slot); a bus of the same namespace started right after subscribes them
+// again. The replies to the bus's own SUNSUBSCRIBEs, read after the new
+// SSUBSCRIBEs were planned, are not a master dropping a slot: the other
+// namespace's bus must neither repair nor turn unhealthy.
+func TestReview2ReopenKeepsOtherNamespaces(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	c := cl.Client()
+	ru := newRecorder()
+	u := startBus(t, c, invalidation.Config{Namespace: "u", AntiEntropyInterval: time.Hour}, ru)
+	for round := 0; round < 5; round++ {
+		b := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour}, newRecorder())
+		waitFor(t, 10*time.Second, "t healthy", func() bool { return b.Health().Healthy })
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		b2 := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour}, newRecorder())
+		waitFor(t, 10*time.Second, "the new t healthy", func() bool { return b2.Health().Healthy })
+		if err := b2.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unhealthy := false
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if !u.Health().Healthy {
+			unhealthy = true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if alls := ru.Alls(); len(alls) != 0 || unhealthy {
+		t.Fatalf("namespace u, untouched, got InvalidateAll %v (unhealthy after: %v) while namespace t was closed and started again on the same client", alls, unhealthy)
+	}
+}
