@@ -168,6 +168,11 @@ type sub struct {
 	// sharded pub/sub: the slots its master owns; see shard.go). Guarded
 	// by hub.mu; replaced, never modified, except by lostShard.
 	slots map[int]struct{}
+	// ownUnsub counts, per shard channel, the bus's own SUNSUBSCRIBEs
+	// sent on ps whose reply has not been read: Redis replies to each,
+	// and such a reply read after the slot was wanted again is not its
+	// master dropping it (see shardLeft). Reset with ps. Guarded by h.mu.
+	ownUnsub map[string]int
 
 	// live is true from a confirmation of the route channel's
 	// subscription until the reader or the route check sees the

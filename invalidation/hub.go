@@ -400,6 +400,14 @@ func (h *hub) reconcile(ctx context.Context, s *sub) bool {
 			add = append(add, ch)
 		}
 	}
+	for _, chs := range plan.drop {
+		for _, c := range chs {
+			if s.ownUnsub == nil {
+				s.ownUnsub = make(map[string]int)
+			}
+			s.ownUnsub[c]++
+		}
+	}
 	h.mu.Unlock()
 	if len(drop) > 0 {
 		uctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
@@ -414,13 +422,22 @@ func (h *hub) reconcile(ctx context.Context, s *sub) bool {
 		cancel()
 	}
 	var unsent []int
+	var undropped []string
 	if err == nil && (len(plan.add) > 0 || len(plan.drop) > 0) {
 		// One command per slot: a second per thousand slots.
 		sctx, cancel := context.WithTimeout(ctx, subscribeTimeout*time.Duration(1+len(plan.add)/1000))
-		unsent = sendShards(sctx, ps, plan, h.shardOff.Load)
+		unsent, undropped = sendShards(sctx, ps, plan, h.shardOff.Load)
 		cancel()
 	} else if err != nil {
 		unsent = slices.Collect(maps.Keys(plan.add))
+		for _, chs := range plan.drop {
+			undropped = append(undropped, chs...)
+		}
+	}
+	if len(undropped) > 0 {
+		h.mu.Lock()
+		unsentDropsLocked(s, ps, undropped)
+		h.mu.Unlock()
 	}
 	if (err == nil && (len(unsent) == 0 || h.shardOff.Load())) || ctx.Err() != nil {
 		if len(unsent) > 0 {

@@ -477,6 +477,7 @@ func (h *hub) subscribe(ctx context.Context, s *sub, failing bool) *redis.PubSub
 		return nil
 	}
 	s.ps = ps
+	s.ownUnsub = nil // the old connection's replies are never read
 	want := *h.byChannel.Load()
 	s.chans = make(map[string]*chanState, len(want))
 	for ch := range want {

@@ -427,21 +427,41 @@ func (h *hub) planShardsLocked(s *sub, ch string, cs *chanState, member bool, p 
 // sendShards sends the plan on ps: an SUNSUBSCRIBE, then an SSUBSCRIBE,
 // per slot, in slot order. It returns the slots whose SSUBSCRIBE was not
 // sent (the one that failed and those after it, or all those left once
-// Redis refused the shard channels: off reports it).
-func sendShards(ctx context.Context, ps *redis.PubSub, p shardPlan, off func() bool) (unsent []int) {
+// Redis refused the shard channels: off reports it), and the channels of
+// the SUNSUBSCRIBEs that failed (taken for not sent: a reply that comes
+// anyway is then taken for the master's, which only repairs).
+func sendShards(ctx context.Context, ps *redis.PubSub, p shardPlan, off func() bool) (unsent []int, undropped []string) {
 	for _, sl := range slices.Sorted(maps.Keys(p.drop)) {
-		_ = ps.SUnsubscribe(ctx, p.drop[sl]...)
+		if err := ps.SUnsubscribe(ctx, p.drop[sl]...); err != nil {
+			undropped = append(undropped, p.drop[sl]...)
+		}
 	}
 	add := slices.Sorted(maps.Keys(p.add))
 	for i, sl := range add {
 		if off() {
-			return add[i:]
+			return add[i:], undropped
 		}
 		if err := ps.SSubscribe(ctx, p.add[sl]...); err != nil {
-			return add[i:]
+			return add[i:], undropped
 		}
 	}
-	return nil
+	return nil, undropped
+}
+
+// unsentDropsLocked counts off the SUNSUBSCRIBEs of chs that were not sent
+// on ps (see sub.ownUnsub). h.mu is held.
+func unsentDropsLocked(s *sub, ps *redis.PubSub, chs []string) {
+	if s.ps != ps {
+		return // replaced: the counts went with the old connection
+	}
+	for _, c := range chs {
+		switch n := s.ownUnsub[c]; {
+		case n > 1:
+			s.ownUnsub[c] = n - 1
+		case n == 1:
+			delete(s.ownUnsub, c)
+		}
+	}
 }
 
 // unsendShardsLocked marks slots' SSUBSCRIBE as not sent on s, to be sent
@@ -467,14 +487,28 @@ func (h *hub) sharded(s *sub) bool {
 }
 
 // shardLeft handles an SUNSUBSCRIBE of a shard channel read on s. The
-// bus's own are forgotten before they are sent (planShardsLocked), so a
-// channel still held is one its master dropped: the slot moved away.
+// replies to the bus's own are counted off first (ownUnsub: the slot may
+// be wanted again by then, as when a namespace's bus closes and another
+// starts); the bus's own are forgotten before they are sent
+// (planShardsLocked), so any other reply for a channel still held is
+// one its master dropped: the slot moved away. Should the master drop a
+// slot while the bus's SUNSUBSCRIBE of it is in flight, Redis replies
+// to both, so whichever is counted off, the other is seen.
 func (h *hub) shardLeft(s *sub, channel string) {
 	base, slot, shard := wire.SplitChannel(channel)
 	if !shard {
 		return
 	}
 	h.mu.Lock()
+	if n := s.ownUnsub[channel]; n > 0 {
+		if n == 1 {
+			delete(s.ownUnsub, channel)
+		} else {
+			s.ownUnsub[channel] = n - 1
+		}
+		h.mu.Unlock()
+		return
+	}
 	held := false
 	if cs := s.chans[base]; cs != nil {
 		_, held = cs.shards[slot]
