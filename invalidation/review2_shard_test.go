@@ -53,8 +53,8 @@ func docShardScript(t *testing.T) string {
 	return strings.TrimSuffix(pub, plainTail) + tail
 }
 
-// TestReview2DocShardScriptDuringMigration: docs/WIRE.md tells a program
-// outside the Caches that it may end its publish script with
+// TestReview2DocShardScriptDuringMigration: docs/WIRE.md told a program
+// outside the Caches that it may end its publish script with a bare
 // redis.call('SPUBLISH', ...) on the shard channel. While a slot is being
 // migrated, a write of its moved keys runs (ASK) on the importing node,
 // where no Cache can SSUBSCRIBE the slot before it owns it: the page's
