@@ -127,10 +127,12 @@ func TestShardClusterSlotsOption(t *testing.T) {
 
 // TestShardRefusedInstanceMissesShardedWrites: in a fleet where one
 // instance's ACL refuses the shard channels and another's allows them, the
-// refused instance turns sharded subscriptions off and reports healthy,
-// but the other's writes go out with SPUBLISH (its own subscription hears
-// them, so the script does not fall back to PUBLISH): the refused instance
-// must either hear them or not report healthy.
+// refused instance turns sharded subscriptions off, but the other's writes
+// go out with SPUBLISH (its own subscription hears them, so the script does
+// not fall back to PUBLISH): the refused instance must either hear them or
+// not report healthy, and stay unhealthy while the other listens. (It used
+// to report healthy; the wait for that health that stood here raced with
+// the fix, which makes it unhealthy once it sees the other instance.)
 func TestShardRefusedInstanceMissesShardedWrites(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	ctx := context.Background()
@@ -145,11 +147,19 @@ func TestShardRefusedInstanceMissesShardedWrites(t *testing.T) {
 	rb := newRecorder()
 	b := startBus(t, pc, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour}, rb)
 	a := startBus(t, cl.Client(), invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
-	waitFor(t, 5*time.Second, "B healthy (shard channels refused, plain channel only)", func() bool { return b.Health().Healthy })
 	publishDelete(t, a, parts[0], "k")
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
-		if slices.Contains(rb.Keys(), "k") || !b.Health().Healthy {
+		if slices.Contains(rb.Keys(), "k") {
+			return
+		}
+		if !b.Health().Healthy {
+			// Unhealthy while A listens: check that it lasts.
+			for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+				if b.Health().Healthy && !slices.Contains(rb.Keys(), "k") {
+					t.Fatalf("B (shard channels refused) healthy again while A subscribes the shard channels, without A's write (InvalidateAll %v)", rb.Alls())
+				}
+			}
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
