@@ -430,13 +430,15 @@ func (h *hub) lost(s *sub, c Cause, r reason, err error) {
 		}
 	}
 	for _, m := range h.everyone() {
+		// Unhealthy first: whoever sees the count sees the bus
+		// unhealthy too.
+		m.health.set(s.id, r)
 		switch c {
 		case CauseDisconnect:
 			m.stats.disconnects.Add(1)
 		case CauseStall:
 			m.stats.stalls.Add(1)
 		}
-		m.health.set(s.id, r)
 		m.requestInvalidateAll(c)
 	}
 	h.mu.Unlock()
