@@ -232,11 +232,8 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 				// replaced (failover): look at the cluster at each
 				// retry, not only at the next scheduled look.
 				h.pokeTopology()
-				backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
-				select {
-				case <-ctx.Done():
+				if !backOff(ctx, &backoff) {
 					return
-				case <-time.After(backoff):
 				}
 				if ps = h.resubscribe(ctx, s, ps); ps == nil {
 					return
@@ -286,11 +283,8 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 				// As above: the master may have been replaced.
 				h.pokeTopology()
 			}
-			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
-			select {
-			case <-ctx.Done():
+			if !backOff(ctx, &backoff) {
 				return
-			case <-time.After(backoff):
 			}
 			continue
 		}
@@ -374,6 +368,18 @@ func (h *hub) reader(ctx context.Context, s *sub) {
 				}
 			}
 		}
+	}
+}
+
+// backOff doubles *d (from 10 ms, at most 1 s) and waits that long. It
+// reports false if ctx ended first.
+func backOff(ctx context.Context, d *time.Duration) bool {
+	*d = min(max(2**d, 10*time.Millisecond), time.Second)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(*d):
+		return true
 	}
 }
 

@@ -27,16 +27,7 @@ func TestShardMessageDuringSlotMigration(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
 	ctx := context.Background()
-	slots, err := c.ClusterSlots(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	byAddr := map[string]*redistest.Server{}
-	for _, m := range cl.Masters {
-		byAddr[m.Addr()] = m
-	}
-	p := slots[0].Start + 11
-	from, to := byAddr[slots[0].Nodes[0].Addr], byAddr[slots[1].Nodes[0].Addr]
+	p, from, to := slotToMove(t, cl, 11)
 	rb := newRecorder()
 	b := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour, Logger: zaptest.NewLogger(t)}, rb)
 	a := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())

@@ -59,6 +59,42 @@ func migrateSlot(t *testing.T, cl *redistest.Cluster, slot int, from, to *redist
 	}
 }
 
+// slotToMove picks slot off of the first master's range in CLUSTER SLOTS
+// order, that master, and the master of the second range, to move it to.
+func slotToMove(t *testing.T, cl *redistest.Cluster, off int) (slot int, from, to *redistest.Server) {
+	t.Helper()
+	slots, err := cl.Client().ClusterSlots(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byAddr := map[string]*redistest.Server{}
+	for _, m := range cl.Masters {
+		byAddr[m.Addr()] = m
+	}
+	return slots[0].Start + off, byAddr[slots[0].Nodes[0].Addr], byAddr[slots[1].Nodes[0].Addr]
+}
+
+// publishEachPartition publishes one key per partition from a and waits
+// until b's recorder has them all.
+func publishEachPartition(t *testing.T, a *invalidation.Bus, rb *recorder, parts []int) {
+	t.Helper()
+	var want []string
+	for _, p := range parts {
+		k := "k" + strconv.Itoa(p)
+		want = append(want, k)
+		publishDelete(t, a, p, k)
+	}
+	waitFor(t, 5*time.Second, "B to apply a message of every partition", func() bool {
+		got := rb.Keys()
+		for _, k := range want {
+			if !slices.Contains(got, k) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // TestShardSubscriptionFollowsSlot: when a slot moves to another master,
 // its old master drops its shard channels; the bus repairs at once, and
 // follows the slot to its new master, whose messages then arrive, long
@@ -67,17 +103,7 @@ func migrateSlot(t *testing.T, cl *redistest.Cluster, slot int, from, to *redist
 func TestShardSubscriptionFollowsSlot(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	c := cl.Client()
-	ctx := context.Background()
-	slots, err := c.ClusterSlots(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	byAddr := map[string]*redistest.Server{}
-	for _, m := range cl.Masters {
-		byAddr[m.Addr()] = m
-	}
-	p := slots[0].Start + 7
-	from, to := byAddr[slots[0].Nodes[0].Addr], byAddr[slots[1].Nodes[0].Addr]
+	p, from, to := slotToMove(t, cl, 7)
 	rb := newRecorder()
 	b := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: time.Hour, Logger: zaptest.NewLogger(t)}, rb)
 	a := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
@@ -129,21 +155,7 @@ func TestShardChannelsRefused(t *testing.T) {
 	rb := newRecorder()
 	b := startBus(t, c, invalidation.Config{Namespace: "t", Logger: zaptest.NewLogger(t)}, rb)
 	a := startBus(t, c, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
-	var want []string
-	for _, p := range parts {
-		k := "k" + strconv.Itoa(p)
-		want = append(want, k)
-		publishDelete(t, a, p, k)
-	}
-	waitFor(t, 5*time.Second, "B to apply a message on every master", func() bool {
-		got := rb.Keys()
-		for _, k := range want {
-			if !slices.Contains(got, k) {
-				return false
-			}
-		}
-		return true
-	})
+	publishEachPartition(t, a, rb, parts)
 	waitFor(t, 5*time.Second, "B to be healthy", func() bool { return b.Health().Healthy })
 	if st := b.Stats(); st.Gaps != 0 || st.LostTails != 0 {
 		t.Errorf("gaps %d, lost tails %d: want none (every message heard on the plain channel)", st.Gaps, st.LostTails)
@@ -239,21 +251,7 @@ func TestShardMappedAddresses(t *testing.T) {
 	rb := newRecorder()
 	b := startBus(t, mapped, invalidation.Config{Namespace: "t", Logger: zaptest.NewLogger(t)}, rb)
 	a := startBus(t, mapped, invalidation.Config{Namespace: "t", AntiEntropyInterval: -1}, newRecorder())
-	var want []string
-	for _, p := range parts {
-		k := "k" + strconv.Itoa(p)
-		want = append(want, k)
-		publishDelete(t, a, p, k)
-	}
-	waitFor(t, 5*time.Second, "B to apply a message of every master", func() bool {
-		got := rb.Keys()
-		for _, k := range want {
-			if !slices.Contains(got, k) {
-				return false
-			}
-		}
-		return true
-	})
+	publishEachPartition(t, a, rb, parts)
 	if st := b.Stats(); st.Duplicates != 0 || st.Gaps != 0 || len(rb.Alls()) != 0 {
 		t.Errorf("duplicates %d, gaps %d, InvalidateAll %v: want none (each message once, on its master's shard channel)", st.Duplicates, st.Gaps, rb.Alls())
 	}
